@@ -1,0 +1,78 @@
+"""2D U-Net for mitochondria segmentation; variants select the data set.
+
+  python train.py --config=configs/unet2d.py --workdir=runs/lucchi          # EPFL Lucchi (downloads)
+  python train.py --config=configs/unet2d.py:vnc --workdir=runs/vnc         # ../shared/data/vnc
+  python train.py --config=configs/unet2d.py:synthetic --workdir=runs/syn   # no data needed
+  python train.py --config=configs/unet2d.py:tiny --workdir=/tmp/tiny       # seconds; for tests
+
+Override any field on the command line, e.g. --config.train.steps=500 --config.data.root=/data.
+"""
+
+import ml_collections
+
+VARIANTS = ("lucchi", "vnc", "synthetic", "tiny")
+
+
+def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
+  """Returns the config for `variant` (one of VARIANTS)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.host_devices = 0  # CPU only: number of XLA host devices for data parallelism (0: one per core)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = variant if variant != "tiny" else "synthetic"
+  c.data.root = {"lucchi": "data/lucchi", "vnc": "../shared/data/vnc"}.get(variant, "")
+  c.data.url = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus/"
+  c.data.val_fraction = 0.2  # last slices of the training stack, for validation and tuning
+  c.data.voxel_size_nm = {"lucchi": (5.0, 5.0, 5.0), "vnc": (50.0, 4.6, 4.6)}.get(variant, (5.0, 5.0, 5.0))
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.seed = 0
+  c.data.synthetic.shape = (64, 64) if variant == "tiny" else (384, 384)
+  c.data.synthetic.train_slices = 5 if variant == "tiny" else 20
+  c.data.synthetic.test_slices = 2 if variant == "tiny" else 4
+  c.data.synthetic.ndim = 2
+
+  c.model = ml_collections.ConfigDict()
+  c.model.ndim = 2
+  c.model.depth = 2 if variant == "tiny" else 4  # poolings; patch sizes must divide by 2**depth
+  c.model.base_features = 4 if variant == "tiny" else 16  # doubles per level
+  c.model.norm = "batch"  # batch | group | none
+  c.model.upsample = "resize"  # resize (1x1 conv + linear resize; faster on CPU) | transpose
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = {"tiny": 20, "synthetic": 600, "vnc": 1400}.get(variant, 3000)
+  c.train.batch_size = 8  # global, split over devices
+  c.train.patch_size = 32 if variant == "tiny" else 256
+  c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
+  c.train.loss = "log_dice"  # log_dice | seed_log_dice | dice | bce | bce_dice
+  c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
+  c.train.log_every = 5 if variant == "tiny" else 50
+  c.train.eval_every = 10 if variant == "tiny" else 200
+  c.train.checkpoint_every = 10 if variant == "tiny" else 100
+  c.train.keep_checkpoints = 3
+  c.train.prefetch = 2  # batches sampled ahead in a background thread
+  c.train.max_minutes = 45.0 if variant == "vnc" else 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"  # adam | adamw | sgd
+  c.optim.learning_rate = 2e-3
+  c.optim.weight_decay = 1e-4
+  c.optim.schedule = "cosine"  # cosine | constant (both with linear warm-up)
+  c.optim.warmup_steps = 2 if variant == "tiny" else 100
+  c.optim.final_lr_fraction = 0.01
+  c.optim.grad_clip = 1.0  # global-norm clipping; 0 = off
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.flips = True  # the 8 dihedral flips/rotations
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.window = 32 if variant == "tiny" else 256
+  c.eval.overlap = 0.5
+  c.eval.blend = "gaussian"  # gaussian | constant
+  c.eval.batch_size = 8
+  c.eval.threshold = 0.5
+  c.eval.checkpoint = "best"  # best | latest
+  return c

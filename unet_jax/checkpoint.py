@@ -1,0 +1,58 @@
+"""Orbax checkpoints in a workdir: the latest N under `checkpoints/`, the best by validation Dice under `best/`."""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from unet_jax.errors import InputError
+
+
+def _manager(directory: str, keep: int, best: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False,
+      best_fn=(lambda m: m["val_dice"]) if best else None, best_mode="max")
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+class Checkpoints:
+  """Saves and restores train-state pytrees {'params', 'batch_stats', 'opt_state', 'step'}."""
+
+  def __init__(self, workdir: str, keep: int = 3):
+    self.latest = _manager(os.path.join(workdir, "checkpoints"), keep, best=False)
+    self.best = _manager(os.path.join(workdir, "best"), 1, best=True)
+
+  def save(self, step: int, state: Any, val_dice: float | None = None) -> None:
+    """Saves `state` as the latest; also as the best when `val_dice` beats the best so far."""
+    if self.latest.latest_step() != step:
+      self.latest.save(step, args=ocp.args.StandardSave(state))
+    if val_dice is not None and self.best.latest_step() != step:
+      self.best.save(step, args=ocp.args.StandardSave(state), metrics={"val_dice": float(val_dice)})
+
+  def restore_latest(self, target: Any) -> Any | None:
+    """The latest saved state shaped like `target`, or None when there is none."""
+    step = self.latest.latest_step()
+    return None if step is None else self.latest.restore(step, args=ocp.args.StandardRestore(target))
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def restore(workdir: str, target: Any, which: str = "best") -> tuple[Any, int]:
+  """Restores the 'best' (or 'latest') checkpoint of `workdir`; returns (state, step)."""
+  if which not in ("best", "latest"):
+    raise InputError(f"checkpoint must be 'best' or 'latest', got {which!r}")
+  directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
+  if not os.path.isdir(directory):
+    raise InputError(f"no {which} checkpoint in {workdir!r}; train first with train.py --workdir={workdir}")
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.best_step() if which == "best" else manager.latest_step()
+  if step is None:
+    step = manager.latest_step()
+  if step is None:
+    raise InputError(f"no {which} checkpoint in {workdir!r}; train first with train.py --workdir={workdir}")
+  state = manager.restore(step, args=ocp.args.StandardRestore(target))
+  manager.close()
+  return state, step

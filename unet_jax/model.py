@@ -1,0 +1,110 @@
+"""An N-dimensional U-Net in flax.linen with one output logit per pixel (voxel)."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from unet_jax.errors import InputError
+
+NORMS = ("batch", "group", "none")
+UPSAMPLES = ("transpose", "resize")
+
+
+def _norm(kind: str, train: bool, axis_name: str | None, name: str) -> nn.Module | None:
+  """Returns the normalisation layer `kind` ('batch', 'group' or 'none')."""
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                        axis_name=axis_name if train else None, name=name)
+  if kind == "group":
+    return nn.GroupNorm(num_groups=8, name=name)
+  return None
+
+
+class ConvBlock(nn.Module):
+  """Two (conv 3^N, norm, ReLU) layers."""
+  features: int
+  ndim: int
+  norm: str
+  axis_name: str | None
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i in range(2):
+      x = nn.Conv(self.features, (3,) * self.ndim, use_bias=self.norm == "none",
+                  dtype=self.dtype, name=f"conv{i}")(x)
+      norm = _norm(self.norm, train, self.axis_name, f"norm{i}")
+      if norm is not None:
+        x = norm(x)
+      x = nn.relu(x)
+    return x
+
+
+class UNet(nn.Module):
+  """U-Net: `depth` poolings, widths base_features * 2**level, skip connections.
+
+  Input f32[B, *spatial, C]; output logits f32[B, *spatial, 1]. Every spatial size must be
+  divisible by 2**depth (an `InputError` says so otherwise; sliding-window inference pads for you).
+  Activations are sown into the 'intermediates' collection (`enc{i}`, `bottleneck`, `dec{i}`)
+  for explainability: `model.apply(..., mutable=['intermediates'])`.
+  """
+  ndim: int = 2
+  depth: int = 4
+  base_features: int = 32
+  norm: str = "batch"
+  upsample: str = "transpose"
+  axis_name: str | None = None  # mesh axis for cross-device batch statistics when training
+  dtype: Any = jnp.float32      # compute dtype (params stay float32)
+
+  def check_input(self, shape: Sequence[int]) -> None:
+    """Raises InputError unless `shape` = (B, *spatial, C) fits this network."""
+    if len(shape) != self.ndim + 2:
+      raise InputError(f"UNet{self.ndim}D expects input [B, {'D, ' if self.ndim == 3 else ''}H, W, C], "
+                       f"got shape {tuple(shape)}")
+    factor = 2 ** self.depth
+    bad = [s for s in shape[1:-1] if s % factor]
+    if bad:
+      raise InputError(f"input spatial size {tuple(shape[1:-1])} is not divisible by 2**depth={factor}; "
+                       f"crop or pad the patch (sliding-window inference pads automatically)")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.norm not in NORMS or self.upsample not in UPSAMPLES:
+      raise InputError(f"model.norm must be one of {NORMS} and model.upsample one of {UPSAMPLES}, "
+                       f"got {self.norm!r}, {self.upsample!r}")
+    self.check_input(x.shape)
+    block = lambda f, name: ConvBlock(f, self.ndim, self.norm, self.axis_name, self.dtype, name=name)
+    window = (2,) * self.ndim
+    x = x.astype(self.dtype)
+    skips = []
+    for level in range(self.depth):
+      x = block(self.base_features * 2 ** level, f"enc{level}")(x, train)
+      self.sow("intermediates", f"enc{level}", x)
+      skips.append(x)
+      x = nn.max_pool(x, window, strides=window)
+    x = block(self.base_features * 2 ** self.depth, "bottleneck")(x, train)
+    self.sow("intermediates", "bottleneck", x)
+    for level in reversed(range(self.depth)):
+      features = self.base_features * 2 ** level
+      if self.upsample == "transpose":
+        x = nn.ConvTranspose(features, window, strides=window, dtype=self.dtype, name=f"up{level}")(x)
+      else:  # 1x1 conv at low resolution, then linear resize (the two commute)
+        x = nn.Conv(features, (1,) * self.ndim, dtype=self.dtype, name=f"up{level}")(x)
+        x = jax.image.resize(x, (x.shape[0], *(2 * s for s in x.shape[1:-1]), features), "linear")
+      x = jnp.concatenate([x, skips[level]], axis=-1)
+      x = block(features, f"dec{level}")(x, train)
+      self.sow("intermediates", f"dec{level}", x)
+    return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
+
+
+def build_model(model_config: Any, axis_name: str | None = None) -> UNet:
+  """Builds the UNet described by `config.model`."""
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if model_config.dtype not in dtypes:
+    raise InputError(f"model.dtype must be one of {sorted(dtypes)}, got {model_config.dtype!r}")
+  return UNet(ndim=model_config.ndim, depth=model_config.depth,
+              base_features=model_config.base_features, norm=model_config.norm,
+              upsample=model_config.upsample, axis_name=axis_name,
+              dtype=dtypes[model_config.dtype])

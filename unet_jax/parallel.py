@@ -1,0 +1,32 @@
+"""Data parallelism: a 1-D device mesh over the 'batch' axis and host-device setup for CPUs."""
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "batch"
+
+
+def use_host_devices(count: int) -> None:
+  """Asks XLA for `count` CPU devices (0: one per core); call before JAX initialises its backends."""
+  count = count or os.cpu_count() or 1
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
+
+
+def make_mesh() -> Mesh:
+  """A mesh of every device (all processes) along the 'batch' axis."""
+  return Mesh(np.array(jax.devices()), (AXIS,))
+
+
+def shard_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Places this process's part of a global batch, split along axis 0 over the mesh."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def replicate(mesh: Mesh, tree):
+  """Places a pytree fully replicated on every device of `mesh`."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))

@@ -1,0 +1,73 @@
+"""Host-side patch sampling from stacks, with a foreground-centred fraction, and prefetching."""
+
+import dataclasses
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from unet_jax.data import Split
+from unet_jax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchSampler:
+  """Draws (image, mask) patches of `patch_shape` (2D: (h, w), 3D: (d, h, w)) from a stack."""
+  split: Split
+  patch_shape: tuple[int, ...]
+  fg_fraction: float
+  foreground: np.ndarray  # flat indices of foreground voxels
+
+  @classmethod
+  def create(cls, split: Split, patch_shape: tuple[int, ...], fg_fraction: float) -> "PatchSampler":
+    """Validates sizes and indexes the foreground once."""
+    full = (1,) * (3 - len(patch_shape)) + tuple(patch_shape)
+    if len(patch_shape) not in (2, 3) or any(p > s for p, s in zip(full, split.image.shape)):
+      raise InputError(f"patch {tuple(patch_shape)} does not fit in the stack {split.image.shape}; "
+                       "use a smaller train.patch_size")
+    if not 0.0 <= fg_fraction <= 1.0:
+      raise InputError(f"train.fg_fraction must be in [0, 1], got {fg_fraction}")
+    return cls(split, tuple(patch_shape), fg_fraction, np.flatnonzero(split.mask).astype(np.int64))
+
+  def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+    """A batch {'image': f32[B, *patch, 1], 'mask': f32[B, *patch, 1]}."""
+    stack = self.split.image.shape
+    full = np.array((1,) * (3 - len(self.patch_shape)) + self.patch_shape)
+    high = np.array(stack) - full
+    images, masks = [], []
+    for _ in range(batch_size):
+      if self.foreground.size and rng.uniform() < self.fg_fraction:
+        center = np.array(np.unravel_index(rng.choice(self.foreground), stack))
+        origin = np.clip(center - full // 2 + rng.integers(-(full // 4), full // 4 + 1), 0, high)
+      else:
+        origin = rng.integers(0, high + 1)
+      window = tuple(slice(o, o + p) for o, p in zip(origin, full))
+      images.append(self.split.image[window].reshape(self.patch_shape))
+      masks.append(self.split.mask[window].reshape(self.patch_shape))
+    return {"image": np.stack(images)[..., None].astype(np.float32),
+            "mask": np.stack(masks)[..., None].astype(np.float32)}
+
+
+def batches(sampler: PatchSampler, batch_size: int, seed: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  """Batches for steps start_step, start_step + 1, ...; batch k depends only on (seed, k)."""
+  step = start_step
+  while True:
+    yield sampler.sample(np.random.default_rng([seed, step]), batch_size)
+    step += 1
+
+
+def prefetch(iterator: Iterator, size: int) -> Iterator:
+  """Runs `iterator` in a background thread, keeping up to `size` items ready."""
+  if size <= 0:
+    yield from iterator
+    return
+  items: queue.Queue = queue.Queue(maxsize=size)
+
+  def produce() -> None:
+    for item in iterator:
+      items.put(item)
+
+  threading.Thread(target=produce, daemon=True).start()
+  while True:
+    yield items.get()

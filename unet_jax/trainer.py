@@ -1,0 +1,192 @@
+"""Training: train state, the pure data-parallel train step, validation, and the loop."""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from unet_jax import augment, checkpoint, data, inference, losses, metrics, parallel, sampling
+from unet_jax.errors import InputError
+from unet_jax.model import UNet, build_model
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm running statistics."""
+  batch_stats: Any
+
+
+def make_optimizer(optim: Any, total_steps: int) -> optax.GradientTransformation:
+  """Optax optimiser from `config.optim`: adam/adamw/sgd, cosine or constant schedule, clipping."""
+  if optim.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, optim.warmup_steps,
+                                            max(total_steps, optim.warmup_steps + 1),
+                                            optim.learning_rate * optim.final_lr_fraction)
+  elif optim.schedule == "constant":
+    lr = optax.linear_schedule(0.0, optim.learning_rate, max(optim.warmup_steps, 1))
+  else:
+    raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {optim.schedule!r}")
+  makers = {"adam": lambda: optax.adam(lr), "adamw": lambda: optax.adamw(lr, weight_decay=optim.weight_decay),
+            "sgd": lambda: optax.sgd(lr, momentum=0.9, nesterov=True)}
+  if optim.name not in makers:
+    raise InputError(f"optim.name must be one of {sorted(makers)}, got {optim.name!r}")
+  chain = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip else []
+  return optax.chain(*chain, makers[optim.name]())
+
+
+def patch_shape(config: Any) -> tuple[int, ...]:
+  """The training patch shape: patch_size repeated model.ndim times (or given per axis)."""
+  size = config.train.patch_size
+  return tuple(size) if isinstance(size, (tuple, list)) else (size,) * config.model.ndim
+
+
+def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
+  """Initialises parameters from `key` for patches of the configured shape."""
+  dummy = jnp.zeros((1, *patch_shape(config), 1), jnp.float32)
+  variables = build_model(config.model).init(key, dummy, train=False)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}),
+                           tx=make_optimizer(config.optim, config.train.steps))
+
+
+def state_tree(state: TrainState) -> dict[str, Any]:
+  """The checkpointed part of a TrainState."""
+  return {"params": state.params, "batch_stats": state.batch_stats,
+          "opt_state": state.opt_state, "step": state.step}
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, *,
+               config: Any, axis_name: str | None = parallel.AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on (this device's part of) a batch; gradients averaged over `axis_name`.
+
+  batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation).
+  """
+  image, mask = augment.augment_batch(keys, batch["image"], batch["mask"], config.augment)
+  loss_fn = losses.get_loss(config.train.loss)
+
+  def objective(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
+                                     train=True, mutable=["batch_stats"])
+    return loss_fn(logits, mask, config.train.smooth), updates
+
+  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  batch_stats = updates.get("batch_stats", {})
+  if axis_name is not None:
+    grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), axis_name)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, {"loss": loss}
+
+
+def make_parallel_train_step(mesh: Any, config: Any):
+  """`train_step` under shard_map over the mesh's 'batch' axis, jitted, state donated.
+
+  Per-example augmentation keys are split from one key over the global batch, so results do
+  not depend on the number of devices.
+  """
+  body = functools.partial(train_step, config=config)
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS)),
+                          out_specs=(P(), P()), check_vma=False)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+    keys = jax.random.split(key, batch["image"].shape[0])
+    return sharded(state, batch, keys)
+  return step
+
+
+def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: Any) -> dict[str, float]:
+  """Pixel scores of the thresholded prediction of a whole split."""
+  probs = inference.predict_stack(model, variables, split.image, eval_config)
+  return metrics.pixel_scores(probs >= eval_config.threshold, split.mask)
+
+
+class MetricLog:
+  """Appends JSON lines to `workdir/log.jsonl`; remembers cumulative training minutes."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "log.jsonl")
+    self.minutes = 0.0
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          try:
+            self.minutes = max(self.minutes, json.loads(line).get("minutes", 0.0))
+          except json.JSONDecodeError:  # a line cut by kill -9
+            continue
+
+  def write(self, record: dict[str, Any]) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def check_config(config: Any, n_devices: int) -> None:
+  """Raises InputError for settings that cannot work."""
+  t = config.train
+  if t.batch_size <= 0 or t.batch_size % n_devices:
+    raise InputError(f"train.batch_size={t.batch_size} must be a positive multiple of the "
+                     f"{n_devices} devices; change it or --config.host_devices")
+  if t.steps <= 0:
+    raise InputError(f"train.steps must be positive, got {t.steps}")
+  if min(patch_shape(config)) % 2 ** config.model.depth:
+    raise InputError(f"train.patch_size={t.patch_size} must be divisible by 2**model.depth="
+                     f"{2 ** config.model.depth}")
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores."""
+  mesh = parallel.make_mesh()
+  check_config(config, mesh.size)
+  os.makedirs(workdir, exist_ok=True)
+  splits = data.load_splits(config.data)
+  sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction)
+  eval_model = build_model(config.model)
+  init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)
+  ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(state_tree(state))
+  if restored is not None:
+    state = state.replace(**restored)
+  start = int(state.step)
+  log = MetricLog(workdir)
+  log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
+             "minutes": log.minutes})
+  state = parallel.replicate(mesh, state)
+  step_fn = make_parallel_train_step(mesh, config)
+  batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start),
+                              config.train.prefetch)
+  t0, minutes0, scores = time.time(), log.minutes, {}
+  elapsed = lambda: minutes0 + (time.time() - t0) / 60.0
+  bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train")
+  for step in bar:
+    batch = parallel.shard_batch(mesh, next(batches))
+    state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
+    done = step + 1
+    out_of_time = config.train.max_minutes and elapsed() >= config.train.max_minutes
+    last = done == config.train.steps or out_of_time
+    if done % config.train.log_every == 0 or last:
+      loss = float(step_metrics["loss"])
+      if not np.isfinite(loss):
+        raise InputError(f"loss became {loss} at step {done}; lower optim.learning_rate")
+      bar.set_postfix(loss=f"{loss:.4f}")
+      log.write({"step": done, "loss": loss, "minutes": elapsed()})
+    if done % config.train.eval_every == 0 or last:
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      scores = evaluate_split(eval_model, variables, splits["val"], config.eval)
+      log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
+      bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
+      ckpt.save(done, state_tree(state), scores["dice"])
+    elif done % config.train.checkpoint_every == 0:
+      ckpt.save(done, state_tree(state))
+    if out_of_time:
+      bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
+      break
+  ckpt.close()
+  return {"step": int(state.step), **scores}
