@@ -1,11 +1,14 @@
-"""Scores a trained U-Net on the test stack:
+"""Scores trained U-Nets on labelled stacks and writes a report (report.json, report.md, PNGs, CSVs):
 
-  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc
+  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc_flips --split=val,test \
+      --report_dir=docs/example_report
 
-Writes <workdir>/eval_test/scores.json (Dice, foreground IoU, precision, recall) and prediction.tif.
+Several checkpoints and splits in one run: --workdir=runs/a,runs/b --split=val,test. Choose the
+threshold on the val split (never test): --config.eval.select_threshold=True. What is measured:
+unet_jax/evaluation.py; the definitions are listed at the end of report.md.
 """
 
-import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -16,9 +19,10 @@ from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
-flags.DEFINE_string("workdir", None, "Training directory holding the checkpoints.")
-flags.DEFINE_string("split", "test", "Which split to score: test or val.")
-flags.DEFINE_string("output_dir", None, "Where to write results (default <workdir>/eval_<split>).")
+flags.DEFINE_list("workdir", None, "Training directories holding the checkpoints (comma-separated).")
+flags.DEFINE_list("split", ["test"], "Splits to score (comma-separated): test, val, train.")
+flags.DEFINE_string("report_dir", None, "Where to write the report (default <first workdir>/report).")
+flags.DEFINE_bool("save_predictions", False, "Also write each thresholded prediction as prediction.tif.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -28,7 +32,13 @@ def main(argv: list[str]) -> None:
   parallel.use_host_devices(FLAGS.config.host_devices)
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
   try:
-    print(json.dumps(evaluation.evaluate(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.output_dir), indent=2))
+    report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
+    report = evaluation.evaluate(FLAGS.config, FLAGS.workdir, report_dir, FLAGS.split,
+                                 FLAGS.save_predictions, " ".join(["python", *sys.argv]))
+    for run in report["runs"]:
+      print(f"{run['run']} {run['split']} (step {run['step']}, threshold {run['threshold']['value']:g}): "
+            + ", ".join(f"{k} {run['pixel'][k]:.4f}" for k in ("dice", "iou", "mean_iou", "precision", "recall")))
+    print(f"report: {os.path.join(report_dir, 'report.md')}")
   except InputError as e:
     sys.exit(f"error: {e}")
 

@@ -75,4 +75,11 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.eval.batch_size = 8
   c.eval.threshold = 0.5
   c.eval.checkpoint = "best"  # best | latest
+  # evaluate.py's report (unet_jax/evaluation.py):
+  c.eval.select_threshold = False  # True: use the candidate of best Dice on the val split (never test)
+  c.eval.threshold_candidates = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
+  c.eval.min_size = 100 if variant in ("lucchi", "vnc") else 20  # drop predicted components < this many voxels
+  c.eval.iou_thresholds = (0.5, 0.75)  # instance matching; AP at 0.75 is MitoEM's AP-75
+  c.eval.report_slices = 4  # pictures: this many evenly spaced overlays, and the worst in a montage
+  c.eval.figure_px = 512  # longest side of report pictures, in pixels
   return c

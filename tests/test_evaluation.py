@@ -1,0 +1,185 @@
+"""Pixel metrics per slice and over thresholds, threshold selection (val only), and the full report."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from configs import unet2d
+from unet_jax import data, evaluation, inference, metrics, trainer
+from unet_jax.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_mean_iou_and_slice_scores():
+  truth = np.array([[1, 1, 1, 1, 0, 0, 0, 0], [0] * 8], bool)
+  pred = np.array([[1, 1, 1, 0, 1, 0, 0, 0], [0] * 8], bool)  # slice 0: tp 3, fp 1, fn 1, tn 3
+  s = metrics.pixel_scores(pred, truth)
+  assert s["iou"] == pytest.approx(3 / 5)
+  assert s["mean_iou"] == pytest.approx((3 / 5 + 11 / 13) / 2)  # background: tn 11 / (11 + 1 + 1)
+  per_slice = metrics.slice_scores(pred, truth)
+  assert [(p["tp"], p["fp"], p["fn"], p["tn"]) for p in per_slice] == [(3, 1, 1, 3), (0, 0, 0, 8)]
+  assert per_slice[0]["dice"] == pytest.approx(6 / 8) and per_slice[1]["dice"] == 1.0
+  assert per_slice[0]["mean_iou"] == pytest.approx((3 / 5 + 3 / 5) / 2)
+
+
+def test_threshold_counts_equal_direct_counts():
+  rng = np.random.default_rng(0)
+  probs = rng.uniform(size=(3, 16, 24)).astype(np.float32)
+  probs[0, 0, :4] = 0.5  # exactly on a threshold: counts as positive
+  truth = rng.uniform(size=probs.shape) < 0.3
+  thresholds = [0.7, 0.1, 0.5, 0.3]
+  counts = metrics.threshold_counts(probs, truth, thresholds)
+  for t, row in zip(thresholds, counts):
+    assert dict(zip(metrics.COUNTS, row.tolist())) == metrics.confusion_counts(probs >= t, truth)
+
+
+def test_best_dice_threshold():
+  truth = np.array([[1, 1, 0, 0]], bool)
+  probs = np.array([[0.9, 0.6, 0.4, 0.1]], np.float32)
+  best, dice = metrics.best_dice_threshold(probs, truth, [0.3, 0.5, 0.8])
+  assert best == 0.5
+  assert dice == pytest.approx([0.8, 1.0, 2 / 3])
+
+
+def test_choose_threshold():
+  config = unet2d.get_config("tiny").eval
+  assert evaluation.choose_threshold(config) == {"value": 0.5, "source": "config eval.threshold"}
+  config.select_threshold = True
+  config.threshold_candidates = (0.3, 0.5, 0.8)
+  chosen = evaluation.choose_threshold(config, np.array([[0.9, 0.6, 0.4, 0.1]]), np.array([[1, 1, 0, 0]]))
+  assert chosen["value"] == 0.5 and chosen["val_dice"] == 1.0 and "val split" in chosen["source"]
+  with pytest.raises(InputError, match="val split"):
+    evaluation.choose_threshold(config)
+  config.threshold_candidates = (0.5, 1.5)
+  with pytest.raises(InputError, match="threshold_candidates"):
+    evaluation.choose_threshold(config, np.zeros((1, 2)), np.zeros((1, 2)))
+
+
+def test_stack_scores_by_hand():
+  config = unet2d.get_config("tiny").eval
+  config.min_size = 5
+  mask = np.zeros((2, 8, 8), np.uint8)
+  mask[0, 1:5, 1:5] = 1  # 16 px
+  mask[1, 6:8, 6:8] = 1  # 4 px: below min_size, yet true instances are never filtered
+  probs = np.zeros((2, 8, 8), np.float32)
+  probs[0, 1:5, 1:5] = 0.9
+  probs[1, 6:8, 0:2] = 0.8  # a 4 px false positive: dropped from instances, kept in pixel scores
+  scores, tables = evaluation.stack_scores(probs, mask, 0.5, config, (50.0, 4.6, 4.6))
+  assert scores["pixel"]["tp"] == 16 and scores["pixel"]["fp"] == 4 and scores["pixel"]["fn"] == 4
+  assert [s["dice"] for s in scores["slices"]] == [1.0, 0.0]
+  at_05 = scores["instances"]["2d"][0]
+  assert (at_05["n_true"], at_05["n_pred"], at_05["found"], at_05["missed"], at_05["spurious"]) == (2, 1, 1, 1, 0)
+  assert at_05["ap"] == pytest.approx(51 / 101)  # recall stops at 1/2 with precision 1
+  assert tables["true_2d"]["voxels"].tolist() == [16, 4] and tables["pred_3d"]["voxels"].tolist() == [16]
+  assert scores["morphometry"]["true_3d"]["volume_nm3"]["count"] == 2
+
+
+def test_run_names():
+  assert evaluation.run_names(["runs/a", "other/a/", "b"]) == ["a_0", "a_1", "b"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A tiny model trained for a few steps: (config, workdir)."""
+  config = unet2d.get_config("tiny")
+  config.train.steps = 4
+  config.train.log_every = config.train.eval_every = config.train.checkpoint_every = 2
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny")
+  trainer.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_report_end_to_end(trained, tmp_path):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.select_threshold = True
+  report_dir = str(tmp_path / "report")
+  report = evaluation.evaluate(config, [workdir], report_dir, ["val", "test"], save_predictions=True)
+  assert [(r["split"], r["step"]) for r in report["runs"]] == [("val", 4), ("test", 4)]
+  with open(os.path.join(report_dir, "report.json")) as f:
+    assert json.load(f)["runs"][1]["pixel"] == report["runs"][1]["pixel"]
+  with open(os.path.join(report_dir, "report.md")) as f:
+    md = f.read()
+  links = re.findall(r"\]\(([^)]+)\)", md)
+  assert any(l.endswith("worst_slices.png") for l in links) and any(l.endswith("training_curves.png") for l in links)
+  for link in links:
+    assert os.path.isfile(os.path.join(report_dir, link)), link
+  test = report["runs"][1]
+  assert test["threshold"]["value"] in config.eval.threshold_candidates
+  assert "val split" in test["threshold"]["source"] and "optimistic" in md  # the val row is flagged
+  for key in ("dice", "iou", "mean_iou", "precision", "recall", "accuracy"):
+    assert 0.0 <= test["pixel"][key] <= 1.0
+  assert sum(s["tp"] for s in test["slices"]) == test["pixel"]["tp"]
+  assert [r["iou_threshold"] for r in test["instances"]["3d"]] == [0.5, 0.75]
+  files = test["files"]
+  for key in ("slices_csv", "mitochondria_true_2d_csv", "mitochondria_pred_3d_csv", "intensity_histogram",
+              "worst_slices", "prediction_tif"):
+    assert os.path.isfile(os.path.join(report_dir, files[key])), key
+  assert data.read_stack(os.path.join(report_dir, files["prediction_tif"])).shape == (2, 64, 64)
+  overlay = matplotlib.image.imread(os.path.join(report_dir, files["overlays"][0]))
+  assert overlay.shape[:2] == (64, 64)  # below figure_px: full size
+  assert len(files["overlays"]) == 2 and files["worst_slice_indices"] == sorted(
+      range(2), key=lambda i: test["slices"][i]["dice"])
+
+
+def test_threshold_selection_never_uses_test_split(trained, tmp_path, monkeypatch):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.select_threshold = True
+  real = data.load_splits(config.data)
+  predicted, selected_on = [], []
+  predict_stack, best_dice_threshold = inference.predict_stack, metrics.best_dice_threshold
+
+  def spy_predict(model, variables, image, eval_config):
+    probs = predict_stack(model, variables, image, eval_config)
+    predicted.append((image, probs))
+    return probs
+
+  def spy_select(probs, truth, thresholds):
+    selected_on.append((probs, truth))
+    return best_dice_threshold(probs, truth, thresholds)
+
+  monkeypatch.setattr(inference, "predict_stack", spy_predict)
+  monkeypatch.setattr(metrics, "best_dice_threshold", spy_select)
+  chosen = evaluation.evaluate(config, [workdir], str(tmp_path / "a"), ["test"])["runs"][0]["threshold"]
+  assert len(selected_on) == 1
+  probs, truth = selected_on[0]
+  assert np.array_equal(truth, real["val"].mask)
+  val_probs = [p for image, p in predicted if image is not None and np.array_equal(image, real["val"].image)]
+  assert len(val_probs) == 1 and probs is val_probs[0]
+
+  # Changing the test split (image and labels) cannot change the threshold.
+  rng = np.random.default_rng(0)
+  scrambled = data.Split(rng.uniform(size=real["test"].image.shape).astype(np.float32), 1 - real["test"].mask)
+  monkeypatch.setattr(data, "load_splits", lambda _: {**real, "test": scrambled})
+  again = evaluation.evaluate(config, [workdir], str(tmp_path / "b"), ["test"])["runs"][0]["threshold"]
+  assert again == chosen
+
+
+def test_bad_split_name_and_missing_checkpoint(tiny_config, tmp_path):
+  with pytest.raises(InputError, match="splits must be"):
+    evaluation.evaluate(tiny_config, ["w"], str(tmp_path), ["testing"])
+  with pytest.raises(InputError, match="no best checkpoint"):
+    evaluation.evaluate(tiny_config, [str(tmp_path / "none")], str(tmp_path))
+
+
+def test_cli_two_checkpoints(trained, tmp_path):
+  _, workdir = trained
+  result = subprocess.run(
+      [sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny", f"--workdir={workdir},{workdir}",
+       "--split=test", f"--report_dir={tmp_path}", "--config.eval.report_slices=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  assert "tiny_0 test (step 4, threshold 0.5): dice" in result.stdout
+  with open(tmp_path / "report.json") as f:
+    report = json.load(f)
+  assert [r["run"] for r in report["runs"]] == ["tiny_0", "tiny_1"]
+  assert report["runs"][0]["pixel"] == report["runs"][1]["pixel"]
+  assert report["command"].startswith("python evaluate.py") and len(report["runs"][0]["files"]["overlays"]) == 1

@@ -1,0 +1,135 @@
+"""Report pictures (PNG): prediction-vs-truth overlays, a montage, intensity histograms, training curves.
+
+Overlay colours (the seed's): true positives green, false positives red, false negatives blue,
+blended over the grey EM image; true negatives keep their grey. Pictures are downscaled so that
+their longest side is at most `max_px` pixels, which keeps a report folder small enough to commit.
+Plots use matplotlib's object API (Figure.savefig), not pyplot: no GUI backend, no global state.
+"""
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+import matplotlib.image
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from skimage import transform
+
+from unet_jax.errors import InputError
+
+TP_RGB = (0, 255, 0)
+FP_RGB = (255, 0, 0)
+FN_RGB = (0, 0, 255)
+LEGEND = (("true positive", TP_RGB), ("false positive", FP_RGB), ("false negative", FN_RGB))
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """RGB u8[H, W, 3]: grey `image` f32[H, W] in [0, 1] with TP/FP/FN pixels tinted by `alpha`."""
+  if not image.shape == pred.shape == truth.shape or image.ndim != 2:
+    raise InputError(f"overlay needs 2D image, prediction and truth of one shape, got "
+                     f"{image.shape}, {pred.shape}, {truth.shape}")
+  pred, truth = pred.astype(bool), truth.astype(bool)
+  grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None] * 255.0, 3, axis=-1)
+  colour = np.zeros_like(grey)
+  colour[pred & truth] = TP_RGB
+  colour[pred & ~truth] = FP_RGB
+  colour[~pred & truth] = FN_RGB
+  tinted = np.where((pred | truth)[..., None], (1.0 - alpha) * grey + alpha * colour, grey)
+  return np.round(tinted).astype(np.uint8)
+
+
+def downscale(picture: np.ndarray, max_px: int) -> np.ndarray:
+  """`picture` [H, W(, C)] resized (anti-aliased) so that max(H, W) <= max_px; same dtype."""
+  h, w = picture.shape[:2]
+  factor = max(h, w) / max_px
+  if factor <= 1:
+    return picture
+  shape = (max(1, round(h / factor)), max(1, round(w / factor))) + picture.shape[2:]
+  resized = transform.resize(picture.astype(np.float32), shape, anti_aliasing=True, preserve_range=True)
+  return np.round(resized).astype(picture.dtype) if np.issubdtype(picture.dtype, np.integer) else resized
+
+
+def save_image(path: str, rgb: np.ndarray) -> None:
+  """Writes an RGB u8[H, W, 3] picture as PNG, pixel for pixel."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  matplotlib.image.imsave(path, rgb)
+
+
+def _legend(fig: Figure) -> None:
+  fig.legend(handles=[Patch(color=np.array(c) / 255, label=n) for n, c in LEGEND],
+             loc="lower center", ncol=3, frameon=False)
+
+
+def save_montage(path: str, panels: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4) -> None:
+  """A grid of RGB panels with titles and the overlay colour legend, as one PNG."""
+  if not panels:
+    raise InputError("a montage needs at least one panel")
+  columns = min(columns, len(panels))
+  rows = math.ceil(len(panels) / columns)
+  fig = Figure(figsize=(3.2 * columns, 3.4 * rows + 0.4))
+  axes = fig.subplots(rows, columns, squeeze=False).ravel()
+  for ax in axes:
+    ax.axis("off")
+  for ax, panel, title in zip(axes, panels, titles):
+    ax.imshow(panel, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+  _legend(fig)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
+  fig.savefig(path, dpi=100)
+
+
+def save_intensity_histogram(path: str, image: np.ndarray, mask: np.ndarray, bins: int = 64) -> None:
+  """Normalised intensity histograms of mitochondria (mask) vs the rest of `image` in [0, 1]."""
+  image, mask = np.asarray(image), np.asarray(mask).astype(bool)
+  fig = Figure(figsize=(6, 3.5))
+  ax = fig.subplots()
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  for values, name, colour in ((image[mask], "mitochondria", "tab:orange"), (image[~mask], "rest", "tab:gray")):
+    if values.size:
+      ax.hist(values, edges, density=True, histtype="step", linewidth=1.5, color=colour,
+              label=f"{name} ({values.size:,} px, mean {values.mean():.3f})")
+  ax.set_xlabel("normalised intensity")
+  ax.set_ylabel("density")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def read_log(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """(training records with 'loss', validation records with 'val_dice') of a trainer log.jsonl.
+
+  Sorted by step; when a resumed run logged a step again, its last record wins.
+  """
+  if not os.path.isfile(path):
+    raise InputError(f"no training log at {path}; train with train.py to write one")
+  train, val = {}, {}
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by kill -9
+        continue
+      if "loss" in record:
+        train[record["step"]] = record
+      elif "val_dice" in record:
+        val[record["step"]] = record
+  return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
+
+
+def save_training_curves(path: str, log_path: str) -> None:
+  """Loss and validation Dice against step and against training minutes, as one PNG."""
+  train, val = read_log(log_path)
+  fig = Figure(figsize=(9, 6))
+  axes = fig.subplots(2, 2, sharey="row")
+  for row, (records, key, name) in enumerate(((train, "loss", "training loss"), (val, "val_dice", "val Dice"))):
+    for col, x in enumerate(("step", "minutes")):
+      ax = axes[row, col]
+      ax.plot([r[x] for r in records], [r[key] for r in records], marker="." if row else None)
+      ax.set_xlabel("step" if x == "step" else "training minutes")
+      ax.set_ylabel(name)
+      ax.grid(alpha=0.3)
+  fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(log_path))))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
