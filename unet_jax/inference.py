@@ -1,4 +1,16 @@
-"""Sliding-window inference: evenly spread windows, vmapped slices, batched under jit, blended."""
+"""Sliding-window inference over 2D images and 3D volumes, with optional test-time augmentation.
+
+Windows all have one static shape; their origins are spread evenly along each axis so that the
+first starts at 0 and the last ends at the border (`window_starts`). Under one jit, a `lax.scan`
+over fixed-size batches cuts the windows out with vmapped dynamic slices, runs the network, and
+adds each window's probabilities times its blending weights (constant, or a Gaussian with sigma a
+fraction of the window) into a running sum; the sum of the weights is computed once per shape on
+the host. Images smaller than the window are reflect-padded and cropped back; windows whose size
+does not divide by 2**depth are reflect-padded inside `predictor`, so any image and any window work.
+
+Test-time augmentation (`tta`): 'none', 'flips' (the 4 flips of the (H, W) plane) or 'dihedral'
+(the 8 flips and 90-degree rotations; square (H, W) windows), averaged after inverting each.
+"""
 
 import functools
 import math
@@ -12,6 +24,9 @@ from unet_jax.errors import InputError
 from unet_jax.model import UNet
 
 BLENDS = ("constant", "gaussian")
+TTAS = ("none", "flips", "dihedral")
+
+Predict = Callable[[Any, jax.Array], jax.Array]  # (variables, f32[B, *window, 1]) -> probabilities alike
 
 
 def window_starts(size: int, window: int, overlap: float) -> np.ndarray:
@@ -29,84 +44,165 @@ def blend_weights(window: tuple[int, ...], blend: str, sigma: float = 0.125) -> 
     raise InputError(f"blend must be one of {BLENDS}, got {blend!r}")
   if blend == "constant":
     return np.ones(window, np.float32)
+  if sigma <= 0:
+    raise InputError(f"the Gaussian blending sigma (a fraction of the window) must be positive, got {sigma}")
   axes = [np.exp(-0.5 * ((np.arange(w) - (w - 1) / 2) / (sigma * w)) ** 2) for w in window]
   weights = functools.reduce(np.multiply.outer, axes).astype(np.float32)
   return np.maximum(weights / weights.max(), 1e-4)  # borders keep a little weight
 
 
 def window_grid(shape: tuple[int, ...], window: tuple[int, ...], overlap: float) -> np.ndarray:
-  """All window origins i32[N, ndim] covering an array of `shape`."""
+  """All window origins i32[N, ndim] covering an array of `shape`, in C order."""
   starts = [window_starts(s, w, overlap) for s, w in zip(shape, window)]
   return np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape))
 
 
-@functools.partial(jax.jit, static_argnames=("predict", "window", "batch_size"))
-def _blend_windows(predict: Callable[[Any, jax.Array], jax.Array], variables: Any, image: jax.Array,
-                   origins: jax.Array,
-                   valid: jax.Array, weights: jax.Array, window: tuple[int, ...],
-                   batch_size: int) -> jax.Array:
-  """Weighted average of `predict` over windows at `origins` (rows grouped in batches)."""
-  def run_batch(acc, batch):
+@functools.lru_cache(maxsize=16)
+def _plan(shape: tuple[int, ...], window: tuple[int, ...], overlap: float, blend: str, sigma: float,
+          batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(origins i32[nb, b, ndim], keep f32[nb, b], weights f32[*window], weight sum f32[*shape]).
+
+  The N windows are split into nb = ceil(N / batch_size) batches of b = ceil(N / nb) windows, so
+  fewer than nb batch slots are padding (repeats of the last window with keep = 0).
+  """
+  origins = window_grid(shape, window, overlap)
+  weights = blend_weights(window, blend, sigma)
+  norm = np.zeros(shape, np.float32)
+  for start in origins:
+    norm[tuple(slice(s, s + w) for s, w in zip(start, window))] += weights
+  n = len(origins)
+  n_batches = -(-n // batch_size)
+  per_batch = -(-n // n_batches)
+  padded = np.concatenate([origins, np.repeat(origins[-1:], n_batches * per_batch - n, 0)])
+  keep = (np.arange(n_batches * per_batch) < n).astype(np.float32)
+  return (jnp.asarray(padded.reshape(n_batches, per_batch, -1)), jnp.asarray(keep.reshape(n_batches, per_batch)),
+          jnp.asarray(weights), jnp.asarray(norm))
+
+
+@functools.partial(jax.jit, static_argnames=("predict", "window"))
+def _weighted_sum(predict: Predict, variables: Any, image: jax.Array, origins: jax.Array, keep: jax.Array,
+                  weights: jax.Array, window: tuple[int, ...]) -> jax.Array:
+  """Sum f32[*image.shape] of weights * predict over windows at `origins` i32[nb, b, ndim]."""
+  def run_batch(total, batch):
     starts, keep = batch
     patches = jax.vmap(lambda s: jax.lax.dynamic_slice(image, tuple(s), window))(starts)
     probs = predict(variables, patches[..., None])[..., 0] * weights * keep.reshape((-1,) + (1,) * len(window))
-    def add(i, acc):
-      total, norm = acc
+    def add(i, total):
       s = tuple(starts[i])
-      total = jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, s, window) + probs[i], s)
-      norm = jax.lax.dynamic_update_slice(
-          norm, jax.lax.dynamic_slice(norm, s, window) + weights * keep[i], s)
-      return total, norm
-    return jax.lax.fori_loop(0, batch_size, add, acc), None
-  zeros = jnp.zeros(image.shape, jnp.float32)
-  batched = (origins.reshape(-1, batch_size, origins.shape[-1]), valid.reshape(-1, batch_size))
-  (total, norm), _ = jax.lax.scan(run_batch, (zeros, zeros), batched)
-  return total / norm
+      return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, s, window) + probs[i], s)
+    return jax.lax.fori_loop(0, starts.shape[0], add, total), None
+  total, _ = jax.lax.scan(run_batch, jnp.zeros(image.shape, jnp.float32), (origins, keep))
+  return total
 
 
-def sliding_window_predict(predict: Callable[[Any, jax.Array], jax.Array], variables: Any,
-                           image: np.ndarray | jax.Array,
+def _check(image_shape: tuple[int, ...], window: tuple[int, ...], overlap: float, batch_size: int) -> None:
+  """Raises InputError for a window, overlap or batch size that cannot cover `image_shape`."""
+  if len(window) != len(image_shape) or len(window) not in (2, 3):
+    raise InputError(f"window {tuple(window)} and image shape {tuple(image_shape)} must both be 2D or both 3D")
+  if min(window) < 1 or batch_size < 1:
+    raise InputError(f"window {tuple(window)} and batch size {batch_size} must be positive")
+  if not 0.0 <= overlap < 1.0:
+    raise InputError(f"overlap must be in [0, 1), got {overlap}")
+
+
+def window_sums(predict: Predict, variables: Any, image: np.ndarray | jax.Array, window: tuple[int, ...],
+                overlap: float = 0.5, blend: str = "gaussian", batch_size: int = 8,
+                sigma: float = 0.125) -> tuple[jax.Array, jax.Array]:
+  """(sum of weighted window probabilities, sum of weights), both f32[*image.shape].
+
+  Their ratio is `sliding_window_predict`; streaming adds sums of overlapping blocks before dividing.
+  """
+  window = tuple(int(w) for w in window)
+  _check(tuple(image.shape), window, overlap, batch_size)
+  shape = tuple(image.shape)
+  padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
+  image = jnp.asarray(image, jnp.float32)
+  if padded_shape != shape:
+    image = jnp.pad(image, [(0, p - s) for s, p in zip(shape, padded_shape)], mode="reflect")
+  origins, keep, weights, norm = _plan(padded_shape, window, float(overlap), blend, float(sigma), int(batch_size))
+  total = _weighted_sum(predict, variables, image, origins, keep, weights, window)
+  crop = tuple(slice(0, s) for s in shape)
+  return total[crop], norm[crop]
+
+
+def sliding_window_predict(predict: Predict, variables: Any, image: np.ndarray | jax.Array,
                            window: tuple[int, ...], overlap: float = 0.5, blend: str = "gaussian",
                            batch_size: int = 8, sigma: float = 0.125) -> jax.Array:
   """Probabilities f32[*image.shape] for `image` f32[H, W] or f32[D, H, W].
 
   `predict(variables, patches)` maps f32[B, *window, 1] to probabilities f32[B, *window, 1]; it is
-  a static argument (keep one function object), `variables` a traced one, so new weights do not
-  recompile.
-  Images smaller than the window are reflect-padded and cropped back.
+  a static argument (keep one function object, e.g. from `predictor`), `variables` a traced one,
+  so new weights do not recompile. `sigma` is the Gaussian's width as a fraction of the window.
   """
-  if len(window) != image.ndim:
-    raise InputError(f"window {window} and image shape {image.shape} differ in dimensions")
-  if not 0.0 <= overlap < 1.0:
-    raise InputError(f"overlap must be in [0, 1), got {overlap}")
-  shape = tuple(image.shape)
-  pad = [(0, max(0, w - s)) for s, w in zip(shape, window)]
-  padded = jnp.pad(jnp.asarray(image, jnp.float32), pad, mode="reflect" if any(p for _, p in pad) else "constant")
-  origins = window_grid(padded.shape, window, overlap)
-  n = len(origins)
-  n_padded = -(-n // batch_size) * batch_size
-  origins = np.concatenate([origins, np.repeat(origins[-1:], n_padded - n, 0)])
-  valid = (np.arange(n_padded) < n).astype(np.float32)
-  probs = _blend_windows(predict, variables, padded, jnp.asarray(origins), jnp.asarray(valid),
-                         jnp.asarray(blend_weights(window, blend, sigma)), tuple(window), batch_size)
-  return probs[tuple(slice(0, s) for s in shape)]
+  total, norm = window_sums(predict, variables, image, window, overlap, blend, batch_size, sigma)
+  return total / norm
+
+
+def _tta_transforms(tta: str) -> tuple[tuple[int, bool], ...]:
+  """(quarter turns, flip W) pairs of the TTA group; each maps x -> flip(rot90(x, k))."""
+  if tta not in TTAS:
+    raise InputError(f"eval.tta must be one of {TTAS}, got {tta!r}")
+  turns = {"none": (0,), "flips": (0, 2), "dihedral": (0, 1, 2, 3)}[tta]
+  return tuple((k, flip) for k in turns for flip in ((False,) if tta == "none" else (False, True)))
 
 
 @functools.lru_cache(maxsize=None)
-def predictor(model: UNet):
-  """A fixed function (variables, f32[B, *window, 1]) -> probabilities, for inference."""
+def test_time_augmented(predict: Predict, tta: str) -> Predict:
+  """`predict` averaged over the `tta` transforms of the (H, W) plane, each inverted before averaging."""
+  transforms = _tta_transforms(tta)
+  if len(transforms) == 1:
+    return predict
+  def augmented(variables: Any, patches: jax.Array) -> jax.Array:
+    plane = (patches.ndim - 3, patches.ndim - 2)
+    if tta == "dihedral" and patches.shape[plane[0]] != patches.shape[plane[1]]:
+      raise InputError(f"dihedral TTA needs square (H, W) windows, got {patches.shape[1:-1]}; "
+                       "use eval.tta='flips' or a square window")
+    total = 0.0
+    for k, flip in transforms:
+      x = jnp.rot90(patches, k, plane)
+      y = predict(variables, jnp.flip(x, plane[1]) if flip else x)
+      total = total + jnp.rot90(jnp.flip(y, plane[1]) if flip else y, -k, plane)
+    return total / len(transforms)
+  return augmented
+
+
+@functools.lru_cache(maxsize=None)
+def predictor(model: UNet, tta: str = "none") -> Predict:
+  """A fixed function (variables, f32[B, *window, 1]) -> sigmoid probabilities, with `tta`.
+
+  Windows whose sides do not divide by 2**depth are reflect-padded up to a multiple and cropped back.
+  """
+  factor = 2 ** model.depth
   def predict(variables: Any, patches: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(model.apply(variables, patches, train=False))
-  return predict
+    spatial = patches.shape[1:-1]
+    pad = [(0, 0)] + [(0, -s % factor) for s in spatial] + [(0, 0)]
+    if any(p for _, p in pad):
+      patches = jnp.pad(patches, pad, mode="reflect")
+    logits = model.apply(variables, patches, train=False)
+    return jax.nn.sigmoid(logits[(slice(None), *(slice(0, s) for s in spatial))])
+  return test_time_augmented(predict, tta)
+
+
+def eval_window(eval_config: Any, ndim: int) -> tuple[int, ...]:
+  """`eval.window` (an int or a tuple) as a tuple of `ndim` sizes."""
+  window = eval_config.window
+  window = tuple(window) if isinstance(window, (tuple, list)) else (window,) * ndim
+  if len(window) != ndim:
+    raise InputError(f"eval.window {window} must have {ndim} sizes for a {ndim}D model (or be one int)")
+  return window
+
+
+def stack_predictor(model: UNet, eval_config: Any) -> Callable[[np.ndarray | jax.Array], jax.Array]:
+  """image -> probabilities: `sliding_window_predict` with the model and the `eval` settings (lazy)."""
+  return functools.partial(
+      sliding_window_predict, predictor(model, eval_config.get("tta", "none")),
+      window=eval_window(eval_config, model.ndim), overlap=eval_config.overlap, blend=eval_config.blend,
+      batch_size=eval_config.batch_size, sigma=eval_config.get("sigma", 0.125))
 
 
 def predict_stack(model: UNet, variables: Any, image: np.ndarray, eval_config: Any) -> np.ndarray:
-  """Probabilities f32[Z, H, W] for a stack: slice by slice (2D model) or whole (3D model)."""
-  window = tuple(eval_config.window) if isinstance(eval_config.window, (tuple, list)) \
-      else (eval_config.window,) * model.ndim
-  run = functools.partial(sliding_window_predict, predictor(model), variables,
-                          window=window, overlap=eval_config.overlap, blend=eval_config.blend,
-                          batch_size=eval_config.batch_size)
+  """Probabilities f32[Z, H, W] for a stack held in memory: slice by slice (2D model) or whole (3D)."""
+  run = stack_predictor(model, eval_config)
   if model.ndim == 3:
-    return np.asarray(run(image))
-  return np.stack([np.asarray(run(image[z])) for z in range(image.shape[0])])
+    return np.asarray(run(variables, image))
+  return np.stack([np.asarray(run(variables, image[z])) for z in range(image.shape[0])])

@@ -1,0 +1,243 @@
+"""Sliding-window inference, test-time augmentation and the streaming whole-stack writer."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tifffile
+
+from unet_jax import data, inference, metrics, segment
+from unet_jax.errors import InputError
+from unet_jax.model import UNet
+
+identity = lambda variables, patches: patches
+
+
+def blur(variables, patches):
+  """A symmetric 3x3 blur with zero borders: commutes with every flip and 90-degree rotation."""
+  del variables
+  kernel = jnp.array([[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]])[:, :, None, None] / 16
+  return jax.lax.conv_general_dilated(patches, kernel, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def ramp(variables, patches):
+  """Multiplies by a ramp 0..1 along W: not flip-invariant; its flip average is exactly 0.5 * input."""
+  del variables
+  return patches * jnp.linspace(0.0, 1.0, patches.shape[-2])[:, None]
+
+
+def tiny_unet(ndim=2):
+  """A depth-2 U-Net with seeded random weights (N(0, 1 / fan-in)) and batch statistics.
+
+  (Filled from the shapes with NumPy: flax's initialisers take long to compile on a busy CPU.)
+  """
+  model = UNet(ndim=ndim, depth=2, base_features=4, norm="batch", upsample="resize")
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + (8,) * ndim + (1,)))
+  rng = np.random.default_rng(ndim)
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "var" in name or "scale" in name:
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    fan_in = np.prod(leaf.shape[:-1]) if "kernel" in name else 10.0
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+  return model, jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def reference(model, variables, image, window, overlap, blend):
+  """Plain NumPy loop over windows: reflect-pad to the window, blend, crop."""
+  shape = image.shape
+  padded = np.pad(image, [(0, max(0, w - s)) for s, w in zip(shape, window)], mode="reflect")
+  factor = 2 ** model.depth
+  weights = inference.blend_weights(window, blend)
+  apply = jax.jit(model.apply)
+  total, norm = np.zeros(padded.shape), np.zeros(padded.shape)
+  for start in inference.window_grid(padded.shape, window, overlap):
+    region = tuple(slice(s, s + w) for s, w in zip(start, window))
+    patch = np.pad(padded[region], [(0, -w % factor) for w in window], mode="reflect")
+    logits = np.asarray(apply(variables, patch[None, ..., None]))[0, ..., 0]
+    prob = 1 / (1 + np.exp(-logits[tuple(slice(0, w) for w in window)]))
+    total[region] += prob * weights
+    norm[region] += weights
+  return (total / norm)[tuple(slice(0, s) for s in shape)]
+
+
+def test_window_starts_hand_computed():
+  np.testing.assert_array_equal(inference.window_starts(1024, 256, 0.5), [0, 128, 256, 384, 512, 640, 768])
+  # stride 16 -> ceil(68 / 16) + 1 = 6 origins spread evenly over [0, 68]
+  np.testing.assert_array_equal(inference.window_starts(100, 32, 0.5), [0, 14, 27, 41, 54, 68])
+  np.testing.assert_array_equal(inference.window_starts(64, 16, 0.0), [0, 16, 32, 48])
+  np.testing.assert_array_equal(inference.window_starts(10, 32, 0.5), [0])
+
+
+@pytest.mark.parametrize("blend", inference.BLENDS)
+@pytest.mark.parametrize("shape,window", [((50, 70), (16, 16)), ((5, 7), (16, 16)), ((1, 9), (4, 4)),
+                                          ((13, 20, 17), (8, 8, 8))])
+def test_identity_model_returns_input(blend, shape, window):
+  image = np.random.default_rng(0).random(shape, np.float32)
+  out = inference.sliding_window_predict(identity, None, image, window, 0.5, blend, batch_size=3)
+  assert out.shape == shape
+  np.testing.assert_allclose(np.asarray(out), image, atol=1e-6)
+
+
+def test_constant_and_gaussian_agree_without_overlap():
+  model, variables = tiny_unet()
+  image = np.random.default_rng(1).random((32, 48), np.float32)
+  predict = inference.predictor(model)
+  const, gauss = (inference.sliding_window_predict(predict, variables, image, (16, 16), 0.0, b, 4)
+                  for b in inference.BLENDS)
+  np.testing.assert_allclose(np.asarray(const), np.asarray(gauss), atol=1e-6)
+
+
+@pytest.mark.parametrize("blend", inference.BLENDS)
+@pytest.mark.parametrize("shape,window", [((40, 52), (16, 16)),  # 4 x 6 windows, 24 in 5 batches of 5
+                                          ((21, 30), (18, 14)),  # odd image and windows not divisible by 4
+                                          ((7, 5), (16, 16))])   # image smaller than the window
+def test_matches_numpy_reference(blend, shape, window):
+  model, variables = tiny_unet()
+  image = np.random.default_rng(2).random(shape, np.float32)
+  out = inference.sliding_window_predict(inference.predictor(model), variables, image, window, 0.5, blend, 5)
+  np.testing.assert_allclose(np.asarray(out), reference(model, variables, image, window, 0.5, blend), atol=2e-5)
+
+
+def test_3d_matches_numpy_reference():
+  model, variables = tiny_unet(ndim=3)
+  image = np.random.default_rng(3).random((10, 14, 12), np.float32)
+  out = inference.sliding_window_predict(inference.predictor(model), variables, image, (8, 8, 8), 0.5, "gaussian", 4)
+  np.testing.assert_allclose(np.asarray(out), reference(model, variables, image, (8, 8, 8), 0.5, "gaussian"),
+                             atol=2e-5)
+
+
+@pytest.mark.parametrize("tta", ["flips", "dihedral"])
+def test_tta_of_equivariant_model_equals_no_tta(tta):
+  image = np.random.default_rng(4).random((30, 41), np.float32)
+  plain = inference.sliding_window_predict(blur, None, image, (16, 16), 0.5, "gaussian", 4)
+  augmented = inference.sliding_window_predict(inference.test_time_augmented(blur, tta), None, image,
+                                               (16, 16), 0.5, "gaussian", 4)
+  np.testing.assert_allclose(np.asarray(augmented), np.asarray(plain), atol=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["flips", "dihedral"])
+def test_tta_inverts_each_transform(tta):
+  """ramp(x) = x * r with r a 0..1 ramp; averaging r over the group's transforms gives 0.5 everywhere."""
+  patches = jnp.asarray(np.random.default_rng(5).random((2, 8, 8, 1), np.float32))
+  out = inference.test_time_augmented(ramp, tta)(None, patches)
+  np.testing.assert_allclose(np.asarray(out), 0.5 * np.asarray(patches), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(inference.test_time_augmented(ramp, "none")(None, patches)),
+                             np.asarray(ramp(None, patches)))
+
+
+def test_tta_on_3d_patches_and_errors():
+  volume = jnp.asarray(np.random.default_rng(6).random((1, 3, 8, 8, 1), np.float32))
+  np.testing.assert_allclose(np.asarray(inference.test_time_augmented(identity, "dihedral")(None, volume)),
+                             np.asarray(volume), atol=1e-6)
+  with pytest.raises(InputError, match="square"):
+    inference.test_time_augmented(identity, "dihedral")(None, jnp.zeros((1, 8, 6, 1)))
+  with pytest.raises(InputError, match="tta"):
+    inference.test_time_augmented(identity, "all")
+
+
+def test_predictor_tta_runs_a_unet():
+  model, variables = tiny_unet()
+  image = np.random.default_rng(7).random((20, 20), np.float32)
+  out = inference.sliding_window_predict(inference.predictor(model, "flips"), variables, image, (16, 16))
+  assert out.shape == (20, 20) and np.all((np.asarray(out) > 0) & (np.asarray(out) < 1))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"blend": "box"}, "blend"), ({"overlap": 1.0}, "overlap"),
+                                          ({"window": (8, 8, 8)}, "2D or both 3D"), ({"batch_size": 0}, "positive")])
+def test_bad_arguments_raise_input_error(kwargs, match):
+  args = {"window": (8, 8), "overlap": 0.5, "blend": "gaussian", "batch_size": 2, **kwargs}
+  with pytest.raises(InputError, match=match):
+    inference.sliding_window_predict(identity, None, np.zeros((10, 10), np.float32), **args)
+
+
+def test_stream_3d_equals_whole_volume():
+  model, variables = tiny_unet(ndim=3)
+  volume = np.random.default_rng(8).random((21, 12, 10), np.float32)  # z origins 0, 4, 9, 13
+  predict = inference.predictor(model)
+  whole = np.asarray(inference.sliding_window_predict(predict, variables, volume, (8, 8, 8), 0.5, "gaussian", 4))
+  streamed = np.stack(list(segment.stream_probabilities(predict, variables, volume.__getitem__, volume.shape,
+                                                        (8, 8, 8), 0.5, "gaussian", 4)))
+  np.testing.assert_allclose(streamed, whole, atol=1e-6)
+  small = volume[:5]  # thinner than the window: one reflect-padded slab
+  np.testing.assert_allclose(
+      np.stack(list(segment.stream_probabilities(identity, None, small.__getitem__, small.shape, (8, 8, 8)))),
+      small, atol=1e-6)
+
+
+def eval_config(**overrides):
+  c = ml_collections.ConfigDict({"window": 16, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,
+                                 "batch_size": 4, "threshold": 0.5, "tta": "none"})
+  c.update(overrides)
+  return c
+
+
+def write_pages(path, array):
+  with tifffile.TiffWriter(path) as writer:
+    for page in array:
+      writer.write(page)
+
+
+@pytest.mark.parametrize("probability_dtype", segment.PROBABILITY_DTYPES)
+def test_streaming_writer_equals_in_memory(tmp_path, probability_dtype):
+  model, variables = tiny_unet()
+  rng = np.random.default_rng(9)
+  stack = (rng.random((3, 24, 37)) * 255).astype(np.uint8)
+  mask = (rng.random((3, 24, 37)) > 0.5).astype(np.uint8) * 255
+  write_pages(tmp_path / "stack.tif", stack)
+  write_pages(tmp_path / "mask.tif", mask)
+  config = eval_config(tta="flips")
+  with segment.StackReader(str(tmp_path / "stack.tif")) as reader, \
+       segment.StackReader(str(tmp_path / "mask.tif")) as truth:
+    summary = segment.segment_stack(model, variables, reader, str(tmp_path / "out"), config, truth,
+                                    probability_dtype, progress=False)
+  expected = inference.predict_stack(model, variables, stack / np.float32(255), config)
+  probs = tifffile.imread(summary["probabilities"])
+  seg = tifffile.imread(summary["segmentation"])
+  assert probs.dtype == np.dtype(probability_dtype) and probs.shape == stack.shape
+  if probability_dtype == "uint8":
+    np.testing.assert_array_equal(probs, np.round(expected * 255).astype(np.uint8))
+  else:
+    np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3)
+  np.testing.assert_array_equal(seg, (expected >= 0.5).astype(np.uint8) * 255)
+  assert summary["pixel"]["dice"] == pytest.approx(metrics.pixel_scores(expected >= 0.5, mask > 0)["dice"])
+
+
+def test_stack_reader_normalises_like_read_stack(tmp_path):
+  rng = np.random.default_rng(10)
+  for name, stack in {"u16": (rng.random((3, 6, 5)) * 65535).astype(np.uint16),
+                      "f32": rng.normal(size=(3, 6, 5)).astype(np.float32) * 100,
+                      "i16": rng.integers(-500, 500, (2, 6, 5)).astype(np.int16)}.items():
+    path = str(tmp_path / f"{name}.tif")
+    write_pages(path, stack)
+    with segment.StackReader(path) as reader:
+      assert reader.shape == stack.shape
+      np.testing.assert_allclose(np.stack([reader[z] for z in range(len(reader))]),
+                                 data.normalize_image(stack), atol=1e-6)
+  tifffile.imwrite(tmp_path / "one.tif", stack[0])
+  with segment.StackReader(str(tmp_path / "one.tif")) as reader:
+    assert reader.shape == (1, 6, 5)
+
+
+def test_stack_reader_errors(tmp_path):
+  with pytest.raises(InputError, match="not found"):
+    segment.StackReader(str(tmp_path / "missing.tif"))
+  tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 4, 5, 3), np.uint8))
+  with pytest.raises(InputError, match="multi-channel"):
+    segment.StackReader(str(tmp_path / "rgb.tif"))
+  (tmp_path / "junk.tif").write_bytes(b"not a tiff")
+  with pytest.raises(InputError, match="valid TIFF"):
+    segment.StackReader(str(tmp_path / "junk.tif"))
+
+
+def test_stack_reader_on_real_stacks(vnc_root):
+  """VNC's testing.tif holds its 4 slices in one page (read whole); training.tif one page per slice."""
+  for name in ("testing.tif", "training.tif"):
+    path = os.path.join(vnc_root, name)
+    with segment.StackReader(path) as reader:
+      z = len(reader) - 1
+      np.testing.assert_array_equal(reader[z], data.normalize_image(data.read_stack(path)[z]))
