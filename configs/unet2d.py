@@ -72,6 +72,8 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.eval.window = 32 if variant == "tiny" else 256
   c.eval.overlap = 0.5
   c.eval.blend = "gaussian"  # gaussian | constant
+  c.eval.sigma = 0.125  # gaussian blending: sigma as a fraction of the window
+  c.eval.tta = "none"  # test-time augmentation, averaged: none | flips (4) | dihedral (8 flips/rotations)
   c.eval.batch_size = 8
   c.eval.threshold = 0.5
   c.eval.checkpoint = "best"  # best | latest
