@@ -57,9 +57,15 @@ def test_choose_threshold():
   assert chosen["value"] == 0.5 and chosen["val_dice"] == 1.0 and "val split" in chosen["source"]
   with pytest.raises(InputError, match="val split"):
     evaluation.choose_threshold(config)
-  config.threshold_candidates = (0.5, 1.5)
-  with pytest.raises(InputError, match="threshold_candidates"):
-    evaluation.choose_threshold(config, np.zeros((1, 2)), np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("field,value", [("threshold_candidates", (0.5, 1.5)), ("iou_thresholds", ()),
+                                         ("min_size", -1), ("report_slices", 0), ("threshold", 1.0)])
+def test_bad_eval_config(field, value):
+  config = unet2d.get_config("tiny").eval
+  config[field] = value
+  with pytest.raises(InputError, match=f"eval.{field}="):
+    evaluation.check_eval_config(config)
 
 
 def test_stack_scores_by_hand():

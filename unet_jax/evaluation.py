@@ -34,6 +34,23 @@ def load_variables(config: Any, workdir: str) -> tuple[dict[str, Any], int]:
   return {"params": tree["params"], "batch_stats": tree["batch_stats"]}, step
 
 
+def check_eval_config(eval_config: Any) -> None:
+  """Raises InputError for report settings that cannot work."""
+  e = eval_config
+  problems = [
+      (not 0.0 < e.threshold < 1.0, f"eval.threshold={e.threshold} must be in (0, 1)"),
+      (not e.threshold_candidates or not all(0.0 < t < 1.0 for t in e.threshold_candidates),
+       f"eval.threshold_candidates={e.threshold_candidates!r} must be numbers in (0, 1)"),
+      (not e.iou_thresholds or not all(0.0 < t <= 1.0 for t in e.iou_thresholds),
+       f"eval.iou_thresholds={e.iou_thresholds!r} must be numbers in (0, 1]"),
+      (e.min_size < 0, f"eval.min_size={e.min_size} must be >= 0 voxels"),
+      (e.report_slices < 1, f"eval.report_slices={e.report_slices} must be >= 1"),
+      (e.figure_px < 32, f"eval.figure_px={e.figure_px} must be >= 32 pixels")]
+  for bad, message in problems:
+    if bad:
+      raise InputError(message)
+
+
 def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
                      val_mask: np.ndarray | None = None) -> dict[str, Any]:
   """{'value', 'source', ...}: `eval.threshold`, or the best-Dice candidate on the val split.
@@ -46,8 +63,6 @@ def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
   if val_probs is None or val_mask is None:
     raise InputError("eval.select_threshold needs the val split's probabilities and mask")
   candidates = [float(t) for t in eval_config.threshold_candidates]
-  if not candidates or not all(0.0 < t < 1.0 for t in candidates):
-    raise InputError(f"eval.threshold_candidates must be numbers in (0, 1), got {eval_config.threshold_candidates!r}")
   best, dice = metrics.best_dice_threshold(val_probs, val_mask, candidates)
   return {"value": best, "source": f"best Dice on the val split over {len(candidates)} candidates",
           "val_dice": float(max(dice)), "candidates": candidates, "candidate_val_dice": dice}
@@ -135,14 +150,16 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
   unknown = sorted(set(split_names) - set(SPLITS))
   if unknown or not split_names:
     raise InputError(f"splits must be some of {SPLITS}, got {list(split_names)}")
+  check_eval_config(config.eval)
   voxel_size = morphometry.check_voxel_size(config.data.voxel_size_nm)
   splits = data.load_splits(config.data)
   model = build_model(config.model)
   runs = []
   for name, workdir in zip(run_names(workdirs), workdirs):
     variables, step = load_variables(config, workdir)
-    predict = lambda split_name: inference.predict_stack(model, variables, splits[split_name].image, config.eval)
-    val_probs = predict("val") if config.eval.select_threshold else None
+    val_probs = None
+    if config.eval.select_threshold:
+      val_probs = inference.predict_stack(model, variables, splits["val"].image, config.eval)
     threshold = choose_threshold(config.eval, val_probs, splits["val"].mask)
     curves = None
     if os.path.isfile(os.path.join(workdir, "log.jsonl")):
@@ -151,7 +168,10 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
       figures.save_training_curves(os.path.join(report_dir, curves), os.path.join(workdir, "log.jsonl"))
     for split_name in split_names:
       split = splits[split_name]
-      probs = val_probs if split_name == "val" and val_probs is not None else predict(split_name)
+      if split_name == "val" and val_probs is not None:
+        probs = val_probs
+      else:
+        probs = inference.predict_stack(model, variables, split.image, config.eval)
       scores, tables = stack_scores(probs, split.mask, threshold["value"], config.eval, voxel_size)
       files = write_stack_files(report_dir, os.path.join(name, split_name), split, probs >= threshold["value"],
                                 scores, tables, config.eval, save_predictions)
