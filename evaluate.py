@@ -6,8 +6,16 @@
 Several checkpoints and splits in one run: --workdir=runs/a,runs/b --split=val,test. Choose the
 threshold on the val split (never test): --config.eval.select_threshold=True. What is measured:
 unet_jax/evaluation.py; the definitions are listed at the end of report.md.
+
+Segment any TIFF stack (2D image or Z pages), streamed page by page, with or without ground truth:
+
+  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=stack.tif \
+      --output_dir=out/ [--mask=truth.tif] [--config.eval.tta=flips]
+
+writes out/probabilities.tif (float16), out/segmentation.tif (u8 0/255) and out/summary.json.
 """
 
+import json
 import os
 import sys
 
@@ -22,7 +30,11 @@ config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (fil
 flags.DEFINE_list("workdir", None, "Training directories holding the checkpoints (comma-separated).")
 flags.DEFINE_list("split", ["test"], "Splits to score (comma-separated): test, val, train.")
 flags.DEFINE_string("report_dir", None, "Where to write the report (default <first workdir>/report).")
-flags.DEFINE_bool("save_predictions", False, "Also write each thresholded prediction as prediction.tif.")
+flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction as prediction.tif (u8 0/255).")
+flags.DEFINE_string("input", None, "Segment this TIFF stack instead of scoring splits (unet_jax/segment.py).")
+flags.DEFINE_string("mask", None, "With --input: its ground-truth mask TIFF, to score the segmentation.")
+flags.DEFINE_string("output_dir", None, "With --input: output folder (default <workdir>/segment_<input name>).")
+flags.DEFINE_enum("probabilities", "float16", ["float16", "uint8"], "With --input: probability TIFF dtype.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -32,6 +44,14 @@ def main(argv: list[str]) -> None:
   parallel.use_host_devices(FLAGS.config.host_devices)
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
   try:
+    if FLAGS.input:
+      from unet_jax import segment  # pylint: disable=g-import-not-at-top
+      name = os.path.splitext(os.path.basename(FLAGS.input))[0]
+      output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
+      summary = segment.segment_file(FLAGS.config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask,
+                                     FLAGS.probabilities)
+      print(json.dumps(summary, indent=2))
+      return
     report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
     report = evaluation.evaluate(FLAGS.config, FLAGS.workdir, report_dir, FLAGS.split,
                                  FLAGS.save_predictions, " ".join(["python", *sys.argv]))

@@ -1,6 +1,9 @@
 """Sliding-window inference, test-time augmentation and the streaming whole-stack writer."""
 
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,9 +12,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import data, inference, metrics, segment
+from unet_jax import checkpoint, data, inference, metrics, segment, synthetic, trainer
 from unet_jax.errors import InputError
-from unet_jax.model import UNet
+from unet_jax.model import UNet, build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 identity = lambda variables, patches: patches
 
@@ -30,21 +35,27 @@ def ramp(variables, patches):
   return patches * jnp.linspace(0.0, 1.0, patches.shape[-2])[:, None]
 
 
-def tiny_unet(ndim=2):
-  """A depth-2 U-Net with seeded random weights (N(0, 1 / fan-in)) and batch statistics.
+def random_like(tree, seed=0):
+  """Seeded random arrays shaped like the leaves of `tree` (shapes only, e.g. from jax.eval_shape):
+  kernels N(0, 1 / fan-in), variances and scales in [0.5, 1.5], the rest N(0, 0.1).
 
-  (Filled from the shapes with NumPy: flax's initialisers take long to compile on a busy CPU.)
+  (Filled with NumPy: flax's initialisers take long to compile on a busy CPU.)
   """
-  model = UNet(ndim=ndim, depth=2, base_features=4, norm="batch", upsample="resize")
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + (8,) * ndim + (1,)))
-  rng = np.random.default_rng(ndim)
+  rng = np.random.default_rng(seed)
   def fill(path, leaf):
     name = jax.tree_util.keystr(path)
     if "var" in name or "scale" in name:
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    fan_in = np.prod(leaf.shape[:-1]) if "kernel" in name else 10.0
-    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-  return model, jax.tree_util.tree_map_with_path(fill, shapes)
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
+    fan_in = np.prod(leaf.shape[:-1]) if "kernel" in name else 100.0
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(fill, tree)
+
+
+def tiny_unet(ndim=2):
+  """A depth-2 U-Net with seeded random weights and batch statistics."""
+  model = UNet(ndim=ndim, depth=2, base_features=4, norm="batch", upsample="resize")
+  return model, random_like(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + (8,) * ndim + (1,))),
+                            seed=ndim)
 
 
 def reference(model, variables, image, window, overlap, blend):
@@ -241,3 +252,35 @@ def test_stack_reader_on_real_stacks(vnc_root):
     with segment.StackReader(path) as reader:
       z = len(reader) - 1
       np.testing.assert_array_equal(reader[z], data.normalize_image(data.read_stack(path)[z]))
+
+
+def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
+  """evaluate.py --input: a checkpoint segments a stack; the files match in-memory inference."""
+  state = jax.eval_shape(lambda: trainer.state_tree(
+      trainer.create_train_state(tiny_config, build_model(tiny_config.model), jax.random.PRNGKey(0))))
+  state = {**random_like(state), "step": np.int32(3)}
+  saver = checkpoint.Checkpoints(str(tmp_path / "run"))
+  saver.save(3, state, val_dice=0.5)
+  saver.close()
+  image, mask = synthetic.make_stack(0, 2, (40, 50))
+  write_pages(tmp_path / "stack.tif", image)
+  write_pages(tmp_path / "truth.tif", mask)
+  result = subprocess.run(
+      [sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path / 'run'}",
+       f"--input={tmp_path / 'stack.tif'}", f"--mask={tmp_path / 'truth.tif'}", f"--output_dir={tmp_path / 'out'}",
+       "--probabilities=uint8"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / "out" / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["step"] == 3 and summary["shape"] == [2, 40, 50]
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  expected = inference.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
+                                     tiny_config.eval)
+  np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "segmentation.tif"),
+                                (expected >= 0.5).astype(np.uint8) * 255)
+  np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "probabilities.tif"), expected * 255, atol=0.51)
+  assert summary["pixel"]["dice"] == pytest.approx(metrics.pixel_scores(expected >= 0.5, mask > 0)["dice"])
+  bad = subprocess.run([sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny",
+                        f"--workdir={tmp_path / 'run'}", f"--input={tmp_path / 'missing.tif'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert bad.returncode != 0 and "error: file not found" in bad.stderr

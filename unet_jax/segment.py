@@ -12,6 +12,8 @@ to float rounding). Probabilities (float16, or uint8 = round(255 p)) and the thr
 """
 
 import collections
+import contextlib
+import json
 import os
 from typing import Any, Callable, Iterator
 
@@ -19,9 +21,9 @@ import numpy as np
 import tifffile
 import tqdm
 
-from unet_jax import data, inference, metrics
+from unet_jax import data, evaluation, inference, metrics
 from unet_jax.errors import InputError
-from unet_jax.model import UNet
+from unet_jax.model import UNet, build_model
 
 PROBABILITY_DTYPES = ("float16", "uint8")
 
@@ -196,4 +198,22 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
   if mask is not None:
     c = dict(zip(metrics.COUNTS, map(int, counts)))
     summary["pixel"] = {**c, **metrics.scores_from_counts(c)}
+  return summary
+
+
+def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, mask_path: str | None = None,
+                 probability_dtype: str = "float16", progress: bool = True) -> dict[str, Any]:
+  """Segments the TIFF `input_path` with `workdir`'s checkpoint (`eval.checkpoint`) into `output_dir`.
+
+  Writes probabilities.tif, segmentation.tif and summary.json there (scores too, given `mask_path`).
+  """
+  with contextlib.ExitStack() as stack:
+    reader = stack.enter_context(StackReader(input_path))
+    mask = stack.enter_context(StackReader(mask_path)) if mask_path else None
+    variables, step = evaluation.load_variables(config, workdir)
+    summary = segment_stack(build_model(config.model), variables, reader, output_dir, config.eval, mask,
+                            probability_dtype, progress)
+  summary = {"workdir": workdir, "checkpoint": config.eval.checkpoint, "step": int(step), **summary}
+  with open(os.path.join(output_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
   return summary
