@@ -65,8 +65,32 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.optim.final_lr_fraction = 0.01
   c.optim.grad_clip = 1.0  # global-norm clipping; 0 = off
 
+  # Per-example augmentation in the jitted train step (unet_jax/augment.py; its docstring lists the
+  # overrides for the "flips" and "none" ablations). Each transform fires with its *_prob; 0 = off.
   c.augment = ml_collections.ConfigDict()
-  c.augment.flips = True  # the 8 dihedral flips/rotations
+  c.augment.flips = True  # one of the 8 dihedral flips/90-degree rotations, uniformly
+  c.augment.rotate_prob = 0.5  # rotate in the (H, W) plane by an angle uniform in +-rotate_degrees
+  c.augment.rotate_degrees = 180.0  # 180: any angle
+  c.augment.scale_prob = 0.5  # zoom by a factor log-uniform in scale_range (> 1 magnifies)
+  c.augment.scale_range = (0.8, 1.2)
+  c.augment.shear_prob = 0.3  # shear in the (H, W) plane by an angle uniform in +-shear_degrees
+  c.augment.shear_degrees = 10.0
+  c.augment.elastic_prob = 0.3  # smooth random displacement, in the same resampling as the affine
+  c.augment.elastic_alpha = 3.0  # displacement std (pixels) at the control points
+  c.augment.elastic_sigma = 32.0  # control-point spacing (pixels); larger = smoother
+  c.augment.brightness_prob = 0.5  # add an offset uniform in +-brightness
+  c.augment.brightness = 0.1
+  c.augment.contrast_prob = 0.5  # scale deviations from the patch mean by a factor uniform in contrast
+  c.augment.contrast = (0.8, 1.2)
+  c.augment.gamma_prob = 0.5  # image ** g, g log-uniform in gamma
+  c.augment.gamma = (0.8, 1.25)
+  c.augment.noise_prob = 0.3  # add Gaussian noise, std uniform in [0, noise_std]
+  c.augment.noise_std = 0.03
+  c.augment.blur_prob = 0.2  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
+  c.augment.blur_sigma = 1.0
+  if variant == "tiny":  # flips only: every other transform adds seconds to each test's compile
+    for name in [k for k in c.augment if k.endswith("_prob")]:
+      c.augment[name] = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.window = 32 if variant == "tiny" else 256
