@@ -49,7 +49,8 @@ def write_stack(path: str, array: np.ndarray, compression: str | None = "zlib") 
   """Writes `array` [Z, H, W] as a multi-frame TIFF, atomically (temp file + rename)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp-{os.getpid()}"
-  tifffile.imwrite(tmp, np.asarray(array), compression=compression, metadata={"axes": "ZYX"})
+  tifffile.imwrite(tmp, np.asarray(array), compression=compression, photometric="minisblack",
+                   metadata={"axes": "ZYX"})
   os.replace(tmp, path)
 
 

@@ -39,6 +39,7 @@ class ConvBlock(nn.Module):
       if norm is not None:
         x = norm(x)
       x = nn.relu(x)
+    self.sow("intermediates", "features", x)
     return x
 
 
@@ -47,7 +48,7 @@ class UNet(nn.Module):
 
   Input f32[B, *spatial, C]; output logits f32[B, *spatial, 1]. Every spatial size must be
   divisible by 2**depth (an `InputError` says so otherwise; sliding-window inference pads for you).
-  Activations are sown into the 'intermediates' collection (`enc{i}`, `bottleneck`, `dec{i}`)
+  Each block's output is sown as 'intermediates' / {`enc{i}`, `bottleneck`, `dec{i}`} / 'features'
   for explainability: `model.apply(..., mutable=['intermediates'])`.
   """
   ndim: int = 2
@@ -81,11 +82,9 @@ class UNet(nn.Module):
     skips = []
     for level in range(self.depth):
       x = block(self.base_features * 2 ** level, f"enc{level}")(x, train)
-      self.sow("intermediates", f"enc{level}", x)
       skips.append(x)
       x = nn.max_pool(x, window, strides=window)
     x = block(self.base_features * 2 ** self.depth, "bottleneck")(x, train)
-    self.sow("intermediates", "bottleneck", x)
     for level in reversed(range(self.depth)):
       features = self.base_features * 2 ** level
       if self.upsample == "transpose":
@@ -95,7 +94,6 @@ class UNet(nn.Module):
         x = jax.image.resize(x, (x.shape[0], *(2 * s for s in x.shape[1:-1]), features), "linear")
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = block(features, f"dec{level}")(x, train)
-      self.sow("intermediates", f"dec{level}", x)
     return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
 
 

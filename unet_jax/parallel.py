@@ -16,9 +16,9 @@ def use_host_devices(count: int) -> None:
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={count}"])
 
 
-def make_mesh() -> Mesh:
-  """A mesh of every device (all processes) along the 'batch' axis."""
-  return Mesh(np.array(jax.devices()), (AXIS,))
+def make_mesh(devices: list | None = None) -> Mesh:
+  """A mesh of `devices` (default: every device of every process) along the 'batch' axis."""
+  return Mesh(np.array(devices if devices is not None else jax.devices()), (AXIS,))
 
 
 def shard_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -51,7 +51,7 @@ def patch_shape(config: Any) -> tuple[int, ...]:
 def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
   """Initialises parameters from `key` for patches of the configured shape."""
   dummy = jnp.zeros((1, *patch_shape(config), 1), jnp.float32)
-  variables = build_model(config.model).init(key, dummy, train=False)
+  variables = jax.jit(build_model(config.model).init, static_argnames="train")(key, dummy, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
                            tx=make_optimizer(config.optim, config.train.steps))

@@ -1,0 +1,29 @@
+"""Shared fixtures. Forces 2 XLA host devices so multi-device code is tested on CPU."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    + ["--xla_force_host_platform_device_count=2"])
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from configs import unet2d  # pylint: disable=g-import-not-at-top
+
+VNC_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "vnc")
+
+
+@pytest.fixture
+def tiny_config():
+  """The tiny synthetic config: trains in seconds."""
+  return unet2d.get_config("tiny")
+
+
+@pytest.fixture
+def vnc_root():
+  """Path of the real VNC data; skips the test when ../shared is absent."""
+  if not os.path.isfile(os.path.join(VNC_ROOT, "training.tif")):
+    pytest.skip("real EM data ../shared/data/vnc is absent (it is not part of the repository)")
+  return VNC_ROOT

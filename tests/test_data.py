@@ -1,0 +1,150 @@
+"""Data loading, validation, normalisation, splits, synthetic generator, patch sampling."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet_jax import data, sampling, synthetic
+from unet_jax.errors import InputError
+
+
+def _write_pair(tmp_path, name, image, mask):
+  data.write_stack(str(tmp_path / f"{name}.tif"), image)
+  data.write_stack(str(tmp_path / f"{name}_groundtruth.tif"), mask)
+
+
+def _folder(tmp_path, image, mask):
+  _write_pair(tmp_path, "training", image, mask)
+  _write_pair(tmp_path, "testing", image, mask)
+  return str(tmp_path)
+
+
+def test_tiff_round_trip(tmp_path):
+  stack = np.random.default_rng(0).integers(0, 255, (3, 16, 20), dtype=np.uint8)
+  data.write_stack(str(tmp_path / "s.tif"), stack)
+  np.testing.assert_array_equal(data.read_stack(str(tmp_path / "s.tif")), stack)
+
+
+def test_2d_tiff_becomes_one_slice(tmp_path):
+  data.write_stack(str(tmp_path / "s.tif"), np.zeros((16, 20), np.uint8))
+  assert data.read_stack(str(tmp_path / "s.tif")).shape == (1, 16, 20)
+
+
+@pytest.mark.parametrize("dtype,scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
+def test_integer_normalisation(dtype, scale):
+  image = np.array([[0, 1, int(scale)]], dtype)
+  np.testing.assert_allclose(data.normalize_image(image), [[0.0, 1.0 / scale, 1.0]], rtol=1e-6)
+
+
+def test_float_normalisation():
+  np.testing.assert_allclose(data.normalize_image(np.array([0.2, 0.5], np.float32)), [0.2, 0.5])
+  np.testing.assert_allclose(data.normalize_image(np.array([-1.0, 0.0, 3.0])), [0.0, 0.25, 1.0])
+
+
+def test_nan_image_is_an_error():
+  with pytest.raises(InputError, match="NaN"):
+    data.normalize_image(np.array([0.0, np.nan]))
+
+
+@pytest.mark.parametrize("mask", [np.array([0, 1]), np.array([0, 255])])
+def test_binary_masks(mask):
+  np.testing.assert_array_equal(data.binarize_mask(mask), [0, 1])
+
+
+def test_non_binary_mask_names_values():
+  with pytest.raises(InputError, match=r"found values \{0, 1, 2\}"):
+    data.binarize_mask(np.array([0, 1, 2]))
+
+
+def test_shape_mismatch_is_an_error():
+  with pytest.raises(InputError, match="image shape .* != mask shape"):
+    data.make_split(np.zeros((2, 8, 8), np.uint8), np.zeros((2, 8, 9), np.uint8))
+
+
+def test_missing_file_is_an_error(tmp_path):
+  with pytest.raises(InputError, match="file not found"):
+    data.read_stack(str(tmp_path / "nope.tif"))
+
+
+def test_corrupt_file_is_an_error(tmp_path):
+  (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+  with pytest.raises(InputError, match="cannot read TIFF"):
+    data.read_stack(str(tmp_path / "bad.tif"))
+
+
+def test_empty_stack_is_an_error(tmp_path):
+  tifffile.imwrite(tmp_path / "e.tif", np.zeros((0, 8), np.uint8))
+  with pytest.raises(InputError, match="empty"):
+    data.read_stack(str(tmp_path / "e.tif"))
+
+
+def test_folder_with_missing_files(tmp_path):
+  with pytest.raises(InputError, match="lacks training.tif"):
+    data.load_folder(str(tmp_path))
+
+
+def test_load_folder_and_validation_carve(tmp_path, tiny_config):
+  image = np.random.default_rng(0).integers(0, 255, (5, 16, 16), dtype=np.uint8)
+  mask = (image > 128).astype(np.uint8) * 255
+  tiny_config.data.name = "vnc"
+  tiny_config.data.root = _folder(tmp_path, image, mask)
+  tiny_config.data.val_fraction = 0.2
+  splits = data.load_splits(tiny_config.data)
+  assert splits["train"].image.shape == (4, 16, 16) and splits["val"].image.shape == (1, 16, 16)
+  np.testing.assert_array_equal(splits["val"].mask[0], mask[4] > 0)
+  assert splits["test"].image.dtype == np.float32 and splits["test"].mask.max() == 1
+
+
+def test_bad_val_fraction(tmp_path, tiny_config):
+  with pytest.raises(InputError, match="val_fraction"):
+    data.carve_validation(data.Split(np.zeros((3, 4, 4)), np.zeros((3, 4, 4))), 1.0)
+
+
+def test_unknown_dataset(tiny_config):
+  tiny_config.data.name = "mnist"
+  with pytest.raises(InputError, match="data.name"):
+    data.load_splits(tiny_config.data)
+
+
+def test_synthetic_is_seeded_and_em_like():
+  a = synthetic.make_stack(3, 2, (96, 96))
+  b = synthetic.make_stack(3, 2, (96, 96))
+  c = synthetic.make_stack(4, 2, (96, 96))
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0], c[0])
+  image, mask = a
+  assert image.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+  assert 0.01 < (mask > 0).mean() < 0.6
+  assert image[mask > 0].mean() < image[mask == 0].mean() - 20  # mitochondria are darker
+
+
+def test_synthetic_3d_volume():
+  image, mask = synthetic.make_stack(0, 24, (48, 48), ndim=3)
+  assert image.shape == mask.shape == (24, 48, 48) and (mask > 0).any()
+
+
+def test_sampler_shapes_and_foreground_fraction():
+  rng = np.random.default_rng(0)
+  mask = np.zeros((3, 64, 64), np.uint8)
+  mask[1, 40:44, 10:14] = 1
+  split = data.Split(rng.random((3, 64, 64), dtype=np.float32), mask)
+  sampler = sampling.PatchSampler.create(split, (16, 16), fg_fraction=1.0)
+  batch = sampler.sample(rng, 8)
+  assert batch["image"].shape == batch["mask"].shape == (8, 16, 16, 1)
+  assert all(batch["mask"][i].any() for i in range(8))
+  batch3d = sampling.PatchSampler.create(split, (2, 16, 16), 0.5).sample(rng, 2)
+  assert batch3d["image"].shape == (2, 2, 16, 16, 1)
+
+
+def test_batches_depend_only_on_seed_and_step():
+  split = data.Split(np.random.default_rng(0).random((2, 32, 32), dtype=np.float32), np.zeros((2, 32, 32), np.uint8))
+  sampler = sampling.PatchSampler.create(split, (16, 16), 0.0)
+  from_zero = sampling.batches(sampler, 2, 7, 0)
+  next(from_zero)
+  np.testing.assert_array_equal(next(from_zero)["image"], next(sampling.batches(sampler, 2, 7, 1))["image"])
+
+
+def test_patch_too_large():
+  split = data.Split(np.zeros((1, 8, 8), np.float32), np.zeros((1, 8, 8), np.uint8))
+  with pytest.raises(InputError, match="does not fit"):
+    sampling.PatchSampler.create(split, (16, 16), 0.5)

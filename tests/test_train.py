@@ -1,0 +1,99 @@
+"""Train step, data parallelism, checkpoints, resume, and a tiny end-to-end run."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from unet_jax import checkpoint, data, parallel, synthetic, trainer
+from unet_jax.errors import InputError
+from unet_jax.model import build_model
+
+
+def _batch(n=4, size=32, seed=0):
+  image, mask = synthetic.make_stack(seed, n, (size, size))
+  split = data.make_split(image, mask)
+  return {"image": split.image[..., None], "mask": split.mask[..., None].astype(np.float32)}
+
+
+def _state(config, mesh):
+  model = build_model(config.model, parallel.AXIS)
+  return parallel.replicate(mesh, trainer.create_train_state(config, model, jax.random.PRNGKey(0)))
+
+
+def test_train_step_lowers_the_loss(tiny_config):
+  tiny_config.augment.flips = False
+  mesh = parallel.make_mesh()
+  state, step = _state(tiny_config, mesh), trainer.make_parallel_train_step(mesh, tiny_config)
+  batch = parallel.shard_batch(mesh, _batch())
+  losses = []
+  for i in range(15):
+    state, m = step(state, batch, jax.random.PRNGKey(i))
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0] - 0.05
+
+
+def test_two_devices_match_one(tiny_config):
+  assert jax.device_count() == 2, "conftest forces 2 host devices"
+  batch = _batch()
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    state, step = _state(tiny_config, mesh), trainer.make_parallel_train_step(mesh, tiny_config)
+    for i in range(3):
+      state, m = step(state, parallel.shard_batch(mesh, batch), jax.random.PRNGKey(i))
+    results.append((jax.device_get(state.params), jax.device_get(state.batch_stats), float(m["loss"])))
+  (p1, s1, l1), (p2, s2, l2) = results
+  assert l1 == pytest.approx(l2, rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (p1, s1), (p2, s2))
+
+
+def test_batch_must_divide_devices(tiny_config):
+  tiny_config.train.batch_size = 3
+  with pytest.raises(InputError, match="multiple of the 2 devices"):
+    trainer.check_config(tiny_config, 2)
+
+
+def test_bad_optimizer_and_schedule(tiny_config):
+  tiny_config.optim.name = "lamb"
+  with pytest.raises(InputError, match="optim.name"):
+    trainer.make_optimizer(tiny_config.optim, 10)
+  tiny_config.optim.name, tiny_config.optim.schedule = "adam", "step"
+  with pytest.raises(InputError, match="optim.schedule"):
+    trainer.make_optimizer(tiny_config.optim, 10)
+
+
+def test_checkpoint_round_trip(tiny_config, tmp_path):
+  mesh = parallel.make_mesh()
+  state = _state(tiny_config, mesh)
+  state, _ = trainer.make_parallel_train_step(mesh, tiny_config)(state, parallel.shard_batch(mesh, _batch()),
+                                                                 jax.random.PRNGKey(0))
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  ckpt.save(1, trainer.state_tree(state), val_dice=0.5)
+  ckpt.close()
+  fresh = trainer.state_tree(_state(tiny_config, mesh))
+  restored, step = checkpoint.restore(str(tmp_path), fresh, "best")
+  assert step == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(trainer.state_tree(state)))
+
+
+def test_restore_without_checkpoint(tiny_config, tmp_path):
+  with pytest.raises(InputError, match="no best checkpoint"):
+    checkpoint.restore(str(tmp_path), {}, "best")
+
+
+def test_end_to_end_and_resume(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  tiny_config.train.steps = 10
+  first = trainer.train_and_evaluate(tiny_config, workdir)
+  assert first["step"] == 10 and 0.0 <= first["dice"] <= 1.0
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10"]
+  tiny_config.train.steps = 20  # a longer schedule resumes from step 10
+  second = trainer.train_and_evaluate(tiny_config, workdir)
+  assert second["step"] == 20
+  records = [json.loads(line) for line in open(os.path.join(workdir, "log.jsonl"))]
+  starts = [r["step"] for r in records if r.get("event") == "start"]
+  assert starts == [0, 10]
+  assert any("val_dice" in r for r in records) and any("loss" in r for r in records)
