@@ -43,14 +43,14 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = {"tiny": 20, "synthetic": 600, "vnc": 1400}.get(variant, 3000)
+  c.train.steps = {"tiny": 20, "synthetic": 500, "vnc": 1400}.get(variant, 3000)
   c.train.batch_size = 8  # global, split over devices
-  c.train.patch_size = 32 if variant == "tiny" else 256
+  c.train.patch_size = {"tiny": 32, "synthetic": 128}.get(variant, 256)
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
   c.train.loss = "log_dice"  # log_dice | seed_log_dice | dice | bce | bce_dice
   c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
   c.train.log_every = 5 if variant == "tiny" else 50
-  c.train.eval_every = 10 if variant == "tiny" else 200
+  c.train.eval_every = {"tiny": 10, "synthetic": 100}.get(variant, 200)
   c.train.checkpoint_every = 10 if variant == "tiny" else 100
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2  # batches sampled ahead in a background thread
