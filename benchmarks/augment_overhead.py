@@ -6,7 +6,8 @@ Builds `trainer.make_parallel_train_step` three times, with the config's `augmen
 ("full"), with dihedral flips only ("flips") and with everything off ("none"), the presets of
 unet_jax/augment.py. After compiling (not timed) it runs the three steps in turn, `repeats` times,
 so that background load hits all three alike, and prints the median step time of each and the
-overhead over "none". Under vmap a transform's cost does not depend on its probability (both
+overhead over "none", and the time of the "full" augmentation alone (jitted on the same sharded
+batch, outside the step), a figure less blurred by background load. Under vmap a transform's cost does not depend on its probability (both
 outcomes are computed and one is selected), so "full" is also the worst case.
 """
 
@@ -60,13 +61,19 @@ def main(argv: list[str]) -> None:
       jax.block_until_ready(metrics)
     print(f"{name}: compiled and warmed up in {time.perf_counter() - t0:.1f} s", flush=True)
 
-  times = {name: [] for name in presets}
+  augment_only = jax.jit(lambda k, b: augment.augment_batch(jax.random.split(k, batch_size), b["image"],
+                                                             b["mask"], config.augment))
+  jax.block_until_ready(augment_only(key, batch))
+  times = {name: [] for name in [*presets, "augment"]}
   for i in range(FLAGS.repeats):
     for name in presets:
       t0 = time.perf_counter()
       states[name], metrics = steps[name](states[name], batch, jax.random.fold_in(key, 100 + i))
       jax.block_until_ready(metrics)
       times[name].append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    jax.block_until_ready(augment_only(jax.random.fold_in(key, 100 + i), batch))
+    times["augment"].append(time.perf_counter() - t0)
   print(f"{jax.device_count()} x {jax.devices()[0].device_kind}, batch {batch_size} of {patch}, "
         f"model depth {config.model.depth} base {config.model.base_features}, {FLAGS.repeats} steps each")
   base = statistics.median(times["none"])
@@ -74,6 +81,8 @@ def main(argv: list[str]) -> None:
     median = statistics.median(times[name])
     print(f"{name:6s} median step {1000 * median:8.1f} ms  (min {1000 * min(times[name]):8.1f} ms)  "
           f"overhead vs none {100 * (median / base - 1):+6.1f} %")
+  alone = statistics.median(times["augment"])
+  print(f"full augmentation alone: median {1000 * alone:.1f} ms = {100 * alone / base:.1f} % of the 'none' step")
 
 
 if __name__ == "__main__":
