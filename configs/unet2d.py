@@ -58,7 +58,7 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adam | adamw | sgd
-  c.optim.learning_rate = 2e-3
+  c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 1e-4
   c.optim.schedule = "cosine"  # cosine | constant (both with linear warm-up)
   c.optim.warmup_steps = 2 if variant == "tiny" else 100

@@ -1,7 +1,10 @@
-"""Segmentation losses on logits f32[B, *spatial, 1] and binary masks of the same shape.
+"""Segmentation losses as functions of batch sums, so data-parallel training is exact.
 
-Every loss is the mean of a per-example value, so a data-parallel mean of gradients equals the
-gradient on the whole batch. `smooth` keeps Dice finite (and equal to 1) on empty masks.
+Every loss is computed over the whole (global) batch from a few sums over pixels (`batch_sums`):
+soft-Dice intersection and totals, and the summed binary cross-entropy. Under data parallelism each
+device computes the sums of its shard, the sums are added over devices, and the loss of the global
+batch follows; its gradient is the sum over devices of each shard's vector-Jacobian product
+(`trainer.train_step`). `smooth` keeps Dice finite (and equal to 1) on empty masks.
 """
 
 from typing import Callable
@@ -12,41 +15,46 @@ import optax
 
 from unet_jax.errors import InputError
 
+Sums = dict[str, jax.Array]
 
-def soft_dice(logits: jax.Array, mask: jax.Array, smooth: float = 1.0) -> jax.Array:
-  """Per-example soft Dice of sigmoid(logits) against `mask`: f32[B]."""
+
+def batch_sums(logits: jax.Array, mask: jax.Array) -> Sums:
+  """Sums over all pixels of logits/mask f32[B, *spatial, 1]: the statistics every loss needs."""
   probs = jax.nn.sigmoid(logits)
-  axes = tuple(range(1, logits.ndim))
-  intersection = jnp.sum(probs * mask, axes)
-  total = jnp.sum(probs, axes) + jnp.sum(mask, axes)
-  return (2.0 * intersection + smooth) / (total + smooth)
+  return {"intersection": jnp.sum(probs * mask), "probs": jnp.sum(probs), "mask": jnp.sum(mask),
+          "bce": jnp.sum(optax.sigmoid_binary_cross_entropy(logits, mask)),
+          "pixels": jnp.asarray(mask.size, jnp.float32)}
 
 
-def log_dice_loss(logits: jax.Array, mask: jax.Array, smooth: float = 1.0) -> jax.Array:
-  """-ln(soft Dice), averaged over the batch; 0 for a perfect prediction."""
-  return jnp.mean(-jnp.log(soft_dice(logits, mask, smooth)))
+def soft_dice(s: Sums, smooth: float = 1.0) -> jax.Array:
+  """Soft Dice of the batch: (2 sum(p m) + smooth) / (sum p + sum m + smooth)."""
+  return (2.0 * s["intersection"] + smooth) / (s["probs"] + s["mask"] + smooth)
 
 
-def seed_log_dice_loss(logits: jax.Array, mask: jax.Array, smooth: float = 1.0,
-                       eps: float = 1e-6) -> jax.Array:
-  """The seed's literal ln(1 - soft Dice), averaged; tends to ln(eps) for a perfect prediction."""
-  return jnp.mean(jnp.log(jnp.maximum(1.0 - soft_dice(logits, mask, smooth), eps)))
+def log_dice_loss(s: Sums, smooth: float = 1.0) -> jax.Array:
+  """-ln(soft Dice); 0 for a perfect prediction."""
+  return -jnp.log(soft_dice(s, smooth))
 
 
-def dice_loss(logits: jax.Array, mask: jax.Array, smooth: float = 1.0) -> jax.Array:
-  """1 - soft Dice, averaged over the batch."""
-  return jnp.mean(1.0 - soft_dice(logits, mask, smooth))
+def seed_log_dice_loss(s: Sums, smooth: float = 1.0, eps: float = 1e-6) -> jax.Array:
+  """The seed's literal ln(1 - soft Dice); tends to ln(eps) for a perfect prediction."""
+  return jnp.log(jnp.maximum(1.0 - soft_dice(s, smooth), eps))
 
 
-def bce_loss(logits: jax.Array, mask: jax.Array, smooth: float = 1.0) -> jax.Array:
-  """Binary cross-entropy, averaged over pixels and batch (`smooth` unused)."""
+def dice_loss(s: Sums, smooth: float = 1.0) -> jax.Array:
+  """1 - soft Dice."""
+  return 1.0 - soft_dice(s, smooth)
+
+
+def bce_loss(s: Sums, smooth: float = 1.0) -> jax.Array:
+  """Mean binary cross-entropy per pixel (`smooth` unused)."""
   del smooth
-  return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, mask))
+  return s["bce"] / s["pixels"]
 
 
-def bce_dice_loss(logits: jax.Array, mask: jax.Array, smooth: float = 1.0) -> jax.Array:
+def bce_dice_loss(s: Sums, smooth: float = 1.0) -> jax.Array:
   """Binary cross-entropy plus (1 - soft Dice)."""
-  return bce_loss(logits, mask) + dice_loss(logits, mask, smooth)
+  return bce_loss(s) + dice_loss(s, smooth)
 
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {
@@ -59,7 +67,12 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 
 
 def get_loss(name: str) -> Callable[..., jax.Array]:
-  """Returns the loss called `name`."""
+  """Returns the loss called `name`, a function of (`batch_sums`, smooth)."""
   if name not in LOSSES:
     raise InputError(f"train.loss must be one of {sorted(LOSSES)}, got {name!r}")
   return LOSSES[name]
+
+
+def loss_value(name: str, logits: jax.Array, mask: jax.Array, smooth: float = 1.0) -> jax.Array:
+  """The loss `name` of logits against mask on one device."""
+  return get_loss(name)(batch_sums(logits, mask), smooth)

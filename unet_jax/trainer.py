@@ -65,22 +65,30 @@ def state_tree(state: TrainState) -> dict[str, Any]:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, *,
                config: Any, axis_name: str | None = parallel.AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on (this device's part of) a batch; gradients averaged over `axis_name`.
+  """One optimiser step on the global batch, of which this device holds a shard.
 
   batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation).
+  The loss is a function of batch sums (unet_jax/losses.py): the shards' sums are added over
+  `axis_name`, and the gradient is the sum over devices of each shard's vector-Jacobian product
+  with d loss / d sums, i.e. exactly the single-device gradient of the global batch.
   """
   image, mask = augment.augment_batch(keys, batch["image"], batch["mask"], config.augment)
   loss_fn = losses.get_loss(config.train.loss)
 
-  def objective(params):
+  def shard_sums(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
                                      train=True, mutable=["batch_stats"])
-    return loss_fn(logits, mask, config.train.smooth), updates
+    return losses.batch_sums(logits, mask), updates
 
-  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  sums, pullback, updates = jax.vjp(shard_sums, state.params, has_aux=True)
   batch_stats = updates.get("batch_stats", {})
   if axis_name is not None:
-    grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), axis_name)
+    sums = jax.lax.psum(sums, axis_name)
+  loss, dloss_dsums = jax.value_and_grad(loss_fn)(sums, config.train.smooth)
+  (grads,) = pullback(dloss_dsums)
+  if axis_name is not None:
+    grads = jax.lax.psum(grads, axis_name)
+    batch_stats = jax.lax.pmean(batch_stats, axis_name)  # equal already (synchronised BatchNorm)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   return state, {"loss": loss}
 
