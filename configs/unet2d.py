@@ -43,7 +43,7 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = {"tiny": 20, "synthetic": 500, "vnc": 1400}.get(variant, 3000)
+  c.train.steps = {"tiny": 20, "synthetic": 500, "vnc": 1200}.get(variant, 3000)
   c.train.batch_size = 8  # global, split over devices
   c.train.patch_size = {"tiny": 32, "synthetic": 128}.get(variant, 256)
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
