@@ -168,7 +168,7 @@ def test_bad_arguments_raise_input_error(kwargs, match):
 
 def test_stream_3d_equals_whole_volume():
   model, variables = tiny_unet(ndim=3)
-  volume = np.random.default_rng(8).random((21, 12, 10), np.float32)  # z origins 0, 4, 9, 13
+  volume = np.random.default_rng(8).random((21, 12, 10), np.float32)  # z origins 0, 3, 6, 10, 13
   predict = inference.predictor(model)
   whole = np.asarray(inference.sliding_window_predict(predict, variables, volume, (8, 8, 8), 0.5, "gaussian", 4))
   streamed = np.stack(list(segment.stream_probabilities(predict, variables, volume.__getitem__, volume.shape,

@@ -57,7 +57,7 @@ def window_grid(shape: tuple[int, ...], window: tuple[int, ...], overlap: float)
   return np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _plan(shape: tuple[int, ...], window: tuple[int, ...], overlap: float, blend: str, sigma: float,
           batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(origins i32[nb, b, ndim], keep f32[nb, b], weights f32[*window], weight sum f32[*shape]).

@@ -11,7 +11,6 @@ to float rounding). Probabilities (float16, or uint8 = round(255 p)) and the thr
     report = segment_stack(model, variables, reader, "out/", config.eval)
 """
 
-import collections
 import contextlib
 import json
 import os
@@ -110,7 +109,7 @@ def stream_probabilities(predict: inference.Predict, variables: Any, pages: Call
   """Yields probabilities f32[H, W] for z = 0, 1, ... of a stack of `shape` (Z, H, W) given by `pages(z)`.
 
   A 2D `window` runs each slice alone; a 3D one runs slabs one window deep along Z (see module doc).
-  The next slice or slab is dispatched before the previous result is fetched, so reading and
+  In 2D the next slice is dispatched before the previous result is fetched, so reading and
   writing overlap with the computation.
   """
   sums = lambda image: inference.window_sums(predict, variables, image, window, overlap, blend, batch_size, sigma)
@@ -130,18 +129,19 @@ def stream_probabilities(predict: inference.Predict, variables: Any, pages: Call
     return
   starts = inference.window_starts(depth, window[0], overlap)
   cache: dict[int, np.ndarray] = {}
-  acc: dict[int, list[np.ndarray]] = collections.defaultdict(lambda: [0.0, 0.0])
+  totals: dict[int, np.ndarray] = {}
+  norms: dict[int, np.ndarray] = {}
   written = 0
   for row, start in enumerate(starts):
-    cache = {z: cache[z] if z in cache else pages(z) for z in range(start, start + window[0])}
-    total, norm = map(np.asarray, sums(np.stack([cache[z] for z in range(start, start + window[0])])))
-    for k in range(window[0]):
-      acc[start + k][0] = acc[start + k][0] + total[k]
-      acc[start + k][1] = acc[start + k][1] + norm[k]
-    done = starts[row + 1] if row + 1 < len(starts) else depth
+    slab = range(start, start + window[0])
+    cache = {z: cache[z] if z in cache else pages(z) for z in slab}
+    total, norm = map(np.asarray, sums(np.stack([cache[z] for z in slab])))
+    for k, z in enumerate(slab):
+      totals[z] = totals.get(z, 0.0) + total[k]
+      norms[z] = norms.get(z, 0.0) + norm[k]
+    done = starts[row + 1] if row + 1 < len(starts) else depth  # no later window reaches below `done`
     for z in range(written, done):
-      plane_total, plane_norm = acc.pop(z)
-      yield plane_total / plane_norm
+      yield totals.pop(z) / norms.pop(z)
     written = done
 
 

@@ -1,0 +1,231 @@
+"""Sliding-window inference throughput: ours (JAX) vs MONAI (PyTorch), same U-Net, same windows.
+
+  .venv/bin/pip install -r benchmarks/requirements.txt   # torch (CPU) and monai
+  PYTHONPATH=. .venv/bin/python benchmarks/inference_throughput.py [--slices=20] [--workdir=runs/vnc]
+
+On ../shared/data/vnc/unlabeled.tif (20 x 1024 x 1024; skipped with a message when absent):
+1. megapixels/s of `inference.sliding_window_predict` and of `monai.inferers.sliding_window_inference`
+   with 256^2 windows, overlap 0.5, Gaussian blending, batches of 8, the default 2D U-Net of
+   configs/unet2d.py:vnc with the same weights in both (random, or --workdir's checkpoint copied
+   into `benchmarks.torch_unet.TorchUNet`); PyTorch runs in inference mode on 2 threads, in the
+   faster of NCHW and channels_last. Slices alternate between the two so load changes hit both.
+2. the whole 1024^2 slice through each network in one pass, against its windows;
+3. peak RSS of streaming segmentation (`unet_jax.segment`) of 20 vs 165 slices (a temp TIFF of
+   repeated slices), each in a fresh subprocess, against reading the stack into memory first.
+   Peak RSS is the child's VmHWM (/proc/self/status): getrusage's ru_maxrss would include the
+   parent's RSS at fork. To keep these runs short they use a small U-Net and one window per slice
+   (--rss_model, --rss_window): what they measure is whether memory grows with the stack.
+Numbers print to stdout; nothing is written outside a temp directory.
+"""
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "vnc", "unlabeled.tif")
+
+
+def parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data", default=DATA, help="TIFF stack to segment")
+  parser.add_argument("--slices", type=int, default=20, help="slices timed for throughput")
+  parser.add_argument("--window", type=int, default=256)
+  parser.add_argument("--overlap", type=float, default=0.5)
+  parser.add_argument("--batch", type=int, default=8, help="windows per batch (MONAI sw_batch_size)")
+  parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
+  parser.add_argument("--whole_slices", type=int, default=3, help="slices timed in one whole-slice pass")
+  parser.add_argument("--rss_slices", default="20,165", help="stack lengths for the peak-RSS runs ('' = skip)")
+  parser.add_argument("--rss_model", default="small", choices=["small", "config"],
+                      help="network for the RSS runs: a depth-2, 4-feature U-Net (fast) or the config's")
+  parser.add_argument("--rss_window", type=int, default=1024, help="window of the RSS runs (overlap 0)")
+  parser.add_argument("--child", default=None, choices=["stream", "memory"], help=argparse.SUPPRESS)
+  parser.add_argument("--input", default=None, help=argparse.SUPPRESS)
+  return parser.parse_args()
+
+
+def config_and_variables(args: argparse.Namespace):
+  """configs/unet2d.py:vnc with the benchmark's window settings, its U-Net and weights."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import unet2d  # pylint: disable=g-import-not-at-top
+  from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  config = unet2d.get_config("vnc")
+  config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
+  config.eval.blend = "gaussian"
+  model = build_model(config.model)
+  if args.workdir:
+    variables, _ = evaluation.load_variables(config, args.workdir)
+  else:
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, args.window, args.window, 1), np.float32))
+  return config, model, variables
+
+
+def read_slices(path: str, count: int) -> np.ndarray:
+  """The first `count` slices of `path`, f32[Z, H, W] in [0, 1]."""
+  from unet_jax import segment  # pylint: disable=g-import-not-at-top
+  with segment.StackReader(path) as reader:
+    return np.stack([reader[z] for z in range(min(count, len(reader)))])
+
+
+def throughput(args: argparse.Namespace) -> None:
+  """Parts 1 and 2: ours vs MONAI, windows and whole slices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
+  from benchmarks.torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
+  from unet_jax import inference  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(2)
+  config, model, variables = config_and_variables(args)
+  slices = read_slices(args.data, args.slices)
+  z, h, w = slices.shape
+  window = (args.window, args.window)
+  print(f"data {args.data}: {z} x {h} x {w}; U-Net depth {model.depth}, {model.base_features} features, "
+        f"{model.norm} norm, {model.upsample} upsampling; weights: {args.workdir or 'random'}")
+  print(f"windows {window}, overlap {args.overlap}, gaussian, batch {args.batch}: "
+        f"{len(inference.window_grid((h, w), window, args.overlap))} windows per slice; "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} (2 threads)")
+
+  predict = inference.predictor(model)
+  ours = lambda image: np.asarray(inference.sliding_window_predict(
+      predict, variables, image, window, args.overlap, "gaussian", args.batch))
+  net = copy_flax_variables(TorchUNet(model.depth, model.base_features, model.norm, model.upsample), variables).eval()
+
+  def monai(image: np.ndarray, channels_last: bool, mode: str = "gaussian") -> np.ndarray:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.from_numpy(image)[None, None].contiguous(memory_format=layout)
+    with torch.inference_mode():
+      out = sliding_window_inference(x, window, args.batch, lambda p: torch.sigmoid(net(p.contiguous(memory_format=layout))),
+                                     overlap=args.overlap, mode=mode, sigma_scale=0.125)
+    return out[0, 0].numpy()
+
+  timed = lambda f, *a: (lambda t0: (f(*a), time.perf_counter() - t0))(time.perf_counter())
+  first, compile_s = timed(ours, slices[0])
+  layouts = {}
+  for channels_last in (False, True):
+    net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    reference, layouts[channels_last] = timed(monai, slices[0], channels_last)
+  channels_last = layouts[True] < layouts[False]
+  net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+  print(f"warm-up slice: ours {compile_s:.1f} s (with compilation); MONAI NCHW {layouts[False]:.1f} s, "
+        f"channels_last {layouts[True]:.1f} s -> using {'channels_last' if channels_last else 'NCHW'}")
+  print(f"max |ours - MONAI| probability on slice 0: {np.abs(first - reference).max():.2e} "
+        f"(the Gaussian maps differ: MONAI's is pixel-integrated and centred on w/2, ours sampled at (w-1)/2)")
+  crop = slices[0, :2 * args.window, :2 * args.window]
+  constant = inference.sliding_window_predict(predict, variables, crop, window, args.overlap, "constant", args.batch)
+  print(f"max |ours - MONAI| with constant blending on a {crop.shape[0]}^2 crop: "
+        f"{np.abs(np.asarray(constant) - monai(crop, channels_last, 'constant')).max():.2e}")
+
+  times = {"ours": 0.0, "monai": 0.0}
+  for i in range(z):
+    times["ours"] += timed(ours, slices[i])[1]
+    times["monai"] += timed(monai, slices[i], channels_last)[1]
+  mpx = z * h * w / 1e6
+  rate = {k: mpx / v for k, v in times.items()}
+  print(f"\nsliding windows over {z} slices ({mpx:.1f} Mpx), alternating slice by slice:")
+  print(f"  ours  {rate['ours']:.3f} Mpx/s ({times['ours'] / z:.2f} s/slice)")
+  print(f"  MONAI {rate['monai']:.3f} Mpx/s ({times['monai'] / z:.2f} s/slice)")
+  print(f"  ratio ours/MONAI = {rate['ours'] / rate['monai']:.2f}x")
+
+  n = min(args.whole_slices, z)
+  whole = lambda image: np.asarray(inference.sliding_window_predict(predict, variables, image, (h, w), 0.0,
+                                                                    "constant", 1))
+  whole(slices[0])  # compile
+  def torch_whole(image: np.ndarray) -> np.ndarray:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode():
+      return torch.sigmoid(net(torch.from_numpy(image)[None, None].contiguous(memory_format=layout)))[0, 0].numpy()
+  torch_whole(slices[0])
+  whole_times = {"ours": 0.0, "torch": 0.0}
+  for i in range(n):
+    whole_times["ours"] += timed(whole, slices[i])[1]
+    whole_times["torch"] += timed(torch_whole, slices[i])[1]
+  print(f"\nwhole {h}x{w} slice in one pass ({n} slices): ours {whole_times['ours'] / n:.2f} s/slice "
+        f"({n * h * w / 1e6 / whole_times['ours']:.3f} Mpx/s, {times['ours'] / z / (whole_times['ours'] / n):.1f}x "
+        f"faster than its windows); PyTorch {whole_times['torch'] / n:.2f} s/slice")
+  print(f"  max |whole - windows| probability on slice 0: {np.abs(whole(slices[0]) - first).max():.2e}")
+
+
+def child(args: argparse.Namespace) -> None:
+  """One RSS run: segment args.input streaming (or in memory) and print the peak RSS in MiB."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from unet_jax import data, inference, segment  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import UNet  # pylint: disable=g-import-not-at-top
+  if args.rss_model == "config":
+    config, model, variables = config_and_variables(args)
+  else:
+    from configs import unet2d  # pylint: disable=g-import-not-at-top
+    config = unet2d.get_config("vnc")
+    config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
+    model = UNet(depth=2, base_features=4, norm="batch", upsample="resize")
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 1), np.float32))
+  out = tempfile.mkdtemp(prefix="rss_")
+  start = time.perf_counter()
+  if args.child == "stream":
+    with segment.StackReader(args.input) as reader:
+      segment.segment_stack(model, variables, reader, out, config.eval, progress=False)
+  else:
+    probs = inference.predict_stack(model, variables, data.normalize_image(data.read_stack(args.input)), config.eval)
+    data.write_stack(os.path.join(out, "segmentation.tif"), (probs >= 0.5).astype(np.uint8) * 255)
+  print(f"{peak_rss_mib():.0f} {time.perf_counter() - start:.1f}")
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident set size in MiB (VmHWM; ru_maxrss where /proc is missing)."""
+  if os.path.isfile("/proc/self/status"):
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss(args: argparse.Namespace) -> None:
+  """Part 3: peak RSS of streaming vs in-memory segmentation for each stack length."""
+  import tifffile  # pylint: disable=g-import-not-at-top
+  lengths = [int(n) for n in args.rss_slices.split(",") if n]
+  with tempfile.TemporaryDirectory() as tmp:
+    print(f"\npeak RSS (fresh subprocess each; {'depth-2, 4-feature' if args.rss_model == 'small' else 'config'} "
+          f"U-Net, windows {args.rss_window}, overlap 0):")
+    with tifffile.TiffFile(args.data) as source:
+      pages = source.series[0].pages
+      for n in lengths:
+        path = os.path.join(tmp, f"stack{n}.tif")
+        with tifffile.TiffWriter(path) as writer:  # slices repeated, written page by page
+          for z in range(n):
+            writer.write(pages[z % len(pages)].asarray(), compression="zlib", metadata=None)
+        for mode in ("stream", "memory"):
+          result = subprocess.run([sys.executable, __file__, f"--child={mode}", f"--input={path}",
+                                   f"--window={args.rss_window}", "--overlap=0", f"--batch={args.batch}",
+                                   f"--rss_model={args.rss_model}"]
+                                  + ([f"--workdir={args.workdir}"] if args.workdir else []),
+                                  capture_output=True, text=True, check=False,
+                                  env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+          if result.returncode:
+            sys.exit(result.stderr)
+          rss, seconds = result.stdout.split()[-2:]
+          print(f"  {n:4d} slices, {'streaming' if mode == 'stream' else 'in memory'}: "
+                f"peak RSS {rss} MiB ({seconds} s)")
+
+
+def main() -> None:
+  args = parse_args()
+  if args.child:
+    child(args)
+    return
+  if not os.path.isfile(args.data):
+    print(f"skipped: {args.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
+    return
+  throughput(args)
+  if args.rss_slices:
+    peak_rss(args)
+
+
+if __name__ == "__main__":
+  main()
