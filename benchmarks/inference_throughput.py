@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -105,12 +106,17 @@ def throughput(args: argparse.Namespace) -> None:
                                      overlap=args.overlap, mode=mode, sigma_scale=0.125)
     return out[0, 0].numpy()
 
-  timed = lambda f, *a: (lambda t0: (f(*a), time.perf_counter() - t0))(time.perf_counter())
-  first, compile_s = timed(ours, slices[0])
+  def timed(f: Callable[..., np.ndarray], *a: Any) -> tuple[np.ndarray, float, float]:
+    """(f(*a), wall seconds, CPU seconds of this process, all threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = f(*a)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+  first, compile_s, _ = timed(ours, slices[0])
   layouts = {}
   for channels_last in (False, True):
     net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    reference, layouts[channels_last] = timed(monai, slices[0], channels_last)
+    reference, layouts[channels_last], _ = timed(monai, slices[0], channels_last)
   channels_last = layouts[True] < layouts[False]
   net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
   print(f"warm-up slice: ours {compile_s:.1f} s (with compilation); MONAI NCHW {layouts[False]:.1f} s, "
@@ -122,16 +128,21 @@ def throughput(args: argparse.Namespace) -> None:
   print(f"max |ours - MONAI| with constant blending on a {crop.shape[0]}^2 crop: "
         f"{np.abs(np.asarray(constant) - monai(crop, channels_last, 'constant')).max():.2e}")
 
-  times = {"ours": 0.0, "monai": 0.0}
+  runs = {"ours": [], "monai": []}  # (wall, cpu) per slice
   for i in range(z):
-    times["ours"] += timed(ours, slices[i])[1]
-    times["monai"] += timed(monai, slices[i], channels_last)[1]
-  mpx = z * h * w / 1e6
-  rate = {k: mpx / v for k, v in times.items()}
-  print(f"\nsliding windows over {z} slices ({mpx:.1f} Mpx), alternating slice by slice:")
-  print(f"  ours  {rate['ours']:.3f} Mpx/s ({times['ours'] / z:.2f} s/slice)")
-  print(f"  MONAI {rate['monai']:.3f} Mpx/s ({times['monai'] / z:.2f} s/slice)")
-  print(f"  ratio ours/MONAI = {rate['ours'] / rate['monai']:.2f}x")
+    runs["ours"].append(timed(ours, slices[i])[1:])
+    runs["monai"].append(timed(monai, slices[i], channels_last)[1:])
+  wall = {k: np.array([r[0] for r in v]) for k, v in runs.items()}
+  cpu = {k: np.array([r[1] for r in v]) for k, v in runs.items()}
+  mpx = h * w / 1e6
+  print(f"\nsliding windows over {z} slices ({z * mpx:.1f} Mpx), alternating slice by slice:")
+  for k, name in (("ours", "ours "), ("monai", "MONAI")):
+    print(f"  {name} {z * mpx / wall[k].sum():.3f} Mpx/s ({wall[k].mean():.2f} s/slice), "
+          f"{z * mpx / cpu[k].sum():.3f} Mpx per CPU second")
+  print(f"  ratio ours/MONAI: {wall['monai'].sum() / wall['ours'].sum():.2f}x in wall time "
+        f"(median of per-slice ratios {np.median(wall['monai'] / wall['ours']):.2f}x), "
+        f"{cpu['monai'].sum() / cpu['ours'].sum():.2f}x in CPU time")
+  times = {k: v.sum() for k, v in wall.items()}
 
   n = min(args.whole_slices, z)
   whole = lambda image: np.asarray(inference.sliding_window_predict(predict, variables, image, (h, w), 0.0,
