@@ -18,8 +18,9 @@ def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   parallel.use_host_devices(FLAGS.config.host_devices)  # before JAX starts its backends
-  from unet_jax import trainer  # pylint: disable=g-import-not-at-top
+  from unet_jax import distributed, trainer  # pylint: disable=g-import-not-at-top
   try:
+    distributed.initialize(FLAGS.config)
     print(trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir))
   except InputError as e:
     sys.exit(f"error: {e}")

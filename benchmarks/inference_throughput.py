@@ -52,7 +52,6 @@ def parse_args() -> argparse.Namespace:
 
 def config_and_variables(args: argparse.Namespace):
   """configs/unet2d.py:vnc with the benchmark's window settings, its U-Net and weights."""
-  import jax  # pylint: disable=g-import-not-at-top
   from configs import unet2d  # pylint: disable=g-import-not-at-top
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
   from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
@@ -63,8 +62,24 @@ def config_and_variables(args: argparse.Namespace):
   if args.workdir:
     variables, _ = evaluation.load_variables(config, args.workdir)
   else:
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, args.window, args.window, 1), np.float32))
+    variables = random_variables(model)
   return config, model, variables
+
+
+def random_variables(model, seed: int = 0) -> dict:
+  """Seeded random U-Net variables: kernels N(0, 1/fan-in) (flax's lecun default, untruncated),
+  zero biases and means, unit scales and variances. (Filled with NumPy from `jax.eval_shape`:
+  compiling flax's initialisers takes minutes on a busy CPU.)"""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "kernel" in name:
+      return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if "scale" in name or "var" in name else 0.0, np.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1,) + (2 ** model.depth,) * model.ndim + (1,),
+                                                                       np.float32))
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def read_slices(path: str, count: int) -> np.ndarray:
@@ -165,7 +180,6 @@ def throughput(args: argparse.Namespace) -> None:
 
 def child(args: argparse.Namespace) -> None:
   """One RSS run: segment args.input streaming (or in memory) and print the peak RSS in MiB."""
-  import jax  # pylint: disable=g-import-not-at-top
   from unet_jax import data, inference, segment  # pylint: disable=g-import-not-at-top
   from unet_jax.model import UNet  # pylint: disable=g-import-not-at-top
   if args.rss_model == "config":
@@ -175,7 +189,7 @@ def child(args: argparse.Namespace) -> None:
     config = unet2d.get_config("vnc")
     config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
     model = UNet(depth=2, base_features=4, norm="batch", upsample="resize")
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.zeros((1, 16, 16, 1), np.float32))
+    variables = random_variables(model)
   out = tempfile.mkdtemp(prefix="rss_")
   start = time.perf_counter()
   if args.child == "stream":

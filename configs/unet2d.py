@@ -21,6 +21,13 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.seed = 0
   c.host_devices = 0  # CPU only: number of XLA host devices for data parallelism (0: one per core)
 
+  # Several processes/hosts as one system (unet_jax/distributed.py); every process gets the same
+  # flags except process_id.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ""  # "host:port" of process 0; "auto": from SLURM/MPI/...; "": one process
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+
   c.data = ml_collections.ConfigDict()
   c.data.name = variant if variant != "tiny" else "synthetic"
   c.data.root = {"lucchi": "data/lucchi", "vnc": "../shared/data/vnc"}.get(variant, "")

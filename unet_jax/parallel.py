@@ -30,3 +30,12 @@ def shard_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array
 def replicate(mesh: Mesh, tree):
   """Places a pytree fully replicated on every device of `mesh`."""
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def local_replica(tree):
+  """This process's copy of a pytree replicated over a mesh (of one or several processes), on one device.
+
+  Use it for per-process work such as validation: jit on the replicated arrays themselves would
+  run the same computation on every device of the mesh.
+  """
+  return jax.tree.map(lambda a: a.addressable_data(0), tree)

@@ -49,11 +49,22 @@ class PatchSampler:
             "mask": np.stack(masks)[..., None].astype(np.float32)}
 
 
-def batches(sampler: PatchSampler, batch_size: int, seed: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-  """Batches for steps start_step, start_step + 1, ...; batch k depends only on (seed, k)."""
+def batches(sampler: PatchSampler, batch_size: int, seed: int, start_step: int, process_index: int = 0,
+            process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This process's part of the global batches for steps start_step, start_step + 1, ...
+
+  Example i of global batch k depends only on (seed, k, i), and process p gets examples
+  [p * batch_size / process_count, (p + 1) * batch_size / process_count), so the global batch is
+  the same whatever the number of processes (and a resumed run sees the batches it would have).
+  """
+  if batch_size % process_count:
+    raise InputError(f"train.batch_size={batch_size} must be a multiple of the {process_count} processes")
+  local = batch_size // process_count
+  examples = range(process_index * local, (process_index + 1) * local)
   step = start_step
   while True:
-    yield sampler.sample(np.random.default_rng([seed, step]), batch_size)
+    parts = [sampler.sample(np.random.default_rng([seed, step, i]), 1) for i in examples]
+    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     step += 1
 
 

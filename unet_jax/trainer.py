@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
@@ -119,8 +120,8 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
 class MetricLog:
   """Appends JSON lines to `workdir/log.jsonl`; remembers cumulative training minutes."""
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "log.jsonl")
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.path, self.enabled = os.path.join(workdir, "log.jsonl"), enabled  # one writer per run
     self.minutes = 0.0
     if os.path.exists(self.path):
       with open(self.path) as f:
@@ -131,6 +132,8 @@ class MetricLog:
             continue
 
   def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
@@ -163,21 +166,27 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if restored is not None:
     state = state.replace(**restored)
   start = int(state.step)
-  log = MetricLog(workdir)
+  primary = jax.process_index() == 0  # with several processes, process 0 logs
+  log = MetricLog(workdir, enabled=primary)
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
              "minutes": log.minutes})
   state = parallel.replicate(mesh, state)
   step_fn = make_parallel_train_step(mesh, config)
-  batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start),
+  batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start,
+                                               jax.process_index(), jax.process_count()),
                               config.train.prefetch)
   t0, minutes0, scores = time.time(), log.minutes, {}
   elapsed = lambda: minutes0 + (time.time() - t0) / 60.0
-  bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train")
+  bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
+             disable=not primary)
   for step in bar:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
     done = step + 1
-    out_of_time = config.train.max_minutes and elapsed() >= config.train.max_minutes
+    out_of_time = bool(config.train.max_minutes and elapsed() >= config.train.max_minutes)
+    if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
+      out_of_time = done % config.train.log_every == 0 and bool(
+          multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
     last = done == config.train.steps or out_of_time
     if done % config.train.log_every == 0 or last:
       loss = float(step_metrics["loss"])
@@ -186,7 +195,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       bar.set_postfix(loss=f"{loss:.4f}")
       log.write({"step": done, "loss": loss, "minutes": elapsed()})
     if done % config.train.eval_every == 0 or last:
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
       scores = evaluate_split(eval_model, variables, splits["val"], config.eval)
       log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
       bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
