@@ -8,8 +8,10 @@ Ours is `trainer.make_parallel_train_step` (the jitted shard_map step that train
 batch of `train.batch_size` synthetic patches of `train.patch_size`, compiled before timing. The peer
 is `benchmarks/torch_unet.py` (same layers) with the same loss (log-Dice of the batch sums, see
 unet_jax/losses.py), AdamW with the same hyper-parameters and global-norm clipping, channels_last
-and one intra-op thread per core. Augmentation is off in both unless --augment (then only ours
-augments, with the config's settings).
+(its fastest layout here), eager (torch.compile was no faster here; --peer_compile to try it), run
+twice: with one intra-op thread per core and with one thread (more efficient per CPU second, and
+much faster when other jobs load the machine); ratios are against the better of the two.
+Augmentation is off in both unless --augment (then only ours augments, with the config's settings).
 
 Ours and the peer run in alternating rounds in one process, so background load hits both alike. Each
 step is timed in wall seconds and in CPU seconds of this process (all threads), and the medians are
@@ -118,11 +120,10 @@ def jax_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def torch_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
+def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, Any]:
   """The PyTorch twin's train step (and, with --parts, forward and forward+backward) as timers."""
   import torch
   from benchmarks.torch_unet import TorchUNet
-  torch.set_num_threads(os.cpu_count() or 1)
   m = config.model
   net = TorchUNet(depth=m.depth, base_features=m.base_features, norm=m.norm, upsample=m.upsample,
                   ndim=m.ndim).to(memory_format=torch.channels_last).train()
@@ -145,6 +146,7 @@ def torch_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
     return -torch.log((2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth))
 
   def step() -> None:
+    torch.set_num_threads(threads)
     optim.zero_grad(set_to_none=True)
     loss().backward()
     if config.optim.grad_clip:
@@ -152,13 +154,17 @@ def torch_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
     optim.step()
 
   def forward() -> None:
+    torch.set_num_threads(threads)
     with torch.no_grad():
       model(image)
+
+  def forward_backward() -> None:
+    torch.set_num_threads(threads)
+    loss().backward()
   step()
   out = {"step": step, "compiled": model is not net}
   if FLAGS.parts:
-    out["forward"] = forward
-    out["forward+backward"] = lambda: loss().backward()
+    out["forward"], out["forward+backward"] = forward, forward_backward
   return out
 
 
@@ -172,6 +178,8 @@ def main(argv: list[str]) -> None:
 
   if config.model.ndim != 2:
     sys.exit(f"error: this benchmark builds 2D batches; got model.ndim={config.model.ndim}")
+  if FLAGS.peer and config.train.loss != "log_dice":
+    sys.exit(f"error: the peer implements train.loss='log_dice' only; got {config.train.loss!r} (or --nopeer)")
   if not FLAGS.augment:
     config = without_augmentation(config)
   batch_size, patch = config.train.batch_size, trainer.patch_shape(config)
@@ -181,7 +189,9 @@ def main(argv: list[str]) -> None:
   peak_wall, peak_cpu = matmul_peak(FLAGS.matmul_size)
   sides = {"jax": jax_side(config, batch)}
   if FLAGS.peer:
-    sides["torch"] = torch_side(config, batch)
+    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
+      sides[f"torch/{threads}"] = torch_side(config, batch, threads)
+  peers = [side for side in sides if side != "jax"]
   parts = [p for p in ("step", "forward", "forward+backward") if p in sides["jax"]]
   samples = {(s, p): [] for s in sides for p in parts}
   for _ in range(FLAGS.rounds):
@@ -200,23 +210,24 @@ def main(argv: list[str]) -> None:
         f"(XLA cost analysis, all devices)")
   print(f"float32 matmul peak ({FLAGS.matmul_size}^2): {peak_wall / 1e9:.1f} GFLOP/s, "
         f"{peak_cpu / 1e9:.1f} GFLOP per CPU-s")
-  if "torch" in sides:
-    print(f"peer: PyTorch {__import__('torch').__version__}, {'torch.compile' if sides['torch']['compiled'] else 'eager'}, "
-          f"channels_last, {__import__('torch').get_num_threads()} threads")
+  if peers:
+    print(f"peer: PyTorch {__import__('torch').__version__}, "
+          f"{'torch.compile' if sides[peers[0]]['compiled'] else 'eager'}, channels_last; torch/N: N threads")
   rates = {}
   for (side, part), s in samples.items():
     wall, cpu = median_times(s)
     rates[side, part] = (batch_size / wall, batch_size / cpu)
-    line = (f"{side:5s} {part:16s} {1000 * wall:8.0f} ms  {batch_size / wall:6.2f} img/s  "
+    line = (f"{side:7s} {part:16s} {1000 * wall:8.0f} ms  {batch_size / wall:6.2f} img/s  "
             f"{1000 * cpu:8.0f} CPU-ms  {batch_size / cpu:6.2f} img/CPU-s")
     if part == "step":
       line += (f"  {ours['flops'] / wall / 1e9:6.1f} GFLOP/s = {ours['flops'] / wall / peak_wall:5.1%} of peak"
                f" ({ours['flops'] / cpu / peak_cpu:5.1%} per CPU-s)")
     print(line)
-  if "torch" in sides:
-    for part in parts:
-      (jw, jc), (tw, tc) = rates["jax", part], rates["torch", part]
-      print(f"ratio ours/peer {part:16s} {jw / tw:5.2f}x img/s, {jc / tc:5.2f}x img/CPU-s")
+  for part in parts if peers else []:
+    (jw, jc), best_wall, best_cpu = rates["jax", part], max(peers, key=lambda p: rates[p, part][0]), max(
+        peers, key=lambda p: rates[p, part][1])
+    print(f"ratio ours/peer {part:16s} {jw / rates[best_wall, part][0]:5.2f}x img/s (vs {best_wall}), "
+          f"{jc / rates[best_cpu, part][1]:5.2f}x img/CPU-s (vs {best_cpu})")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,23 @@ def test_checkpoint_round_trip(tiny_config, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(trainer.state_tree(state)))
 
 
+def test_restore_a_given_step(tiny_config, tmp_path):
+  mesh = parallel.make_mesh()
+  states = {1: trainer.state_tree(_state(tiny_config, mesh)), 2: trainer.state_tree(_state(tiny_config, mesh))}
+  states[2]["params"] = jax.tree.map(lambda p: p + 1.0, states[2]["params"])
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=5)
+  for step, state in states.items():
+    ckpt.save(step, state)
+  ckpt.close()
+  assert checkpoint.saved_steps(str(tmp_path)) == [1, 2]
+  for step, state in states.items():
+    restored, got = checkpoint.restore(str(tmp_path), states[1], "best", step=step)
+    assert got == step
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored["params"]), jax.device_get(state["params"]))
+  with pytest.raises(InputError, match="no step 3 checkpoint"):
+    checkpoint.restore(str(tmp_path), states[1], "latest", step=3)
+
+
 def test_restore_without_checkpoint(tiny_config, tmp_path):
   with pytest.raises(InputError, match="no best checkpoint"):
     checkpoint.restore(str(tmp_path), {}, "best")

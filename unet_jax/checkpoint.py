@@ -39,20 +39,34 @@ class Checkpoints:
     self.best.close()
 
 
-def restore(workdir: str, target: Any, which: str = "best") -> tuple[Any, int]:
-  """Restores the 'best' (or 'latest') checkpoint of `workdir`; returns (state, step)."""
+def _read_only(workdir: str, which: str) -> ocp.CheckpointManager:
+  """A read-only manager of `workdir`'s 'best' or 'latest' (checkpoints/) directory."""
   if which not in ("best", "latest"):
     raise InputError(f"checkpoint must be 'best' or 'latest', got {which!r}")
   directory = os.path.join(workdir, "best" if which == "best" else "checkpoints")
   if not os.path.isdir(directory):
     raise InputError(f"no {which} checkpoint in {workdir!r}; train first with train.py --workdir={workdir}")
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.best_step() if which == "best" else manager.latest_step()
+  return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of the kept checkpoints under `workdir/checkpoints`, ascending."""
+  manager = _read_only(workdir, "latest")
+  steps = sorted(manager.all_steps())
+  manager.close()
+  return steps
+
+
+def restore(workdir: str, target: Any, which: str = "best", step: int | None = None) -> tuple[Any, int]:
+  """Restores the 'best' (or 'latest', or with `step` that step's) checkpoint of `workdir`; returns (state, step)."""
+  manager = _read_only(workdir, "latest" if step is not None else which)
+  if step is None:
+    step = manager.best_step() if which == "best" else manager.latest_step()
   if step is None:
     step = manager.latest_step()
-  if step is None:
-    raise InputError(f"no {which} checkpoint in {workdir!r}; train first with train.py --workdir={workdir}")
+  if step is None or step not in manager.all_steps():
+    raise InputError(f"no {which if step is None else f'step {step}'} checkpoint in {workdir!r}; "
+                     f"train first with train.py --workdir={workdir}")
   state = manager.restore(step, args=ocp.args.StandardRestore(target))
   manager.close()
   return state, step

@@ -5,7 +5,6 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from unet_jax.errors import InputError
 
@@ -32,21 +31,6 @@ def max_pool2(x: jax.Array) -> jax.Array:
   b, *spatial, c = x.shape
   x = x.reshape(b, *(d for s in spatial for d in (s // 2, 2)), c)
   return x.max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
-
-
-def upsample2_linear(x: jax.Array) -> jax.Array:
-  """x[B, *spatial, C] -> [B, *(2 * spatial), C], equal to jax.image.resize(x, ..., "linear").
-
-  Along each axis output 2i is 0.75 x[i] + 0.25 x[i - 1] and output 2i + 1 is 0.75 x[i] + 0.25 x[i + 1],
-  edges clamped: shifted adds, not resize's dense interpolation matrices (a matmul per axis).
-  """
-  for axis in range(1, x.ndim - 1):
-    n = x.shape[axis]
-    padded = jnp.pad(x, [(1, 1) if a == axis else (0, 0) for a in range(x.ndim)], mode="edge")
-    before, after = lax.slice_in_dim(padded, 0, n, axis=axis), lax.slice_in_dim(padded, 2, n + 2, axis=axis)
-    pair = jnp.stack([0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after], axis + 1)
-    x = pair.reshape(*x.shape[:axis], 2 * n, *x.shape[axis + 1:])
-  return x
 
 
 class ConvBlock(nn.Module):
@@ -118,7 +102,7 @@ class UNet(nn.Module):
         x = nn.ConvTranspose(features, window, strides=window, dtype=self.dtype, name=f"up{level}")(x)
       else:  # 1x1 conv at low resolution, then linear resize (the two commute)
         x = nn.Conv(features, (1,) * self.ndim, dtype=self.dtype, name=f"up{level}")(x)
-        x = upsample2_linear(x)
+        x = jax.image.resize(x, (x.shape[0], *(2 * s for s in x.shape[1:-1]), features), "linear")
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = block(features, f"dec{level}")(x, train)
     return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
