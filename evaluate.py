@@ -42,6 +42,7 @@ def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   parallel.use_host_devices(FLAGS.config.host_devices)
+  parallel.use_inference_kernels()  # this process only runs the network forward
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
   try:
     if FLAGS.input:

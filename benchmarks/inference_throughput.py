@@ -15,7 +15,9 @@ On ../shared/data/vnc/unlabeled.tif (20 x 1024 x 1024; skipped with a message wh
    Peak RSS is the child's VmHWM (/proc/self/status): getrusage's ru_maxrss would include the
    parent's RSS at fork. To keep these runs short they use a small U-Net and one window per slice
    (--rss_model, --rss_window): what they measure is whether memory grows with the stack.
-Numbers print to stdout; nothing is written outside a temp directory.
+Ours runs as evaluate.py does, with XLA's own CPU convolutions (`parallel.use_inference_kernels`);
+--ynnpack keeps XLA's default YNNPACK ones. Numbers print to stdout; nothing is written outside a
+temp directory.
 """
 
 import argparse
@@ -40,6 +42,8 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--overlap", type=float, default=0.5)
   parser.add_argument("--batch", type=int, default=8, help="windows per batch (MONAI sw_batch_size)")
   parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
+  parser.add_argument("--ynnpack", action="store_true",
+                      help="keep XLA's YNNPACK convolutions (default: XLA's own, as evaluate.py uses)")
   parser.add_argument("--whole_slices", type=int, default=3, help="slices timed in one whole-slice pass")
   parser.add_argument("--rss_slices", default="20,165", help="stack lengths for the peak-RSS runs ('' = skip)")
   parser.add_argument("--rss_model", default="small", choices=["small", "config"],
@@ -106,7 +110,7 @@ def throughput(args: argparse.Namespace) -> None:
         f"{model.norm} norm, {model.upsample} upsampling; weights: {args.workdir or 'random'}")
   print(f"windows {window}, overlap {args.overlap}, gaussian, batch {args.batch}: "
         f"{len(inference.window_grid((h, w), window, args.overlap))} windows per slice; "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} (2 threads)")
+        f"jax {jax.__version__} on {len(jax.local_devices())} {jax.devices()[0].platform} device(s), torch {torch.__version__} (2 threads)")
 
   predict = inference.predictor(model)
   ours = lambda image: np.asarray(inference.sliding_window_predict(
@@ -243,6 +247,9 @@ def peak_rss(args: argparse.Namespace) -> None:
 
 def main() -> None:
   args = parse_args()
+  if not args.ynnpack:
+    from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.use_inference_kernels()  # before JAX starts its backends; child processes inherit it
   if args.child:
     child(args)
     return

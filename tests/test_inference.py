@@ -94,15 +94,6 @@ def test_identity_model_returns_input(blend, shape, window):
   np.testing.assert_allclose(np.asarray(out), image, atol=1e-6)
 
 
-@pytest.mark.parametrize("devices", [1, 2, 3])
-def test_window_batches_split_evenly_over_devices(devices):
-  origins, keep, _, norm = inference._plan((100, 90), (32, 32), 0.5, "constant", 0.125, 8, devices)
-  n = len(inference.window_grid((100, 90), (32, 32), 0.5))
-  assert origins.shape[1] % devices == 0 and origins.shape[1] <= 8 + devices - 1
-  assert int(keep.sum()) == n and origins.shape[0] * origins.shape[1] - n < origins.shape[0] * devices
-  assert float(norm.min()) >= 1.0
-
-
 def test_constant_and_gaussian_agree_without_overlap():
   model, variables = tiny_unet()
   image = np.random.default_rng(1).random((32, 48), np.float32)

@@ -19,9 +19,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from unet_jax import parallel
 from unet_jax.errors import InputError
 from unet_jax.model import UNet
 
@@ -61,12 +59,11 @@ def window_grid(shape: tuple[int, ...], window: tuple[int, ...], overlap: float)
 
 @functools.lru_cache(maxsize=4)
 def _plan(shape: tuple[int, ...], window: tuple[int, ...], overlap: float, blend: str, sigma: float,
-          batch_size: int, devices: int = 1) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+          batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(origins i32[nb, b, ndim], keep f32[nb, b], weights f32[*window], weight sum f32[*shape]).
 
-  The N windows are split into nb = ceil(N / batch_size) batches of b = ceil(N / nb) windows, b
-  rounded up to a multiple of `devices`; the few spare slots are padding (repeats of the last
-  window with keep = 0).
+  The N windows are split into nb = ceil(N / batch_size) batches of b = ceil(N / nb) windows, so
+  fewer than nb batch slots are padding (repeats of the last window with keep = 0).
   """
   origins = window_grid(shape, window, overlap)
   weights = blend_weights(window, blend, sigma)
@@ -76,24 +73,19 @@ def _plan(shape: tuple[int, ...], window: tuple[int, ...], overlap: float, blend
   n = len(origins)
   n_batches = -(-n // batch_size)
   per_batch = -(-n // n_batches)
-  per_batch += -per_batch % devices
   padded = np.concatenate([origins, np.repeat(origins[-1:], n_batches * per_batch - n, 0)])
   keep = (np.arange(n_batches * per_batch) < n).astype(np.float32)
   return (jnp.asarray(padded.reshape(n_batches, per_batch, -1)), jnp.asarray(keep.reshape(n_batches, per_batch)),
           jnp.asarray(weights), jnp.asarray(norm))
 
 
-@functools.partial(jax.jit, static_argnames=("predict", "window", "mesh"))
+@functools.partial(jax.jit, static_argnames=("predict", "window"))
 def _weighted_sum(predict: Predict, variables: Any, image: jax.Array, origins: jax.Array, keep: jax.Array,
-                  weights: jax.Array, window: tuple[int, ...], mesh: Mesh) -> jax.Array:
-  """Sum f32[*image.shape] of weights * predict over windows at `origins` i32[nb, b, ndim].
-
-  Each batch of windows is split over the devices of `mesh` (data parallel); the sum is replicated.
-  """
+                  weights: jax.Array, window: tuple[int, ...]) -> jax.Array:
+  """Sum f32[*image.shape] of weights * predict over windows at `origins` i32[nb, b, ndim]."""
   def run_batch(total, batch):
     starts, keep = batch
     patches = jax.vmap(lambda s: jax.lax.dynamic_slice(image, tuple(s), window))(starts)
-    patches = jax.lax.with_sharding_constraint(patches, NamedSharding(mesh, P(parallel.AXIS)))
     probs = predict(variables, patches[..., None])[..., 0] * weights * keep.reshape((-1,) + (1,) * len(window))
     def add(i, total):
       s = tuple(starts[i])
@@ -124,14 +116,11 @@ def window_sums(predict: Predict, variables: Any, image: np.ndarray | jax.Array,
   _check(tuple(image.shape), window, overlap, batch_size)
   shape = tuple(image.shape)
   padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
-  image = np.asarray(image, np.float32)
+  image = jnp.asarray(image, jnp.float32)
   if padded_shape != shape:
-    image = np.pad(image, [(0, p - s) for s, p in zip(shape, padded_shape)], mode="reflect")
-  mesh = parallel.make_mesh(jax.local_devices())
-  origins, keep, weights, norm = _plan(padded_shape, window, float(overlap), blend, float(sigma), int(batch_size),
-                                       mesh.size)
-  image, variables = parallel.replicate(mesh, (image, variables))
-  total = _weighted_sum(predict, variables, image, origins, keep, weights, window, mesh)
+    image = jnp.pad(image, [(0, p - s) for s, p in zip(shape, padded_shape)], mode="reflect")
+  origins, keep, weights, norm = _plan(padded_shape, window, float(overlap), blend, float(sigma), int(batch_size))
+  total = _weighted_sum(predict, variables, image, origins, keep, weights, window)
   crop = tuple(slice(0, s) for s in shape)
   return total[crop], norm[crop]
 
