@@ -54,14 +54,20 @@ def parse_args() -> argparse.Namespace:
   return parser.parse_args()
 
 
-def config_and_variables(args: argparse.Namespace):
-  """configs/unet2d.py:vnc with the benchmark's window settings, its U-Net and weights."""
+def config_and_variables(args: argparse.Namespace, small: bool = False):
+  """configs/unet2d.py:vnc with the benchmark's window settings, its U-Net and weights.
+
+  small: a depth-2, 4-feature U-Net with random weights instead (the fast RSS runs).
+  """
   from configs import unet2d  # pylint: disable=g-import-not-at-top
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import UNet, build_model  # pylint: disable=g-import-not-at-top
   config = unet2d.get_config("vnc")
   config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
   config.eval.blend = "gaussian"
+  if small:
+    model = UNet(depth=2, base_features=4, norm="batch", upsample="resize")
+    return config, model, random_variables(model)
   model = build_model(config.model)
   if args.workdir:
     variables, _ = evaluation.load_variables(config, args.workdir)
@@ -187,15 +193,7 @@ def throughput(args: argparse.Namespace) -> None:
 def child(args: argparse.Namespace) -> None:
   """One RSS run: segment args.input streaming (or in memory) and print the peak RSS in MiB."""
   from unet_jax import data, inference, segment  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import UNet  # pylint: disable=g-import-not-at-top
-  if args.rss_model == "config":
-    config, model, variables = config_and_variables(args)
-  else:
-    from configs import unet2d  # pylint: disable=g-import-not-at-top
-    config = unet2d.get_config("vnc")
-    config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
-    model = UNet(depth=2, base_features=4, norm="batch", upsample="resize")
-    variables = random_variables(model)
+  config, model, variables = config_and_variables(args, small=args.rss_model == "small")
   out = tempfile.mkdtemp(prefix="rss_")
   start = time.perf_counter()
   if args.child == "stream":

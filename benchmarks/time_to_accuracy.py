@@ -43,16 +43,20 @@ def logged_minutes(workdir: str) -> dict[int, float]:
 def main(argv: list[str]) -> None:
   del argv
   parallel.use_host_devices(FLAGS.config.host_devices)
-  from unet_jax import checkpoint, data, evaluation, trainer  # pylint: disable=g-import-not-at-top
+  parallel.use_inference_kernels()  # scoring only runs the network forward, as in evaluate.py
+  import jax  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint, data, trainer  # pylint: disable=g-import-not-at-top
   from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   split = data.load_splits(config.data)[FLAGS.split]
   model = build_model(config.model)
+  target = trainer.state_tree(trainer.create_train_state(config, model, jax.random.PRNGKey(0)))  # shapes to restore into
   print(f"{FLAGS.split} split {split.image.shape}; Dice at threshold {config.eval.threshold}; target {FLAGS.target}")
   for workdir in FLAGS.workdir:
     minutes, reached = logged_minutes(workdir), None
     for step in checkpoint.saved_steps(workdir):
-      variables, _ = evaluation.load_variables(config, workdir, step)
+      tree, _ = checkpoint.restore(workdir, target, step=step)
+      variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
       dice = trainer.evaluate_split(model, variables, split, config.eval)["dice"]
       at = minutes.get(step, float("nan"))
       print(f"{workdir} step {step:5d} {at:6.2f} min  {FLAGS.split} Dice {dice:.4f}", flush=True)

@@ -37,7 +37,7 @@ COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{\s*$")
 
 
 def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, set[str]]]:
-  """(instruction name -> {shape, opcode, calls, op_name, window}, computation name -> opcodes in it)."""
+  """(instruction name -> {shape, opcode, calls, op_name}, computation name -> opcodes in it)."""
   instructions, opcodes, current = {}, collections.defaultdict(set), None
   for line in text.splitlines():
     if (m := COMPUTATION.match(line)) and "=" not in line.split("{")[0]:
@@ -49,10 +49,9 @@ def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, set[str]]]:
     opcodes[current].add(opcode)
     calls = re.search(r"calls=%([\w.\-]+)", rest)
     op_name = re.search(r'op_name="([^"]*)"', rest)
-    window = re.search(r"window=\{size=([\dx]+)", rest)
     instructions[name] = {"shape": tuple(int(d) for d in dims.split(",") if d), "opcode": opcode,
                           "calls": calls.group(1) if calls else None,
-                          "op_name": op_name.group(1) if op_name else "", "window": window.group(1) if window else ""}
+                          "op_name": op_name.group(1) if op_name else ""}
   return instructions, opcodes
 
 
@@ -131,7 +130,7 @@ def main(argv: list[str]) -> None:
     totals[category(instructions[name], opcodes)] += ms
   traced = sum(totals.values())
   print(f"{jax.devices()[0].platform}, 1 device; forward + backward of batch {FLAGS.batch} of {shape[1:-1]}: "
-        f"{1000 * wall:.0f} ms per step untraced, {traced:.0f} ms in XLA ops traced (the rest: mostly "
+        f"{1000 * wall:.0f} ms per step untraced, {traced:.0f} ms in XLA ops traced (the rest: probably "
         f"convolutions XLA runs asynchronously with its own kernels, whose time the trace misses)")
   for name, ms in totals.most_common():
     print(f"  {name:30s} {ms:7.1f} ms  {ms / traced:6.1%}")

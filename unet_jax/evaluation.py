@@ -27,10 +27,10 @@ from unet_jax.model import build_model
 SPLITS = ("train", "val", "test")
 
 
-def load_variables(config: Any, workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-  """Model variables {'params', 'batch_stats'} from the config's checkpoint choice (or `step`), and its step."""
+def load_variables(config: Any, workdir: str) -> tuple[dict[str, Any], int]:
+  """Model variables {'params', 'batch_stats'} from the config's checkpoint choice, and its step."""
   state = trainer.create_train_state(config, build_model(config.model), jax.random.PRNGKey(0))
-  tree, step = checkpoint.restore(workdir, trainer.state_tree(state), config.eval.checkpoint, step)
+  tree, step = checkpoint.restore(workdir, trainer.state_tree(state), config.eval.checkpoint)
   return {"params": tree["params"], "batch_stats": tree["batch_stats"]}, step
 
 

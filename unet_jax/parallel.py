@@ -14,15 +14,13 @@ def add_xla_flags(*flags: str, override: bool = True) -> None:
 
   A flag already there is replaced (override=True) or left as the user set it (override=False).
   """
-  current = os.environ.get("XLA_FLAGS", "").split()
   name = lambda flag: flag.split("=")[0]
+  current = os.environ.get("XLA_FLAGS", "").split()
   if override:
-    replaced = {name(f) for f in flags}
-    current, new = [f for f in current if name(f) not in replaced], list(flags)
+    current = [f for f in current if name(f) not in {name(g) for g in flags}]
   else:
-    present = {name(f) for f in current}
-    new = [f for f in flags if name(f) not in present]
-  os.environ["XLA_FLAGS"] = " ".join(current + new)
+    flags = tuple(f for f in flags if name(f) not in {name(c) for c in current})
+  os.environ["XLA_FLAGS"] = " ".join([*current, *flags])
 
 
 def use_host_devices(count: int) -> None:
