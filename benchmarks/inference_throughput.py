@@ -60,8 +60,8 @@ def config_and_variables(args: argparse.Namespace, small: bool = False):
   small: a depth-2, 4-feature U-Net with random weights instead (the fast RSS runs).
   """
   from configs import unet2d  # pylint: disable=g-import-not-at-top
-  from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import UNet, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import UNet, abstract_variables, build_model  # pylint: disable=g-import-not-at-top
   config = unet2d.get_config("vnc")
   config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
   config.eval.blend = "gaussian"
@@ -70,7 +70,7 @@ def config_and_variables(args: argparse.Namespace, small: bool = False):
     return config, model, random_variables(model)
   model = build_model(config.model)
   if args.workdir:
-    variables, _ = evaluation.load_variables(config, args.workdir)
+    variables, _ = checkpoint.restore_variables(args.workdir, abstract_variables(model), config.eval.checkpoint)
   else:
     variables = random_variables(model)
   return config, model, variables

@@ -1,8 +1,14 @@
-"""Orbax checkpoints in a workdir: the latest N under `checkpoints/`, the best by validation Dice under `best/`."""
+"""Orbax checkpoints in a workdir: the latest N under `checkpoints/`, the best by validation Dice under `best/`.
+
+A checkpoint holds the train state {'params', 'batch_stats', 'opt_state', 'step'}. Tools that only
+run the network (segmentation, evaluation, explanation, export) restore the model variables alone
+with `restore_variables`, a partial restore that needs neither the optimiser nor the trainer.
+"""
 
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from unet_jax.errors import InputError
@@ -57,16 +63,41 @@ def saved_steps(workdir: str) -> list[int]:
   return steps
 
 
+def _restore(workdir: str, which: str, step: int | None, args_for: Any) -> tuple[Any, int]:
+  """Restores with `args_for(manager)` the chosen checkpoint of `workdir`; returns (tree, step)."""
+  manager = _read_only(workdir, "latest" if step is not None else which)
+  try:
+    if step is None:
+      step = manager.best_step() if which == "best" else manager.latest_step()
+    if step is None:
+      step = manager.latest_step()
+    if step is None or step not in manager.all_steps():
+      raise InputError(f"no {which if step is None else f'step {step}'} checkpoint in {workdir!r}; "
+                       f"train first with train.py --workdir={workdir}")
+    try:
+      tree = manager.restore(step, args=args_for)
+    except (ValueError, KeyError, TypeError) as e:
+      raise InputError(f"checkpoint step {step} in {workdir!r} does not fit the configured model "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use the model.* settings "
+                       "it was trained with") from e
+  finally:
+    manager.close()
+  return tree, step
+
+
 def restore(workdir: str, target: Any, which: str = "best", step: int | None = None) -> tuple[Any, int]:
   """Restores the 'best' (or 'latest', or with `step` that step's) checkpoint of `workdir`; returns (state, step)."""
-  manager = _read_only(workdir, "latest" if step is not None else which)
-  if step is None:
-    step = manager.best_step() if which == "best" else manager.latest_step()
-  if step is None:
-    step = manager.latest_step()
-  if step is None or step not in manager.all_steps():
-    raise InputError(f"no {which if step is None else f'step {step}'} checkpoint in {workdir!r}; "
-                     f"train first with train.py --workdir={workdir}")
-  state = manager.restore(step, args=ocp.args.StandardRestore(target))
-  manager.close()
-  return state, step
+  return _restore(workdir, which, step, ocp.args.StandardRestore(target))
+
+
+def restore_variables(workdir: str, target: dict[str, Any], which: str = "best",
+                      step: int | None = None) -> tuple[dict[str, Any], int]:
+  """Model variables {'params', 'batch_stats'} shaped like `target` (e.g. `model.abstract_variables`).
+
+  Reads only those two items of the saved train state, so it needs no optimiser settings.
+  """
+  target = {"params": target["params"], "batch_stats": target.get("batch_stats", {})}
+  args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                partial_restore=True)
+  tree, step = _restore(workdir, which, step, args)
+  return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}, step

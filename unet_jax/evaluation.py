@@ -17,21 +17,13 @@ import json
 import os
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
-from unet_jax import checkpoint, data, figures, inference, instances, metrics, morphometry, report, trainer
+from unet_jax import checkpoint, data, figures, inference, instances, metrics, morphometry, report
 from unet_jax.errors import InputError
-from unet_jax.model import build_model
+from unet_jax.model import abstract_variables, build_model
 
 SPLITS = ("train", "val", "test")
-
-
-def load_variables(config: Any, workdir: str) -> tuple[dict[str, Any], int]:
-  """Model variables {'params', 'batch_stats'} from the config's checkpoint choice, and its step."""
-  state = trainer.create_train_state(config, build_model(config.model), jax.random.PRNGKey(0))
-  tree, step = checkpoint.restore(workdir, trainer.state_tree(state), config.eval.checkpoint)
-  return {"params": tree["params"], "batch_stats": tree["batch_stats"]}, step
 
 
 def check_eval_config(eval_config: Any) -> None:
@@ -156,7 +148,7 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
   model = build_model(config.model)
   runs = []
   for name, workdir in zip(run_names(workdirs), workdirs):
-    variables, step = load_variables(config, workdir)
+    variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
     val_probs = None
     if config.eval.select_threshold:
       val_probs = inference.predict_stack(model, variables, splits["val"].image, config.eval)

@@ -64,9 +64,9 @@ class UNet(nn.Module):
   """
   ndim: int = 2
   depth: int = 4
-  base_features: int = 32
+  base_features: int = 16
   norm: str = "batch"
-  upsample: str = "transpose"
+  upsample: str = "resize"
   axis_name: str | None = None  # mesh axis for cross-device batch statistics when training
   dtype: Any = jnp.float32      # compute dtype (params stay float32)
 
@@ -106,6 +106,17 @@ class UNet(nn.Module):
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = block(features, f"dec{level}")(x, train)
     return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
+
+
+def init_variables(model: UNet, key: jax.Array, in_channels: int = 1) -> dict[str, Any]:
+  """Fresh variables {'params', 'batch_stats'} of `model`, traced on the smallest valid input."""
+  dummy = jnp.zeros((1, *(2 ** model.depth,) * model.ndim, in_channels), jnp.float32)
+  return jax.jit(model.init, static_argnames="train")(key, dummy, train=False)
+
+
+def abstract_variables(model: UNet, in_channels: int = 1) -> dict[str, Any]:
+  """Shapes and dtypes (jax.ShapeDtypeStruct) of `model`'s variables, computed without allocating them."""
+  return jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), in_channels))
 
 
 def build_model(model_config: Any, axis_name: str | None = None) -> UNet:

@@ -20,9 +20,9 @@ import numpy as np
 import tifffile
 import tqdm
 
-from unet_jax import data, evaluation, inference, metrics
+from unet_jax import checkpoint, data, inference, metrics
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, build_model
+from unet_jax.model import UNet, abstract_variables, build_model
 
 PROBABILITY_DTYPES = ("float16", "uint8")
 
@@ -210,8 +210,9 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
   with contextlib.ExitStack() as stack:
     reader = stack.enter_context(StackReader(input_path))
     mask = stack.enter_context(StackReader(mask_path)) if mask_path else None
-    variables, step = evaluation.load_variables(config, workdir)
-    summary = segment_stack(build_model(config.model), variables, reader, output_dir, config.eval, mask,
+    model = build_model(config.model)
+    variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
+    summary = segment_stack(model, variables, reader, output_dir, config.eval, mask,
                             probability_dtype, progress)
   summary = {"workdir": workdir, "checkpoint": config.eval.checkpoint, "step": int(step), **summary}
   with open(os.path.join(output_dir, "summary.json"), "w") as f:
