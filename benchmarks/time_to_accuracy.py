@@ -10,7 +10,6 @@ validation included). Prints one row per checkpoint and, per run, the first chec
 --target. This only measures: nothing is selected on the test split.
 """
 
-import json
 import os
 import sys
 
@@ -29,34 +28,21 @@ flags.DEFINE_float("target", 0.85, "Dice to reach.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def logged_minutes(workdir: str) -> dict[int, float]:
-  """step -> training minutes, from the records of workdir/log.jsonl that carry both."""
-  minutes = {}
-  with open(os.path.join(workdir, "log.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "step" in record and "minutes" in record and "event" not in record:
-        minutes[record["step"]] = max(minutes.get(record["step"], 0.0), record["minutes"])
-  return minutes
-
-
 def main(argv: list[str]) -> None:
   del argv
   parallel.use_host_devices(FLAGS.config.host_devices)
   parallel.use_inference_kernels()  # scoring only runs the network forward, as in evaluate.py
-  import jax  # pylint: disable=g-import-not-at-top
-  from unet_jax import checkpoint, data, trainer  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint, data, runlog, trainer  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   split = data.load_splits(config.data)[FLAGS.split]
   model = build_model(config.model)
-  target = trainer.state_tree(trainer.create_train_state(config, model, jax.random.PRNGKey(0)))  # shapes to restore into
+  target = abstract_variables(model)  # shapes to restore into
   print(f"{FLAGS.split} split {split.image.shape}; Dice at threshold {config.eval.threshold}; target {FLAGS.target}")
   for workdir in FLAGS.workdir:
-    minutes, reached = logged_minutes(workdir), None
+    minutes, reached = runlog.minutes_by_step(runlog.log_path(workdir)), None
     for step in checkpoint.saved_steps(workdir):
-      tree, _ = checkpoint.restore(workdir, target, step=step)
-      variables = {"params": tree["params"], "batch_stats": tree["batch_stats"]}
+      variables, _ = checkpoint.restore_variables(workdir, target, step=step)
       dice = trainer.evaluate_split(model, variables, split, config.eval)["dice"]
       at = minutes.get(step, float("nan"))
       print(f"{workdir} step {step:5d} {at:6.2f} min  {FLAGS.split} Dice {dice:.4f}", flush=True)

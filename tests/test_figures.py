@@ -6,7 +6,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from unet_jax import figures
+from unet_jax import figures, runlog
 from unet_jax.errors import InputError
 
 
@@ -72,10 +72,10 @@ def test_read_log_and_training_curves(tmp_path):
              {"step": 10, "loss": 0.6, "minutes": 0.4}]
   log = tmp_path / "log.jsonl"
   log.write_text("\n".join(json.dumps(r) for r in records) + "\n{\"step\": 1")  # last line cut off
-  train, val = figures.read_log(str(log))
+  train, val = runlog.read(str(log))
   assert [(r["step"], r["loss"]) for r in train] == [(5, 0.9), (10, 0.6)]
   assert [r["val_dice"] for r in val] == [0.5]
   figures.save_training_curves(str(tmp_path / "c.png"), str(log))
   assert (tmp_path / "c.png").stat().st_size > 0
   with pytest.raises(InputError, match="no training log"):
-    figures.read_log(str(tmp_path / "missing.jsonl"))
+    runlog.read(str(tmp_path / "missing.jsonl"))

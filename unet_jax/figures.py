@@ -6,7 +6,6 @@ their longest side is at most `max_px` pixels, which keeps a report folder small
 Plots use matplotlib's object API (Figure.savefig), not pyplot: no GUI backend, no global state.
 """
 
-import json
 import math
 import os
 from typing import Any, Sequence
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from skimage import transform
 
+from unet_jax import runlog
 from unet_jax.errors import InputError
 
 TP_RGB = (0, 255, 0)
@@ -97,30 +97,9 @@ def save_intensity_histogram(path: str, image: np.ndarray, mask: np.ndarray, bin
   fig.savefig(path, dpi=100)
 
 
-def read_log(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-  """(training records with 'loss', validation records with 'val_dice') of a trainer log.jsonl.
-
-  Sorted by step; when a resumed run logged a step again, its last record wins.
-  """
-  if not os.path.isfile(path):
-    raise InputError(f"no training log at {path}; train with train.py to write one")
-  train, val = {}, {}
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # a line cut by kill -9
-        continue
-      if "loss" in record:
-        train[record["step"]] = record
-      elif "val_dice" in record:
-        val[record["step"]] = record
-  return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
-
-
 def save_training_curves(path: str, log_path: str) -> None:
   """Loss and validation Dice against step and against training minutes, as one PNG."""
-  train, val = read_log(log_path)
+  train, val = runlog.read(log_path)
   fig = Figure(figsize=(9, 6))
   axes = fig.subplots(2, 2, sharey="row")
   for row, (records, key, name) in enumerate(((train, "loss", "training loss"), (val, "val_dice", "val Dice"))):

@@ -1,7 +1,6 @@
 """Training: train state, the pure data-parallel train step, validation, and the loop."""
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from unet_jax import augment, checkpoint, data, inference, losses, metrics, parallel, sampling
+from unet_jax import augment, checkpoint, data, inference, losses, metrics, parallel, runlog, sampling
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, build_model
 
@@ -117,27 +116,6 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
   return metrics.pixel_scores(probs >= eval_config.threshold, split.mask)
 
 
-class MetricLog:
-  """Appends JSON lines to `workdir/log.jsonl`; remembers cumulative training minutes."""
-
-  def __init__(self, workdir: str, enabled: bool = True):
-    self.path, self.enabled = os.path.join(workdir, "log.jsonl"), enabled  # one writer per run
-    self.minutes = 0.0
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        for line in f:
-          try:
-            self.minutes = max(self.minutes, json.loads(line).get("minutes", 0.0))
-          except json.JSONDecodeError:  # a line cut by kill -9
-            continue
-
-  def write(self, record: dict[str, Any]) -> None:
-    if not self.enabled:
-      return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-
-
 def check_config(config: Any, n_devices: int) -> None:
   """Raises InputError for settings that cannot work."""
   t = config.train
@@ -167,7 +145,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     state = state.replace(**restored)
   start = int(state.step)
   primary = jax.process_index() == 0  # with several processes, process 0 logs
-  log = MetricLog(workdir, enabled=primary)
+  log = runlog.MetricLog(workdir, enabled=primary)
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
              "minutes": log.minutes})
   state = parallel.replicate(mesh, state)
