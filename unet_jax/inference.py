@@ -206,3 +206,50 @@ def predict_stack(model: UNet, variables: Any, image: np.ndarray, eval_config: A
   if model.ndim == 3:
     return np.asarray(run(variables, image))
   return np.stack([np.asarray(run(variables, image[z])) for z in range(image.shape[0])])
+
+
+@functools.lru_cache(maxsize=None)
+def transform_predictor(model: UNet, tta: str) -> Predict:
+  """((variables, index i32[]), windows f32[B, *window, 1]) -> probabilities of the index-th `tta` transform.
+
+  The transform (quarter turns, flip; `_tta_transforms`) is applied to the windows and inverted on the
+  output, chosen by a traced index (`lax.switch`), so every transform runs under one compilation.
+  """
+  base = predictor(model, "none")
+  def branch(k: int, flip: bool) -> Callable[[Any, jax.Array], jax.Array]:
+    def run(variables: Any, patches: jax.Array) -> jax.Array:
+      plane = (patches.ndim - 3, patches.ndim - 2)
+      x = jnp.rot90(patches, k, plane)
+      y = base(variables, jnp.flip(x, plane[1]) if flip else x)
+      return jnp.rot90(jnp.flip(y, plane[1]) if flip else y, -k, plane)
+    return run
+  branches = [branch(k, flip) for k, flip in _tta_transforms(tta)]
+  def predict(variables_and_index: tuple[Any, jax.Array], patches: jax.Array) -> jax.Array:
+    variables, index = variables_and_index
+    if tta == "dihedral" and patches.shape[-3] != patches.shape[-2]:
+      raise InputError(f"dihedral TTA needs square (H, W) windows, got {patches.shape[1:-1]}; "
+                       "use a square eval.window")
+    return jax.lax.switch(index, branches, variables, patches)
+  return predict
+
+
+def predict_transforms(model: UNet, variables: Any, image: np.ndarray | jax.Array, eval_config: Any,
+                       tta: str = "dihedral") -> np.ndarray:
+  """Probabilities f32[T, *image.shape] of `image` f32[H, W] (or [D, H, W]) under each of the T `tta` transforms.
+
+  Sliding windows as `stack_predictor` with the `eval` settings; the mean over T is the `tta` prediction.
+  """
+  run = functools.partial(
+      sliding_window_predict, transform_predictor(model, tta), window=eval_window(eval_config, model.ndim),
+      overlap=eval_config.overlap, blend=eval_config.blend, batch_size=eval_config.batch_size,
+      sigma=eval_config.get("sigma", 0.125))
+  return np.stack([np.asarray(run((variables, jnp.int32(i)), image)) for i in range(len(_tta_transforms(tta)))])
+
+
+def transform_subset(group: str, tta: str) -> list[int]:
+  """Indices, among the `group` TTA transforms, of the `tta` transforms (e.g. the 4 flips within dihedral)."""
+  members = _tta_transforms(group)
+  missing = [t for t in _tta_transforms(tta) if t not in members]
+  if missing:
+    raise InputError(f"eval.tta={tta!r} is not part of the {group!r} transforms; use eval.tta='{group}' or less")
+  return [members.index(t) for t in _tta_transforms(tta)]
