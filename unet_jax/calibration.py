@@ -119,11 +119,12 @@ def calibration_summary(probs: Any, truth: Any, temperature: float, bins: int = 
   """ECE and log-loss before and after temperature `temperature`, with both sets of reliability bins."""
   scaled = apply_temperature(probs, temperature)
   before, after = reliability_bins(probs, truth, bins), reliability_bins(scaled, truth, bins)
+  histogram = logit_histogram(probs, truth)
   listed = lambda b: {k: [None if np.isnan(v) else float(v) for v in b[k]] for k in ("mean_prob", "fraction")} | {
       "count": b["count"].tolist()}
   return {"temperature": float(temperature), "bins": bins,
           "ece_before": expected_calibration_error(before), "ece_after": expected_calibration_error(after),
-          "log_loss_before": log_loss(probs, truth), "log_loss_after": log_loss(probs, truth, temperature),
+          "log_loss_before": _binned_log_loss(*histogram, 1.0), "log_loss_after": _binned_log_loss(*histogram, temperature),
           "reliability_before": listed(before), "reliability_after": listed(after)}
 
 

@@ -1,4 +1,5 @@
-"""Report pictures (PNG): prediction-vs-truth overlays, a montage, intensity histograms, training curves.
+"""Report pictures (PNG): prediction-vs-truth overlays, a montage, intensity histograms, training curves,
+reliability diagrams and uncertainty maps.
 
 Overlay colours (the seed's): true positives green, false positives red, false negatives blue,
 blended over the grey EM image; true negatives keep their grey. Pictures are downscaled so that
@@ -93,6 +94,57 @@ def save_intensity_histogram(path: str, image: np.ndarray, mask: np.ndarray, bin
   ax.set_xlabel("normalised intensity")
   ax.set_ylabel("density")
   ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def save_reliability_diagram(path: str, curves: dict[str, dict[str, Any]], title: str = "") -> None:
+  """Observed foreground fraction against mean probability per bin, one line per curve, and pixel counts.
+
+  `curves` maps a legend label (e.g. 'before, ECE 0.031') to reliability bins with 'mean_prob',
+  'fraction' and 'count' per bin (calibration.reliability_bins or its JSON lists; empty bins None/NaN).
+  """
+  fig = Figure(figsize=(5, 6))
+  top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+  for label, bins in curves.items():
+    mean = np.array(bins["mean_prob"], np.float64)
+    fraction = np.array(bins["fraction"], np.float64)
+    full = np.asarray(bins["count"]) > 0
+    top.plot(mean[full], fraction[full], marker="o", markersize=3, label=label)
+    bottom.plot(mean[full], np.asarray(bins["count"])[full], marker="o", markersize=3)
+  top.set_ylabel("observed fraction of mitochondrion")
+  top.set_xlim(0, 1)
+  top.set_ylim(0, 1)
+  top.legend(fontsize=8, loc="upper left")
+  top.grid(alpha=0.3)
+  top.set_title(title, fontsize=9)
+  bottom.set_yscale("log")
+  bottom.set_xlabel("predicted probability (bin mean)")
+  bottom.set_ylabel("pixels")
+  bottom.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def save_uncertainty_panels(path: str, overlay_rgb: np.ndarray, maps: Sequence[tuple[str, np.ndarray]],
+                            max_px: int) -> None:
+  """The error overlay u8[H, W, 3] next to uncertainty maps f32[H, W] (0 to 0.5, colour bar), as one PNG.
+
+  `maps` pairs a title with a map; every panel is downscaled to at most `max_px` on its longest side.
+  """
+  panels = 1 + len(maps)
+  fig = Figure(figsize=(3.6 * panels, 3.9))
+  axes = fig.subplots(1, panels, squeeze=False).ravel()
+  axes[0].imshow(downscale(overlay_rgb, max_px), interpolation="nearest")
+  axes[0].set_title("errors (TP green, FP red, FN blue)", fontsize=9)
+  for ax, (title, values) in zip(axes[1:], maps):
+    shown = ax.imshow(downscale(np.asarray(values, np.float32), max_px), cmap="magma", vmin=0.0, vmax=0.5,
+                      interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+  for ax in axes:
+    ax.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 

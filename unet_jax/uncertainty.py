@@ -27,13 +27,14 @@ from scipy import ndimage, sparse
 from unet_jax import inference, intervals
 from unet_jax.errors import InputError
 
+SOURCES = ("none", "tta")  # eval.uncertainty
 SCORES = ("confidence", "mean_prob", "certainty", "boundary_sharpness")  # higher = more likely correct
 
 
 def tta_group(eval_config: Any) -> str:
   """'dihedral' for square windows, else 'flips' (rotations need square windows)."""
-  window = inference.eval_window(eval_config, 2)
-  return "dihedral" if window[-1] == window[-2] else "flips"
+  window = eval_config.window
+  return "flips" if isinstance(window, (tuple, list)) and window[-1] != window[-2] else "dihedral"
 
 
 def tta_probabilities(model: Any, variables: Any, image: np.ndarray, eval_config: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +43,9 @@ def tta_probabilities(model: Any, variables: Any, image: np.ndarray, eval_config
   Probabilities are the mean over the `eval.tta` transforms (as `inference.predict_stack`);
   uncertainty is the standard deviation over all transforms of `tta_group`.
   """
+  if getattr(model, "in_channels", 1) != 1:
+    raise InputError("eval.uncertainty='tta' needs a single-slice model (model.context_slices=0); "
+                     "set --config.eval.uncertainty=none")
   group = tta_group(eval_config)
   subset = inference.transform_subset(group, eval_config.get("tta", "none"))
   def reduce(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
