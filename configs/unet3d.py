@@ -1,0 +1,130 @@
+"""3D U-Net on EM volumes, and its 2D / 2.5D twins on the same data: overrides of configs/unet2d.py.
+
+  python train.py --config=configs/unet3d.py --workdir=runs/syn3d            # generated isotropic volume, offline
+  python train.py --config=configs/unet3d.py:vnc --workdir=runs/vnc3d        # ../shared/data/vnc, 50 x 4.6 x 4.6 nm
+  python train.py --config=configs/unet3d.py:lucchi --workdir=runs/lucchi3d  # EPFL Lucchi, 5 nm isotropic
+  python evaluate.py --config=configs/unet3d.py:vnc --workdir=runs/vnc3d --config.eval.select_threshold=True
+  python train.py --config=configs/unet3d.py:vnc,mode=2.5d --workdir=runs/vnc25d  # 2D model, 2k + 1 slices in
+  python train.py --config=configs/unet3d.py:tiny --workdir=/tmp/tiny3d      # seconds; for tests
+
+The argument is VARIANT[,mode=3d|2.5d|2d][,aug=full|flips|none]. The training stack is the volume
+(its last data.val_fraction slices validate, as in 2D) and the test stack the test volume. Kernels
+and pooling per level are derived from data.voxel_size_nm (unet_jax/anisotropy.py, printed at the
+start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling until its voxels are
+within 2x of isotropic. Override with --config.model.kernel_sizes / --config.model.pool_factors.
+mode=2d and mode=2.5d keep the data, budget and evaluation and swap in the 2D network (2.5D: the
+`context_slices` neighbours on each side as input channels), for the README's 2D vs 2.5D vs 3D table.
+"""
+
+import ml_collections
+
+from configs import unet2d
+
+VARIANTS = ("synthetic", "vnc", "lucchi", "tiny")
+MODES = ("3d", "2.5d", "2d")
+
+
+def parse_arg(arg: str) -> tuple[str, str, str | None]:
+  """'vnc,mode=2.5d,aug=flips' -> ('vnc', '2.5d', 'flips'); an empty variant is 'synthetic'."""
+  variant, *options = arg.split(",")
+  pairs = dict(o.split("=", 1) for o in options if "=" in o)
+  variant = variant or "synthetic"
+  if (len(pairs) != len(options) or set(pairs) - {"mode", "aug"} or variant not in VARIANTS
+      or pairs.get("mode", "3d") not in MODES):
+    raise ValueError(f"config argument {arg!r}: use VARIANT[,mode=MODE][,aug=PRESET] with VARIANT one of "
+                     f"{VARIANTS} and MODE one of {MODES}")
+  return variant, pairs.get("mode", "3d"), pairs.get("aug")
+
+
+def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
+  """The config for `arg` = VARIANT[,mode=MODE][,aug=PRESET] (see the module docstring)."""
+  variant, mode, aug = parse_arg(arg)
+  base = {"synthetic": "synthetic", "vnc": "vnc", "lucchi": "lucchi", "tiny": "tiny"}[variant]
+  c = unet2d.get_config(base + (f",aug={aug}" if aug else ""))
+  VARIANT_OVERRIDES[variant](c)
+  if mode != "3d":
+    two_d(c, variant, context_slices=1 if mode == "2.5d" else 0)
+  return c
+
+
+def retype(block: ml_collections.ConfigDict, name: str, value: object) -> None:
+  """Sets a field to a value of another type (an int size becomes a per-axis tuple and back)."""
+  del block[name]
+  block[name] = value
+
+
+def volume(c: ml_collections.ConfigDict) -> None:
+  """What every 3D variant shares: a 3D model and the EM section artefacts."""
+  c.model.ndim = 3
+  c.data.synthetic.ndim = 3  # a coherent volume, not independent slices
+  c.augment.misalign_prob = 0.2  # sections from a random one on (or one alone) shifted in-plane
+  c.augment.misalign_pixels = 4
+  c.augment.section_intensity_prob = 0.3  # per-section brightness/contrast
+  c.augment.missing_section_prob = 0.1  # one section blanked or duplicated
+  c.eval.batch_size = 2  # 3D windows are large
+  c.eval.uncertainty = "none"  # 8 dihedral passes of every 3D window would dominate evaluation time
+
+
+def synthetic(c: ml_collections.ConfigDict) -> None:
+  """An isotropic generated volume (unet_jax/synthetic.py): 96 + 48 slices of 160^2, minutes on a CPU."""
+  volume(c)
+  c.data.synthetic.shape = (160, 160)
+  c.data.synthetic.train_slices = 96  # the last 20 validate
+  c.data.synthetic.test_slices = 48
+  c.data.synthetic.mito_spacing = 60.0  # one mitochondrion per 60^3 voxels (denser than the 2D default of 90)
+  c.train.steps = 300
+  c.train.batch_size = 2
+  retype(c.train, "patch_size", (32, 64, 64))  # 131k voxels
+  c.train.eval_every = 50
+  c.train.checkpoint_every = 50
+  c.optim.warmup_steps = 30
+  retype(c.eval, "window", (32, 96, 96))
+
+
+def vnc(c: ml_collections.ConfigDict) -> None:
+  """VNC ssTEM: 8 training sections (+ 2 validation) and 4 test sections of 1024^2 at 50 x 4.6 x 4.6 nm."""
+  volume(c)
+  c.augment.elastic_z = False  # 50 nm sections: no interpolation across them
+  c.train.batch_size = 2  # 2 x 4 x 256^2 voxels = the 2D recipe's 8 x 256^2 pixels per step
+  retype(c.train, "patch_size", (4, 256, 256))  # z divisible by the plan's z pooling (2)
+  retype(c.eval, "window", (4, 256, 256))
+
+
+def lucchi(c: ml_collections.ConfigDict) -> None:
+  """Lucchi FIB-SEM, isotropic 5 nm: 165 + 165 sections of 768 x 1024."""
+  volume(c)
+  c.train.batch_size = 2
+  retype(c.train, "patch_size", (32, 128, 128))
+  retype(c.eval, "window", (32, 128, 128))
+
+
+def tiny(c: ml_collections.ConfigDict) -> None:
+  """A few seconds of everything, for tests: a 20 x 32 x 32 volume, depth 2, 4 features."""
+  volume(c)
+  c.data.synthetic.shape = (32, 32)
+  c.data.synthetic.train_slices = 20  # the last 4 validate
+  c.data.synthetic.test_slices = 8
+  c.train.batch_size = 2
+  retype(c.train, "patch_size", (8, 16, 16))
+  c.train.steps = 6
+  c.train.log_every = 2
+  c.train.eval_every = 3
+  c.train.checkpoint_every = 3
+  retype(c.eval, "window", (8, 16, 16))
+
+
+def two_d(c: ml_collections.ConfigDict, variant: str, context_slices: int) -> None:
+  """The 2D (context_slices = 0) or 2.5D twin of a 3D variant: same data and evaluation, 2D patches."""
+  twin = unet2d.get_config({"synthetic": "synthetic", "tiny": "tiny", "vnc": "vnc", "lucchi": "lucchi"}[variant])
+  c.model.ndim = 2
+  c.model.context_slices = context_slices
+  for field in ("batch_size", "patch_size", "steps", "eval_every", "checkpoint_every"):
+    retype(c.train, field, twin.train[field])
+  c.optim.warmup_steps = twin.optim.warmup_steps
+  retype(c.eval, "window", twin.eval.window)
+  c.eval.batch_size = twin.eval.batch_size
+  for name in ("misalign_prob", "section_intensity_prob", "missing_section_prob"):
+    c.augment[name] = 0.0  # 3D only
+
+
+VARIANT_OVERRIDES = {"synthetic": synthetic, "vnc": vnc, "lucchi": lucchi, "tiny": tiny}

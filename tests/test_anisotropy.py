@@ -1,0 +1,124 @@
+"""The per-level kernel/pooling plan from the voxel size, and the U-Net that follows it."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import unet2d, unet3d
+from unet_jax import anisotropy, config_check
+from unet_jax.errors import InputError
+from unet_jax.model import UNet, build_model, init_variables, max_pool2
+
+VNC_3D = anisotropy.Plan(kernel_sizes=((1, 3, 3), (1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)),
+                         pool_factors=((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)))
+
+
+@pytest.mark.parametrize("voxel, ndim", [((5.0, 5.0, 5.0), 3), ((5.0, 5.0, 5.0), 2), ((50.0, 4.6, 4.6), 2),
+                                         ((1.0, 1.3, 1.0), 3)])
+def test_isotropic_voxels_give_the_classic_unet(voxel, ndim):
+  plan = anisotropy.derive_plan(voxel, ndim, depth=4)
+  assert plan == anisotropy.isotropic_plan(ndim, 4)
+  assert plan.size_factors == (16,) * ndim
+
+
+def test_vnc_in_plane_until_roughly_isotropic():
+  """50 / 4.6 nm: spacing ratio 10.9, 5.4, 2.7 (coarse) at levels 0-2, then 1.36 (pool all)."""
+  plan = anisotropy.derive_plan((50.0, 4.6, 4.6), 3, depth=4)
+  assert plan == VNC_3D
+  assert plan.size_factors == (2, 16, 16)
+  assert anisotropy.derive_plan((50.0, 4.6, 4.6), 3, depth=2) == anisotropy.Plan(((1, 3, 3),) * 3, ((1, 2, 2),) * 2)
+
+
+@pytest.mark.parametrize("voxel, kernels, pools", [
+    # exactly 2x: not pooled at level 0 (it would stay 2x forever), isotropic from level 1
+    ((10.0, 5.0, 5.0), ((1, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 2, 2), (2, 2, 2))),
+    # 1.8x counts as roughly isotropic
+    ((9.0, 5.0, 5.0), ((3, 3, 3),) * 3, ((2, 2, 2),) * 2),
+    # z finer than the plane: z alone is convolved and pooled first
+    ((2.0, 5.0, 5.0), ((3, 1, 1), (3, 3, 3), (3, 3, 3)), ((2, 1, 1), (2, 2, 2))),
+    # three different spacings: x joins one level after y
+    ((40.0, 5.0, 12.0), ((1, 3, 1), (1, 3, 3), (1, 3, 3)), ((1, 2, 1), (1, 2, 2))),
+])
+def test_odd_voxel_sizes(voxel, kernels, pools):
+  assert anisotropy.derive_plan(voxel, 3, depth=2) == anisotropy.Plan(kernels, pools)
+
+
+def test_the_plan_uses_the_last_ndim_sizes_and_rejects_bad_ones():
+  assert anisotropy.derive_plan((50.0, 4.6, 9.2), 2, 1) == anisotropy.Plan(((3, 1), (3, 3)), ((2, 1),))
+  with pytest.raises(InputError, match="voxel_size_nm"):
+    anisotropy.derive_plan((0.0, 5.0, 5.0), 3, 2)
+
+
+def test_config_derives_from_the_voxel_size_and_follows_overrides():
+  c = unet3d.get_config("vnc")
+  assert anisotropy.model_plan(c.model) == VNC_3D
+  c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # model.voxel_size_nm follows data.voxel_size_nm
+  assert anisotropy.model_plan(c.model) == anisotropy.isotropic_plan(3, 4)
+  c.model.pool_factors = ((1, 2, 2),) * 4
+  c.model.kernel_sizes = ((1, 3, 3),) * 5
+  assert anisotropy.model_plan(c.model) == anisotropy.Plan(((1, 3, 3),) * 5, ((1, 2, 2),) * 4)
+  c.model.kernel_sizes = ((1, 2, 2),) * 5
+  with pytest.raises(InputError, match="model.kernel_sizes.*odd"):
+    anisotropy.model_plan(c.model)
+  c.model.kernel_sizes = ()
+  c.model.pool_factors = ((1, 2, 2),) * 3
+  with pytest.raises(InputError, match="model.pool_factors.*4 tuples of 3"):
+    anisotropy.model_plan(c.model)
+
+
+def test_describe_prints_each_level():
+  text = anisotropy.describe(VNC_3D, (50.0, 4.6, 4.6))
+  assert "inputs divisible by 2x16x16" in text
+  assert "level 0: kernel 1x3x3, pool 1x2x2, voxel 50x4.6x4.6 nm" in text
+  assert "level 3: kernel 3x3x3, pool 2x2x2, voxel 50x36.8x36.8 nm" in text
+  assert "bottleneck: kernel 3x3x3, voxel 100x73.6x73.6 nm" in text
+
+
+@pytest.mark.parametrize("variant", ["lucchi", "vnc", "synthetic", "tiny"])
+def test_2d_models_keep_their_parameters(variant):
+  """Every 2D config builds the same parameter names and shapes as the U-Net before plans existed."""
+  c = unet2d.get_config(variant)
+  plain = UNet(depth=c.model.depth, base_features=c.model.base_features)
+  shapes = lambda m: jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda: init_variables(m, jax.random.PRNGKey(0))))
+  assert shapes(build_model(c.model)) == shapes(plain)
+
+
+def test_anisotropic_unet_shapes_and_kernels():
+  model = UNet(ndim=3, depth=4, base_features=2, kernel_sizes=VNC_3D.kernel_sizes, pool_factors=VNC_3D.pool_factors)
+  x = jnp.zeros((1, 4, 32, 48, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  assert model.apply(variables, x).shape == (1, 4, 32, 48, 1)
+  params = variables["params"]
+  assert params["enc0"]["conv0"]["kernel"].shape == (1, 3, 3, 1, 2)
+  assert params["dec2"]["conv1"]["kernel"].shape[:3] == (1, 3, 3)
+  assert params["enc3"]["conv0"]["kernel"].shape[:3] == (3, 3, 3)
+  assert params["bottleneck"]["conv0"]["kernel"].shape[:3] == (3, 3, 3)
+  _, state = model.apply(variables, x, mutable=["intermediates"])
+  assert state["intermediates"]["bottleneck"]["features"][0].shape == (1, 2, 2, 3, 32)
+  with pytest.raises(InputError, match=r"2x16x16 per axis"):
+    model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32, 1)))
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "resize"])
+def test_anisotropic_upsampling_restores_each_axis(upsample):
+  model = UNet(ndim=3, depth=2, base_features=2, upsample=upsample, kernel_sizes=((1, 3, 3),) * 3,
+               pool_factors=((1, 2, 2), (1, 2, 2)))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 8, 12, 1))  # z = 3: never pooled
+  assert model.apply(model.init(jax.random.PRNGKey(0), x), x).shape == x.shape
+
+
+def test_max_pool_per_axis_equals_flax():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 8, 3))
+  for factors in [(2, 2, 2), (1, 2, 2), (2, 1, 2), (1, 3, 2)]:
+    np.testing.assert_array_equal(max_pool2(x, factors), nn.max_pool(x, factors, strides=factors))
+  np.testing.assert_array_equal(max_pool2(x[:, 0]), nn.max_pool(x[:, 0], (2, 2), strides=(2, 2)))
+
+
+def test_patch_divisibility_uses_the_plan():
+  c = unet3d.get_config("vnc")
+  config_check.validate(c)  # (4, 256, 256): z divisible by 2, not by 16
+  c.train.patch_size = (3, 256, 256)
+  with pytest.raises(InputError, match=r"train.patch_size=\(3, 256, 256\).*2x16x16"):
+    config_check.validate(c)
