@@ -115,4 +115,12 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.eval.iou_thresholds = (0.5, 0.75)  # instance matching; AP at 0.75 is MitoEM's AP-75
   c.eval.report_slices = 4  # pictures: this many evenly spaced overlays, and the worst in a montage
   c.eval.figure_px = 512  # longest side of report pictures, in pixels
+  # Error bars, calibration and uncertainty in the report (intervals, calibration, uncertainty modules):
+  c.eval.confidence_level = 0.95  # of every interval, in (0, 1)
+  c.eval.bootstrap_resamples = 1000  # percentile bootstrap over slices (pixel scores) / objects (instances)
+  c.eval.bootstrap_seed = 0  # the same seed gives the same intervals
+  c.eval.calibration_bins = 15  # equal-width probability bins of the reliability diagram and ECE
+  c.eval.calibrate = False  # True: apply the temperature fitted on the val split (workdir/calibration.json)
+  c.eval.uncertainty = "tta"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
+  c.eval.review_top_k = 20  # length of the review list of least confident predicted mitochondria
   return c

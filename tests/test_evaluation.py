@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import unet2d
-from unet_jax import data, evaluation, inference, metrics, trainer
+from unet_jax import calibration, data, evaluation, inference, metrics, trainer
 from unet_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,3 +189,76 @@ def test_cli_two_checkpoints(trained, tmp_path):
   assert [r["run"] for r in report["runs"]] == ["tiny_0", "tiny_1"]
   assert report["runs"][0]["pixel"] == report["runs"][1]["pixel"]
   assert report["command"].startswith("python evaluate.py") and len(report["runs"][0]["files"]["overlays"]) == 1
+
+
+def test_stack_scores_intervals_and_confidence_by_hand():
+  config = unet2d.get_config("tiny").eval
+  config.min_size = 0
+  mask = np.zeros((2, 16, 16), np.uint8)
+  mask[:, 2:6, 2:6] = 1
+  probs = np.zeros((2, 16, 16), np.float32)
+  probs[:, 2:6, 2:6] = 0.9  # found in both slices
+  probs[0, 10:13, 10:13] = 0.6  # spurious, less confident
+  unc = np.where(probs > 0.7, 0.02, 0.3).astype(np.float32)
+  scores, tables = evaluation.stack_scores(probs, mask, 0.5, config, (50.0, 4.6, 4.6), unc)
+  dice = scores["pixel_intervals"]["dice"]
+  assert dice["estimate"] == pytest.approx(scores["pixel"]["dice"]) and dice["n"] == 2  # two slices
+  assert dice["low"] == pytest.approx(32 / 41) and dice["high"] == 1.0  # resamples: slice 0 twice ... slice 1 twice
+  row = scores["instances"]["2d"][0]
+  assert row["intervals"]["precision"]["estimate"] == pytest.approx(2 / 3) and row["intervals"]["precision"]["n"] == 3
+  assert row["intervals"]["f1"]["n"] == 3  # two matched pairs, one spurious
+  pred_2d = tables["pred_2d"]
+  assert pred_2d["matched"].tolist() == [1, 0, 1] and pred_2d["mean_uncertainty"] == pytest.approx([0.02, 0.3, 0.02])
+  review = scores["review"]["2d"]
+  assert review["caught"] == 1 and review["n_wrong"] == 1 and review["list"][0]["matched"] == 0
+  assert review["auroc"]["confidence"]["estimate"] == 1.0 and review["auroc"]["mean_prob"]["estimate"] == 1.0
+
+
+def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.calibrate = True
+  report_dir = str(tmp_path / "report")
+  report = evaluation.evaluate(config, [workdir, workdir], report_dir, ["val", "test"])
+  val, test = report["runs"][:2]
+  stored = calibration.load_temperature(workdir, test["step"])
+  assert test["calibration"]["temperature"] == stored and test["calibration"]["applied"]
+  assert val["calibration"]["in_sample"] and not test["calibration"]["in_sample"]
+  assert val["calibration"]["log_loss_after"] <= val["calibration"]["log_loss_before"] + 1e-9  # fitted on val
+  for r in (val, test):
+    assert r["pixel_intervals"]["dice"]["n"] == r["shape"][0] and r["pixel_intervals"]["dice"]["resamples"] == 1000
+    assert r["uncertainty"]["source"] == "tta" and 0 <= r["uncertainty"]["mean"] <= 0.5
+    assert set(r["review"]) == {"2d", "3d"} and len(r["review"]["2d"]["list"]) == r["review"]["2d"]["top_k"]
+    for key in ("reliability_diagram", "review_2d_csv", "mitochondria_pred_3d_csv"):
+      assert os.path.isfile(os.path.join(report_dir, r["files"][key])), key
+    assert len(r["files"]["uncertainty_maps"]) == len(r["files"]["overlays"])
+  with open(os.path.join(report_dir, r["files"]["mitochondria_pred_2d_csv"])) as f:
+    header = f.readline().strip().split(",")
+  assert {"mean_prob", "mean_uncertainty", "boundary_sharpness", "confidence", "matched"} <= set(header)
+  ensemble = report["ensembles"]
+  assert [e["split"] for e in ensemble] == ["val", "test"] and ensemble[1]["uncertainty"]["mean"] == 0.0  # same model
+  with open(os.path.join(report_dir, "report.md")) as f:
+    md = f.read()
+  for text in ("## Calibration of the probability map", "## Per-mitochondrion confidence and review list",
+               "## Uncertainty maps", "would catch", "\u2020"):
+    assert text in md, text
+  assert re.search(r"\| \d\.\d{4} \[\d\.\d{3}, \d\.\d{3}\]\u2020 \|", md)  # Dice [interval] on 2 slices: flagged
+  for link in re.findall(r"\]\(([^)]+)\)", md):
+    assert os.path.isfile(os.path.join(report_dir, link)), link
+
+
+def test_temperature_never_sees_the_test_split(trained, tmp_path, monkeypatch):
+  config, workdir = trained
+  config = config.copy_and_resolve_references()
+  config.eval.uncertainty = "none"
+  real = data.load_splits(config.data)
+  fitted_on = []
+  fit = calibration.fit_temperature
+  monkeypatch.setattr(calibration, "fit_temperature", lambda p, t: fitted_on.append(t) or fit(p, t))
+  first = evaluation.evaluate(config, [workdir], str(tmp_path / "a"), ["test"])["runs"][0]["calibration"]
+  assert len(fitted_on) == 1 and np.array_equal(fitted_on[0], real["val"].mask)
+  rng = np.random.default_rng(0)
+  scrambled = data.Split(rng.uniform(size=real["test"].image.shape).astype(np.float32), 1 - real["test"].mask)
+  monkeypatch.setattr(data, "load_splits", lambda _: {**real, "test": scrambled})
+  again = evaluation.evaluate(config, [workdir], str(tmp_path / "b"), ["test"])["runs"][0]["calibration"]
+  assert again["temperature"] == first["temperature"] and again["ece_before"] != first["ece_before"]
