@@ -79,3 +79,13 @@ def test_read_log_and_training_curves(tmp_path):
   assert (tmp_path / "c.png").stat().st_size > 0
   with pytest.raises(InputError, match="no training log"):
     runlog.read(str(tmp_path / "missing.jsonl"))
+
+
+def test_reliability_diagram_and_uncertainty_panels(tmp_path):
+  bins = {"mean_prob": [0.05, None, 0.9], "fraction": [0.1, None, 0.7], "count": [100, 0, 50]}
+  figures.save_reliability_diagram(str(tmp_path / "r.png"), {"before": bins, "after": bins}, "val")
+  assert matplotlib.image.imread(tmp_path / "r.png").shape[:2] == (600, 500)
+  image, pred, truth = _case()
+  figures.save_uncertainty_panels(str(tmp_path / "u.png"), figures.overlay(image, pred, truth),
+                                  [("TTA", np.full((2, 3), 0.1, np.float32)), ("ensemble", np.zeros((2, 3)))], 64)
+  assert matplotlib.image.imread(tmp_path / "u.png").shape[1] > matplotlib.image.imread(tmp_path / "u.png").shape[0]

@@ -128,10 +128,11 @@ def save_reliability_diagram(path: str, curves: dict[str, dict[str, Any]], title
 
 
 def save_uncertainty_panels(path: str, overlay_rgb: np.ndarray, maps: Sequence[tuple[str, np.ndarray]],
-                            max_px: int) -> None:
-  """The error overlay u8[H, W, 3] next to uncertainty maps f32[H, W] (0 to 0.5, colour bar), as one PNG.
+                            max_px: int, vmax: float = 0.25) -> None:
+  """The error overlay u8[H, W, 3] next to uncertainty maps f32[H, W] (colour bar 0 to `vmax`), as one PNG.
 
   `maps` pairs a title with a map; every panel is downscaled to at most `max_px` on its longest side.
+  One fixed scale for every slice and run, so pictures compare; values above `vmax` show its colour.
   """
   panels = 1 + len(maps)
   fig = Figure(figsize=(3.6 * panels, 3.9))
@@ -139,10 +140,10 @@ def save_uncertainty_panels(path: str, overlay_rgb: np.ndarray, maps: Sequence[t
   axes[0].imshow(downscale(overlay_rgb, max_px), interpolation="nearest")
   axes[0].set_title("errors (TP green, FP red, FN blue)", fontsize=9)
   for ax, (title, values) in zip(axes[1:], maps):
-    shown = ax.imshow(downscale(np.asarray(values, np.float32), max_px), cmap="magma", vmin=0.0, vmax=0.5,
+    shown = ax.imshow(downscale(np.asarray(values, np.float32), max_px), cmap="magma", vmin=0.0, vmax=vmax,
                       interpolation="nearest")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, extend="max")
   for ax in axes:
     ax.axis("off")
   fig.tight_layout()
