@@ -243,8 +243,10 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
   """Evaluates each workdir's checkpoint on each split; writes the report into `report_dir`.
 
   report_dir gets report.json, report.md and per run <run>/training_curves.png and
-  <run>/<split>/{pictures, slices.csv, mitochondria_*.csv} (and prediction.tif, u8 0/255, when
-  `save_predictions`). `command` is quoted in the report. Returns the report document.
+  <run>/<split>/{pictures, slices.csv, mitochondria_*.csv, review_*.csv} (and prediction.tif, u8 0/255,
+  when `save_predictions`), and with several workdirs and `eval.uncertainty` ensemble/<split>/ maps.
+  Each workdir gets the temperature fitted on its val split in calibration.json. `command` is quoted
+  in the report. Returns the report document.
   """
   if not workdirs:
     raise InputError("give at least one --workdir")
@@ -291,9 +293,9 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
                    "step": int(step), "split": split_name, "shape": list(split.image.shape),
                    "threshold": threshold, "training_curves": curves, "files": files, "calibration": calib,
                    "uncertainty": uncertainty_summary(unc, probs >= threshold["value"], split.mask), **scores})
-      ensemble_inputs.setdefault(split_name, []).append(probs)
-  ensembles = [write_ensemble(report_dir, splits[n], n, probs, config.eval) for n, probs in ensemble_inputs.items()
-               if len(probs) > 1 and tta_map]
+      if tta_map and len(workdirs) > 1:
+        ensemble_inputs.setdefault(split_name, []).append(probs)
+  ensembles = [write_ensemble(report_dir, splits[n], n, probs, config.eval) for n, probs in ensemble_inputs.items()]
   result = report.build(config, runs, command, ensembles)
   report.write(report_dir, result)
   return result
