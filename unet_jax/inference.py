@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unet_jax import engines
 from unet_jax.errors import InputError
 from unet_jax.model import UNet
 
@@ -167,19 +168,20 @@ def test_time_augmented(predict: Predict, tta: str) -> Predict:
 
 
 @functools.lru_cache(maxsize=None)
-def predictor(model: UNet, tta: str = "none") -> Predict:
+def predictor(model: UNet, tta: str = "none", engine: str = "xla") -> Predict:
   """A fixed function (variables, f32[B, *window, 1]) -> sigmoid probabilities, with `tta`.
 
   Windows whose sides do not divide by 2**depth are reflect-padded up to a multiple and cropped back.
+  `engine` runs the network's forward pass: 'xla' or 'onnx' (ONNX Runtime; unet_jax/engines.py).
   """
+  forward = engines.forward(model, engine)
   factor = 2 ** model.depth
   def predict(variables: Any, patches: jax.Array) -> jax.Array:
     spatial = patches.shape[1:-1]
     pad = [(0, 0)] + [(0, -s % factor) for s in spatial] + [(0, 0)]
     if any(p for _, p in pad):
       patches = jnp.pad(patches, pad, mode="reflect")
-    logits = model.apply(variables, patches, train=False)
-    return jax.nn.sigmoid(logits[(slice(None), *(slice(0, s) for s in spatial))])
+    return forward(variables, patches)[(slice(None), *(slice(0, s) for s in spatial))]
   return test_time_augmented(predict, tta)
 
 

@@ -102,7 +102,8 @@ class UNet(nn.Module):
         x = nn.ConvTranspose(features, window, strides=window, dtype=self.dtype, name=f"up{level}")(x)
       else:  # 1x1 conv at low resolution, then linear resize (the two commute)
         x = nn.Conv(features, (1,) * self.ndim, dtype=self.dtype, name=f"up{level}")(x)
-        x = jax.image.resize(x, (x.shape[0], *(2 * s for s in x.shape[1:-1]), features), "linear")
+        x = jax.image.resize(x, (x.shape[0], *(2 * s for s in x.shape[1:-1]), features), "linear",
+                             antialias=False)  # same values when upsampling; exportable to ONNX
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = block(features, f"dec{level}")(x, train)
     return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)

@@ -1,0 +1,71 @@
+"""The network's forward pass for inference, run by XLA or by ONNX Runtime (`eval.engine`: xla | onnx).
+
+With 'onnx', each batch of windows leaves the jitted sliding window through `jax.pure_callback` and
+runs in an ONNX Runtime session of the model converted by jax2onnx (`onnx_export`); windows,
+padding, test-time augmentation and blending stay the same JAX code, so only the forward pass
+changes. The graph is converted while JAX traces (it needs shapes only); the session, which holds
+the variables as constants, is built on the first batch and kept for the same graph and variables
+(a digest of their bytes), so new weights need no recompilation and still give the right answer.
+Which engine is faster on a machine: benchmarks/inference_engines.py.
+"""
+
+import collections
+import functools
+import hashlib
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unet_jax import onnx_export
+from unet_jax.errors import InputError
+from unet_jax.model import UNet
+
+ENGINES = ("xla", "onnx")
+MAX_SESSIONS = 4  # ONNX Runtime sessions kept (one per window batch shape and set of variables)
+
+Forward = Callable[[Any, jax.Array], jax.Array]  # (variables, f32[B, *spatial, C]) -> probabilities f32[B, *spatial, 1]
+
+_sessions: collections.OrderedDict = collections.OrderedDict()  # (graph, digest) -> session, most recent last
+
+
+def forward(model: UNet, engine: str = "xla") -> Forward:
+  """(variables, images f32[B, *spatial, C]) -> sigmoid probabilities f32[B, *spatial, 1], run by `engine`.
+
+  Spatial sizes must fit the model (`UNet.check_input`). Raises InputError for an unknown engine, or
+  for 'onnx' when onnxruntime or jax2onnx is not installed.
+  """
+  if engine not in ENGINES:
+    raise InputError(f"eval.engine must be one of {ENGINES}, got {engine!r}")
+  if engine == "xla":
+    return lambda variables, images: jax.nn.sigmoid(model.apply(variables, images, train=False))
+  for module in ("onnxruntime", "onnx", "jax2onnx"):
+    onnx_export.require(module, "eval.engine='onnx'")
+  return functools.partial(_onnx_forward, model)
+
+
+def _onnx_forward(model: UNet, variables: Any, images: jax.Array) -> jax.Array:
+  """`forward` through ONNX Runtime: converts the graph for images.shape now, runs it from XLA."""
+  graph = onnx_export.weight_graph(model, images.shape, variables)
+  result = jax.ShapeDtypeStruct((*images.shape[:-1], 1), jnp.float32)
+  return jax.pure_callback(functools.partial(_run_session, graph), result, variables, images,
+                           vmap_method="sequential")
+
+
+def _run_session(graph: bytes, variables: Any, images: np.ndarray) -> np.ndarray:
+  """Runs `graph` with `variables` (host arrays) on `images` in a cached ONNX Runtime session."""
+  digest = hashlib.blake2b(digest_size=16)
+  for leaf in jax.tree.leaves(variables):
+    digest.update(np.ascontiguousarray(leaf).data)
+  key = (graph, digest.digest())
+  if key not in _sessions:
+    ort = onnx_export.require("onnxruntime", "eval.engine='onnx'")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    _sessions[key] = ort.InferenceSession(onnx_export.bake(graph, variables).SerializeToString(), options,
+                                          providers=["CPUExecutionProvider"])
+    while len(_sessions) > MAX_SESSIONS:
+      _sessions.popitem(last=False)
+  _sessions.move_to_end(key)
+  return _sessions[key].run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: np.asarray(images, np.float32)})[0]
