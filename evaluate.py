@@ -22,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from unet_jax import parallel
+from unet_jax import config_check, parallel
 from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -41,6 +41,10 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
+  try:
+    config_check.validate(FLAGS.config, config_check.INFERENCE_SECTIONS)
+  except InputError as e:
+    sys.exit(f"error: {e}")
   parallel.use_host_devices(FLAGS.config.host_devices)
   parallel.use_inference_kernels()  # this process only runs the network forward
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top

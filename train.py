@@ -5,7 +5,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from unet_jax import parallel
+from unet_jax import config_check, parallel
 from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -17,6 +17,10 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  try:
+    config_check.validate(FLAGS.config)
+  except InputError as e:
+    sys.exit(f"error: {e}")
   parallel.use_host_devices(FLAGS.config.host_devices)  # before JAX starts its backends
   from unet_jax import distributed, trainer  # pylint: disable=g-import-not-at-top
   try:

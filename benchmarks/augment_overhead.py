@@ -2,9 +2,8 @@
 
   python benchmarks/augment_overhead.py [--repeats=10] [--config.train.batch_size=16 ...]
 
-Builds `trainer.make_parallel_train_step` three times, with the config's `augment` block as it is
-("full"), with dihedral flips only ("flips") and with everything off ("none"), the presets of
-unet_jax/augment.py. After compiling (not timed) it runs the three steps in turn, `repeats` times,
+Builds `trainer.make_parallel_train_step` three times, once per preset of unet_jax/augment.py:
+the config's `augment` block as it is ("full"), dihedral flips only ("flips"), everything off ("none"). After compiling (not timed) it runs the three steps in turn, `repeats` times,
 so that background load hits all three alike, and prints the median step time of each and the
 overhead over "none", and the time of the "full" augmentation alone (jitted on the same sharded
 batch, outside the step), a figure less blurred by background load. Under vmap a transform's cost does not depend on its probability (both
@@ -39,11 +38,9 @@ def main(argv: list[str]) -> None:
   config = FLAGS.config
   if config.model.ndim != 2:
     sys.exit(f"error: this benchmark builds 2D batches; got model.ndim={config.model.ndim}")
-  presets = {"full": config, "flips": config.copy_and_resolve_references(),
-             "none": config.copy_and_resolve_references()}
-  for name in augment.PROB_FIELDS:
-    presets["flips"].augment[name] = presets["none"].augment[name] = 0.0
-  presets["none"].augment.flips = False
+  presets = {name: config.copy_and_resolve_references() for name in augment.PRESETS}
+  for name, preset in presets.items():
+    augment.apply_preset(preset, name)
 
   mesh = parallel.make_mesh()
   batch_size, patch = config.train.batch_size, trainer.patch_shape(config)

@@ -1,22 +1,43 @@
-"""2D U-Net for mitochondria segmentation; variants select the data set.
+"""2D U-Net for mitochondria segmentation: a base config (Lucchi) and one override block per variant.
 
   python train.py --config=configs/unet2d.py --workdir=runs/lucchi          # EPFL Lucchi (downloads)
   python train.py --config=configs/unet2d.py:vnc --workdir=runs/vnc         # ../shared/data/vnc
   python train.py --config=configs/unet2d.py:synthetic --workdir=runs/syn   # no data needed
   python train.py --config=configs/unet2d.py:tiny --workdir=/tmp/tiny       # seconds; for tests
+  python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none
 
 Override any field on the command line, e.g. --config.train.steps=500 --config.data.root=/data.
+Every field is checked before anything runs (unet_jax/config_check.py).
 """
 
 import ml_collections
 
+from unet_jax import augment
+
 VARIANTS = ("lucchi", "vnc", "synthetic", "tiny")
 
 
-def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
-  """Returns the config for `variant` (one of VARIANTS)."""
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
+  """'vnc,aug=flips' -> ('vnc', {'aug': 'flips'}); an empty variant is 'lucchi'."""
+  variant, *options = arg.split(",")
+  pairs = dict(o.split("=", 1) for o in options if "=" in o)
+  if len(pairs) != len(options) or set(pairs) - {"aug"} or (variant or "lucchi") not in VARIANTS:
+    raise ValueError(f"config argument {arg!r}: use VARIANT[,aug=PRESET] with VARIANT one of {VARIANTS} "
+                     f"and PRESET one of {tuple(augment.PRESETS)}")
+  return variant or "lucchi", pairs
+
+
+def get_config(arg: str = "lucchi") -> ml_collections.ConfigDict:
+  """The config for `arg` = VARIANT[,aug=PRESET] (see the module docstring)."""
+  variant, options = parse_arg(arg)
+  c = base_config()
+  VARIANT_OVERRIDES[variant](c)
+  augment.apply_preset(c, options.get("aug", "flips" if variant == "tiny" else "full"))
+  return c
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The Lucchi recipe; every variant starts from it."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.host_devices = 0  # CPU only: number of XLA host devices for data parallelism (0: one per core)
@@ -29,51 +50,57 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.distributed.process_id = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = variant if variant != "tiny" else "synthetic"
-  c.data.root = {"lucchi": "data/lucchi", "vnc": "../shared/data/vnc"}.get(variant, "")
-  c.data.url = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus/"
+  c.data.name = "lucchi"  # lucchi (downloads when missing) | folder (any folder with the four files) | synthetic
+  c.data.root = "data/lucchi"  # folder of training.tif, training_groundtruth.tif, testing.tif, testing_groundtruth.tif
+  c.data.url = ""  # where to download Lucchi from; "": the official EPFL address (unet_jax/download.py)
   c.data.val_fraction = 0.2  # last slices of the training stack, for validation and tuning
-  c.data.voxel_size_nm = {"lucchi": (5.0, 5.0, 5.0), "vnc": (50.0, 4.6, 4.6)}.get(variant, (5.0, 5.0, 5.0))
+  c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # (z, y, x); morphometry in nm
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.seed = 0
-  c.data.synthetic.shape = (64, 64) if variant == "tiny" else (384, 384)
-  c.data.synthetic.train_slices = 5 if variant == "tiny" else 20
-  c.data.synthetic.test_slices = 2 if variant == "tiny" else 4
+  c.data.synthetic.shape = (384, 384)
+  c.data.synthetic.train_slices = 20
+  c.data.synthetic.test_slices = 4
   c.data.synthetic.ndim = 2
 
   c.model = ml_collections.ConfigDict()
   c.model.ndim = 2
-  c.model.depth = 2 if variant == "tiny" else 4  # poolings; patch sizes must divide by 2**depth
-  c.model.base_features = 4 if variant == "tiny" else 16  # doubles per level
+  c.model.depth = 4  # poolings; patch sizes must divide by 2**depth
+  c.model.base_features = 16  # doubles per level
   c.model.norm = "batch"  # batch | group | none
   c.model.upsample = "resize"  # resize (1x1 conv + linear resize; faster on CPU) | transpose
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  # Per-level kernels and pooling (unet_jax/anisotropy.py): () = derived from the voxel size (3 and 2
+  # on every axis for isotropic voxels), else depth + 1 kernels / depth factors, one tuple per level.
+  c.model.voxel_size_nm = c.data.get_ref("voxel_size_nm")  # follows data.voxel_size_nm
+  c.model.kernel_sizes = ()  # e.g. ((1, 3, 3),) * 3 + ((3, 3, 3),) * 2 for VNC in 3D
+  c.model.pool_factors = ()  # e.g. ((1, 2, 2),) * 3 + ((2, 2, 2),)
+  c.model.context_slices = 0  # 2.5D (2D models): k neighbouring slices on each side as 2k + 1 input channels
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = {"tiny": 20, "synthetic": 500, "vnc": 1200}.get(variant, 3000)
+  c.train.steps = 3000
   c.train.batch_size = 8  # global, split over devices
-  c.train.patch_size = {"tiny": 32, "synthetic": 128}.get(variant, 256)
+  c.train.patch_size = 256  # an int or one size per axis; divisible by 2**model.depth
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
-  c.train.loss = "log_dice"  # log_dice | seed_log_dice | dice | bce | bce_dice
+  c.train.loss = "log_dice"  # log_dice | log_one_minus_dice (the original code's ln(1 - Dice)) | dice | bce | bce_dice
   c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
-  c.train.log_every = 5 if variant == "tiny" else 50
-  c.train.eval_every = {"tiny": 10, "synthetic": 100}.get(variant, 200)
-  c.train.checkpoint_every = 10 if variant == "tiny" else 100
+  c.train.log_every = 50
+  c.train.eval_every = 200
+  c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2  # batches sampled ahead in a background thread
-  c.train.max_minutes = 45.0 if variant == "vnc" else 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
+  c.train.max_minutes = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adam | adamw | sgd
   c.optim.learning_rate = 1e-3
   c.optim.weight_decay = 1e-4
   c.optim.schedule = "cosine"  # cosine | constant (both with linear warm-up)
-  c.optim.warmup_steps = 2 if variant == "tiny" else 100
+  c.optim.warmup_steps = 100
   c.optim.final_lr_fraction = 0.01
   c.optim.grad_clip = 1.0  # global-norm clipping; 0 = off
 
-  # Per-example augmentation in the jitted train step (unet_jax/augment.py; its docstring lists the
-  # overrides for the "flips" and "none" ablations). Each transform fires with its *_prob; 0 = off.
+  # Per-example augmentation in the jitted train step (unet_jax/augment.py). Each transform fires
+  # with its *_prob; 0 = off. Presets (augment.PRESETS) via the config argument: VARIANT,aug=flips.
   c.augment = ml_collections.ConfigDict()
   c.augment.flips = True  # one of the 8 dihedral flips/90-degree rotations, uniformly
   c.augment.rotate_prob = 0.5  # rotate in the (H, W) plane by an angle uniform in +-rotate_degrees
@@ -95,23 +122,29 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.augment.noise_std = 0.03
   c.augment.blur_prob = 0.2  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
   c.augment.blur_sigma = 1.0
-  if variant == "tiny":  # flips only: every other transform adds seconds to each test's compile
-    for name in [k for k in c.augment if k.endswith("_prob")]:
-      c.augment[name] = 0.0
+  # 3D patches only (unet_jax/sections.py): EM section artefacts; off here, on in configs/unet3d.py.
+  c.augment.elastic_z = True  # elastic displacement along z too; False keeps anisotropic sections unmixed
+  c.augment.misalign_prob = 0.0  # shift the sections from a random one on (or it alone) in-plane, mask too
+  c.augment.misalign_pixels = 4  # largest shift per axis, pixels
+  c.augment.section_intensity_prob = 0.0  # every section its own brightness and contrast
+  c.augment.section_brightness = 0.05  # offset uniform in +-section_brightness
+  c.augment.section_contrast = (0.9, 1.1)  # factor about the section mean, uniform in this range
+  c.augment.missing_section_prob = 0.0  # one section blanked (0) or duplicated from its neighbour
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.window = 32 if variant == "tiny" else 256
+  c.eval.window = 256  # an int or one size per axis
   c.eval.overlap = 0.5
   c.eval.blend = "gaussian"  # gaussian | constant
   c.eval.sigma = 0.125  # gaussian blending: sigma as a fraction of the window
   c.eval.tta = "none"  # test-time augmentation, averaged: none | flips (4) | dihedral (8 flips/rotations)
   c.eval.batch_size = 8
+  c.eval.engine = "xla"  # xla | onnx (ONNX Runtime for the forward pass; pick by benchmarks/inference_engines.py)
   c.eval.threshold = 0.5
   c.eval.checkpoint = "best"  # best | latest
   # evaluate.py's report (unet_jax/evaluation.py):
   c.eval.select_threshold = False  # True: use the candidate of best Dice on the val split (never test)
   c.eval.threshold_candidates = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
-  c.eval.min_size = 100 if variant in ("lucchi", "vnc") else 20  # drop predicted components < this many voxels
+  c.eval.min_size = 100  # drop predicted components < this many voxels
   c.eval.iou_thresholds = (0.5, 0.75)  # instance matching; AP at 0.75 is MitoEM's AP-75
   c.eval.report_slices = 4  # pictures: this many evenly spaced overlays, and the worst in a montage
   c.eval.figure_px = 512  # longest side of report pictures, in pixels
@@ -124,3 +157,42 @@ def get_config(variant: str = "lucchi") -> ml_collections.ConfigDict:
   c.eval.uncertainty = "tta"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
   c.eval.review_top_k = 20  # length of the review list of least confident predicted mitochondria
   return c
+
+
+def vnc(c: ml_collections.ConfigDict) -> None:
+  """Drosophila VNC ssTEM (../shared/data/vnc): 10 + 4 slices of 1024^2, anisotropic voxels."""
+  c.data.name = "folder"
+  c.data.root = "../shared/data/vnc"
+  c.data.voxel_size_nm = (50.0, 4.6, 4.6)
+  c.train.steps = 1200
+  c.train.max_minutes = 45.0  # stop (and checkpoint) after this many minutes
+
+
+def synthetic(c: ml_collections.ConfigDict) -> None:
+  """Generated EM-like slices (unet_jax/synthetic.py): no data needed, minutes on a CPU."""
+  c.data.name = "synthetic"
+  c.data.root = ""
+  c.train.steps = 500
+  c.train.patch_size = 128
+  c.train.eval_every = 100
+  c.eval.min_size = 20
+
+
+def tiny(c: ml_collections.ConfigDict) -> None:
+  """A few seconds of everything, for tests; flips-only augmentation (its default preset)."""
+  synthetic(c)
+  c.data.synthetic.shape = (64, 64)
+  c.data.synthetic.train_slices = 5
+  c.data.synthetic.test_slices = 2
+  c.model.depth = 2
+  c.model.base_features = 4
+  c.train.steps = 20
+  c.train.patch_size = 32
+  c.train.log_every = 5
+  c.train.eval_every = 10
+  c.train.checkpoint_every = 10
+  c.optim.warmup_steps = 2
+  c.eval.window = 32
+
+
+VARIANT_OVERRIDES = {"lucchi": lambda c: None, "vnc": vnc, "synthetic": synthetic, "tiny": tiny}

@@ -86,7 +86,7 @@ def test_folder_with_missing_files(tmp_path):
 def test_load_folder_and_validation_carve(tmp_path, tiny_config):
   image = np.random.default_rng(0).integers(0, 255, (5, 16, 16), dtype=np.uint8)
   mask = (image > 128).astype(np.uint8) * 255
-  tiny_config.data.name = "vnc"
+  tiny_config.data.name = "folder"
   tiny_config.data.root = _folder(tmp_path, image, mask)
   tiny_config.data.val_fraction = 0.2
   splits = data.load_splits(tiny_config.data)

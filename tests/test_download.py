@@ -48,7 +48,7 @@ def server(tmp_path):
   served = tmp_path / "served"
   served.mkdir()
   rng = np.random.default_rng(0)
-  for name in download.LUCCHI_FILES:
+  for name in [f for pair in data.STACK_FILES.values() for f in pair]:
     tifffile.imwrite(served / name, rng.integers(0, 2, SHAPE, dtype=np.uint8) * 255, photometric="minisblack")
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=str(served)))
   httpd.ranges = []
@@ -61,7 +61,7 @@ def test_downloads_all_four_files(server, tmp_path):
   _, served, url = server
   root = tmp_path / "cache"
   download.ensure_lucchi(str(root), url, SHAPE)
-  for name in download.LUCCHI_FILES:
+  for name in [f for pair in data.STACK_FILES.values() for f in pair]:
     assert (root / name).read_bytes() == (served / name).read_bytes()
   assert not list(root.glob("*.part"))
 

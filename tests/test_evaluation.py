@@ -59,15 +59,6 @@ def test_choose_threshold():
     evaluation.choose_threshold(config)
 
 
-@pytest.mark.parametrize("field,value", [("threshold_candidates", (0.5, 1.5)), ("iou_thresholds", ()),
-                                         ("min_size", -1), ("report_slices", 0), ("threshold", 1.0)])
-def test_bad_eval_config(field, value):
-  config = unet2d.get_config("tiny").eval
-  config[field] = value
-  with pytest.raises(InputError, match=f"eval.{field}="):
-    evaluation.check_eval_config(config)
-
-
 def test_stack_scores_by_hand():
   config = unet2d.get_config("tiny").eval
   config.min_size = 5

@@ -49,10 +49,10 @@ def test_empty_masks_are_finite(name):
   assert float(losses.loss_value("log_dice", _logits(empty), empty)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_seed_log_dice_decreases_with_quality():
+def test_log_one_minus_dice_decreases_with_quality():
   mask = _mask()
-  good = float(losses.loss_value("seed_log_dice", _logits(mask), mask))
-  bad = float(losses.loss_value("seed_log_dice", _logits(1 - mask), mask))
+  good = float(losses.loss_value("log_one_minus_dice", _logits(mask), mask))
+  bad = float(losses.loss_value("log_one_minus_dice", _logits(1 - mask), mask))
   assert good < bad and np.isfinite(good)
 
 

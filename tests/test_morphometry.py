@@ -73,7 +73,7 @@ def test_bad_voxel_size():
   with pytest.raises(InputError, match="voxel_size_nm"):
     morphometry.measure(np.zeros((1, 2, 2), np.int32), (4.6, 4.6))
   with pytest.raises(InputError, match="voxel_size_nm"):
-    morphometry.check_voxel_size((0.0, 1.0, 1.0))
+    morphometry.measure(np.zeros((1, 2, 2), np.int32), (0.0, 1.0, 1.0))
 
 
 def test_vnc_truth_sizes(vnc_root):

@@ -50,19 +50,10 @@ def test_two_devices_match_one(tiny_config):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (p1, s1), (p2, s2))
 
 
-def test_batch_must_divide_devices(tiny_config):
+def test_batch_must_divide_devices(tiny_config, tmp_path):
   tiny_config.train.batch_size = 3
   with pytest.raises(InputError, match="multiple of the 2 devices"):
-    trainer.check_config(tiny_config, 2)
-
-
-def test_bad_optimizer_and_schedule(tiny_config):
-  tiny_config.optim.name = "lamb"
-  with pytest.raises(InputError, match="optim.name"):
-    trainer.make_optimizer(tiny_config.optim, 10)
-  tiny_config.optim.name, tiny_config.optim.schedule = "adam", "step"
-  with pytest.raises(InputError, match="optim.schedule"):
-    trainer.make_optimizer(tiny_config.optim, 10)
+    trainer.train_and_evaluate(tiny_config, str(tmp_path))
 
 
 def test_checkpoint_round_trip(tiny_config, tmp_path):

@@ -1,16 +1,20 @@
 """Per-example augmentation on device: pure functions of a PRNG key, vmapped over the batch.
 
 `augment_batch` runs inside the jitted train step, one key per example, so nothing leaves the
-device. For one example (image, mask f32[*spatial, 1], spatial = (H, W) or (D, H, W)):
+device. For one example (image f32[*spatial, C], mask f32[*spatial, 1], spatial = (H, W) or (D, H, W);
+C > 1 for 2.5D, the neighbouring slices, transformed alike):
 
 1. Geometry, identical for image and mask: one of the 8 dihedral flips/rotations of the (H, W)
    plane; then ONE linear resampling (`jax.scipy.ndimage.map_coordinates`, order 1, boundaries
    reflected about the edge pixels, so no corner is constant-filled or clipped) through a rotation,
    zoom and shear of the (H, W) plane plus an elastic displacement on every axis (Gaussian values
-   on a coarse grid, upsampled cubically). The mask is resampled with the image's coordinates and
-   thresholded (>= 0.5 is foreground), so it stays binary and aligned with the image.
+   on a coarse grid, upsampled cubically; `elastic_z=False` keeps 3D sections unmixed). The mask is
+   resampled with the image's coordinates and thresholded (>= 0.5 is foreground), so it stays
+   binary and aligned with the image.
 2. Photometry, image only: gamma, contrast, brightness, Gaussian blur, Gaussian noise; then the
    image is clipped to [0, 1] (the input range).
+3. 3D patches only: EM section artefacts (misalignment, per-section intensity, missing section),
+   unet_jax/sections.py.
 
 Every transform fires with its own `*_prob` (see the `augment` block of configs/unet2d.py). A draw
 that does not fire returns its input bit for bit; a transform with probability 0 (or `flips=False`)
@@ -18,14 +22,8 @@ is not even traced, so it costs nothing. Patches are not sampled larger before w
 sampler offers no margin), so zooming out and rotating fill the corners with the patch's own
 content, mirrored.
 
-Ablation presets are command-line overrides of the default ("full") config:
-
-  flips (dihedral only):
-    --config.augment.rotate_prob=0 --config.augment.scale_prob=0 --config.augment.shear_prob=0
-    --config.augment.elastic_prob=0 --config.augment.brightness_prob=0 --config.augment.contrast_prob=0
-    --config.augment.gamma_prob=0 --config.augment.noise_prob=0 --config.augment.blur_prob=0
-  none: the flips list plus
-    --config.augment.flips=False
+Presets (`PRESETS`, chosen with `--config=configs/unet2d.py:VARIANT,aug=NAME`): 'full' (the
+config's defaults), 'flips' (dihedral only: every *_prob set to 0) and 'none' (also flips=False).
 """
 
 import math
@@ -36,26 +34,18 @@ import jax.numpy as jnp
 
 from unet_jax.errors import InputError
 
+SECTION_PROB_FIELDS = ("misalign_prob", "section_intensity_prob", "missing_section_prob")  # 3D: unet_jax/sections.py
 PROB_FIELDS = ("rotate_prob", "scale_prob", "shear_prob", "elastic_prob", "brightness_prob",
-               "contrast_prob", "gamma_prob", "noise_prob", "blur_prob")
+               "contrast_prob", "gamma_prob", "noise_prob", "blur_prob") + SECTION_PROB_FIELDS
+PRESETS = {"full": {}, "flips": dict.fromkeys(PROB_FIELDS, 0.0),
+           "none": {**dict.fromkeys(PROB_FIELDS, 0.0), "flips": False}}
 
 
-def check_config(config: Any) -> None:
-  """Raises InputError unless the augment config holds usable probabilities and ranges."""
-  for name in PROB_FIELDS:
-    if not 0.0 <= config[name] <= 1.0:
-      raise InputError(f"augment.{name} must be in [0, 1], got {config[name]}")
-  ranges = {"scale_range": config.scale_range, "contrast": config.contrast, "gamma": config.gamma}
-  for name, (lo, hi) in ranges.items():
-    if not 0.0 < lo <= hi:
-      raise InputError(f"augment.{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
-  if not 0.0 <= config.shear_degrees < 90.0:
-    raise InputError(f"augment.shear_degrees must be in [0, 90), got {config.shear_degrees}")
-  if config.elastic_sigma <= 0:
-    raise InputError(f"augment.elastic_sigma (control-point spacing) must be positive, got {config.elastic_sigma}")
-  for name in ("rotate_degrees", "elastic_alpha", "brightness", "noise_std", "blur_sigma"):
-    if config[name] < 0:
-      raise InputError(f"augment.{name} must be non-negative, got {config[name]}")
+def apply_preset(config: Any, name: str) -> None:
+  """Sets the fields of augmentation preset `name` (a key of PRESETS) in `config.augment`."""
+  if name not in PRESETS:
+    raise InputError(f"unknown augmentation preset {name!r}; use one of {tuple(PRESETS)}")
+  config.augment.update(PRESETS[name])
 
 
 def dihedral(x: jax.Array, index: jax.Array, spatial_axes: tuple[int, int]) -> jax.Array:
@@ -164,11 +154,14 @@ def augment_geometry(key: jax.Array, image: jax.Array, mask: jax.Array,
   if config.elastic_prob:
     elastic = u[0, 4] < config.elastic_prob
     field = elastic_displacement(elastic_key, spatial, config.elastic_alpha, config.elastic_sigma)
+    if len(spatial) == 3 and not config.get("elastic_z", True):  # anisotropic: keep sections unmixed
+      field = field.at[0].set(0.0)
     displacement = jnp.where(elastic, field, 0.0)
     warped = warped | elastic
   coordinates = source_coordinates(spatial, angle, jnp.exp(log_scale), shear, displacement)
   both = warp(jnp.concatenate([image, mask], axis=-1), coordinates)
-  new_image, new_mask = both[..., :1], (both[..., 1:] >= 0.5).astype(mask.dtype)
+  channels = image.shape[-1]
+  new_image, new_mask = both[..., :channels], (both[..., channels:] >= 0.5).astype(mask.dtype)
   # An example that drew no warp keeps its input bit for bit (interpolation could round).
   return jnp.where(warped, new_image, image), jnp.where(warped, new_mask, mask)
 
@@ -200,17 +193,21 @@ def augment_intensity(key: jax.Array, image: jax.Array, config: Any) -> jax.Arra
 
 def augment_example(key: jax.Array, image: jax.Array, mask: jax.Array,
                     config: Any) -> tuple[jax.Array, jax.Array]:
-  """Augments one example image/mask f32[*spatial, 1]: geometry on both, intensity on the image."""
+  """Augments one example image f32[*spatial, C] / mask f32[*spatial, 1]: geometry on both, intensity on
+  the image, then for 3D patches the EM section artefacts (unet_jax/sections.py)."""
   geometry_key, intensity_key = jax.random.split(key)
   image, mask = augment_geometry(geometry_key, image, mask, config)
-  return augment_intensity(intensity_key, image, config), mask
+  image = augment_intensity(intensity_key, image, config)
+  if image.ndim == 4 and any(config.get(p, 0.0) for p in SECTION_PROB_FIELDS):
+    from unet_jax import sections  # pylint: disable=g-import-not-at-top  (sections uses this module)
+    image, mask = sections.augment_sections(jax.random.fold_in(key, 2), image, mask, config)
+  return image, mask
 
 
 def augment_batch(keys: jax.Array, images: jax.Array, masks: jax.Array,
                   config: Any) -> tuple[jax.Array, jax.Array]:
-  """`augment_example` vmapped with one key per example; images, masks f32[B, *spatial, 1]."""
-  check_config(config)
-  if images.shape != masks.shape or images.ndim not in (4, 5) or images.shape[-1] != 1:
-    raise InputError(f"augment expects images and masks f32[B, H, W, 1] or f32[B, D, H, W, 1] of one shape, "
-                     f"got {images.shape} and {masks.shape}")
+  """`augment_example` vmapped with one key per example; images f32[B, *spatial, C], masks f32[B, *spatial, 1]."""
+  if images.shape[:-1] != masks.shape[:-1] or images.ndim not in (4, 5) or masks.shape[-1] != 1:
+    raise InputError(f"augment expects images f32[B, *spatial, C] and masks f32[B, *spatial, 1] of one shape, "
+                     f"spatial = (H, W) or (D, H, W), got {images.shape} and {masks.shape}")
   return jax.vmap(lambda k, x, m: augment_example(k, x, m, config))(keys, images, masks)

@@ -16,7 +16,8 @@ import tifffile
 from unet_jax.errors import InputError
 
 STACK_FILES = {"train": ("training.tif", "training_groundtruth.tif"),
-               "test": ("testing.tif", "testing_groundtruth.tif")}
+               "test": ("testing.tif", "testing_groundtruth.tif")}  # Lucchi's names; any folder may use them
+DATASETS = ("lucchi", "folder", "synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,18 +115,18 @@ def load_folder(root: str) -> dict[str, Split]:
 
 
 def load_splits(data_config: Any) -> dict[str, Split]:
-  """Returns {'train', 'val', 'test'} splits for `config.data` (lucchi, vnc or synthetic)."""
+  """Returns {'train', 'val', 'test'} splits for `config.data` (one of DATASETS)."""
   name = data_config.name
   if name == "synthetic":
     from unet_jax import synthetic  # pylint: disable=g-import-not-at-top
     stacks = synthetic.make_dataset(data_config.synthetic)
   elif name == "lucchi":
     from unet_jax import download  # pylint: disable=g-import-not-at-top
-    download.ensure_lucchi(data_config.root, data_config.url)
+    download.ensure_lucchi(data_config.root, data_config.url or download.LUCCHI_URL)
     stacks = load_folder(data_config.root)
-  elif name == "vnc":
+  elif name == "folder":
     stacks = load_folder(data_config.root)
   else:
-    raise InputError(f"data.name must be 'lucchi', 'vnc' or 'synthetic', got {name!r}")
+    raise InputError(f"data.name must be one of {DATASETS}, got {name!r}")
   train, val = carve_validation(stacks["train"], data_config.val_fraction)
   return {"train": train, "val": val, "test": stacks["test"]}

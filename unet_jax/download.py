@@ -6,10 +6,10 @@ import urllib.request
 
 import tifffile
 
+from unet_jax import data
 from unet_jax.errors import InputError
 
 LUCCHI_URL = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus/"
-LUCCHI_FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif")
 LUCCHI_SHAPE = (165, 768, 1024)
 OFFLINE_HINT = ("offline? use --config=configs/unet2d.py:vnc or :synthetic, or point "
                 "--config.data.root at a folder holding the four Lucchi files")
@@ -46,7 +46,7 @@ def ensure_lucchi(root: str, base_url: str = LUCCHI_URL, shape: tuple[int, ...] 
                   timeout: float = 30.0) -> None:
   """Makes sure the four Lucchi files exist under `root`, downloading the missing ones."""
   os.makedirs(root, exist_ok=True)
-  for name in LUCCHI_FILES:
+  for name in (f for pair in data.STACK_FILES.values() for f in pair):
     path = os.path.join(root, name)
     if not os.path.exists(path):
       try:

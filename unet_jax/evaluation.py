@@ -39,23 +39,6 @@ from unet_jax.model import abstract_variables, build_model
 SPLITS = ("train", "val", "test")
 
 
-def check_eval_config(eval_config: Any) -> None:
-  """Raises InputError for report settings that cannot work."""
-  e = eval_config
-  problems = [
-      (not 0.0 < e.threshold < 1.0, f"eval.threshold={e.threshold} must be in (0, 1)"),
-      (not e.threshold_candidates or not all(0.0 < t < 1.0 for t in e.threshold_candidates),
-       f"eval.threshold_candidates={e.threshold_candidates!r} must be numbers in (0, 1)"),
-      (not e.iou_thresholds or not all(0.0 < t <= 1.0 for t in e.iou_thresholds),
-       f"eval.iou_thresholds={e.iou_thresholds!r} must be numbers in (0, 1]"),
-      (e.min_size < 0, f"eval.min_size={e.min_size} must be >= 0 voxels"),
-      (e.report_slices < 1, f"eval.report_slices={e.report_slices} must be >= 1"),
-      (e.figure_px < 32, f"eval.figure_px={e.figure_px} must be >= 32 pixels")]
-  for bad, message in problems:
-    if bad:
-      raise InputError(message)
-
-
 def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
                      val_mask: np.ndarray | None = None) -> dict[str, Any]:
   """{'value', 'source', ...}: `eval.threshold`, or the best-Dice candidate on the val split.
@@ -253,8 +236,7 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
   unknown = sorted(set(split_names) - set(SPLITS))
   if unknown or not split_names:
     raise InputError(f"splits must be some of {SPLITS}, got {list(split_names)}")
-  check_eval_config(config.eval)
-  voxel_size = morphometry.check_voxel_size(config.data.voxel_size_nm)
+  voxel_size = tuple(config.data.voxel_size_nm)
   splits = data.load_splits(config.data)
   model = build_model(config.model)
   if config.eval.uncertainty not in uncertainty.SOURCES:

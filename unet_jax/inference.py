@@ -175,35 +175,41 @@ def predictor(model: UNet, tta: str = "none", engine: str = "xla") -> Predict:
   `engine` runs the network's forward pass: 'xla' or 'onnx' (ONNX Runtime; unet_jax/engines.py).
   """
   forward = engines.forward(model, engine)
-  factor = 2 ** model.depth
+  factors = model.plan().size_factors  # 2**depth per axis, less on axes an anisotropic plan pools less
   def predict(variables: Any, patches: jax.Array) -> jax.Array:
     spatial = patches.shape[1:-1]
-    pad = [(0, 0)] + [(0, -s % factor) for s in spatial] + [(0, 0)]
+    pad = [(0, 0)] + [(0, -s % f) for s, f in zip(spatial, factors)] + [(0, 0)]
     if any(p for _, p in pad):
       patches = jnp.pad(patches, pad, mode="reflect")
     return forward(variables, patches)[(slice(None), *(slice(0, s) for s in spatial))]
   return test_time_augmented(predict, tta)
 
 
-def eval_window(eval_config: Any, ndim: int) -> tuple[int, ...]:
-  """`eval.window` (an int or a tuple) as a tuple of `ndim` sizes."""
+def window_settings(eval_config: Any, ndim: int) -> dict[str, Any]:
+  """The sliding-window keyword arguments {window, overlap, blend, batch_size, sigma} of `config.eval`.
+
+  The one place where eval settings become inference arguments; `eval.window` (an int or one size
+  per axis) becomes a tuple of `ndim` sizes.
+  """
   window = eval_config.window
   window = tuple(window) if isinstance(window, (tuple, list)) else (window,) * ndim
   if len(window) != ndim:
     raise InputError(f"eval.window {window} must have {ndim} sizes for a {ndim}D model (or be one int)")
-  return window
+  return {"window": window, "overlap": eval_config.overlap, "blend": eval_config.blend,
+          "batch_size": eval_config.batch_size, "sigma": eval_config.sigma}
 
 
 def stack_predictor(model: UNet, eval_config: Any) -> Callable[[np.ndarray | jax.Array], jax.Array]:
-  """image -> probabilities: `sliding_window_predict` with the model and the `eval` settings (lazy)."""
-  return functools.partial(
-      sliding_window_predict, predictor(model, eval_config.get("tta", "none")),
-      window=eval_window(eval_config, model.ndim), overlap=eval_config.overlap, blend=eval_config.blend,
-      batch_size=eval_config.batch_size, sigma=eval_config.get("sigma", 0.125))
+  """(variables, image) -> probabilities: `sliding_window_predict` with the model and `config.eval`."""
+  return functools.partial(sliding_window_predict, predictor(model, eval_config.tta),
+                           **window_settings(eval_config, model.ndim))
 
 
 def predict_stack(model: UNet, variables: Any, image: np.ndarray, eval_config: Any) -> np.ndarray:
   """Probabilities f32[Z, H, W] for a stack held in memory: slice by slice (2D model) or whole (3D)."""
+  if model.in_channels > 1:  # 2.5D: each slice with its neighbours as channels
+    from unet_jax import context  # pylint: disable=g-import-not-at-top  (context uses this module)
+    return context.predict_stack(model, variables, image, eval_config)
   run = stack_predictor(model, eval_config)
   if model.ndim == 3:
     return np.asarray(run(variables, image))
@@ -241,10 +247,8 @@ def predict_transforms(model: UNet, variables: Any, image: np.ndarray | jax.Arra
 
   Sliding windows as `stack_predictor` with the `eval` settings; the mean over T is the `tta` prediction.
   """
-  run = functools.partial(
-      sliding_window_predict, transform_predictor(model, tta), window=eval_window(eval_config, model.ndim),
-      overlap=eval_config.overlap, blend=eval_config.blend, batch_size=eval_config.batch_size,
-      sigma=eval_config.get("sigma", 0.125))
+  run = functools.partial(sliding_window_predict, transform_predictor(model, tta),
+                          **window_settings(eval_config, model.ndim))
   return np.stack([np.asarray(run((variables, jnp.int32(i)), image)) for i in range(len(_tta_transforms(tta)))])
 
 

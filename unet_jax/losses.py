@@ -36,8 +36,8 @@ def log_dice_loss(s: Sums, smooth: float = 1.0) -> jax.Array:
   return -jnp.log(soft_dice(s, smooth))
 
 
-def seed_log_dice_loss(s: Sums, smooth: float = 1.0, eps: float = 1e-6) -> jax.Array:
-  """The seed's literal ln(1 - soft Dice); tends to ln(eps) for a perfect prediction."""
+def log_one_minus_dice_loss(s: Sums, smooth: float = 1.0, eps: float = 1e-6) -> jax.Array:
+  """ln(1 - soft Dice), as the project's original code wrote log-Dice; tends to ln(eps) when perfect."""
   return jnp.log(jnp.maximum(1.0 - soft_dice(s, smooth), eps))
 
 
@@ -59,7 +59,7 @@ def bce_dice_loss(s: Sums, smooth: float = 1.0) -> jax.Array:
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {
     "log_dice": log_dice_loss,
-    "seed_log_dice": seed_log_dice_loss,
+    "log_one_minus_dice": log_one_minus_dice_loss,
     "dice": dice_loss,
     "bce": bce_loss,
     "bce_dice": bce_dice_loss,

@@ -19,14 +19,6 @@ from unet_jax.errors import InputError
 SUMMARY_COLUMNS = ("volume_nm3", "cube_side_px", "max_area_nm2")
 
 
-def check_voxel_size(voxel_size_nm: Sequence[float]) -> tuple[float, float, float]:
-  """The voxel size as three positive floats (z, y, x) in nm; raises InputError otherwise."""
-  size = tuple(float(v) for v in voxel_size_nm)
-  if len(size) != 3 or min(size) <= 0:
-    raise InputError(f"data.voxel_size_nm must be three positive sizes (z, y, x) in nm, got {voxel_size_nm!r}")
-  return size
-
-
 def measure(labels: np.ndarray, voxel_size_nm: Sequence[float]) -> dict[str, np.ndarray]:
   """Columns of one row per instance of `labels` i32[Z, H, W] (labelled 1..n).
 
@@ -34,7 +26,9 @@ def measure(labels: np.ndarray, voxel_size_nm: Sequence[float]) -> dict[str, np.
   max_area_px, mean_area_px (over those slices), max_area_nm2, centroid_{z,y,x}_px,
   bbox_{z,y,x}{0,1} (voxels, end exclusive).
   """
-  vz, vy, vx = check_voxel_size(voxel_size_nm)
+  if len(voxel_size_nm) != 3 or min(voxel_size_nm) <= 0:
+    raise InputError(f"voxel_size_nm must be three positive sizes (z, y, x) in nm, got {voxel_size_nm!r}")
+  vz, vy, vx = (float(v) for v in voxel_size_nm)
   if labels.ndim != 3:
     raise InputError(f"morphometry needs labels [Z, H, W], got shape {labels.shape}")
   props = skmeasure.regionprops_table(labels, properties=("label", "area", "centroid", "bbox"))

@@ -171,15 +171,14 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
     raise InputError(f"probability dtype must be one of {PROBABILITY_DTYPES}, got {probability_dtype!r}")
   if mask is not None and mask.shape != reader.shape:
     raise InputError(f"mask shape {mask.shape} != image shape {reader.shape}; they must match voxel for voxel")
-  window = inference.eval_window(eval_config, model.ndim)
-  predict = inference.predictor(model, eval_config.get("tta", "none"))
+  settings = inference.window_settings(eval_config, model.ndim)
+  predict = inference.predictor(model, eval_config.tta)
   paths = {"probabilities": os.path.join(output_dir, "probabilities.tif"),
            "segmentation": os.path.join(output_dir, "segmentation.tif")}
   prob_writer = _PageWriter(paths["probabilities"], reader.shape, np.dtype(probability_dtype))
   seg_writer = _PageWriter(paths["segmentation"], reader.shape, np.dtype(np.uint8))
   counts = np.zeros(4, np.int64)
-  probs = stream_probabilities(predict, variables, reader.__getitem__, reader.shape, window, eval_config.overlap,
-                               eval_config.blend, eval_config.batch_size, eval_config.get("sigma", 0.125))
+  probs = stream_probabilities(predict, variables, reader.__getitem__, reader.shape, **settings)
   try:
     for z, prob in enumerate(tqdm.tqdm(probs, total=len(reader), unit="slice", disable=not progress)):
       pred = prob >= eval_config.threshold
@@ -192,8 +191,8 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
   finally:
     prob_writer.close()
     seg_writer.close()
-  summary = {"input": reader.path, "shape": list(reader.shape), "window": list(window),
-             "overlap": eval_config.overlap, "blend": eval_config.blend, "tta": eval_config.get("tta", "none"),
+  summary = {"input": reader.path, "shape": list(reader.shape), **settings, "window": list(settings["window"]),
+             "tta": eval_config.tta,
              "threshold": eval_config.threshold, "probability_dtype": probability_dtype, **paths}
   if mask is not None:
     c = dict(zip(metrics.COUNTS, map(int, counts)))

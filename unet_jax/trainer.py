@@ -8,13 +8,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from unet_jax import augment, checkpoint, data, inference, losses, metrics, parallel, runlog, sampling
+from unet_jax import anisotropy, augment, checkpoint, config_check, data, inference, losses, metrics, optim, parallel, runlog, sampling, volumes
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, build_model
 
@@ -22,24 +21,6 @@ from unet_jax.model import UNet, build_model
 class TrainState(train_state.TrainState):
   """Flax TrainState plus BatchNorm running statistics."""
   batch_stats: Any
-
-
-def make_optimizer(optim: Any, total_steps: int) -> optax.GradientTransformation:
-  """Optax optimiser from `config.optim`: adam/adamw/sgd, cosine or constant schedule, clipping."""
-  if optim.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, optim.learning_rate, optim.warmup_steps,
-                                            max(total_steps, optim.warmup_steps + 1),
-                                            optim.learning_rate * optim.final_lr_fraction)
-  elif optim.schedule == "constant":
-    lr = optax.linear_schedule(0.0, optim.learning_rate, max(optim.warmup_steps, 1))
-  else:
-    raise InputError(f"optim.schedule must be 'cosine' or 'constant', got {optim.schedule!r}")
-  makers = {"adam": lambda: optax.adam(lr), "adamw": lambda: optax.adamw(lr, weight_decay=optim.weight_decay),
-            "sgd": lambda: optax.sgd(lr, momentum=0.9, nesterov=True)}
-  if optim.name not in makers:
-    raise InputError(f"optim.name must be one of {sorted(makers)}, got {optim.name!r}")
-  chain = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip else []
-  return optax.chain(*chain, makers[optim.name]())
 
 
 def patch_shape(config: Any) -> tuple[int, ...]:
@@ -50,11 +31,11 @@ def patch_shape(config: Any) -> tuple[int, ...]:
 
 def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
   """Initialises parameters from `key` for patches of the configured shape."""
-  dummy = jnp.zeros((1, *patch_shape(config), 1), jnp.float32)
+  dummy = jnp.zeros((1, *patch_shape(config), model.in_channels), jnp.float32)
   variables = jax.jit(build_model(config.model).init, static_argnames="train")(key, dummy, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
-                           tx=make_optimizer(config.optim, config.train.steps))
+                           tx=optim.make_optimizer(config.optim, config.train.steps))
 
 
 def state_tree(state: TrainState) -> dict[str, Any]:
@@ -116,26 +97,20 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
   return metrics.pixel_scores(probs >= eval_config.threshold, split.mask)
 
 
-def check_config(config: Any, n_devices: int) -> None:
-  """Raises InputError for settings that cannot work."""
-  t = config.train
-  if t.batch_size <= 0 or t.batch_size % n_devices:
-    raise InputError(f"train.batch_size={t.batch_size} must be a positive multiple of the "
-                     f"{n_devices} devices; change it or --config.host_devices")
-  if t.steps <= 0:
-    raise InputError(f"train.steps must be positive, got {t.steps}")
-  if min(patch_shape(config)) % 2 ** config.model.depth:
-    raise InputError(f"train.patch_size={t.patch_size} must be divisible by 2**model.depth="
-                     f"{2 ** config.model.depth}")
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores."""
+  config_check.validate(config)
+  volumes.check_config(config)
+  print(anisotropy.describe(build_model(config.model).plan(), config.data.voxel_size_nm))
   mesh = parallel.make_mesh()
-  check_config(config, mesh.size)
+  if config.train.batch_size % mesh.size:
+    raise InputError(f"train.batch_size={config.train.batch_size} must be a multiple of the {mesh.size} "
+                     "devices; change it or --config.host_devices")
   os.makedirs(workdir, exist_ok=True)
   splits = data.load_splits(config.data)
-  sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction)
+  volumes.check_splits(config, splits)
+  sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction,
+                                         config.model.context_slices)
   eval_model = build_model(config.model)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)

@@ -1,0 +1,130 @@
+"""config_check.validate: every section's bad values fail up front, in the entry points, in one line."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import unet2d
+from unet_jax import config_check
+from unet_jax.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One bad value per section, each of a kind a user types: out of range, unknown name, wrong type.
+BAD = {
+    "run": ("seed", -1),
+    "distributed": ("distributed.num_processes", 0),
+    "data": ("data.val_fraction", 1.0),
+    "model": ("model.norm", "layer"),
+    "train": ("train.patch_size", 0),
+    "optim": ("optim.learning_rate", -0.001),
+    "augment": ("augment.gamma", (1.2, 0.8)),
+    "eval": ("eval.tta", "rot90"),
+}
+
+
+def _set(config, path, value):
+  """Sets a field, whatever its type (as a config built in Python could)."""
+  *parents, name = path.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  with config.ignore_type():
+    node[name] = value
+
+
+@pytest.mark.parametrize("variant", unet2d.VARIANTS)
+def test_shipped_configs_are_valid(variant):
+  config_check.validate(unet2d.get_config(variant))
+
+
+@pytest.mark.parametrize("section", config_check.SECTIONS)
+def test_each_section_rejects_its_bad_value(section):
+  config = unet2d.get_config("tiny")
+  path, value = BAD[section]
+  _set(config, path, value)
+  with pytest.raises(InputError, match=rf"^config field {path}=.* is invalid: it must be "):
+    config_check.validate(config)
+  config_check.validate(config, [s for s in config_check.SECTIONS if s != section])  # only that section
+
+
+@pytest.mark.parametrize("path,value", [
+    ("train.loss", "focal"), ("train.keep_checkpoints", 0), ("train.eval_every", 0), ("train.log_every", 0),
+    ("train.steps", 2.5), ("eval.threshold", 1.5), ("eval.threshold", 0.0), ("eval.overlap", 1.0),
+    ("eval.window", (32, 32, 32, 32)), ("eval.checkpoint", "last"), ("eval.select_threshold", 1),
+    ("optim.name", "lamb"), ("optim.schedule", "step"), ("model.dtype", "float16"), ("model.depth", 0),
+    ("augment.rotate_prob", 1.5), ("augment.flips", "yes"), ("data.name", "vnc"),
+    ("data.voxel_size_nm", (5.0, 5.0)), ("augment.noise_std", float("nan"))])
+def test_bad_values_name_the_field_and_the_allowed(path, value):
+  config = unet2d.get_config("tiny")
+  _set(config, path, value)
+  with pytest.raises(InputError, match=rf"{path}=.* must be "):
+    config_check.validate(config)
+
+
+def test_cross_field_rules():
+  config = unet2d.get_config("tiny")
+  config.train.patch_size = 30  # not divisible by 2**depth = 4
+  with pytest.raises(InputError, match=r"train.patch_size=30 .* divisible by 2\*\*model.depth=4"):
+    config_check.validate(config)
+  config = unet2d.get_config("tiny")
+  with config.ignore_type():
+    config.eval.window = (32, 32, 32)
+  with pytest.raises(InputError, match="eval.window=.* 2 sizes for a 2D model"):
+    config_check.validate(config)
+  config = unet2d.get_config("tiny")
+  config.distributed.process_id = 1
+  with pytest.raises(InputError, match="process_id=1 must be below"):
+    config_check.validate(config)
+
+
+def test_inference_needs_no_optim_block():
+  config = unet2d.get_config("tiny")
+  del config["optim"]
+  del config["train"]
+  config_check.validate(config, config_check.INFERENCE_SECTIONS)
+  config_check.validate(config)  # absent blocks are skipped
+  del config.eval["tta"]
+  with pytest.raises(InputError, match="config field eval.tta is missing"):
+    config_check.validate(config)
+
+
+def test_config_argument_and_presets():
+  flips = unet2d.get_config("vnc,aug=flips")
+  assert flips.augment.flips and flips.augment.rotate_prob == 0.0 and flips.data.name == "folder"
+  none = unet2d.get_config("synthetic,aug=none")
+  assert not none.augment.flips and none.augment.blur_prob == 0.0
+  assert unet2d.get_config("vnc").augment.rotate_prob == 0.5
+  for bad in ("vnc,aug=strong", "mnist", "vnc,flips"):
+    with pytest.raises((ValueError, InputError)):
+      unet2d.get_config(bad)
+
+
+@pytest.mark.parametrize("entry", ["train.py", "evaluate.py"])
+@pytest.mark.parametrize("section", config_check.SECTIONS)
+def test_entry_points_fail_before_loading_data(entry, section, tmp_path):
+  """A bad value stops the entry point with one line naming the field, before any data is read.
+
+  The data folder does not exist: had data loading come first, the error would name the files.
+  evaluate.py checks only what inference uses, so its bad train/optim/augment/distributed values pass
+  validation and it stops at the missing data instead.
+  """
+  path, value = BAD[section]
+  start = time.time()
+  result = subprocess.run(
+      [sys.executable, entry, "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}/w",
+       f"--config.data.root={tmp_path}/absent", "--config.data.name=folder", f"--config.{path}={value}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0 and lines, result.stderr
+  used = entry == "train.py" or section in config_check.INFERENCE_SECTIONS
+  if used:
+    assert lines[-1].startswith(f"error: config field {path}="), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert time.time() - start < 60
+  else:
+    assert lines[-1].startswith("error: ") and "absent" in lines[-1]
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
