@@ -12,7 +12,8 @@ Segment any TIFF stack (2D image or Z pages), streamed page by page, with or wit
   python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=stack.tif \
       --output_dir=out/ [--mask=truth.tif] [--config.eval.tta=flips]
 
-writes out/probabilities.tif (float16), out/segmentation.tif (u8 0/255) and out/summary.json.
+writes out/probabilities.tif (float16; --probabilities=float32|uint8), out/segmentation.tif (u8 0/255,
+exactly the stored probabilities >= eval.threshold) and out/summary.json, each atomically.
 """
 
 import json
@@ -34,7 +35,8 @@ flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction a
 flags.DEFINE_string("input", None, "Segment this TIFF stack instead of scoring splits (unet_jax/segment.py).")
 flags.DEFINE_string("mask", None, "With --input: its ground-truth mask TIFF, to score the segmentation.")
 flags.DEFINE_string("output_dir", None, "With --input: output folder (default <workdir>/segment_<input name>).")
-flags.DEFINE_enum("probabilities", "float16", ["float16", "uint8"], "With --input: probability TIFF dtype.")
+flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
+                  "With --input: probability TIFF dtype (segmentation.tif = these stored values >= eval.threshold).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> None:
   parallel.use_inference_kernels()  # this process only runs the network forward
   from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
   try:
+    if FLAGS.mask and not FLAGS.input:
+      raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
     if FLAGS.input:
       from unet_jax import segment  # pylint: disable=g-import-not-at-top
       name = os.path.splitext(os.path.basename(FLAGS.input))[0]

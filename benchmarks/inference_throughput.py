@@ -94,8 +94,8 @@ def random_variables(model, seed: int = 0) -> dict:
 
 def read_slices(path: str, count: int) -> np.ndarray:
   """The first `count` slices of `path`, f32[Z, H, W] in [0, 1]."""
-  from unet_jax import segment  # pylint: disable=g-import-not-at-top
-  with segment.StackReader(path) as reader:
+  from unet_jax import stacks  # pylint: disable=g-import-not-at-top
+  with stacks.StackReader(path) as reader:
     return np.stack([reader[z] for z in range(min(count, len(reader)))])
 
 
@@ -192,16 +192,16 @@ def throughput(args: argparse.Namespace) -> None:
 
 def child(args: argparse.Namespace) -> None:
   """One RSS run: segment args.input streaming (or in memory) and print the peak RSS in MiB."""
-  from unet_jax import data, inference, segment  # pylint: disable=g-import-not-at-top
+  from unet_jax import inference, segment, stacks  # pylint: disable=g-import-not-at-top
   config, model, variables = config_and_variables(args, small=args.rss_model == "small")
   out = tempfile.mkdtemp(prefix="rss_")
   start = time.perf_counter()
   if args.child == "stream":
-    with segment.StackReader(args.input) as reader:
+    with stacks.StackReader(args.input) as reader:
       segment.segment_stack(model, variables, reader, out, config.eval, progress=False)
   else:
-    probs = inference.predict_stack(model, variables, data.normalize_image(data.read_stack(args.input)), config.eval)
-    data.write_stack(os.path.join(out, "segmentation.tif"), (probs >= 0.5).astype(np.uint8) * 255)
+    probs = inference.predict_stack(model, variables, stacks.normalize_image(stacks.read_stack(args.input)), config.eval)
+    stacks.write_stack(os.path.join(out, "segmentation.tif"), (probs >= 0.5).astype(np.uint8) * 255)
   print(f"{peak_rss_mib():.0f} {time.perf_counter() - start:.1f}")
 
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import data, sampling, synthetic
+from unet_jax import data, sampling, stacks, synthetic
 from unet_jax.errors import InputError
 
 
 def _write_pair(tmp_path, name, image, mask):
-  data.write_stack(str(tmp_path / f"{name}.tif"), image)
-  data.write_stack(str(tmp_path / f"{name}_groundtruth.tif"), mask)
+  stacks.write_stack(str(tmp_path / f"{name}.tif"), image)
+  stacks.write_stack(str(tmp_path / f"{name}_groundtruth.tif"), mask)
 
 
 def _folder(tmp_path, image, mask):
@@ -21,29 +21,29 @@ def _folder(tmp_path, image, mask):
 
 def test_tiff_round_trip(tmp_path):
   stack = np.random.default_rng(0).integers(0, 255, (3, 16, 20), dtype=np.uint8)
-  data.write_stack(str(tmp_path / "s.tif"), stack)
-  np.testing.assert_array_equal(data.read_stack(str(tmp_path / "s.tif")), stack)
+  stacks.write_stack(str(tmp_path / "s.tif"), stack)
+  np.testing.assert_array_equal(stacks.read_stack(str(tmp_path / "s.tif")), stack)
 
 
 def test_2d_tiff_becomes_one_slice(tmp_path):
-  data.write_stack(str(tmp_path / "s.tif"), np.zeros((16, 20), np.uint8))
-  assert data.read_stack(str(tmp_path / "s.tif")).shape == (1, 16, 20)
+  stacks.write_stack(str(tmp_path / "s.tif"), np.zeros((16, 20), np.uint8))
+  assert stacks.read_stack(str(tmp_path / "s.tif")).shape == (1, 16, 20)
 
 
 @pytest.mark.parametrize("dtype,scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
 def test_integer_normalisation(dtype, scale):
   image = np.array([[0, 1, int(scale)]], dtype)
-  np.testing.assert_allclose(data.normalize_image(image), [[0.0, 1.0 / scale, 1.0]], rtol=1e-6)
+  np.testing.assert_allclose(stacks.normalize_image(image), [[0.0, 1.0 / scale, 1.0]], rtol=1e-6)
 
 
 def test_float_normalisation():
-  np.testing.assert_allclose(data.normalize_image(np.array([0.2, 0.5], np.float32)), [0.2, 0.5])
-  np.testing.assert_allclose(data.normalize_image(np.array([-1.0, 0.0, 3.0])), [0.0, 0.25, 1.0])
+  np.testing.assert_allclose(stacks.normalize_image(np.array([0.2, 0.5], np.float32)), [0.2, 0.5])
+  np.testing.assert_allclose(stacks.normalize_image(np.array([-1.0, 0.0, 3.0])), [0.0, 0.25, 1.0])
 
 
 def test_nan_image_is_an_error():
   with pytest.raises(InputError, match="NaN"):
-    data.normalize_image(np.array([0.0, np.nan]))
+    stacks.normalize_image(np.array([0.0, np.nan]))
 
 
 @pytest.mark.parametrize("mask", [np.array([0, 1]), np.array([0, 255])])
@@ -63,19 +63,19 @@ def test_shape_mismatch_is_an_error():
 
 def test_missing_file_is_an_error(tmp_path):
   with pytest.raises(InputError, match="file not found"):
-    data.read_stack(str(tmp_path / "nope.tif"))
+    stacks.read_stack(str(tmp_path / "nope.tif"))
 
 
 def test_corrupt_file_is_an_error(tmp_path):
   (tmp_path / "bad.tif").write_bytes(b"not a tiff")
   with pytest.raises(InputError, match="cannot read TIFF"):
-    data.read_stack(str(tmp_path / "bad.tif"))
+    stacks.read_stack(str(tmp_path / "bad.tif"))
 
 
 def test_empty_stack_is_an_error(tmp_path):
   tifffile.imwrite(tmp_path / "e.tif", np.zeros((0, 8), np.uint8))
   with pytest.raises(InputError, match="empty"):
-    data.read_stack(str(tmp_path / "e.tif"))
+    stacks.read_stack(str(tmp_path / "e.tif"))
 
 
 def test_folder_with_missing_files(tmp_path):
@@ -148,3 +148,16 @@ def test_patch_too_large():
   split = data.Split(np.zeros((1, 8, 8), np.float32), np.zeros((1, 8, 8), np.uint8))
   with pytest.raises(InputError, match="does not fit"):
     sampling.PatchSampler.create(split, (16, 16), 0.5)
+
+
+def test_prefetch_hands_a_sampler_failure_to_the_consumer():
+  def failing():
+    yield 1
+    yield 2
+    raise RuntimeError("disk gone while sampling")
+  got = []
+  with pytest.raises(RuntimeError, match="disk gone while sampling"):
+    for item in sampling.prefetch(failing(), 2):
+      got.append(item)
+  assert got == [1, 2]
+  assert list(sampling.prefetch(iter(range(5)), 2)) == [0, 1, 2, 3, 4]  # a finite iterator ends

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import unet2d
-from unet_jax import calibration, data, evaluation, inference, metrics, trainer
+from unet_jax import calibration, data, evaluation, inference, metrics, stacks, trainer
 from unet_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +119,7 @@ def test_report_end_to_end(trained, tmp_path):
   for key in ("slices_csv", "mitochondria_true_2d_csv", "mitochondria_pred_3d_csv", "intensity_histogram",
               "worst_slices", "prediction_tif"):
     assert os.path.isfile(os.path.join(report_dir, files[key])), key
-  assert data.read_stack(os.path.join(report_dir, files["prediction_tif"])).shape == (2, 64, 64)
+  assert stacks.read_stack(os.path.join(report_dir, files["prediction_tif"])).shape == (2, 64, 64)
   overlay = matplotlib.image.imread(os.path.join(report_dir, files["overlays"][0]))
   assert overlay.shape[:2] == (64, 64)  # below figure_px: full size
   assert len(files["overlays"]) == 2 and files["worst_slice_indices"] == sorted(

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import checkpoint, data, inference, metrics, segment, synthetic, trainer
+from unet_jax import checkpoint, data, inference, metrics, segment, stacks, synthetic, trainer
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, build_model
 
@@ -202,8 +202,8 @@ def test_streaming_writer_equals_in_memory(tmp_path, probability_dtype):
   write_pages(tmp_path / "stack.tif", stack)
   write_pages(tmp_path / "mask.tif", mask)
   config = eval_config(tta="flips")
-  with segment.StackReader(str(tmp_path / "stack.tif")) as reader, \
-       segment.StackReader(str(tmp_path / "mask.tif")) as truth:
+  with stacks.StackReader(str(tmp_path / "stack.tif")) as reader, \
+       stacks.StackReader(str(tmp_path / "mask.tif")) as truth:
     summary = segment.segment_stack(model, variables, reader, str(tmp_path / "out"), config, truth,
                                     probability_dtype, progress=False)
   expected = inference.predict_stack(model, variables, stack / np.float32(255), config)
@@ -213,8 +213,11 @@ def test_streaming_writer_equals_in_memory(tmp_path, probability_dtype):
   if probability_dtype == "uint8":
     np.testing.assert_array_equal(probs, np.round(expected * 255).astype(np.uint8))
   else:
-    np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3)
-  np.testing.assert_array_equal(seg, (expected >= 0.5).astype(np.uint8) * 255)
+    np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-6 if probability_dtype == "float32" else 1e-3)
+  # The documented rule: the mask is the stored probabilities thresholded, pixel for pixel.
+  np.testing.assert_array_equal(seg, (segment.stored_as_float(probs) >= 0.5).astype(np.uint8) * 255)
+  far = np.abs(expected - 0.5) > 1e-3
+  np.testing.assert_array_equal((seg > 0)[far], (expected >= 0.5)[far])
   assert summary["pixel"]["dice"] == pytest.approx(metrics.pixel_scores(expected >= 0.5, mask > 0)["dice"])
 
 
@@ -225,33 +228,34 @@ def test_stack_reader_normalises_like_read_stack(tmp_path):
                       "i16": rng.integers(-500, 500, (2, 6, 5)).astype(np.int16)}.items():
     path = str(tmp_path / f"{name}.tif")
     write_pages(path, stack)
-    with segment.StackReader(path) as reader:
+    with stacks.StackReader(path) as reader:
       assert reader.shape == stack.shape
       np.testing.assert_allclose(np.stack([reader[z] for z in range(len(reader))]),
-                                 data.normalize_image(stack), atol=1e-6)
+                                 stacks.normalize_image(stack), atol=1e-6)
   tifffile.imwrite(tmp_path / "one.tif", stack[0])
-  with segment.StackReader(str(tmp_path / "one.tif")) as reader:
+  with stacks.StackReader(str(tmp_path / "one.tif")) as reader:
     assert reader.shape == (1, 6, 5)
 
 
 def test_stack_reader_errors(tmp_path):
   with pytest.raises(InputError, match="not found"):
-    segment.StackReader(str(tmp_path / "missing.tif"))
-  tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((2, 4, 5, 3), np.uint8))
-  with pytest.raises(InputError, match="multi-channel"):
-    segment.StackReader(str(tmp_path / "rgb.tif"))
+    stacks.StackReader(str(tmp_path / "missing.tif"))
+  tifffile.imwrite(tmp_path / "channels.tif", np.zeros((2, 2, 4, 5), np.uint8), imagej=True,
+                   metadata={"axes": "ZCYX"})
+  with pytest.raises(InputError, match="2 channels .*save the EM channel"):
+    stacks.StackReader(str(tmp_path / "channels.tif"))
   (tmp_path / "junk.tif").write_bytes(b"not a tiff")
   with pytest.raises(InputError, match="valid TIFF"):
-    segment.StackReader(str(tmp_path / "junk.tif"))
+    stacks.StackReader(str(tmp_path / "junk.tif"))
 
 
 def test_stack_reader_on_real_stacks(vnc_root):
   """VNC's testing.tif holds its 4 slices in one page (read whole); training.tif one page per slice."""
   for name in ("testing.tif", "training.tif"):
     path = os.path.join(vnc_root, name)
-    with segment.StackReader(path) as reader:
+    with stacks.StackReader(path) as reader:
       z = len(reader) - 1
-      np.testing.assert_array_equal(reader[z], data.normalize_image(data.read_stack(path)[z]))
+      np.testing.assert_array_equal(reader[z], stacks.normalize_image(stacks.read_stack(path)[z]))
 
 
 def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):

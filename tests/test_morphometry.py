@@ -84,3 +84,17 @@ def test_vnc_truth_sizes(vnc_root):
   volumes = morphometry.measure(instances.label_instances(mask, 3), config.data.voxel_size_nm)["volume_nm3"]
   assert sizes_2d.min() >= config.eval.min_size
   assert 3e6 < np.median(volumes) < 3e7
+
+
+def test_labels_with_gaps_keep_their_ids():
+  labels = np.zeros((2, 6, 6), np.int32)
+  labels[0, :2, :2] = 1  # 4 px in slice 0
+  labels[:, 3:, 3:] = 3  # 9 px in each of 2 slices; label 2 absent
+  table = morphometry.measure(labels, (10.0, 2.0, 2.0))
+  np.testing.assert_array_equal(table["label"], [1, 3])
+  np.testing.assert_array_equal(table["voxels"], [4, 18])
+  np.testing.assert_array_equal(table["slices"], [1, 2])
+  np.testing.assert_array_equal(table["max_area_px"], [4, 9])
+  np.testing.assert_allclose(table["max_area_nm2"], [16.0, 36.0])
+  with pytest.raises(InputError, match="labels must be >= 0"):
+    morphometry.measure(-labels, (10.0, 2.0, 2.0))

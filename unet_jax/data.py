@@ -1,8 +1,6 @@
-"""TIFF stacks: reading, validation, intensity normalisation, and train/val/test splits.
+"""Labelled data: image/mask pairs, validation, and train/val/test splits.
 
-Normalisation (the same for every dtype, so a model sees [0, 1] inputs whatever the microscope
-wrote): unsigned integers are divided by their dtype's maximum (uint8 / 255, uint16 / 65535);
-floats already inside [0, 1] are kept, other floats are min-max scaled over the whole stack.
+Images are read and normalised to [0, 1] by unet_jax/stacks.py (the same reader inference uses).
 Masks may hold {0, 1} or {0, 255}; anything else is an error naming the values found.
 """
 
@@ -11,8 +9,8 @@ import os
 from typing import Any
 
 import numpy as np
-import tifffile
 
+from unet_jax import stacks
 from unet_jax.errors import InputError
 
 STACK_FILES = {"train": ("training.tif", "training_groundtruth.tif"),
@@ -25,49 +23,6 @@ class Split:
   """One labelled stack: image f32[Z, H, W] in [0, 1], mask u8[Z, H, W] in {0, 1}."""
   image: np.ndarray
   mask: np.ndarray
-
-
-def read_stack(path: str) -> np.ndarray:
-  """Reads a 2D image or multi-frame TIFF as an array [Z, H, W] (a 2D image gets Z = 1)."""
-  if not os.path.isfile(path):
-    raise InputError(f"file not found: {path}; check the path or the data root in the config")
-  try:
-    array = tifffile.imread(path)
-  except Exception as e:  # tifffile raises many types for corrupt files
-    raise InputError(f"cannot read TIFF {path} ({type(e).__name__}: {e}); is it a valid TIFF?") from e
-  array = np.asarray(array)
-  if array.ndim == 2:
-    array = array[None]
-  if array.ndim != 3:
-    raise InputError(f"{path}: expected a 2D image or a 3D stack (Z, Y, X), got shape {array.shape}; "
-                     "multi-channel images are not supported, save one channel")
-  if array.size == 0:
-    raise InputError(f"{path}: the stack is empty (shape {array.shape})")
-  return array
-
-
-def write_stack(path: str, array: np.ndarray, compression: str | None = "zlib") -> None:
-  """Writes `array` [Z, H, W] as a multi-frame TIFF, atomically (temp file + rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  tifffile.imwrite(tmp, np.asarray(array), compression=compression, photometric="minisblack",
-                   metadata={"axes": "ZYX"})
-  os.replace(tmp, path)
-
-
-def normalize_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-  """Maps any supported dtype to float32 in [0, 1] (see the module docstring)."""
-  if np.issubdtype(image.dtype, np.unsignedinteger):
-    return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
-  if np.issubdtype(image.dtype, np.signedinteger) or np.issubdtype(image.dtype, np.floating):
-    image = image.astype(np.float32)
-    if not np.all(np.isfinite(image)):
-      raise InputError(f"{name} contains NaN or infinite values; clean the stack before training")
-    lo, hi = float(image.min()), float(image.max())
-    if lo >= 0.0 and hi <= 1.0:
-      return image
-    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-  raise InputError(f"{name} has unsupported dtype {image.dtype}; use uint8, uint16 or float")
 
 
 def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -86,12 +41,12 @@ def make_split(image: np.ndarray, mask: np.ndarray, name: str = "stack") -> Spli
   if image.shape != mask.shape:
     raise InputError(f"{name}: image shape {image.shape} != mask shape {mask.shape}; "
                      "they must match voxel for voxel")
-  return Split(normalize_image(image, f"{name} image"), binarize_mask(mask, f"{name} mask"))
+  return Split(stacks.normalize_image(image, f"{name} image"), binarize_mask(mask, f"{name} mask"))
 
 
 def load_pair(image_path: str, mask_path: str) -> Split:
   """Reads and validates an image TIFF and its mask TIFF."""
-  return make_split(read_stack(image_path), read_stack(mask_path), os.path.basename(image_path))
+  return make_split(stacks.read_normalized(image_path), stacks.read_stack(mask_path), os.path.basename(image_path))
 
 
 def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:

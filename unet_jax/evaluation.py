@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from unet_jax import calibration, checkpoint, data, figures, inference, instances, intervals, metrics, morphometry
-from unet_jax import report, uncertainty
+from unet_jax import outputs, report, stacks, uncertainty
 from unet_jax.errors import InputError
 from unet_jax.model import abstract_variables, build_model
 
@@ -162,7 +162,7 @@ def write_stack_files(report_dir: str, folder: str, split: data.Split, pred: np.
         c: np.array([np.nan if r[c] is None else r[c] for r in review["list"]]) for c in columns}})
   if save_predictions:
     files["prediction_tif"] = path("prediction.tif")
-    data.write_stack(out("prediction.tif"), pred.astype(np.uint8) * 255)
+    stacks.write_stack(out("prediction.tif"), pred.astype(np.uint8) * 255)
   return files
 
 
@@ -237,6 +237,7 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
   if unknown or not split_names:
     raise InputError(f"splits must be some of {SPLITS}, got {list(split_names)}")
   voxel_size = tuple(config.data.voxel_size_nm)
+  outputs.check_writable(report_dir, "report folder")
   splits = data.load_splits(config.data)
   model = build_model(config.model)
   if config.eval.uncertainty not in uncertainty.SOURCES:

@@ -20,7 +20,7 @@ SUMMARY_COLUMNS = ("volume_nm3", "cube_side_px", "max_area_nm2")
 
 
 def measure(labels: np.ndarray, voxel_size_nm: Sequence[float]) -> dict[str, np.ndarray]:
-  """Columns of one row per instance of `labels` i32[Z, H, W] (labelled 1..n).
+  """Columns of one row per instance of `labels` i32[Z, H, W] (labels > 0, gaps allowed: one row per label present).
 
   label, voxels, volume_nm3, cube_side_nm, cube_side_px, slices (number of slices it spans),
   max_area_px, mean_area_px (over those slices), max_area_nm2, centroid_{z,y,x}_px,
@@ -31,9 +31,11 @@ def measure(labels: np.ndarray, voxel_size_nm: Sequence[float]) -> dict[str, np.
   vz, vy, vx = (float(v) for v in voxel_size_nm)
   if labels.ndim != 3:
     raise InputError(f"morphometry needs labels [Z, H, W], got shape {labels.shape}")
+  if labels.size and labels.min() < 0:
+    raise InputError(f"labels must be >= 0 (0 = background), found {labels.min()}")
   props = skmeasure.regionprops_table(labels, properties=("label", "area", "centroid", "bbox"))
   n = int(labels.max(initial=0))
-  areas = np.stack([np.bincount(s.ravel(), minlength=n + 1)[1:] for s in labels])  # [Z, n]
+  areas = np.stack([np.bincount(s.ravel(), minlength=n + 1) for s in labels])[:, props["label"]]  # [Z, rows]
   slices = np.count_nonzero(areas, axis=0)
   voxels = props["area"].astype(np.int64)
   volume = voxels * vz * vy * vx
