@@ -288,3 +288,28 @@ def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
                         f"--workdir={tmp_path / 'run'}", f"--input={tmp_path / 'missing.tif'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert bad.returncode != 0 and "error: file not found" in bad.stderr
+
+
+def monai_starts(size, window, overlap):
+  """MONAI's window origins along one axis: steps of the stride, the last window clamped to the border."""
+  stride = max(1, int(window * (1.0 - overlap)))
+  starts, k = [], 0
+  while True:
+    starts.append(min(k * stride, max(size - window, 0)))
+    if k * stride + window >= size:
+      return np.array(starts)
+    k += 1
+
+
+@pytest.mark.parametrize("size,window,overlap", [(1024, 256, 0.5), (768, 256, 0.5), (1024, 256, 0.25), (256, 256, 0.5)])
+def test_window_grid_equals_monai_where_the_stride_divides(size, window, overlap):
+  """The README's claim 'equals MONAI with constant blending' holds where the two grids coincide."""
+  assert (size - window) % int(window * (1 - overlap)) == 0
+  np.testing.assert_array_equal(inference.window_starts(size, window, overlap), monai_starts(size, window, overlap))
+
+
+def test_window_grid_differs_from_monai_otherwise():
+  ours, theirs = inference.window_starts(1000, 256, 0.5), monai_starts(1000, 256, 0.5)
+  assert ours[0] == theirs[0] == 0 and ours[-1] == theirs[-1] == 744 and len(ours) == len(theirs)
+  assert not np.array_equal(ours, theirs)  # ours spread evenly, MONAI's last step shortened
+  assert np.ptp(np.diff(ours)) <= 1 and np.ptp(np.diff(theirs)) > 1
