@@ -4,14 +4,13 @@ With 'onnx', each batch of windows leaves the jitted sliding window through `jax
 runs in an ONNX Runtime session of the model converted by jax2onnx (`onnx_export`); windows,
 padding, test-time augmentation and blending stay the same JAX code, so only the forward pass
 changes. The graph is converted while JAX traces (it needs shapes only); the session, which holds
-the variables as constants, is built on the first batch and kept for the same graph and variables
-(a digest of their bytes), so new weights need no recompilation and still give the right answer.
+the variables as constants, is built on the first batch and reused while graph and variables are
+equal (compared exactly, a few ms per batch), so new weights need no recompilation and still give
+the right answer.
 Which engine is faster on a machine: benchmarks/inference_engines.py.
 """
 
-import collections
 import functools
-import hashlib
 from typing import Any, Callable
 
 import jax
@@ -27,7 +26,7 @@ MAX_SESSIONS = 4  # ONNX Runtime sessions kept (one per window batch shape and s
 
 Forward = Callable[[Any, jax.Array], jax.Array]  # (variables, f32[B, *spatial, C]) -> probabilities f32[B, *spatial, 1]
 
-_sessions: collections.OrderedDict = collections.OrderedDict()  # (graph, digest) -> session, most recent last
+_sessions: list[tuple[bytes, list[np.ndarray], Any]] = []  # (graph, variables' leaves, session), most recent last
 
 
 def forward(model: UNet, engine: str = "xla") -> Forward:
@@ -55,17 +54,17 @@ def _onnx_forward(model: UNet, variables: Any, images: jax.Array) -> jax.Array:
 
 def _run_session(graph: bytes, variables: Any, images: np.ndarray) -> np.ndarray:
   """Runs `graph` with `variables` (host arrays) on `images` in a cached ONNX Runtime session."""
-  digest = hashlib.blake2b(digest_size=16)
-  for leaf in jax.tree.leaves(variables):
-    digest.update(np.ascontiguousarray(leaf).data)
-  key = (graph, digest.digest())
-  if key not in _sessions:
+  leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(variables)]
+  for i, (cached_graph, cached_leaves, session) in enumerate(_sessions):
+    if cached_graph == graph and all(np.array_equal(a, b) for a, b in zip(cached_leaves, leaves)):
+      _sessions.append(_sessions.pop(i))
+      break
+  else:
     ort = onnx_export.require("onnxruntime", "eval.engine='onnx'")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
-    _sessions[key] = ort.InferenceSession(onnx_export.bake(graph, variables).SerializeToString(), options,
-                                          providers=["CPUExecutionProvider"])
-    while len(_sessions) > MAX_SESSIONS:
-      _sessions.popitem(last=False)
-  _sessions.move_to_end(key)
-  return _sessions[key].run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: np.asarray(images, np.float32)})[0]
+    session = ort.InferenceSession(onnx_export.bake(graph, variables).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    _sessions.append((graph, [leaf.copy() for leaf in leaves], session))
+    del _sessions[:-MAX_SESSIONS]
+  return session.run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: np.asarray(images, np.float32)})[0]

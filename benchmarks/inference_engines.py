@@ -1,0 +1,97 @@
+"""Sliding-window inference with the forward pass in XLA vs ONNX Runtime (`eval.engine`), same windows.
+
+  PYTHONPATH=. .venv/bin/python benchmarks/inference_engines.py [--workdir=runs/vnc] [--slices=8]
+
+On ../shared/data/vnc/unlabeled.tif (1024 x 1024 slices; skipped with a message when absent): seconds
+per slice of `inference.sliding_window_predict` for each --windows setting (window:overlap; default
+256 px at 0.5, 512 at 0.5, and the whole slice in one window), Gaussian blending, batches of
+--batch windows, the configs/unet2d.py:vnc U-Net (--workdir's checkpoint, or seeded random
+weights). For each setting both engines run the same slices, alternating which goes first, after a
+warm-up slice (compilation, ONNX conversion and session); medians per engine, the ratio of the
+medians, and the max |ONNX - XLA| probability. XLA uses its own CPU convolutions, as evaluate.py
+does (`parallel.use_inference_kernels`); --ynnpack keeps XLA's default YNNPACK ones. The load
+average is printed before and after: on a shared machine only the ratios of one run compare.
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "vnc", "unlabeled.tif")
+
+
+def parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--data", default=DATA, help="TIFF stack to segment")
+  parser.add_argument("--slices", type=int, default=8, help="timed slices per setting and engine")
+  parser.add_argument("--windows", default="256:0.5,512:0.5,0:0",
+                      help="window:overlap settings, comma-separated; window 0 = the whole slice")
+  parser.add_argument("--batch", type=int, default=8, help="windows per batch")
+  parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
+  parser.add_argument("--ynnpack", action="store_true", help="keep XLA's YNNPACK convolutions")
+  return parser.parse_args()
+
+
+def main() -> None:
+  args = parse_args()
+  if not args.ynnpack:
+    from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.use_inference_kernels()  # before JAX starts its backends
+  if not os.path.isfile(args.data):
+    print(f"skipped: {args.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  from benchmarks.inference_throughput import random_variables  # pylint: disable=g-import-not-at-top
+  from configs import unet2d  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint, engines, inference, stacks  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+
+  config = unet2d.get_config("vnc")
+  model = build_model(config.model)
+  if args.workdir:
+    variables, step = checkpoint.restore_variables(args.workdir, abstract_variables(model), config.eval.checkpoint)
+  else:
+    variables, step = random_variables(model), None
+  with stacks.StackReader(args.data) as reader:
+    slices = np.stack([reader[z] for z in range(min(args.slices + 1, len(reader)))])
+  height, width = slices.shape[1:]
+  print(f"data {args.data}: {len(slices)} slices of {height} x {width}; U-Net depth {model.depth}, "
+        f"{model.base_features} features; weights: {args.workdir or 'random'}{'' if step is None else f' (step {step})'}")
+  print(f"jax {jax.__version__} ({'YNNPACK' if args.ynnpack else 'XLA'} convolutions), onnxruntime "
+        f"{onnxruntime.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+
+  for setting in args.windows.split(","):
+    size, overlap = setting.split(":")
+    window = (int(size) or height, int(size) or width)
+    overlap = float(overlap)
+    count = len(inference.window_grid((height, width), window, overlap))
+    batch = min(args.batch, count)
+    run = {engine: (lambda image, p=inference.predictor(model, "none", engine):
+                    np.asarray(inference.sliding_window_predict(p, variables, image, window, overlap, "gaussian", batch)))
+           for engine in engines.ENGINES}
+    warm = {}
+    for engine, predict in run.items():
+      start = time.perf_counter()
+      warm[engine] = predict(slices[0])
+      print(f"  warm-up {engine}: {time.perf_counter() - start:.1f} s", end="")
+    seconds = {engine: [] for engine in run}
+    for i, image in enumerate(slices[1:]):
+      for engine in (engines.ENGINES if i % 2 == 0 else engines.ENGINES[::-1]):
+        start = time.perf_counter()
+        run[engine](image)
+        seconds[engine].append(time.perf_counter() - start)
+    median = {engine: float(np.median(s)) for engine, s in seconds.items()}
+    per_slice = np.median(np.array(seconds["xla"]) / np.array(seconds["onnx"]))
+    print(f"\nwindow {window[0]}x{window[1]}, overlap {overlap:g}: {count} windows, batches of {batch}; "
+          f"{len(slices) - 1} slices per engine, alternating")
+    print(f"  s per slice (median): XLA {median['xla']:.3f}, ONNX Runtime {median['onnx']:.3f} -> ONNX Runtime "
+          f"{median['xla'] / median['onnx']:.2f}x faster (median of per-slice ratios {per_slice:.2f}x); "
+          f"max |ONNX - XLA| probability {np.abs(warm['onnx'] - warm['xla']).max():.1e}")
+  print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+  main()
