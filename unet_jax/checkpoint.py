@@ -100,4 +100,11 @@ def restore_variables(workdir: str, target: dict[str, Any], which: str = "best",
   args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                 partial_restore=True)
   tree, step = _restore(workdir, which, step, args)
-  return {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}, step
+  variables = {"params": tree["params"], "batch_stats": tree.get("batch_stats", {})}
+  saved = {path: leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:  # a partial restore does not compare shapes
+    if saved.get(path) != leaf.shape:
+      raise InputError(f"checkpoint step {step} in {workdir!r} does not fit the configured model "
+                       f"({jax.tree_util.keystr(path)}: saved {saved.get(path)}, model {leaf.shape}); use the "
+                       "model.* settings it was trained with (a 3D checkpoint needs a 3D config, and vice versa)")
+  return variables, step

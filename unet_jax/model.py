@@ -6,10 +6,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unet_jax.anisotropy import Plan, isotropic_plan, model_plan
 from unet_jax.errors import InputError
 
 NORMS = ("batch", "group", "none")
 UPSAMPLES = ("transpose", "resize")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _norm(kind: str, train: bool, axis_name: str | None, name: str) -> nn.Module | None:
@@ -22,29 +24,32 @@ def _norm(kind: str, train: bool, axis_name: str | None, name: str) -> nn.Module
   return None
 
 
-def max_pool2(x: jax.Array) -> jax.Array:
-  """2^N max pooling with stride 2 of x[B, *spatial, C] (even sizes): nn.max_pool's values.
+def max_pool2(x: jax.Array, factors: Sequence[int] | None = None) -> jax.Array:
+  """Max pooling of x[B, *spatial, C] by `factors` per axis (default 2 each; sizes divisible), stride = window.
 
-  A reshape and a max, so the gradient is elementwise rather than XLA's select-and-scatter, which
-  is slow on CPU. (Exact ties share the gradient instead of the first element taking it.)
+  nn.max_pool's values, as a reshape and a max, so the gradient is elementwise rather than XLA's
+  select-and-scatter, which is slow on CPU. (Exact ties share the gradient instead of the first
+  element taking it.) A factor of 1 leaves its axis alone (anisotropic pooling, e.g. (1, 2, 2)).
   """
   b, *spatial, c = x.shape
-  x = x.reshape(b, *(d for s in spatial for d in (s // 2, 2)), c)
+  factors = tuple(factors) if factors is not None else (2,) * len(spatial)
+  x = x.reshape(b, *(d for s, f in zip(spatial, factors) for d in (s // f, f)), c)
   return x.max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
 class ConvBlock(nn.Module):
-  """Two (conv 3^N, norm, ReLU) layers."""
+  """Two (conv 3^N, norm, ReLU) layers; `kernel_size` per axis overrides 3^N (e.g. (1, 3, 3))."""
   features: int
   ndim: int
   norm: str
   axis_name: str | None
   dtype: Any
+  kernel_size: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i in range(2):
-      x = nn.Conv(self.features, (3,) * self.ndim, use_bias=self.norm == "none",
+      x = nn.Conv(self.features, self.kernel_size or (3,) * self.ndim, use_bias=self.norm == "none",
                   dtype=self.dtype, name=f"conv{i}")(x)
       norm = _norm(self.norm, train, self.axis_name, f"norm{i}")
       if norm is not None:
@@ -57,8 +62,10 @@ class ConvBlock(nn.Module):
 class UNet(nn.Module):
   """U-Net: `depth` poolings, widths base_features * 2**level, skip connections.
 
-  Input f32[B, *spatial, C]; output logits f32[B, *spatial, 1]. Every spatial size must be
-  divisible by 2**depth (an `InputError` says so otherwise; sliding-window inference pads for you).
+  Input f32[B, *spatial, in_channels]; output logits f32[B, *spatial, 1]. Each level's kernel and
+  pooling factor per axis are `kernel_sizes` / `pool_factors` (None: 3 and 2 on every axis; see
+  unet_jax/anisotropy.py); every spatial size must be divisible by the product of its axis's pooling
+  factors, 2**depth by default (an `InputError` says so otherwise; sliding-window inference pads).
   Each block's output is sown as 'intermediates' / {`enc{i}`, `bottleneck`, `dec{i}`} / 'features'
   for explainability: `model.apply(..., mutable=['intermediates'])`.
   """
@@ -69,17 +76,28 @@ class UNet(nn.Module):
   upsample: str = "resize"
   axis_name: str | None = None  # mesh axis for cross-device batch statistics when training
   dtype: Any = jnp.float32      # compute dtype (params stay float32)
+  kernel_sizes: tuple[tuple[int, ...], ...] | None = None  # depth + 1 (encoder levels, bottleneck); None: 3s
+  pool_factors: tuple[tuple[int, ...], ...] | None = None  # depth per-axis factors; None: 2s
+  in_channels: int = 1  # input channels: 1, or 2k + 1 slices for 2.5D (unet_jax/context.py)
+
+  def plan(self) -> Plan:
+    """The per-level kernels and pooling factors (explicit, or the isotropic default)."""
+    default = isotropic_plan(self.ndim, self.depth)
+    return Plan(self.kernel_sizes or default.kernel_sizes, self.pool_factors or default.pool_factors)
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises InputError unless `shape` = (B, *spatial, C) fits this network."""
     if len(shape) != self.ndim + 2:
       raise InputError(f"UNet{self.ndim}D expects input [B, {'D, ' if self.ndim == 3 else ''}H, W, C], "
                        f"got shape {tuple(shape)}")
-    factor = 2 ** self.depth
-    bad = [s for s in shape[1:-1] if s % factor]
-    if bad:
-      raise InputError(f"input spatial size {tuple(shape[1:-1])} is not divisible by 2**depth={factor}; "
-                       f"crop or pad the patch (sliding-window inference pads automatically)")
+    factors = self.plan().size_factors
+    if any(s % f for s, f in zip(shape[1:-1], factors)):
+      raise InputError(f"input spatial size {tuple(shape[1:-1])} is not divisible by 2**depth={2 ** self.depth} on "
+                       f"the pooled axes ({'x'.join(map(str, factors))} per axis); crop or pad the patch "
+                       "(sliding-window inference pads automatically)")
+    if shape[-1] != self.in_channels:
+      raise InputError(f"the model takes {self.in_channels} input channel(s) (model.context_slices), got shape "
+                       f"{tuple(shape)}")
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -87,45 +105,51 @@ class UNet(nn.Module):
       raise InputError(f"model.norm must be one of {NORMS} and model.upsample one of {UPSAMPLES}, "
                        f"got {self.norm!r}, {self.upsample!r}")
     self.check_input(x.shape)
-    block = lambda f, name: ConvBlock(f, self.ndim, self.norm, self.axis_name, self.dtype, name=name)
-    window = (2,) * self.ndim
+    plan = self.plan()
+    block = lambda f, level, name: ConvBlock(f, self.ndim, self.norm, self.axis_name, self.dtype,
+                                             plan.kernel_sizes[level], name=name)
     x = x.astype(self.dtype)
     skips = []
     for level in range(self.depth):
-      x = block(self.base_features * 2 ** level, f"enc{level}")(x, train)
+      x = block(self.base_features * 2 ** level, level, f"enc{level}")(x, train)
       skips.append(x)
-      x = max_pool2(x)
-    x = block(self.base_features * 2 ** self.depth, "bottleneck")(x, train)
+      x = max_pool2(x, plan.pool_factors[level])
+    x = block(self.base_features * 2 ** self.depth, self.depth, "bottleneck")(x, train)
     for level in reversed(range(self.depth)):
       features = self.base_features * 2 ** level
+      window = plan.pool_factors[level]
       if self.upsample == "transpose":
         x = nn.ConvTranspose(features, window, strides=window, dtype=self.dtype, name=f"up{level}")(x)
       else:  # 1x1 conv at low resolution, then linear resize (the two commute)
         x = nn.Conv(features, (1,) * self.ndim, dtype=self.dtype, name=f"up{level}")(x)
-        x = jax.image.resize(x, (x.shape[0], *(2 * s for s in x.shape[1:-1]), features), "linear",
+        x = jax.image.resize(x, (x.shape[0], *(f * s for f, s in zip(window, x.shape[1:-1])), features), "linear",
                              antialias=False)  # same values when upsampling; exportable to ONNX
       x = jnp.concatenate([x, skips[level]], axis=-1)
-      x = block(features, f"dec{level}")(x, train)
+      x = block(features, level, f"dec{level}")(x, train)
     return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
 
 
-def init_variables(model: UNet, key: jax.Array, in_channels: int = 1) -> dict[str, Any]:
+def init_variables(model: UNet, key: jax.Array, in_channels: int | None = None) -> dict[str, Any]:
   """Fresh variables {'params', 'batch_stats'} of `model`, traced on the smallest valid input."""
-  dummy = jnp.zeros((1, *(2 ** model.depth,) * model.ndim, in_channels), jnp.float32)
+  dummy = jnp.zeros((1, *model.plan().size_factors, in_channels or model.in_channels), jnp.float32)
   return jax.jit(model.init, static_argnames="train")(key, dummy, train=False)
 
 
-def abstract_variables(model: UNet, in_channels: int = 1) -> dict[str, Any]:
+def abstract_variables(model: UNet, in_channels: int | None = None) -> dict[str, Any]:
   """Shapes and dtypes (jax.ShapeDtypeStruct) of `model`'s variables, computed without allocating them."""
   return jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0), in_channels))
 
 
 def build_model(model_config: Any, axis_name: str | None = None) -> UNet:
-  """Builds the UNet described by `config.model`."""
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if model_config.dtype not in dtypes:
-    raise InputError(f"model.dtype must be one of {sorted(dtypes)}, got {model_config.dtype!r}")
+  """Builds the UNet described by `config.model` (checked by `config_check.validate`).
+
+  Kernels and pooling per level come from `anisotropy.model_plan` (model.kernel_sizes /
+  model.pool_factors, else derived from model.voxel_size_nm); 2k + 1 input channels for 2.5D
+  (model.context_slices = k).
+  """
+  plan = model_plan(model_config)
   return UNet(ndim=model_config.ndim, depth=model_config.depth,
               base_features=model_config.base_features, norm=model_config.norm,
               upsample=model_config.upsample, axis_name=axis_name,
-              dtype=dtypes[model_config.dtype])
+              dtype=DTYPES[model_config.dtype], kernel_sizes=plan.kernel_sizes,
+              pool_factors=plan.pool_factors, in_channels=2 * model_config.get("context_slices", 0) + 1)

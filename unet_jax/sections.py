@@ -6,7 +6,8 @@ on the SNEMI3D connectomics challenge") and PyTorch Connectomics (MisAlignment, 
 3D patch image f32[D, H, W, C] with mask f32[D, H, W, 1] gets, each with its own probability:
 
 1. misalignment: the sections from a random one on ("translation") or that one section alone
-   ("slip", half of the draws) are shifted in the (H, W) plane by integers in +-`misalign_pixels`,
+   ("slip", half of the draws) are shifted in the (H, W) plane by a nonzero integer (dy, dx) within
+   +-`misalign_pixels`,
    image and mask together (an annotation follows the image it was drawn on). Borders are mirrored
    (`augment.mirror`), so nothing is constant-filled and the mask stays binary and aligned;
 2. per-section intensity: every section its own contrast factor (uniform in `section_contrast`,
@@ -48,7 +49,10 @@ def misalign(key: jax.Array, image: jax.Array, mask: jax.Array, prob: float,
   fire_key, start_key, shift_key = jax.random.split(key, 3)
   fired, slip = jax.random.uniform(fire_key, (2,)) < jnp.array([prob, 0.5])
   start = jax.random.randint(start_key, (), 1, max(depth, 2))  # the first moved section (never all of them)
-  dy, dx = jax.random.randint(shift_key, (2,), -max_pixels, max_pixels + 1)
+  side = 2 * max_pixels + 1  # a shift uniform over the side^2 - 1 nonzero (dy, dx) in +-max_pixels
+  index = jax.random.randint(shift_key, (), 0, side * side - 1)
+  index = index + (index >= side * side // 2)
+  dy, dx = index // side - max_pixels, index % side - max_pixels
   z = jnp.arange(depth)
   moved = fired & jnp.where(slip, z == start, z >= start)[:, None, None, None]
   return (jnp.where(moved, shift_plane(image, dy, dx), image),

@@ -47,8 +47,11 @@ def _ellipsoid(coords: np.ndarray, center: np.ndarray, axes: np.ndarray,
 
 
 def generate(rng: np.random.Generator, shape: tuple[int, ...], n_mito: int | None = None,
-             noise: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
-  """One synthetic EM image u8[*shape] and its mitochondria mask u8[*shape] in {0, 255}."""
+             noise: float = 0.06, mito_spacing: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+  """One synthetic EM image u8[*shape] and its mitochondria mask u8[*shape] in {0, 255}.
+
+  Without `n_mito`, about one mitochondrion per `mito_spacing`**ndim pixels (voxels).
+  """
   ndim = len(shape)
   area = float(np.prod(shape))
   image = 0.62 + 0.05 * _smooth_noise(rng, shape, 1.0) + 0.04 * _smooth_noise(rng, shape, 6.0)
@@ -60,7 +63,7 @@ def generate(rng: np.random.Generator, shape: tuple[int, ...], n_mito: int | Non
     radius, _ = _ellipsoid(coords, center, np.full(ndim, rng.uniform(3, 6)), np.eye(ndim))
     image -= 0.18 * (radius < 1.0) + 0.1 * ((radius >= 1.0) & (radius < 1.3))
   mask = np.zeros(shape, bool)
-  n_mito = rng.poisson(area / (90.0 ** ndim)) + 1 if n_mito is None else n_mito
+  n_mito = rng.poisson(area / (mito_spacing ** ndim)) + 1 if n_mito is None else n_mito
   for _ in range(n_mito):
     length = rng.uniform(10, 38)
     axes = np.concatenate([[length], length * rng.uniform(0.35, 0.85, ndim - 1)])
@@ -80,19 +83,21 @@ def generate(rng: np.random.Generator, shape: tuple[int, ...], n_mito: int | Non
   return (image * 255).round().astype(np.uint8), mask.astype(np.uint8) * 255
 
 
-def make_stack(seed: int, n_slices: int, shape: tuple[int, int], ndim: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def make_stack(seed: int, n_slices: int, shape: tuple[int, int], ndim: int = 2,
+               mito_spacing: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
   """A stack u8[Z, H, W]: independent 2D slices (ndim=2) or one coherent volume (ndim=3)."""
   rng = np.random.default_rng(seed)
   if ndim == 3:
-    return generate(rng, (n_slices, *shape))
+    return generate(rng, (n_slices, *shape), mito_spacing=mito_spacing)
   pairs = [generate(rng, tuple(shape)) for _ in range(n_slices)]
   return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def make_dataset(config: Any) -> dict[str, Split]:
-  """{'train', 'test'} splits from `config.data.synthetic` (seed, shape, slices, ndim)."""
+  """{'train', 'test'} splits from `config.data.synthetic` (seed, shape, slices, ndim, mito_spacing in 3D)."""
   shape = tuple(config.shape)
-  train = make_stack(config.seed, config.train_slices, shape, config.ndim)
-  test = make_stack(config.seed + 1, config.test_slices, shape, config.ndim)
+  spacing = config.get("mito_spacing", 90.0)
+  train = make_stack(config.seed, config.train_slices, shape, config.ndim, spacing)
+  test = make_stack(config.seed + 1, config.test_slices, shape, config.ndim, spacing)
   return {"train": make_split(*train, name="synthetic train"),
           "test": make_split(*test, name="synthetic test")}

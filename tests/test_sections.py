@@ -1,0 +1,145 @@
+"""EM section artefacts and 3D augmentation: binary, aligned masks, exact identity when off, in-plane geometry."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import unet2d
+from unet_jax import augment, sections, synthetic
+
+SECTION_ON = {"misalign_prob": 1.0, "section_intensity_prob": 1.0, "missing_section_prob": 1.0}
+
+
+def off_config(**overrides):
+  """The default augment config with every transform off, then `overrides`."""
+  config = unet2d.get_config("synthetic").augment
+  config.flips = False
+  for name in augment.PROB_FIELDS:
+    config[name] = 0.0
+  config.update(overrides)
+  return config
+
+
+def run(config, images, masks, seed=0):
+  """augment_batch under jit with per-example keys split from `seed`; numpy outputs."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), images.shape[0])
+  out = jax.jit(lambda k, x, m: augment.augment_batch(k, x, m, config))(keys, images, masks)
+  return tuple(np.asarray(a) for a in out)
+
+
+@pytest.fixture(scope="module")
+def volume_batch():
+  """Masks f32[4, 8, 32, 32, 1] of a synthetic volume (4 crops) and a textured image alike."""
+  mask = synthetic.make_stack(0, 8, (64, 64), ndim=3)[1] / 255.0
+  masks = np.stack([mask[:, :32, :32], mask[:, 32:, :32], mask[:, :32, 32:], mask[:, 32:, 32:]])[..., None]
+  texture = np.random.default_rng(0).uniform(0.3, 0.7, masks.shape)
+  return jnp.asarray(texture, jnp.float32), jnp.asarray(masks, jnp.float32)
+
+
+def mirrored_shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """NumPy reference: x[D, H, W, C] shifted by (dy, dx), reflected about the edge pixels."""
+  fold = lambda i, n: (n - 1) - np.abs(np.mod(i, 2 * (n - 1)) - (n - 1))
+  rows, cols = fold(np.arange(x.shape[1]) - dy, x.shape[1]), fold(np.arange(x.shape[2]) - dx, x.shape[2])
+  return x[:, rows][:, :, cols]
+
+
+def test_shift_plane_matches_numpy_reference():
+  x = np.random.default_rng(1).uniform(size=(3, 7, 9, 2)).astype(np.float32)
+  for dy, dx in [(0, 0), (3, -2), (-6, 8), (10, -11)]:
+    np.testing.assert_array_equal(sections.shift_plane(jnp.asarray(x), dy, dx), mirrored_shift(x, dy, dx))
+
+
+def test_off_is_identity_bit_for_bit(volume_batch):
+  images, masks = volume_batch
+  out_image, out_mask = run(off_config(misalign_pixels=4), images, masks)
+  assert np.array_equal(out_image, images) and np.array_equal(out_mask, masks)
+  image, mask = images[0], masks[0]
+  out = sections.augment_sections(jax.random.PRNGKey(0), image, mask, off_config())
+  assert out[0] is image and out[1] is mask  # nothing traced at probability 0
+
+
+def test_misalignment_moves_image_and_mask_together(volume_batch):
+  """Channel 1 = 0.2 + 0.6 mask stays so; channel 0 (texture): moved sections are mirrored shifts."""
+  texture, masks = volume_batch
+  images = jnp.concatenate([texture, 0.2 + 0.6 * masks], axis=-1)
+  config = off_config(misalign_prob=1.0, misalign_pixels=6)
+  out_image, out_mask = run(config, images, masks, seed=3)
+  np.testing.assert_array_equal(out_image[..., 1:], 0.2 + 0.6 * out_mask)
+  assert set(np.unique(out_mask)) <= {0.0, 1.0}
+  kinds = set()
+  for original, moved in zip(np.asarray(texture), out_image[..., :1]):
+    changed = [z for z in range(8) if not np.array_equal(original[z], moved[z])]
+    assert changed and 0 not in changed  # the first section never moves
+    assert changed == list(range(changed[0], 8)) or len(changed) == 1  # translation or slip
+    kinds.add("slip" if len(changed) == 1 and changed[0] != 7 else "translation")
+    z = changed[0]
+    matches = [(dy, dx) for dy in range(-6, 7) for dx in range(-6, 7)
+               if np.array_equal(mirrored_shift(original[z:], dy, dx)[0], moved[z])]
+    assert matches, "a moved section is a mirrored in-plane shift of itself"
+  assert kinds == {"slip", "translation"} or len(masks) < 4
+
+
+def test_per_section_intensity_is_affine_per_section(volume_batch):
+  images, masks = volume_batch
+  config = off_config(section_intensity_prob=1.0, section_brightness=0.1, section_contrast=(0.7, 1.3))
+  out_image, out_mask = run(config, images, masks, seed=4)
+  assert np.array_equal(out_mask, masks)
+  slopes = []
+  for x, y in zip(np.asarray(images)[0], out_image[0]):
+    slope, _ = np.polyfit(x.ravel(), y.ravel(), 1)
+    residual = y.ravel() - np.polyval(np.polyfit(x.ravel(), y.ravel(), 1), x.ravel())
+    assert np.abs(residual).max() < 1e-5 and 0.7 - 1e-4 <= slope <= 1.3 + 1e-4
+    slopes.append(slope)
+  assert np.ptp(slopes) > 0.05  # every section its own contrast
+
+
+def test_missing_section_blanks_or_duplicates_one_section(volume_batch):
+  images, masks = volume_batch
+  seen = set()
+  for seed in range(4):
+    out_image, out_mask = run(off_config(missing_section_prob=1.0), images, masks, seed=seed)
+    assert np.array_equal(out_mask, masks)  # labels stay: the network learns to bridge the gap
+    for x, y in zip(np.asarray(images), out_image):
+      changed = [z for z in range(8) if not np.array_equal(x[z], y[z])]
+      assert len(changed) == 1
+      z = changed[0]
+      neighbour = z - 1 if z > 0 else z + 1
+      if np.all(y[z] == 0.0):
+        seen.add("blank")
+      else:
+        assert np.array_equal(y[z], x[neighbour])
+        seen.add("duplicate")
+  assert seen == {"blank", "duplicate"}
+
+
+def test_everything_on_keeps_masks_binary_aligned_and_images_in_range(volume_batch):
+  """Geometry (incl. elastic) + photometry + all section artefacts: image = mask stays aligned."""
+  _, masks = volume_batch
+  geometric = {p: 1.0 for p in ("rotate_prob", "scale_prob", "shear_prob", "elastic_prob")}
+  config = off_config(flips=True, elastic_alpha=2.0, elastic_sigma=8.0, misalign_pixels=5, misalign_prob=1.0,
+                      **geometric)
+  out_image, out_mask = run(config, masks, masks, seed=5)
+  assert np.array_equal(out_image >= 0.5, out_mask == 1.0) and set(np.unique(out_mask)) == {0.0, 1.0}
+  config = off_config(flips=True, elastic_alpha=2.0, elastic_sigma=8.0, misalign_pixels=5,
+                      **geometric, **{p: 1.0 for p in augment.PROB_FIELDS if p not in geometric})
+  images = 0.25 + 0.5 * masks
+  first, again = run(config, images, masks, seed=6), run(config, images, masks, seed=6)
+  assert all(np.array_equal(a, b) for a, b in zip(first, again))  # keyed by PRNG
+  out_image, out_mask = first
+  assert np.all(np.isfinite(out_image)) and out_image.min() >= 0.0 and out_image.max() <= 1.0
+  assert set(np.unique(out_mask)) == {0.0, 1.0} and out_mask.shape == masks.shape
+
+
+def test_3d_geometry_stays_in_the_plane_with_elastic_z_off():
+  """Each section of constant value z / 10 keeps exactly its value: nothing mixes sections."""
+  depth = 6
+  volume = jnp.broadcast_to(jnp.arange(depth, dtype=jnp.float32)[:, None, None, None] / 10, (2, depth, 24, 24, 1))
+  config = off_config(flips=True, elastic_z=False, elastic_alpha=4.0, elastic_sigma=8.0, misalign_prob=1.0,
+                      **{p: 1.0 for p in ("rotate_prob", "scale_prob", "shear_prob", "elastic_prob")})
+  out_image, out_mask = run(config, volume, volume, seed=7)
+  for z in range(depth):
+    np.testing.assert_allclose(out_image[:, z], z / 10, atol=1e-6)
+  config.elastic_z = True  # the isotropic default does displace along z
+  out_image, _ = run(config, volume, volume, seed=7)
+  assert np.abs(out_image - np.asarray(volume)).max() > 0.01
