@@ -9,13 +9,18 @@ per slice of `inference.sliding_window_predict` for each --windows setting (wind
 weights). For each setting both engines run the same slices, alternating which goes first, after a
 warm-up slice (compilation, ONNX conversion and session); medians per engine, the ratio of the
 medians, and the max |ONNX - XLA| probability. XLA uses its own CPU convolutions, as evaluate.py
-does (`parallel.use_inference_kernels`); --ynnpack keeps XLA's default YNNPACK ones. The load
-average is printed before and after: on a shared machine only the ratios of one run compare.
+does (`parallel.use_inference_kernels`); --ynnpack keeps XLA's default YNNPACK ones. When torch and
+monai are installed (benchmarks/requirements.txt), MONAI's `sliding_window_inference` with the same
+weights in the PyTorch twin (2 threads, channels_last, sigma 0.125) alternates with them as a third
+column. The load average is printed before and after: on a shared machine only the ratios of one
+run compare.
 """
 
 import argparse
+import importlib.util
 import os
 import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,6 +37,24 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
   parser.add_argument("--ynnpack", action="store_true", help="keep XLA's YNNPACK convolutions")
   return parser.parse_args()
+
+
+def monai_runner(model: Any, variables: Any, window: tuple[int, int], overlap: float,
+                 batch: int) -> Callable[[np.ndarray], np.ndarray]:
+  """image f32[H, W] -> probabilities by MONAI's sliding window over the PyTorch twin (channels_last)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
+  from benchmarks.torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(2)
+  net = copy_flax_variables(TorchUNet(model.depth, model.base_features, model.norm, model.upsample), variables)
+  net = net.eval().to(memory_format=torch.channels_last)
+  def run(image: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(image)[None, None].contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+      out = sliding_window_inference(x, window, batch, lambda p: torch.sigmoid(net(p.contiguous(
+          memory_format=torch.channels_last))), overlap=overlap, mode="gaussian", sigma_scale=0.125)
+    return out[0, 0].numpy()
+  return run
 
 
 def main() -> None:
@@ -60,8 +83,10 @@ def main() -> None:
   height, width = slices.shape[1:]
   print(f"data {args.data}: {len(slices)} slices of {height} x {width}; U-Net depth {model.depth}, "
         f"{model.base_features} features; weights: {args.workdir or 'random'}{'' if step is None else f' (step {step})'}")
+  peer = all(importlib.util.find_spec(name) for name in ("torch", "monai"))
   print(f"jax {jax.__version__} ({'YNNPACK' if args.ynnpack else 'XLA'} convolutions), onnxruntime "
-        f"{onnxruntime.__version__}; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
+        f"{onnxruntime.__version__}, {'MONAI + PyTorch peer' if peer else 'no torch/monai: no MONAI peer'}; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
 
   for setting in args.windows.split(","):
     size, overlap = setting.split(":")
@@ -72,6 +97,8 @@ def main() -> None:
     run = {engine: (lambda image, p=inference.predictor(model, "none", engine):
                     np.asarray(inference.sliding_window_predict(p, variables, image, window, overlap, "gaussian", batch)))
            for engine in engines.ENGINES}
+    if peer:
+      run["monai"] = monai_runner(model, variables, window, overlap, batch)
     warm = {}
     for engine, predict in run.items():
       start = time.perf_counter()
@@ -79,7 +106,7 @@ def main() -> None:
       print(f"  warm-up {engine}: {time.perf_counter() - start:.1f} s", end="")
     seconds = {engine: [] for engine in run}
     for i, image in enumerate(slices[1:]):
-      for engine in (engines.ENGINES if i % 2 == 0 else engines.ENGINES[::-1]):
+      for engine in (list(run) if i % 2 == 0 else list(run)[::-1]):
         start = time.perf_counter()
         run[engine](image)
         seconds[engine].append(time.perf_counter() - start)
@@ -90,6 +117,9 @@ def main() -> None:
     print(f"  s per slice (median): XLA {median['xla']:.3f}, ONNX Runtime {median['onnx']:.3f} -> ONNX Runtime "
           f"{median['xla'] / median['onnx']:.2f}x faster (median of per-slice ratios {per_slice:.2f}x); "
           f"max |ONNX - XLA| probability {np.abs(warm['onnx'] - warm['xla']).max():.1e}")
+    if peer:
+      print(f"  MONAI + PyTorch {median['monai']:.3f} s per slice: XLA {median['monai'] / median['xla']:.2f}x, "
+            f"ONNX Runtime {median['monai'] / median['onnx']:.2f}x its speed")
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
