@@ -156,6 +156,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.calibrate = False  # True: apply the temperature fitted on the val split (workdir/calibration.json)
   c.eval.uncertainty = "tta"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
   c.eval.review_top_k = 20  # length of the review list of least confident predicted mitochondria
+
+  # explain.py (unet_jax/explanation.py): how the network arrived at each object, which filters did it.
+  c.explain = ml_collections.ConfigDict()
+  c.explain.seed = 0
+  c.explain.crop = 0  # side of the crop around each object, pixels (0: eval.window); grown to cover the object
+  c.explain.batch_size = 8  # network inputs per call (path points, noisy copies, channel masks)
+  c.explain.ig_steps = 64  # integrated-gradients points (midpoint rule), >= 2
+  c.explain.blur_sigma = 8.0  # blurred baseline (and deletion fill): Gaussian sigma in pixels, > 0
+  c.explain.smoothgrad_samples = 0  # SmoothGrad noisy copies, >= 0 (0: off)
+  c.explain.smoothgrad_noise = 0.1  # SmoothGrad noise std, a fraction of the crop's intensity range
+  c.explain.cam_layers = ("bottleneck", "dec1")  # Seg-Grad-CAM blocks: enc0..enc{depth-1}, bottleneck, dec*
+  c.explain.deletion_points = 21  # points of each deletion curve, >= 3
+  c.explain.sanity_steps = 16  # IG points per model in the randomisation test, >= 2
+  c.explain.dice_tiles = 8  # validation tiles (eval.window px) for each filter's Dice drop (0: all tiles)
+  c.explain.top_k = 5  # filters listed per object and per block in explain.md
+  c.explain.gallery_layers = ("enc1", "bottleneck", "dec1")  # blocks whose top filters are pictured
+  c.explain.gallery_filters = 3  # top filters pictured per gallery block
+  c.explain.gallery_patches = 6  # most activating validation patches per pictured filter
+  c.explain.actmax_px = 96  # activation-maximisation image side, a multiple of 2**model.depth
+  c.explain.actmax_steps = 128  # gradient-ascent steps
   return c
 
 

@@ -1,7 +1,8 @@
 """Pixel attribution for one object's score: integrated gradients, SmoothGrad, Seg-Grad-CAM, deletion curves.
 
-The score explained is `probe.object_score`: the sum of the object's logits over a crop
-f32[H, W]. Each method is a jitted pure function of (model, variables, image, object weights):
+The score explained is `probe.object_scores`: the sum of the object's logits over a crop
+f32[H, W]. Each method is a pure function of (model, variables, image, object weights) built on
+jitted network calls (batched along the path, the noise samples or the deletion steps):
 
 - Integrated gradients (Sundararajan et al. 2017): (x - b) times the mean gradient on the straight
   path from a baseline b to x, by the midpoint rule with `steps` points, `batch_size` points per
@@ -97,6 +98,7 @@ def smoothgrad(model: UNet, variables: Any, image: jax.Array, weights: jax.Array
 @functools.partial(jax.jit, static_argnames=("model", "layer"))
 def seg_grad_cam(model: UNet, variables: Any, image: jax.Array, weights: jax.Array, layer: str) -> jax.Array:
   """Seg-Grad-CAM map f32[H, W] >= 0 at block `layer` for the object score, resized to the image."""
+  probe.check_block(model, layer)
   shape = probe.feature_shapes(model, variables, (1, *image.shape))[layer]
 
   def score(delta):

@@ -74,7 +74,7 @@ def logits_edited(model: UNet, variables: Any, images: jax.Array,
 
   with nn.intercept_methods(interceptor):
     logits, state = model.apply(variables, padded[..., None], train=False, mutable=["intermediates"])
-  features = {name: value["features"][0] for name, value in state["intermediates"].items()}
+  features = {name: value["features"][0] for name, value in state.get("intermediates", {}).items()}
   return logits[:, :h, :w, 0], features
 
 
