@@ -83,11 +83,15 @@ def crop_box(pixels: np.ndarray, size: int) -> tuple[int, int, int, int]:
 
 
 def _ints(text: str) -> list[int]:
+  """The integers of an object spec 'N', 'y,x' or 'y0,x0,y1,x1'; raises InputError for anything else."""
   try:
-    return [int(v) for v in text.split(",")]
+    values = [int(v) for v in text.split(",")]
   except ValueError:
+    values = []
+  if len(values) not in (1, 2, 4):
     raise InputError(f"cannot read object {text!r}; use an id N, a pixel y,x, a box y0,x0,y1,x1, "
-                     "'all', 'every' or 'cases' (several joined by ';')") from None
+                     "'all', 'every' or 'cases' (several joined by ';')")
+  return values
 
 
 def parse_objects(spec: str, objects: SliceObjects, crop: int) -> list[Target]:
@@ -160,8 +164,6 @@ def parse_objects(spec: str, objects: SliceObjects, crop: int) -> list[Target]:
         pixels[y0:y1, x0:x1] = True
         targets.append(Target(f"box_{y0}_{x0}_{y1}_{x1}", f"box y {y0}:{y1}, x {x0}:{x1}", None, pixels,
                               crop_box(pixels, crop)))
-      else:
-        _ints("?")
   if not targets:
     raise InputError(f"--object={spec!r} selects nothing in this slice (predicted {ids}; "
                      f"missed: {objects.missed or 'none'})")
