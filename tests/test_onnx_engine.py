@@ -3,6 +3,7 @@
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -82,6 +83,14 @@ def test_bad_engine_is_one_line():
   with pytest.raises(InputError, match=r"eval.engine must be one of \('xla', 'onnx'\), got 'tensorrt'") as e:
     engines.forward(UNet(depth=2, base_features=4), "tensorrt")
   assert "\n" not in str(e.value)
+
+
+def test_models_onnx_cannot_run_are_refused_in_one_line():
+  for model, field in ((UNet(depth=2, base_features=8, dtype=jnp.bfloat16), "model.dtype='float32'"),
+                       (UNet(depth=2, base_features=8, norm="group"), "model.norm='group'")):
+    with pytest.raises(InputError, match=f"eval.engine='onnx' .*{field}.*use eval.engine='xla'") as e:
+      engines.forward(model, "onnx")
+    assert "\n" not in str(e.value)
 
 
 def test_onnx_engine_without_onnxruntime_says_how_to_install(monkeypatch):

@@ -120,6 +120,7 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
   if not output.endswith(".zip"):
     raise InputError(f"--output must be a .zip file, got {output!r}")
   model = build_model(config.model)
+  onnx_export.check_exportable(model, "bioimage.io export")
   if model.in_channels != 1:
     raise InputError("bioimage.io export supports single-slice models; set model.context_slices=0")
   window = inference.window_settings(config.eval, 2)["window"]

@@ -33,7 +33,8 @@ def forward(model: UNet, engine: str = "xla") -> Forward:
   """(variables, images f32[B, *spatial, C]) -> sigmoid probabilities f32[B, *spatial, 1], run by `engine`.
 
   Spatial sizes must fit the model (`UNet.check_input`). Raises InputError for an unknown engine, or
-  for 'onnx' when onnxruntime or jax2onnx is not installed.
+  for 'onnx' when onnxruntime or jax2onnx is not installed or the model cannot be converted
+  (`onnx_export.check_exportable`: bfloat16, GroupNorm).
   """
   if engine not in ENGINES:
     raise InputError(f"eval.engine must be one of {ENGINES}, got {engine!r}")
@@ -41,6 +42,7 @@ def forward(model: UNet, engine: str = "xla") -> Forward:
     return lambda variables, images: jax.nn.sigmoid(model.apply(variables, images, train=False))
   for module in ("onnxruntime", "onnx", "jax2onnx"):
     onnx_export.require(module, "eval.engine='onnx'")
+  onnx_export.check_exportable(model, "eval.engine='onnx'")
   return functools.partial(_onnx_forward, model)
 
 

@@ -38,6 +38,16 @@ def require(module: str, purpose: str) -> ModuleType:
     raise InputError(f"{purpose} needs {module.split('.')[0]}, which is not installed: {INSTALL}") from e
 
 
+def check_exportable(model: UNet, purpose: str) -> None:
+  """Raises a one-line InputError for a model whose ONNX conversion would fail or differ from JAX."""
+  if np.dtype(model.dtype) != np.float32:
+    raise InputError(f"{purpose} needs model.dtype='float32' (ONNX Runtime's CPU convolutions have no "
+                     f"{np.dtype(model.dtype).name}); use eval.engine='xla' for this model")
+  if model.norm == "group":
+    raise InputError(f"{purpose} does not support model.norm='group' (jax2onnx 0.12.5 converts GroupNorm "
+                     "wrongly); use eval.engine='xla' for this model")
+
+
 def variable_names(variables: Any) -> list[str]:
   """ONNX input names of `variables`' leaves, in `jax.tree.leaves` order ('params.enc0.conv0.kernel', ...)."""
   paths = jax.tree_util.tree_flatten_with_path(variables)[0]
@@ -86,6 +96,7 @@ def bake(graph: bytes, variables: Any) -> Any:
 
 def export_onnx(model: UNet, variables: Any, input_shape: tuple[int, ...]) -> Any:
   """A self-contained onnx.ModelProto: image f32[*input_shape] (B, *spatial, C) -> probabilities f32[B, *spatial, 1]."""
+  check_exportable(model, "ONNX export")
   model.check_input(input_shape)
   proto = bake(weight_graph(model, input_shape, variables), variables)
   require("onnx", "ONNX export").checker.check_model(proto)
