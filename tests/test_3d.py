@@ -69,7 +69,7 @@ def test_3d_checkpoint_resumes(trained_3d):
   model = build_model(c.model)
   assert model.plan().kernel_sizes[0] == (1, 3, 3) and model.plan().pool_factors[0] == (1, 2, 2)
   variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), "latest")
-  assert step == 6 and variables["params"]["enc0"]["conv0"]["kernel"].shape[:3] == (1, 3, 3)
+  assert step == 6 and variables["params"]["enc0"]["conv0"]["kernel"].shape == (3, 3, 1, 4)  # in-plane
 
 
 def test_3d_evaluation_reports_3d_instances_and_nm3(trained_3d, tmp_path):

