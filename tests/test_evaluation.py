@@ -111,8 +111,10 @@ def test_report_end_to_end(trained, tmp_path):
   test = report["runs"][1]
   assert test["threshold"]["value"] in config.eval.threshold_candidates
   assert "val split" in test["threshold"]["source"] and "optimistic" in md  # the val row is flagged
-  for key in ("dice", "iou", "mean_iou", "precision", "recall", "accuracy"):
-    assert 0.0 <= test["pixel"][key] <= 1.0
+  saved = stacks.read_stack(os.path.join(report_dir, test["files"]["prediction_tif"])) > 0
+  truth = data.load_splits(config.data)["test"].mask
+  expected = {**metrics.confusion_counts(saved, truth), **metrics.pixel_scores(saved, truth)}
+  assert {k: test["pixel"][k] for k in expected} == pytest.approx(expected)  # scores of the saved prediction
   assert sum(s["tp"] for s in test["slices"]) == test["pixel"]["tp"]
   assert [r["iou_threshold"] for r in test["instances"]["3d"]] == [0.5, 0.75]
   files = test["files"]

@@ -59,8 +59,13 @@ def test_montage_and_histogram_files(tmp_path):
   panels = [figures.overlay(image, pred, truth)] * 3
   figures.save_montage(str(tmp_path / "m.png"), panels, ["a", "b", "c"], columns=2)
   figures.save_intensity_histogram(str(tmp_path / "h.png"), image, truth)
-  for name in ("m.png", "h.png"):
-    assert matplotlib.image.imread(str(tmp_path / name)).shape[-1] == 4
+  montage = np.round(matplotlib.image.imread(str(tmp_path / "m.png"))[..., :3] * 255).astype(int)
+  for colour in (figures.TP_RGB, figures.FN_RGB, figures.FP_RGB):  # the panels' error colours are drawn
+    assert np.any(np.all(np.abs(montage - np.array(colour)) <= 60, axis=-1)), colour
+  other = np.zeros_like(truth)
+  figures.save_intensity_histogram(str(tmp_path / "h2.png"), image + np.float32(0.3) * truth, other)
+  assert not np.array_equal(matplotlib.image.imread(str(tmp_path / "h.png")),
+                            matplotlib.image.imread(str(tmp_path / "h2.png")))  # the picture follows the data
   with pytest.raises(InputError, match="panel"):
     figures.save_montage(str(tmp_path / "e.png"), [], [])
 
@@ -76,7 +81,11 @@ def test_read_log_and_training_curves(tmp_path):
   assert [(r["step"], r["loss"]) for r in train] == [(5, 0.9), (10, 0.6)]
   assert [r["val_dice"] for r in val] == [0.5]
   figures.save_training_curves(str(tmp_path / "c.png"), str(log))
-  assert (tmp_path / "c.png").stat().st_size > 0
+  records[-1]["loss"] = 0.1
+  log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  figures.save_training_curves(str(tmp_path / "c2.png"), str(log))
+  assert not np.array_equal(matplotlib.image.imread(str(tmp_path / "c.png")),
+                            matplotlib.image.imread(str(tmp_path / "c2.png")))  # the curve follows the log
   with pytest.raises(InputError, match="no training log"):
     runlog.read(str(tmp_path / "missing.jsonl"))
 

@@ -34,6 +34,11 @@ def test_variants(norm, upsample):
   out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert out.shape == (2, 16, 16, 1) and bool(jnp.all(jnp.isfinite(out)))
   assert ("batch_stats" in updates) == (norm == "batch")
+  # Every parameter takes part: a layer left out of the graph (e.g. a dropped skip) has zero gradient.
+  loss = lambda p: jnp.sum(model.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])[0] ** 2)
+  grads = jax.grad(loss)(variables["params"])
+  dead = [jax.tree_util.keystr(k) for k, g in jax.tree_util.tree_leaves_with_path(grads) if not jnp.any(g != 0)]
+  assert not dead
 
 
 def test_widths_double_per_level():
