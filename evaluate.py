@@ -20,10 +20,10 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import config_check, parallel
+from unet_jax import cli, config_check
 from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -40,37 +40,38 @@ flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
 flags.mark_flags_as_required(["workdir"])
 
 
+def segment(config) -> None:
+  """evaluate.py --input: one stack segmented, streamed page by page."""
+  from unet_jax import segment as segmenter  # pylint: disable=g-import-not-at-top  (after the device flags)
+  name = os.path.splitext(os.path.basename(FLAGS.input))[0]
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
+  summary = segmenter.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
+  print(json.dumps(summary, indent=2))
+
+
+def score(config) -> None:
+  """evaluate.py: the report of every workdir on every split."""
+  from unet_jax import evaluation  # pylint: disable=g-import-not-at-top  (after the device flags)
+  report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
+  report = evaluation.evaluate(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,
+                               " ".join(["python", *sys.argv]))
+  for run in report["runs"]:
+    print(f"{run['run']} {run['split']} (step {run['step']}, threshold {run['threshold']['value']:g}): "
+          + ", ".join(f"{k} {run['pixel'][k]:.4f}" for k in ("dice", "iou", "mean_iou", "precision", "recall")))
+  print(f"report: {os.path.join(report_dir, 'report.md')}")
+
+
+def evaluate(config) -> None:
+  if FLAGS.mask and not FLAGS.input:
+    raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
+  cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)
+  (segment if FLAGS.input else score)(config)
+
+
 def main(argv: list[str]) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)
-  try:
-    config_check.validate(FLAGS.config, config_check.INFERENCE_SECTIONS)
-  except InputError as e:
-    sys.exit(f"error: {e}")
-  parallel.use_host_devices(FLAGS.config.host_devices)
-  parallel.use_inference_kernels()  # this process only runs the network forward
-  from unet_jax import evaluation  # pylint: disable=g-import-not-at-top
-  try:
-    if FLAGS.mask and not FLAGS.input:
-      raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
-    if FLAGS.input:
-      from unet_jax import segment  # pylint: disable=g-import-not-at-top
-      name = os.path.splitext(os.path.basename(FLAGS.input))[0]
-      output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
-      summary = segment.segment_file(FLAGS.config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask,
-                                     FLAGS.probabilities)
-      print(json.dumps(summary, indent=2))
-      return
-    report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
-    report = evaluation.evaluate(FLAGS.config, FLAGS.workdir, report_dir, FLAGS.split,
-                                 FLAGS.save_predictions, " ".join(["python", *sys.argv]))
-    for run in report["runs"]:
-      print(f"{run['run']} {run['split']} (step {run['step']}, threshold {run['threshold']['value']:g}): "
-            + ", ".join(f"{k} {run['pixel'][k]:.4f}" for k in ("dice", "iou", "mean_iou", "precision", "recall")))
-    print(f"report: {os.path.join(report_dir, 'report.md')}")
-  except InputError as e:
-    sys.exit(f"error: {e}")
+  cli.run(lambda: evaluate(FLAGS.config), "earlier results are kept as they were")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,12 +1,9 @@
 """Trains a U-Net: python train.py --config=configs/unet2d.py:synthetic --workdir=runs/syn"""
 
-import sys
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import config_check, parallel
-from unet_jax.errors import InputError
+from unet_jax import cli, config_check
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
@@ -14,21 +11,17 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs (resume
 flags.mark_flags_as_required(["workdir"])
 
 
+def train(config, workdir: str) -> None:
+  cli.prepare(config, config_check.SECTIONS, forward_only=False)
+  from unet_jax import distributed, trainer  # pylint: disable=g-import-not-at-top  (after the device flags)
+  distributed.initialize(config)
+  print(trainer.train_and_evaluate(config, workdir))
+
+
 def main(argv: list[str]) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  try:
-    config_check.validate(FLAGS.config)
-  except InputError as e:
-    sys.exit(f"error: {e}")
-  parallel.use_host_devices(FLAGS.config.host_devices)  # before JAX starts its backends
-  from unet_jax import distributed, trainer  # pylint: disable=g-import-not-at-top
-  try:
-    distributed.initialize(FLAGS.config)
-    print(trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir))
-  except InputError as e:
-    sys.exit(f"error: {e}")
+  cli.run(lambda: train(FLAGS.config, FLAGS.workdir), "rerun the same command to resume from the last checkpoint")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -21,24 +21,42 @@ def _manager(directory: str, keep: int, best: bool) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _mismatch(step: int, workdir: str, error: Exception) -> InputError:
+  """The one-line error for a checkpoint whose shapes differ from the configured model's."""
+  return InputError(f"checkpoint step {step} in {workdir!r} does not fit the configured model "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); use the model.* settings "
+                    "it was trained with, or another --workdir")
+
+
 class Checkpoints:
   """Saves and restores train-state pytrees {'params', 'batch_stats', 'opt_state', 'step'}."""
 
   def __init__(self, workdir: str, keep: int = 3):
+    self.directory = workdir
     self.latest = _manager(os.path.join(workdir, "checkpoints"), keep, best=False)
     self.best = _manager(os.path.join(workdir, "best"), 1, best=True)
 
   def save(self, step: int, state: Any, val_dice: float | None = None) -> None:
-    """Saves `state` as the latest; also as the best when `val_dice` beats the best so far."""
+    """Saves `state` as the latest; also as the best when `val_dice` beats the best so far.
+
+    The best is offered first: a run killed between the two saves resumes from the previous latest
+    step, comes back to this step and saves it as the latest, so no evaluation is lost from the
+    best selection (an evaluation already offered is not offered twice).
+    """
+    if val_dice is not None and step not in self.best.all_steps():
+      self.best.save(step, args=ocp.args.StandardSave(state), metrics={"val_dice": float(val_dice)})
     if self.latest.latest_step() != step:
       self.latest.save(step, args=ocp.args.StandardSave(state))
-    if val_dice is not None and self.best.latest_step() != step:
-      self.best.save(step, args=ocp.args.StandardSave(state), metrics={"val_dice": float(val_dice)})
 
   def restore_latest(self, target: Any) -> Any | None:
     """The latest saved state shaped like `target`, or None when there is none."""
     step = self.latest.latest_step()
-    return None if step is None else self.latest.restore(step, args=ocp.args.StandardRestore(target))
+    if step is None:
+      return None
+    try:
+      return self.latest.restore(step, args=ocp.args.StandardRestore(target))
+    except (ValueError, KeyError, TypeError) as e:
+      raise _mismatch(step, self.directory, e) from e
 
   def close(self) -> None:
     self.latest.close()
@@ -77,9 +95,7 @@ def _restore(workdir: str, which: str, step: int | None, args_for: Any) -> tuple
     try:
       tree = manager.restore(step, args=args_for)
     except (ValueError, KeyError, TypeError) as e:
-      raise InputError(f"checkpoint step {step} in {workdir!r} does not fit the configured model "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); use the model.* settings "
-                       "it was trained with") from e
+      raise _mismatch(step, workdir, e) from e
   finally:
     manager.close()
   return tree, step

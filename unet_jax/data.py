@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from unet_jax import stacks
 from unet_jax.errors import InputError
@@ -67,6 +68,15 @@ def load_folder(root: str) -> dict[str, Split]:
     raise InputError(f"data folder {root!r} lacks {', '.join(missing)}; set --config.data.root "
                      f"to a folder holding {', '.join(f for p in STACK_FILES.values() for f in p)}")
   return {k: load_pair(os.path.join(root, a), os.path.join(root, b)) for k, (a, b) in STACK_FILES.items()}
+
+
+def warn_if_empty(splits: dict[str, Split]) -> None:
+  """Warns (absl logging) about splits whose masks hold no foreground: training or scoring them says little."""
+  for name, split in splits.items():
+    if not split.mask.any():
+      logging.warning("the %s split's mask has no foreground: %s", name,
+                      "the network learns only background" if name == "train" else
+                      "its Dice is 1 only for an empty prediction, and val-based choices see no mitochondria")
 
 
 def load_splits(data_config: Any) -> dict[str, Split]:

@@ -4,9 +4,7 @@ import os
 import urllib.error
 import urllib.request
 
-import tifffile
-
-from unet_jax import data
+from unet_jax import data, stacks
 from unet_jax.errors import InputError
 
 LUCCHI_URL = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus/"
@@ -33,11 +31,14 @@ def fetch(url: str, path: str, timeout: float = 30.0, chunk: int = 1 << 20) -> N
   os.replace(part, path)
 
 
-def check_shape(path: str, shape: tuple[int, ...]) -> None:
-  """Raises InputError unless the TIFF at `path` has `shape`."""
-  with tifffile.TiffFile(path) as tif:
-    series = tif.series[0]
-    found = tuple(series.shape)
+def check_stack(path: str, shape: tuple[int, ...]) -> None:
+  """Raises InputError unless the TIFF at `path` reads completely and has `shape`."""
+  try:
+    with stacks.StackReader(path) as reader:
+      found = reader.shape
+      reader.read_raw()  # every page decodes: catches a truncated or corrupt file
+  except InputError as e:
+    raise InputError(f"{path} is damaged ({e}); delete it to download again") from e
   if found != tuple(shape):
     raise InputError(f"{path} has shape {found}, expected {tuple(shape)}; delete it to download again")
 
@@ -55,5 +56,5 @@ def ensure_lucchi(root: str, base_url: str = LUCCHI_URL, shape: tuple[int, ...] 
         reason = getattr(e, "reason", e)
         raise InputError(f"Lucchi file {name} is not in {root} and could not be downloaded "
                          f"({reason}); {OFFLINE_HINT}") from e
-    check_shape(path, shape)
+    check_stack(path, shape)
 

@@ -1,14 +1,17 @@
 """Where results go: folders checked before any work, files replaced atomically, inputs never overwritten.
 
 A run that fails (bad input, disk full, Ctrl-C) leaves earlier results byte-identical: every file is
-written to a temporary name in its folder and renamed over the old one only when complete.
+written to a temporary name in its folder and renamed over the old one only when complete. A training
+workdir is locked (`lock_workdir`) so that a second run on it is refused instead of mixing checkpoints;
+the lock is the kernel's (flock), so a run killed with -9 leaves no stale lock.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 from unet_jax.errors import InputError
 
@@ -49,3 +52,21 @@ def write_json(path: str, document: Any) -> None:
   """Writes `document` as indented JSON, atomically."""
   with atomic_path(path) as tmp, open(tmp, "w") as f:
     json.dump(document, f, indent=2)
+
+
+def lock_workdir(workdir: str) -> IO[str]:
+  """An exclusive lock on `workdir` held while the returned file stays open; InputError when taken."""
+  handle = open(os.path.join(workdir, ".lock"), "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise InputError(f"workdir {workdir!r} is in use by {holder}; wait for that run to finish or choose "
+                     "another --workdir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"process {os.getpid()}")
+  handle.flush()
+  return handle

@@ -13,7 +13,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from unet_jax import anisotropy, augment, checkpoint, config_check, data, inference, losses, metrics, optim, parallel, runlog, sampling, volumes
+from unet_jax import anisotropy, augment, checkpoint, config_check, data, inference, losses, metrics, optim, outputs
+from unet_jax import parallel, runlog, sampling, volumes
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, build_model
 
@@ -70,8 +71,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
   if axis_name is not None:
     grads = jax.lax.psum(grads, axis_name)
     batch_stats = jax.lax.pmean(batch_stats, axis_name)  # equal already (synchronised BatchNorm)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  return state, {"loss": loss}
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # A non-finite step changes nothing but the step count, so no NaN ever reaches a saved state.
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.replace(step=updated.step))
+  return state, {"loss": loss, "nonfinite": 1 - finite.astype(jnp.int32)}
 
 
 def make_parallel_train_step(mesh: Any, config: Any):
@@ -97,6 +101,16 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
   return metrics.pixel_scores(probs >= eval_config.threshold, split.mask)
 
 
+def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, workdir: str) -> None:
+  """Stops the run, saving nothing more, once any step had a non-finite loss or gradient."""
+  if nonfinite_steps:
+    last = ckpt.latest.latest_step()
+    resume = f"it resumes from the last saved (finite) step {last}" if last else "it starts again"
+    raise InputError(f"the loss or its gradient became NaN or infinite ({nonfinite_steps} step(s) up to step {step} "
+                     f"were skipped, nothing non-finite was saved); lower optim.learning_rate (or raise "
+                     f"train.smooth) and rerun with --workdir={workdir}: {resume}")
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores."""
   config_check.validate(config)
@@ -106,8 +120,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   if config.train.batch_size % mesh.size:
     raise InputError(f"train.batch_size={config.train.batch_size} must be a multiple of the {mesh.size} "
                      "devices; change it or --config.host_devices")
-  os.makedirs(workdir, exist_ok=True)
+  outputs.check_writable(workdir, "work folder")
+  lock = outputs.lock_workdir(workdir) if jax.process_index() == 0 else None  # held until the process ends
   splits = data.load_splits(config.data)
+  data.warn_if_empty(splits)
   volumes.check_splits(config, splits)
   sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction,
                                          config.model.context_slices)
@@ -128,23 +144,25 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start,
                                                jax.process_index(), jax.process_count()),
                               config.train.prefetch)
-  t0, minutes0, scores = time.time(), log.minutes, {}
+  t0, minutes0, scores, nonfinite = time.time(), log.minutes, {}, 0
   elapsed = lambda: minutes0 + (time.time() - t0) / 60.0
   bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
              disable=not primary)
   for step in bar:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
+    nonfinite = nonfinite + step_metrics["nonfinite"]  # summed on the device; read at log and save steps
     done = step + 1
     out_of_time = bool(config.train.max_minutes and elapsed() >= config.train.max_minutes)
     if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
       out_of_time = done % config.train.log_every == 0 and bool(
           multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
     last = done == config.train.steps or out_of_time
+    saving = done % config.train.eval_every == 0 or done % config.train.checkpoint_every == 0 or last
+    if done % config.train.log_every == 0 or saving:
+      check_finite(int(nonfinite), done, ckpt, workdir)
     if done % config.train.log_every == 0 or last:
       loss = float(step_metrics["loss"])
-      if not np.isfinite(loss):
-        raise InputError(f"loss became {loss} at step {done}; lower optim.learning_rate")
       bar.set_postfix(loss=f"{loss:.4f}")
       log.write({"step": done, "loss": loss, "minutes": elapsed()})
     if done % config.train.eval_every == 0 or last:
@@ -159,4 +177,5 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
       break
   ckpt.close()
+  del lock
   return {"step": int(state.step), **scores}

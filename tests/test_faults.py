@@ -1,0 +1,151 @@
+"""Faults a hostile but realistic user meets: NaN, kills between saves, locks, bad folders, Ctrl-C, disk full."""
+
+import errno
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tifffile
+
+from unet_jax import checkpoint, cli, data, download, losses, outputs, runlog, trainer
+from unet_jax.errors import InputError
+from unet_jax.model import abstract_variables, build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _finite(tree):
+  return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
+
+
+def test_nan_never_reaches_a_checkpoint(tiny_config, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  tiny_config.train.steps = 10
+  trainer.train_and_evaluate(tiny_config, workdir)
+  model = build_model(tiny_config.model)
+  before, _ = checkpoint.restore_variables(workdir, abstract_variables(model), "latest")
+  monkeypatch.setitem(losses.LOSSES, "log_dice", lambda s, smooth=1.0: jnp.nan * s["bce"])
+  tiny_config.train.steps = 20
+  with pytest.raises(InputError, match="became NaN or infinite .* resumes from the last saved \\(finite\\) step 10"):
+    trainer.train_and_evaluate(tiny_config, workdir)
+  assert checkpoint.saved_steps(workdir) == [10]  # nothing saved after the first NaN
+  after, step = checkpoint.restore_variables(workdir, abstract_variables(model), "best")
+  assert step == 10 and _finite(after)
+  jax.tree.map(np.testing.assert_array_equal, after, before)
+
+
+def test_a_nan_step_changes_nothing_but_the_step(tiny_config, monkeypatch):
+  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(mesh, trainer.create_train_state(tiny_config, build_model(tiny_config.model, parallel.AXIS),
+                                                              jax.random.PRNGKey(0)))
+  monkeypatch.setitem(losses.LOSSES, "log_dice", lambda s, smooth=1.0: jnp.inf * s["bce"])
+  batch = {"image": np.full((8, 32, 32, 1), 0.5, np.float32), "mask": np.zeros((8, 32, 32, 1), np.float32)}
+  params = jax.device_get(state.params)
+  new, metrics = trainer.make_parallel_train_step(mesh, tiny_config)(state, parallel.shard_batch(mesh, batch),
+                                                                      jax.random.PRNGKey(1))
+  assert int(metrics["nonfinite"]) == 1 and int(new.step) == 1
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(new.params), params)
+
+
+def test_a_kill_between_the_two_saves_keeps_the_right_best(tiny_config, tmp_path, monkeypatch):
+  """Killed right after the first of the two saves at the final step, the rerun still selects the best."""
+  workdir = str(tmp_path / "run")
+  original = ocp.CheckpointManager.save
+  calls = []
+
+  def save_then_die(self, step, *args, **kwargs):
+    result = original(self, step, *args, **kwargs)
+    calls.append(step)
+    if step == 20 and calls.count(20) == 1:
+      raise KeyboardInterrupt  # as kill -9 after one save
+    return result
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train_and_evaluate(tiny_config, workdir)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", original)
+  trainer.train_and_evaluate(tiny_config, workdir)  # the rerun
+  _, val = runlog.read(runlog.log_path(workdir))
+  dice = {r["step"]: r["val_dice"] for r in val}
+  assert set(dice) == {10, 20} and dice[10] != dice[20]
+  _, best = checkpoint.restore_variables(workdir, abstract_variables(build_model(tiny_config.model)), "best")
+  assert best == max(dice, key=dice.get)
+  assert checkpoint.saved_steps(workdir)[-1] == 20
+
+
+def test_a_second_run_on_a_locked_workdir_is_refused(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  lock = outputs.lock_workdir(str(workdir))
+  result = _run("train.py", "--config=configs/unet2d.py:tiny", f"--workdir={workdir}")
+  assert result.returncode != 0
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: workdir") and f"process {os.getpid()}" in line and "Traceback" not in result.stderr
+  assert not (workdir / "checkpoints").exists()
+  lock.close()  # released: the next run may take it (a killed process releases it the same way)
+  outputs.lock_workdir(str(workdir)).close()
+
+
+def test_work_folder_that_is_a_file(tiny_config, tmp_path):
+  (tmp_path / "run").write_text("not a folder")
+  with pytest.raises(InputError, match="work folder .* is a file"):
+    trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+def test_resume_with_another_model_is_one_line(tiny_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  tiny_config.train.steps = 2
+  tiny_config.train.checkpoint_every = 2
+  trainer.train_and_evaluate(tiny_config, workdir)
+  tiny_config.model.base_features = 8
+  tiny_config.train.steps = 4
+  with pytest.raises(InputError, match="does not fit the configured model"):
+    trainer.train_and_evaluate(tiny_config, workdir)
+
+
+def test_masks_without_foreground_warn(tiny_config, caplog):
+  splits = data.load_splits(tiny_config.data)
+  empty = data.Split(splits["val"].image, np.zeros_like(splits["val"].mask))
+  with caplog.at_level(logging.WARNING):
+    data.warn_if_empty({"train": splits["train"], "val": empty})
+  assert "val split's mask has no foreground" in caplog.text and "train split" not in caplog.text
+
+
+@pytest.mark.parametrize("error,expected", [
+    (KeyboardInterrupt(), "error: interrupted; rerun to resume"),
+    (OSError(errno.ENOSPC, "No space left on device", "/data/run/checkpoints"),
+     "error: No space left on device (/data/run/checkpoints); free disk space"),
+    (InputError("bad thing; do this"), "error: bad thing; do this")])
+def test_what_stops_a_run_is_one_line(error, expected):
+  def body():
+    raise error
+  with pytest.raises(SystemExit) as stop:
+    cli.run(body, "rerun to resume")
+  assert str(stop.value.code).startswith(expected)
+
+
+def test_unknown_config_key_and_mask_without_input_are_one_line(tmp_path):
+  result = _run("train.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}", "--config.train.stepz=5")
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith("error: bad command line") and "steps" in result.stderr
+  result = _run("evaluate.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}", "--mask=m.tif")
+  assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: --mask goes with --input")
+
+
+def test_a_corrupt_lucchi_file_on_disk_is_one_line(tmp_path):
+  path = tmp_path / "training.tif"
+  tifffile.imwrite(path, np.zeros((4, 16, 16), np.uint8), photometric="minisblack")
+  path.write_bytes(path.read_bytes()[:600])
+  with pytest.raises(InputError, match="is damaged .* delete it to download again"):
+    download.check_stack(str(path), (4, 16, 16))
