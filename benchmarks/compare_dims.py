@@ -1,0 +1,80 @@
+"""2D vs 2.5D vs 3D on one data set at the same training budget: the README's "does 3D help?" table.
+
+  python benchmarks/compare_dims.py --data=synthetic --minutes=5 --out=runs/dims_synthetic
+  python benchmarks/compare_dims.py --data=vnc --minutes=6 --out=runs/dims_vnc
+
+For each mode (configs/unet3d.py:DATA,mode=MODE), one at a time, each in its own process:
+1. `benchmarks/train_3d.py` times the train step (median of 3 after compiling) and the segmentation of
+   one test volume (evaluate.py's inference, compile excluded);
+2. `train.py` trains with the cosine schedule sized to the budget, train.steps = 0.8 x (budget -
+   compile time) / step time (the rest for validation passes and checkpoints), and
+   train.max_minutes = budget as a cap (the budget includes compiling, as a user would wait for it);
+3. `evaluate.py --split=val,test` scores the best-validation checkpoint, the threshold chosen on the
+   val split (eval.select_threshold) and never on test.
+Then prints one Markdown table: test Dice, foreground IoU, 3D instance F1 at IoU 0.5, minutes of
+training, steps, seconds per test volume. Extra arguments after `--` go to every train and evaluate.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("data", "synthetic", ["synthetic", "vnc", "lucchi", "tiny"], "configs/unet3d.py variant (tiny: a smoke test).")
+flags.DEFINE_float("minutes", 5.0, "Training budget per mode, wall minutes.")
+flags.DEFINE_string("out", None, "Parent folder of the runs (one workdir per mode).")
+flags.DEFINE_list("modes", ["2d", "2.5d", "3d"], "Modes to compare.")
+flags.mark_flags_as_required(["out"])
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
+
+
+def run(args: list[str]) -> str:
+  """Runs `python args...` from the repository root; returns stdout (raises on failure)."""
+  print("$ python " + " ".join(args), flush=True)
+  done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+  if done.returncode:
+    sys.exit(f"failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+  return done.stdout
+
+
+def json_line(stdout: str) -> dict:
+  return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def main(argv: list[str]) -> None:
+  extra = argv[1:]
+  rows = []
+  for mode in FLAGS.modes:
+    config = f"--config=configs/unet3d.py:{FLAGS.data},mode={mode}"
+    workdir = os.path.join(FLAGS.out, mode)
+    speed = json_line(run(["benchmarks/train_3d.py", config, "--steps=3", *extra]))
+    predict = json_line(run(["benchmarks/train_3d.py", config, "--mode=predict", *extra]))
+    steps = max(10, int(0.8 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))
+    run(["train.py", config, f"--workdir={workdir}", f"--config.train.steps={steps}",
+         f"--config.train.max_minutes={FLAGS.minutes}", f"--config.train.eval_every={max(5, steps // 5)}",
+         f"--config.train.checkpoint_every={max(5, steps // 5)}", *extra])
+    run(["evaluate.py", config, f"--workdir={workdir}", "--split=val,test", *EVAL_OVERRIDES, *extra])
+    report = json.load(open(os.path.join(ROOT, workdir, "report", "report.json")))
+    test = next(r for r in report["runs"] if r["split"] == "test")
+    f1 = next(s["f1"] for s in test["instances"]["3d"] if abs(s["iou_threshold"] - 0.5) < 1e-9)
+    log = [json.loads(line) for line in open(os.path.join(ROOT, workdir, "log.jsonl"))]
+    minutes = max(r.get("minutes", 0.0) for r in log)
+    trained = max(r.get("step", 0) for r in log)
+    rows.append([mode, f"{test['pixel']['dice']:.4f}", f"{test['pixel']['iou']:.4f}", f"{f1:.3f}",
+                 f"{test['threshold']['value']:g}", f"{minutes:.1f}", f"{trained} of {steps}",
+                 f"{speed['step_s']:.2f}", f"{predict['predict_s_per_volume']:.1f}"])
+    print(json.dumps({"mode": mode, "row": rows[-1], "speed": speed, "predict": predict}), flush=True)
+  header = ["mode", "test Dice", "test fg IoU", "3D instance F1 @0.5", "threshold (val)", "train min", "steps",
+            "s/step", "s per test volume"]
+  print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+  for row in rows:
+    print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+  app.run(main)
