@@ -32,7 +32,7 @@ def test_lucchi_offline_fails_fast_with_one_line(tmp_path):
 
 def test_bad_config_value_is_one_line(tmp_path):
   result = _run("train.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}/w", "--config.train.loss=focal")
-  assert result.returncode != 0 and _error_line(result).startswith("error: train.loss must be one of")
+  assert result.returncode != 0 and _error_line(result).startswith("error: config field train.loss='focal' is invalid")
 
 
 def test_missing_data_folder_is_one_line(tmp_path):

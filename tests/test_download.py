@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import download
+from unet_jax import data, download
 from unet_jax.errors import InputError
 
 SHAPE = (3, 8, 10)
