@@ -109,7 +109,7 @@ def test_review_list_catches_the_least_confident_errors():
   matched = np.array([1, 0, 1, 1, 1, 0, 0], bool)  # objects 1, 5, 6 are spurious
   table = {s: confidence for s in uncertainty.SCORES}
   r = uncertainty.review(table, matched, top_k=3, resamples=1000)
-  assert r["order"] == [6, 1, 3] and r["caught"] == 2 and r["n_wrong"] == 3
+  assert r["order"] == [6, 1, 3] and r["caught"] == 2 and r["n_wrong"] == 3 and r["k_all"] == 4  # 5 is 4th
   assert r["random_expected"] == pytest.approx(3 * 3 / 7)
   # Correct ones score 0.95, 0.9, 0.3, 0.85 against spurious 0.2, 0.5, 0.1: 0.3 loses to 0.5 only: 11 of 12.
   assert r["auroc"]["confidence"]["estimate"] == pytest.approx(11 / 12)

@@ -172,12 +172,14 @@ def _review_section(runs: list[dict[str, Any]]) -> list[str]:
                    "AUROC confidence", "AUROC mean prob", "AUROC certainty", "AUROC boundary sharpness"],
                   [[r["run"], r["split"], dims.upper(), f"{v['iou_threshold']:g}", v["n_objects"], v["n_wrong"],
                     v["top_k"], v["caught"], f"{v['random_expected']:.1f}", score(v, "confidence"),
-                    score(v, "mean_prob"), score(v, "certainty"), score(v, "boundary_sharpness")]
+                    score(v, "mean_prob"), score(v, "certainty") if r["uncertainty"]["source"] else "no map",
+                    score(v, "boundary_sharpness")]
                    for r, dims, v in rows])
   lines += [""] + [f"- {r['run']} / {r['split']} ({dims.upper()}): checking the {v['top_k']} least confident of "
                    f"{v['n_objects']} predicted mitochondria by hand would catch {v['caught']} of the {v['n_wrong']} "
                    f"spurious ones ({v['top_k'] * 100 // max(v['n_objects'], 1)} % of the objects checked; "
-                   f"{v['random_expected']:.1f} expected from a random pick)." for r, dims, v in rows]
+                   f"{v['random_expected']:.1f} expected from a random pick); all {v['n_wrong']} are among the "
+                   f"{v['k_all']} least confident." for r, dims, v in rows]
   return lines
 
 

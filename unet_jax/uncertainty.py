@@ -137,14 +137,17 @@ def review(table: dict[str, np.ndarray], matched: np.ndarray, top_k: int, resamp
   `table` holds one row per predicted object (`object_confidence` columns and 'label'); `matched`
   bool[n] says which objects are correct. Returns {'order' (row indices of the list), 'top_k',
   'n_objects', 'n_wrong', 'caught' (wrong objects in the list), 'random_expected' (caught by k
-  random objects, on average), 'auroc': {score: interval}}.
+  random objects, on average), 'k_all' (the shortest list holding every wrong object),
+  'auroc': {score: interval}}.
   """
   matched = np.asarray(matched, bool)
   n = len(matched)
   k = min(int(top_k), n)
-  order = np.lexsort((np.arange(n), table["confidence"]))[:k]  # lowest confidence first, ties by label
+  ranked = np.lexsort((np.arange(n), table["confidence"]))  # lowest confidence first, ties by label
+  order = ranked[:k]
   wrong = int(np.sum(~matched))
   return {"order": order.tolist(), "top_k": k, "n_objects": n, "n_wrong": wrong,
           "caught": int(np.sum(~matched[order])), "random_expected": k * wrong / n if n else 0.0,
+          "k_all": int(np.flatnonzero(~matched[ranked]).max(initial=-1) + 1),
           "auroc": {s: auroc_interval(table[s], matched, resamples, confidence, seed)
                     for s in SCORES}}
