@@ -154,7 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.bootstrap_seed = 0  # the same seed gives the same intervals
   c.eval.calibration_bins = 15  # equal-width probability bins of the reliability diagram and ECE
   c.eval.calibrate = False  # True: apply the temperature fitted on the val split (workdir/calibration.json)
-  c.eval.uncertainty = "tta"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
+  c.eval.uncertainty = "none"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
   c.eval.review_top_k = 20  # length of the review list of least confident predicted mitochondria
 
   # explain.py (unet_jax/explanation.py): how the network arrived at each object, which filters did it.

@@ -211,6 +211,7 @@ def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
   config, workdir = trained
   config = config.copy_and_resolve_references()
   config.eval.calibrate = True
+  config.eval.uncertainty = "tta"
   report_dir = str(tmp_path / "report")
   report = evaluation.evaluate(config, [workdir, workdir], report_dir, ["val", "test"])
   val, test = report["runs"][:2]
@@ -243,7 +244,6 @@ def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
 def test_temperature_never_sees_the_test_split(trained, tmp_path, monkeypatch):
   config, workdir = trained
   config = config.copy_and_resolve_references()
-  config.eval.uncertainty = "none"
   real = data.load_splits(config.data)
   fitted_on = []
   fit = calibration.fit_temperature
