@@ -77,6 +77,8 @@ def test_store_and_load_temperature_by_step(tmp_path):
   assert calibration.load_temperature(str(tmp_path), 5) == 1.3 and calibration.load_temperature(str(tmp_path), 9) == 0.8
   with open(tmp_path / calibration.FILE) as f:
     assert json.load(f)["5"]["fitted_on"] == "val"
+  with pytest.raises(InputError, match="cannot store"):
+    calibration.save_temperature(str(tmp_path / "absent"), {"step": 1, "temperature": 1.0})
   (tmp_path / calibration.FILE).write_text("{not json")
   with pytest.raises(InputError, match="cannot read"):
     calibration.load_temperature(str(tmp_path), 5)

@@ -134,9 +134,13 @@ def save_temperature(workdir: str, record: dict[str, Any]) -> str:
   records = _read(path) if os.path.isfile(path) else {}
   records[str(int(record["step"]))] = record
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(records, f, indent=1)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(records, f, indent=1)
+    os.replace(tmp, path)
+  except OSError as e:
+    raise InputError(f"cannot store the temperature in {path} ({e.strerror}); make the workdir writable "
+                     "or evaluate a copy of it") from e
   return path
 
 
