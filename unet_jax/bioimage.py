@@ -76,6 +76,11 @@ def _require_bioimageio() -> tuple[Any, Any]:
   return spec, v0_5
 
 
+def data_label(data_config: Any) -> str:
+  """A short name of the training data: data.name, or the folder's name for data.name='folder'."""
+  return os.path.basename(os.path.normpath(data_config.root)) if data_config.name == "folder" else data_config.name
+
+
 def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, int], threshold: float) -> str:
   """README.md of the package: what the model does, its training data, its scores, how to validate it."""
   voxel = tuple(config.data.voxel_size_nm)
@@ -86,11 +91,11 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
       "Segments mitochondria in electron microscopy, one 2D slice at a time: the output is the probability of",
       f"mitochondrion per pixel; threshold it at {threshold:g} for a mask.", "",
       "## Training data", "",
-      f"- data: `{config.data.name}` from `{config.data.root or 'generated (synthetic)'}`",
+      f"- data: `{data_label(config.data)}` from `{config.data.root or 'generated (synthetic)'}`",
       f"- pixel size (z, y, x): {voxel[0]:g} x {voxel[1]:g} x {voxel[2]:g} nm; inputs at another pixel size should be "
       "resampled to this one first",
-      f"- {config.train.steps} training steps of {config.train.batch_size} patches of {config.train.patch_size} px; "
-      f"checkpoint step {step}",
+      f"- checkpoint of training step {step} (`eval.checkpoint={config.eval.checkpoint}`), batches of "
+      f"{config.train.batch_size} patches of {config.train.patch_size} px",
       f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
       f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px", "",
       "## Validation", "",
@@ -195,8 +200,8 @@ def _describe(v0_5: Any, config: Any, report: dict[str, Any], step: int, window:
       data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
   scores = "; ".join(f"{r['split']} Dice {r['pixel']['dice']:.3f}, IoU {r['pixel']['iou']:.3f}" for r in report["runs"])
   return v0_5.ModelDescr(
-      name=f"unet-jax mitochondria {config.data.name}",
-      description=(f"2D U-Net for mitochondria in EM, trained on {config.data.name} "
+      name=f"unet-jax mitochondria {data_label(config.data)}",
+      description=(f"2D U-Net for mitochondria in EM, trained on {data_label(config.data)} "
                    f"({voxel_y:g} nm pixels), checkpoint step {step}: {scores}.")[:1024],
       authors=[v0_5.Author(name=author)],
       cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
