@@ -88,6 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2  # batches sampled ahead in a background thread
+  c.train.budget_minutes = 0.0  # > 0: time the first steps, then fit the run (and its cosine schedule) into this many minutes
+  c.train.budget_measure_steps = 10  # steps timed for the budget (after compiling); within optim.warmup_steps
   c.train.max_minutes = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
 
   c.optim = ml_collections.ConfigDict()
@@ -162,7 +164,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.explain.seed = 0
   c.explain.crop = 0  # side of the crop around each object, pixels (0: eval.window); grown to cover the object
   c.explain.batch_size = 8  # network inputs per call (path points, noisy copies, channel masks)
-  c.explain.ig_steps = 64  # integrated-gradients points (midpoint rule), >= 2
+  c.explain.ig_steps = 64  # integrated-gradients points (midpoint rule), >= 2 ...
+  c.explain.ig_max_steps = 512  # ... doubled up to this many until the completeness error < ig_tolerance
+  c.explain.ig_tolerance = 0.01  # completeness error |sum(IG) - (F(x) - F(b))| / |F(x) - F(b)|, in (0, 1)
   c.explain.blur_sigma = 8.0  # blurred baseline (and deletion fill): Gaussian sigma in pixels, > 0
   c.explain.smoothgrad_samples = 0  # SmoothGrad noisy copies, >= 0 (0: off)
   c.explain.smoothgrad_noise = 0.1  # SmoothGrad noise std, a fraction of the crop's intensity range
@@ -184,8 +188,7 @@ def vnc(c: ml_collections.ConfigDict) -> None:
   c.data.name = "folder"
   c.data.root = "../shared/data/vnc"
   c.data.voxel_size_nm = (50.0, 4.6, 4.6)
-  c.train.steps = 1200
-  c.train.max_minutes = 45.0  # stop (and checkpoint) after this many minutes
+  c.train.budget_minutes = 45.0  # the run's length is fitted to 45 minutes on whatever machine runs it
 
 
 def synthetic(c: ml_collections.ConfigDict) -> None:

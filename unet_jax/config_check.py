@@ -94,7 +94,9 @@ def _rules(section: str) -> list[Rule]:
             ("train.checkpoint_every", _int(1), "an integer >= 1"),
             ("train.keep_checkpoints", _int(1), "an integer >= 1 (something to resume from)"),
             ("train.prefetch", _int(0), "an integer >= 0 (0: no background sampling)"),
-            ("train.max_minutes", _num(0.0), "a number >= 0 (0: no limit)")]
+            ("train.max_minutes", _num(0.0), "a number >= 0 (0: no limit)"),
+            ("train.budget_minutes", _num(0.0), "a number >= 0 (0: train.steps steps)"),
+            ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]")]
   if section == "optim":
     from unet_jax import optim  # pylint: disable=g-import-not-at-top
     return [("optim.name", _one_of(*optim.OPTIMIZERS), f"one of {optim.OPTIMIZERS}"),
@@ -168,6 +170,12 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
       problems.append(f"train.patch_size={config.train.patch_size!r} must be one size or {ndim} sizes, each "
                       f"divisible by 2**model.depth={2 ** config.model.depth} on its pooled axes "
                       f"({'x'.join(map(str, factors))} per axis)")
+  if {"train", "optim"} <= set(sections) and _present(config, "train") and _present(config, "optim"):
+    t, o = config.train, config.optim
+    if t.budget_minutes and o.warmup_steps < t.budget_measure_steps:
+      problems.append(f"train.budget_minutes needs optim.warmup_steps ({o.warmup_steps}) >= "
+                      f"train.budget_measure_steps ({t.budget_measure_steps}), so the measured steps do not "
+                      "depend on the run's length")
   return problems
 
 

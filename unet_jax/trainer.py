@@ -36,7 +36,7 @@ def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
   variables = jax.jit(build_model(config.model).init, static_argnames="train")(key, dummy, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
-                           tx=optim.make_optimizer(config.optim, config.train.steps))
+                           tx=optim.make_optimizer(config.optim, 0 if config.train.budget_minutes else config.train.steps))
 
 
 def state_tree(state: TrainState) -> dict[str, Any]:
@@ -101,6 +101,14 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
   return metrics.pixel_scores(probs >= eval_config.threshold, split.mask)
 
 
+def budget_steps(train_config: Any, done: int, minutes_used: float, seconds_per_step: float,
+                 seconds_per_validation: float) -> int:
+  """The run's total steps under `train.budget_minutes`: as many as the time left allows, validations included."""
+  left = 60.0 * (train_config.budget_minutes - minutes_used)
+  per_step = seconds_per_step + seconds_per_validation / train_config.eval_every
+  return done + max(0, int(left / per_step))
+
+
 def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, workdir: str) -> None:
   """Stops the run, saving nothing more, once any step had a non-finite loss or gradient."""
   if nonfinite_steps:
@@ -109,6 +117,21 @@ def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, 
     raise InputError(f"the loss or its gradient became NaN or infinite ({nonfinite_steps} step(s) up to step {step} "
                      f"were skipped, nothing non-finite was saved); lower optim.learning_rate (or raise "
                      f"train.smooth) and rerun with --workdir={workdir}: {resume}")
+
+
+def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, minutes: float, eval_model: UNet,
+               val: data.Split) -> int:
+  """The total steps that fit train.budget_minutes, from the step time since `measured_from` and one timed
+  validation; decided by process 0 and shared, so every process stops at the same step."""
+  jax.block_until_ready(state)
+  seconds_per_step = (time.time() - measured_from) / (config.train.budget_measure_steps - 1)
+  start = time.time()
+  evaluate_split(eval_model, parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats}),
+                 val, config.eval)
+  seconds_per_validation = time.time() - start
+  total = budget_steps(config.train, done, minutes + seconds_per_validation / 60.0, seconds_per_step,
+                       seconds_per_validation)
+  return int(multihost_utils.broadcast_one_to_all(np.int32(total))) if jax.process_count() > 1 else total
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -139,6 +162,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   log = runlog.MetricLog(workdir, enabled=primary)
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
              "minutes": log.minutes})
+  if not config.train.budget_minutes:  # step-count training: train.steps (a resumed run may be extended)
+    state = state.replace(opt_state=optim.set_total_steps(state.opt_state, config.train.steps))
+  total = optim.total_steps(state.opt_state)  # 0 until a budgeted run has measured its speed
   state = parallel.replicate(mesh, state)
   step_fn = make_parallel_train_step(mesh, config)
   batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start,
@@ -146,18 +172,29 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
                               config.train.prefetch)
   t0, minutes0, scores, nonfinite = time.time(), log.minutes, {}, 0
   elapsed = lambda: minutes0 + (time.time() - t0) / 60.0
-  bar = tqdm(range(start, config.train.steps), initial=start, total=config.train.steps, desc="train",
-             disable=not primary)
-  for step in bar:
+  bar = tqdm(initial=start, total=total or None, desc="train", disable=not primary)
+  measured_from, step = None, start
+  while not total or step < total:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
     nonfinite = nonfinite + step_metrics["nonfinite"]  # summed on the device; read at log and save steps
-    done = step + 1
+    done, step = step + 1, step + 1
+    bar.update()
+    if not total and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
+      jax.block_until_ready(state)
+      measured_from = time.time()
+    if not total and done == start + config.train.budget_measure_steps:
+      total = fix_budget(config, state, measured_from, done, elapsed(), eval_model, splits["val"])
+      state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
+      log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed()})
+      bar.total = total
+      bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all (logged; a resumed "
+                "run keeps them)")
     out_of_time = bool(config.train.max_minutes and elapsed() >= config.train.max_minutes)
     if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
       out_of_time = done % config.train.log_every == 0 and bool(
           multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
-    last = done == config.train.steps or out_of_time
+    last = done == total or out_of_time
     saving = done % config.train.eval_every == 0 or done % config.train.checkpoint_every == 0 or last
     if done % config.train.log_every == 0 or saving:
       check_finite(int(nonfinite), done, ckpt, workdir)
@@ -176,6 +213,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
     if out_of_time:
       bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
       break
+  bar.close()
   ckpt.close()
   del lock
   return {"step": int(state.step), **scores}

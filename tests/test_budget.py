@@ -1,0 +1,80 @@
+"""The budgeted schedule: the learning rate as optax's, a measured step count that is logged and kept."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import unet2d
+from unet_jax import checkpoint, config_check, optim, runlog, trainer
+from unet_jax.errors import InputError
+
+
+def test_schedule_equals_optax_warmup_cosine():
+  o = unet2d.get_config("vnc").optim
+  reference = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, 1200,
+                                                 o.learning_rate * o.final_lr_fraction)
+  steps = np.array([0, 1, 50, 99, 100, 101, 600, 1199, 1200, 1500])
+  np.testing.assert_allclose([optim.learning_rate(o, s, 1200) for s in steps], [reference(s) for s in steps],
+                             rtol=1e-5, atol=1e-9)
+  assert float(optim.learning_rate(o, 1200, 1200)) == pytest.approx(o.learning_rate * o.final_lr_fraction)
+  o.schedule = "constant"
+  assert float(optim.learning_rate(o, 500, 0)) == pytest.approx(o.learning_rate)
+
+
+def test_adamw_equals_optax_adamw():
+  o = unet2d.get_config("vnc").optim
+  o.grad_clip = 0.0
+  schedule = optax.warmup_cosine_decay_schedule(0.0, o.learning_rate, o.warmup_steps, 300,
+                                                o.learning_rate * o.final_lr_fraction)
+  params = {"w": jnp.linspace(-1.0, 1.0, 6)}
+  ours, theirs = optim.make_optimizer(o, 300), optax.adamw(schedule, weight_decay=o.weight_decay)
+  s1, s2 = ours.init(params), theirs.init(params)
+  for i in range(130):
+    grads = {"w": jnp.sin(params["w"] * (i + 1))}
+    u1, s1 = ours.update(grads, s1, params)
+    u2, s2 = theirs.update(grads, s2, params)
+    np.testing.assert_allclose(u1["w"], u2["w"], rtol=2e-5, atol=1e-10)
+  assert optim.total_steps(s1) == 300 and optim.total_steps(optim.set_total_steps(s1, 77)) == 77
+
+
+def test_budget_arithmetic():
+  t = unet2d.get_config("tiny").train
+  t.budget_minutes, t.eval_every = 10.0, 100
+  # 8 minutes left; each step costs 2 s + a 40 s validation every 100 steps = 2.4 s: 200 more steps.
+  assert trainer.budget_steps(t, 10, 2.0, 2.0, 40.0) == 210
+  assert trainer.budget_steps(t, 10, 11.0, 2.0, 40.0) == 10  # over budget already: stop now
+
+
+def test_budget_needs_the_measured_steps_inside_the_warmup():
+  config = unet2d.get_config("tiny")
+  config.train.budget_minutes = 5.0
+  with pytest.raises(InputError, match="warmup_steps .* >= train.budget_measure_steps"):
+    config_check.validate(config)
+
+
+def test_budgeted_run_logs_its_length_keeps_it_and_is_reproducible(tiny_config, tmp_path):
+  tiny_config.train.budget_minutes = 0.4
+  tiny_config.train.budget_measure_steps = 3
+  tiny_config.optim.warmup_steps = 3
+  tiny_config.train.eval_every = tiny_config.train.checkpoint_every = 10
+  budgeted = str(tmp_path / "budget")
+  first = trainer.train_and_evaluate(tiny_config, budgeted)
+  events = [r for r in runlog.records(runlog.log_path(budgeted)) if r.get("event") == "budget"]
+  assert len(events) == 1 and events[0]["step"] == 3
+  total = events[0]["total_steps"]
+  assert first["step"] == total >= 3
+  tiny_config.train.budget_minutes = 30.0  # resumed: the logged length stands, nothing more to do
+  assert trainer.train_and_evaluate(tiny_config, budgeted)["step"] == total
+  assert [r.get("event") for r in runlog.records(runlog.log_path(budgeted))].count("budget") == 1
+  # The same run by step count (the logged number) gives the same parameters, bit for bit.
+  tiny_config.train.budget_minutes, tiny_config.train.steps = 0.0, total
+  by_steps = str(tmp_path / "steps")
+  trainer.train_and_evaluate(tiny_config, by_steps)
+  target = jax.eval_shape(lambda: trainer.state_tree(trainer.create_train_state(
+      tiny_config, trainer.build_model(tiny_config.model), jax.random.PRNGKey(0))))
+  a, _ = checkpoint.restore(budgeted, target, "latest")
+  b, _ = checkpoint.restore(by_steps, target, "latest")
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  assert optim.total_steps(a["opt_state"]) == optim.total_steps(b["opt_state"]) == total
