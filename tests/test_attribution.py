@@ -120,3 +120,15 @@ def test_bad_layer_and_baseline_are_one_line_errors_listing_valid_choices():
   assert "\n" not in message and "enc0, enc1, bottleneck, dec1, dec0" in message
   with pytest.raises(InputError, match="valid baselines: black, blurred"):
     attribution.baseline(image, "white", 1.0)
+
+
+def test_steps_are_doubled_until_complete():
+  model, variables = _unet_with_statistics()
+  image, weights = _image_and_object()
+  base = attribution.baseline(image, "blurred", 4.0)
+  coarse = attribution.integrated_gradients(model, variables, image, weights, base, 2)
+  assert attribution.completeness_error(*coarse) > 0.01
+  attr, score, base_score, steps = attribution.integrated_gradients_to_tolerance(
+      model, variables, image, weights, base, steps=2, max_steps=256, tolerance=0.01)
+  assert steps > 2 and attribution.completeness_error(attr, score, base_score) < 0.01
+  assert attribution.integrated_gradients_to_tolerance(model, variables, image, weights, base, 2, 3)[3] == 2

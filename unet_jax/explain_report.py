@@ -7,17 +7,27 @@ percentile of magnitude; Grad-CAM maps (>= 0) with a sequential one. The object'
 drawn on the input.
 """
 
+import io
 import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from unet_jax import morphometry, probe
 from unet_jax.model import UNet
 
 DPI = 60
+
+
+def _save(fig: Figure, path: str) -> None:
+  """Writes `fig` as a 256-colour PNG (a third of the size of matplotlib's RGBA PNG)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=DPI, format="png")
+  buffer.seek(0)
+  Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
 
 
 def _show(ax: Any, picture: np.ndarray, title: str, kind: str = "grey", outline: np.ndarray | None = None) -> None:
@@ -47,7 +57,7 @@ def save_object_panel(path: str, title: str, crop: dict[str, np.ndarray], result
   stages = result.get("randomisation_maps", {})
   columns = max(len(first) + 1, len(stages) + 1)
   rows = 2 if stages else 1
-  fig = Figure(figsize=(1.7 * columns, 1.9 * rows + 0.3))
+  fig = Figure(figsize=(2.1 * columns, 2.3 * rows + 0.3))
   axes = fig.subplots(rows, columns, squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
@@ -69,7 +79,7 @@ def save_object_panel(path: str, title: str, crop: dict[str, np.ndarray], result
       _show(ax, picture, f"random to {stage}\nSpearman {spearman[stage]:.2f}", "signed")
   fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
+  _save(fig, path)
 
 
 def save_kernels(path: str, kernels: np.ndarray) -> None:
@@ -82,7 +92,7 @@ def save_kernels(path: str, kernels: np.ndarray) -> None:
     ax.set_title(str(c), fontsize=7)
     ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
+  _save(fig, path)
 
 
 def save_gallery(path: str, pictures: dict[str, Any]) -> None:
@@ -99,7 +109,7 @@ def save_gallery(path: str, pictures: dict[str, Any]) -> None:
     for ax in row[1 + len(patches):]:
       ax.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
+  _save(fig, path)
 
 
 def _filter_tables(model: UNet, results: Sequence[tuple[Any, dict[str, Any]]], dataset: dict[str, Any]
@@ -136,23 +146,25 @@ def _markdown(doc: dict[str, Any]) -> str:
            "Each object's score is the sum of its pixels' logits; every map explains that number on a crop "
            "centred on the object. Red: raises the score, blue: lowers it.", ""]
   lines += ["## Objects", "", "| object | status | pixels | crop (y0, x0, y1, x1) | score | IG completeness error "
-            "(black / blurred) | deletion AUC (attribution / random) | deletion check |", "|---|---|---|---|---|---|---|---|"]
+            "(black / blurred; steps) | deletion AUC (attribution / random) | deletion check |", "|---|---|---|---|---|---|---|---|"]
   for o in doc["objects"]:
     d = o["deletion"]
     lines.append(f"| [{o['title']}]({o['panel']}) | {o['status'] or '-'} | {o['pixels']} | {tuple(o['crop'])} | "
                  f"{o['score']:.4g} | {o['ig_black']['completeness_error']:.2%} / "
-                 f"{o['ig_blurred']['completeness_error']:.2%} | {d['auc']['attribution']:.4g} / "
+                 f"{o['ig_blurred']['completeness_error']:.2%}; {o['ig_black']['steps']} / {o['ig_blurred']['steps']} | "
+                 f"{d['auc']['attribution']:.4g} / "
                  f"{d['auc']['random']:.4g} | {'passed' if d['passed'] else 'FAILED'} |")
   with_sanity = [o for o in doc["objects"] if "randomisation" in o]
   if with_sanity:
     stages = [r["stage"] for r in with_sanity[0]["randomisation"]]
     lines += ["", "## Sanity check: cascading randomisation (Adebayo et al. 2018)", "",
               "Spearman rank correlation between the trained model's IG map (blurred baseline) and the map "
-              "after re-initialising the weights from the head down to each stage (signed maps; |maps| in "
-              "explain.json). It should fall towards 0.", "",
+              "after re-initialising the weights from the head down to each stage, of the signed maps / of "
+              "their magnitudes. It should fall towards 0.", "",
               "| object | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
     for o in with_sanity:
-      lines.append(f"| {o['name']} | " + " | ".join(f"{r['spearman']:.2f}" for r in o["randomisation"]) + " |")
+      lines.append(f"| {o['name']} | " + " | ".join(f"{r['spearman']:.2f} / {r['spearman_abs']:.2f}"
+                                                  for r in o["randomisation"]) + " |")
   with_filters = [o for o in doc["objects"] if "top_filters" in o]
   if with_filters:
     lines += ["", "## Which filters did it", "",

@@ -16,7 +16,8 @@ negatives.
 Each object is explained on a crop of `explain.crop` pixels (0: eval.window) centred on it, grown
 to cover it and clipped to the slice, so each method costs seconds on a CPU; the score explained
 is the sum of the object's logits (unet_jax.probe). Per object: integrated gradients from black and
-blurred baselines with their completeness errors, optional SmoothGrad, Seg-Grad-CAM at
+blurred baselines with their completeness errors (steps doubled from `explain.ig_steps` until the
+error is below `explain.ig_tolerance`, at most `explain.ig_max_steps`), optional SmoothGrad, Seg-Grad-CAM at
 `explain.cam_layers`, deletion curves (most attributed vs random order), the cascading
 randomisation test, and exact and estimated importance of every filter. Once per run: each
 filter's drop in validation Dice, the first-layer kernels, and for the top filters of
@@ -177,6 +178,8 @@ def check_explain_config(model: UNet, ex: Any) -> None:
   for name in (*ex.cam_layers, *ex.gallery_layers):
     probe.check_block(model, name)
   problems = [(ex.ig_steps < 2, f"explain.ig_steps={ex.ig_steps} must be >= 2"),
+              (ex.ig_max_steps < ex.ig_steps, f"explain.ig_max_steps={ex.ig_max_steps} must be >= explain.ig_steps"),
+              (not 0 < ex.ig_tolerance < 1, f"explain.ig_tolerance={ex.ig_tolerance} must be in (0, 1)"),
               (ex.sanity_steps < 2, f"explain.sanity_steps={ex.sanity_steps} must be >= 2"),
               (ex.batch_size < 1, f"explain.batch_size={ex.batch_size} must be >= 1"),
               (ex.crop < 0, f"explain.crop={ex.crop} must be >= 0 pixels (0: eval.window)"),
@@ -210,10 +213,10 @@ def explain_object(model: UNet, variables: Any, image: np.ndarray, weights: np.n
   out: dict[str, Any] = {"maps": {}, "seconds": t}
   bases = {kind: attribution.baseline(image, kind, ex.blur_sigma) for kind in attribution.BASELINES}
   for kind, base in bases.items():
-    attr, score, base_score = _timed(t, "integrated_gradients", lambda: attribution.integrated_gradients(
-        model, variables, image, weights, base, ex.ig_steps, ex.batch_size))
+    attr, score, base_score, steps = _timed(t, f"ig_{kind}", lambda: attribution.integrated_gradients_to_tolerance(
+        model, variables, image, weights, base, ex.ig_steps, ex.ig_max_steps, ex.ig_tolerance, ex.batch_size))
     out["maps"][f"ig_{kind}"] = attr
-    out[f"ig_{kind}"] = {"score": score, "baseline_score": base_score, "sum": float(attr.sum()),
+    out[f"ig_{kind}"] = {"score": score, "baseline_score": base_score, "sum": float(attr.sum()), "steps": steps,
                          "completeness_error": attribution.completeness_error(attr, score, base_score)}
   out["score"] = out["ig_black"]["score"]
   key_sg, key_random, key_sanity = jax.random.split(key, 3)
