@@ -93,25 +93,27 @@ def test_anisotropic_unet_shapes_and_kernels():
   params = variables["params"]
   assert params["enc0"]["conv0"]["kernel"].shape == (3, 3, 1, 2)  # in-plane: a 2D kernel over every section
   assert params["dec2"]["conv1"]["kernel"].shape[:2] == (3, 3) and params["dec2"]["conv1"]["kernel"].ndim == 4
-  assert params["enc3"]["conv0"]["kernel"].shape[:3] == (3, 3, 3)
-  assert params["bottleneck"]["conv0"]["kernel"].shape[:3] == (3, 3, 3)
+  assert params["enc3"]["conv0"]["kernel"].shape == (3, 3, 3 * 8, 16)  # 3 sections stacked as channels
+  assert params["bottleneck"]["conv0"]["kernel"].shape == (3, 3, 3 * 16, 32)
   _, state = model.apply(variables, x, mutable=["intermediates"])
   assert state["intermediates"]["bottleneck"]["features"][0].shape == (1, 2, 2, 3, 32)
   with pytest.raises(InputError, match=r"2x16x16 per axis"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32, 1)))
 
 
-def test_in_plane_kernels_equal_a_1x3x3_convolution():
-  """The 2D convolution of every section equals flax's 3D convolution with the kernel given a unit z axis."""
-  model = UNet(ndim=3, depth=1, base_features=3, norm="none", kernel_sizes=((1, 3, 3),) * 2, pool_factors=((1, 2, 2),))
-  x = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 8, 8, 1))
+@pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 3, 3), (5, 3, 1)])
+def test_convolution_by_sections_equals_the_3d_convolution(kernel):
+  """Sections stacked with their neighbours as channels, then a 2D convolution: flax's 3D convolution."""
+  model = UNet(ndim=3, depth=1, base_features=3, norm="none", kernel_sizes=(kernel,) * 2, pool_factors=((1, 2, 2),))
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 5, 8, 8, 1))
   variables = model.init(jax.random.PRNGKey(0), x)
   _, state = model.apply(variables, x, mutable=["intermediates"])
-  p = variables["params"]["enc0"]
   y = x
   for i in range(2):
-    kernel, bias = p[f"conv{i}"]["kernel"][None], p[f"conv{i}"]["bias"]
-    y = nn.relu(nn.Conv(3, (1, 3, 3)).apply({"params": {"kernel": kernel, "bias": bias}}, y))
+    p = variables["params"]["enc0"][f"conv{i}"]
+    k, c = kernel[0], y.shape[-1]
+    kernel3d = jnp.transpose(p["kernel"].reshape(*kernel[1:], k, c, -1), (2, 0, 1, 3, 4))  # [dz, y, x, c, f]
+    y = nn.relu(nn.Conv(3, kernel).apply({"params": {"kernel": kernel3d, "bias": p["bias"]}}, y))
   np.testing.assert_allclose(state["intermediates"]["enc0"]["features"][0], y, rtol=1e-5, atol=1e-5)
 
 

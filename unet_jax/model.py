@@ -37,6 +37,23 @@ def max_pool2(x: jax.Array, factors: Sequence[int] | None = None) -> jax.Array:
   return x.max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
+def conv_by_sections(conv: nn.Conv, x: jax.Array, depth_kernel: int) -> jax.Array:
+  """The 3D convolution ('SAME', zero padding) of x[B, D, H, W, C] by a depth_kernel x k x k kernel, as a 2D one.
+
+  Every section is stacked with its depth_kernel - 1 neighbours as channels (zeros beyond the ends)
+  and `conv`, a k x k convolution with kernel f32[k, k, depth_kernel * C, C_out], runs on the B * D
+  sections at once. The same sums as the 3D operation (kernel[dz, y, x, c] = this one's [y, x,
+  dz * C + c]), but XLA's CPU 2D kernels are much faster: gradient 3.3x, forward 2.2x for 3 x 3 x 3
+  (and 3.3x, 5x for 1 x 3 x 3, where nothing is stacked), measured on this project's CPU.
+  """
+  b, d = x.shape[:2]
+  r = depth_kernel // 2
+  padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0))) if r else x
+  stacked = jnp.concatenate([padded[:, dz:dz + d] for dz in range(depth_kernel)], axis=-1)
+  y = conv(stacked.reshape(b * d, *stacked.shape[2:]))
+  return y.reshape(b, d, *y.shape[1:])
+
+
 class ConvBlock(nn.Module):
   """Two (conv 3^N, norm, ReLU) layers; `kernel_size` per axis overrides 3^N (e.g. (1, 3, 3): in-plane)."""
   features: int
@@ -49,13 +66,9 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     kernel = self.kernel_size or (3,) * self.ndim
-    # A 1 x k x k kernel is a 2D convolution of every section: run it as one (sections folded into
-    # the batch, kernel f32[k, k, C_in, C_out]); XLA's CPU gradient is 3.3x faster than the 3D op's.
-    in_plane = len(kernel) == 3 and kernel[0] == 1
     for i in range(2):
-      conv = nn.Conv(self.features, kernel[1:] if in_plane else kernel, use_bias=self.norm == "none",
-                     dtype=self.dtype, name=f"conv{i}")
-      x = conv(x.reshape(-1, *x.shape[2:])).reshape(*x.shape[:-1], self.features) if in_plane else conv(x)
+      conv = nn.Conv(self.features, kernel[-2:], use_bias=self.norm == "none", dtype=self.dtype, name=f"conv{i}")
+      x = conv_by_sections(conv, x, kernel[0]) if self.ndim == 3 else conv(x)
       norm = _norm(self.norm, train, self.axis_name, f"norm{i}")
       if norm is not None:
         x = norm(x)
