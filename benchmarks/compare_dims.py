@@ -8,7 +8,8 @@ For each mode (configs/unet3d.py:DATA,mode=MODE), one at a time, each in its own
    one test volume (evaluate.py's inference, compile excluded);
 2. `train.py` trains with the cosine schedule sized to the budget, train.steps = 0.8 x (budget -
    compile time) / step time (the rest for validation passes and checkpoints), and
-   train.max_minutes = budget as a cap (the budget includes compiling, as a user would wait for it);
+   train.max_minutes = budget as a cap (the budget includes compiling, as a user would wait for it),
+   warm-up 10 % of the steps;
 3. `evaluate.py --split=val,test` scores the best-validation checkpoint, the threshold chosen on the
    val split (eval.select_threshold) and never on test.
 Then prints one Markdown table: test Dice, foreground IoU, 3D instance F1 at IoU 0.5, minutes of
@@ -57,7 +58,8 @@ def main(argv: list[str]) -> None:
     steps = max(10, int(0.8 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))
     run(["train.py", config, f"--workdir={workdir}", f"--config.train.steps={steps}",
          f"--config.train.max_minutes={FLAGS.minutes}", f"--config.train.eval_every={max(5, steps // 5)}",
-         f"--config.train.checkpoint_every={max(5, steps // 5)}", *extra])
+         f"--config.train.checkpoint_every={max(5, steps // 5)}",
+         f"--config.optim.warmup_steps={max(1, steps // 10)}", *extra])
     run(["evaluate.py", config, f"--workdir={workdir}", "--split=val,test", *EVAL_OVERRIDES, *extra])
     report = json.load(open(os.path.join(ROOT, workdir, "report", "report.json")))
     test = next(r for r in report["runs"] if r["split"] == "test")
