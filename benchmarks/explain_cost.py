@@ -47,11 +47,13 @@ def main(argv: list[str]) -> None:
   args = (model, variables, image[y0:y1, x0:x1], target.pixels[y0:y1, x0:x1].astype(np.float32), config.explain,
           jax.random.PRNGKey(0))
   first = explanation.explain_object(*args)["seconds"]
-  warm = explanation.explain_object(*args)["seconds"]
+  result = explanation.explain_object(*args)
+  warm = result["seconds"]
   channels = sum(probe.block_channels(model, b) for b in probe.block_names(model))
   print(f"model step {step}, {jax.devices()[0].platform} x{jax.device_count()}, {os.cpu_count()} cores; "
         f"object {target.name} ({int(target.pixels.sum())} px) on a {y1 - y0}x{x1 - x0} crop; "
-        f"ig_steps {config.explain.ig_steps}, sanity_steps {config.explain.sanity_steps}, {channels} filters")
+        f"IG steps used (black, blurred) {result['ig_black']['steps']}, {result['ig_blurred']['steps']}; "
+        f"sanity_steps {config.explain.sanity_steps}; {channels} filters")
   print("| method | seconds per object (warm) | first call, compile included |")
   print("|---|---|---|")
   for name in warm:

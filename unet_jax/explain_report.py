@@ -199,11 +199,10 @@ def _markdown(doc: dict[str, Any]) -> str:
 
 
 def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, source: str, image: np.ndarray,
-          probs: np.ndarray, truth: np.ndarray | None, threshold: float, objects: Any,
+          probs: np.ndarray, truth: np.ndarray | None, threshold: float,
           results: Sequence[tuple[Any, dict[str, Any]]], dataset: dict[str, Any], run_seconds: dict[str, float],
           command: str | None) -> dict[str, Any]:
   """Writes the panels, pictures, CSVs, explain.json and explain.md; returns the JSON document."""
-  del objects
   os.makedirs(output_dir, exist_ok=True)
   k = config.explain.top_k
   doc: dict[str, Any] = {"workdir": workdir, "step": int(step), "source": source, "threshold": threshold,

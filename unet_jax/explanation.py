@@ -31,7 +31,6 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage
 
 from unet_jax import attribution, checkpoint, data, explain_report, filters, inference, instances, probe, sanity
 from unet_jax.errors import InputError
@@ -348,7 +347,6 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
   run_timings: dict[str, float] = {}
   dataset: dict[str, Any] = {}
   if rank_filters:
-    tiles = gallery_tiles = None
     if val is not None:
       tiles, masks = validation_tiles(val["image"], val["mask"], crop, ex.dice_tiles)
       dataset["dice"] = {"source": val["source"], "tiles": int(len(tiles)), "tile_px": int(tiles.shape[1]),
@@ -360,6 +358,5 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
     dataset["ranking_by"] = "validation Dice drop" if val is not None else "summed object score drop"
     dataset["pictures"] = filter_pictures(model, variables, gallery_tiles, ranking, ex,
                                           jax.random.fold_in(key, 1), run_timings)
-  document = explain_report.write(output_dir, model, config, workdir, step, source, image, probs, truth, threshold,
-                                  objects, results, dataset, run_timings, command)
-  return document
+  return explain_report.write(output_dir, model, config, workdir, step, source, image, probs, truth, threshold,
+                              results, dataset, run_timings, command)

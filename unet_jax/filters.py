@@ -10,7 +10,7 @@ A "filter" is one output channel of a block (enc0..bottleneck..dec0; `probe.bloc
 - What a filter sees: first-layer kernels as images; the validation patches where a channel
   fires most (its receptive field around the maximum); an activation-maximisation image, found
   by gradient ascent on the input with random jitter, a little blur and clipping to [0, 1]
-  (Olah et al. 2017's regularisers), vmapped over channels.
+  (Olah et al. 2017's regularisers), for all pictured channels in one batch.
 """
 
 import functools
