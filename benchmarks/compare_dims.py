@@ -6,10 +6,10 @@
 For each mode (configs/unet3d.py:DATA,mode=MODE), one at a time, each in its own process:
 1. `benchmarks/train_3d.py` times the train step (median of 3 after compiling) and the segmentation of
    one test volume (evaluate.py's inference, compile excluded);
-2. `train.py` trains with the cosine schedule sized to the budget, train.steps = 0.8 x (budget -
-   compile time) / step time (the rest for validation passes and checkpoints), and
-   train.max_minutes = budget as a cap (the budget includes compiling, as a user would wait for it),
-   warm-up 10 % of the steps;
+2. `train.py` trains for the budget: train.budget_minutes fits the run and its cosine schedule into
+   it (the trainer times its first steps and a validation pass), train.max_minutes caps it; the
+   budget includes compiling, as a user would wait for it. Warm-up and validation intervals are
+   sized from step 1's step time (10 % and 20 % of the steps it predicts);
 3. `evaluate.py --split=val,test` scores the best-validation checkpoint, the threshold chosen on the
    val split (eval.select_threshold) and never on test.
 Then prints one Markdown table: test Dice, foreground IoU, 3D instance F1 at IoU 0.5, minutes of
@@ -55,11 +55,11 @@ def main(argv: list[str]) -> None:
     workdir = os.path.join(FLAGS.out, mode)
     speed = json_line(run(["benchmarks/train_3d.py", config, "--steps=3", *extra]))
     predict = json_line(run(["benchmarks/train_3d.py", config, "--mode=predict", *extra]))
-    steps = max(10, int(0.8 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))
-    run(["train.py", config, f"--workdir={workdir}", f"--config.train.steps={steps}",
+    steps = max(20, int(0.8 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))  # an estimate
+    run(["train.py", config, f"--workdir={workdir}", f"--config.train.budget_minutes={FLAGS.minutes}",
          f"--config.train.max_minutes={FLAGS.minutes}", f"--config.train.eval_every={max(5, steps // 5)}",
          f"--config.train.checkpoint_every={max(5, steps // 5)}",
-         f"--config.optim.warmup_steps={max(1, steps // 10)}", *extra])
+         f"--config.optim.warmup_steps={max(11, steps // 10)}", *extra])
     run(["evaluate.py", config, f"--workdir={workdir}", "--split=val,test", *EVAL_OVERRIDES, *extra])
     report = json.load(open(os.path.join(ROOT, workdir, "report", "report.json")))
     test = next(r for r in report["runs"] if r["split"] == "test")
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     minutes = max(r.get("minutes", 0.0) for r in log)
     trained = max(r.get("step", 0) for r in log)
     rows.append([mode, f"{test['pixel']['dice']:.4f}", f"{test['pixel']['iou']:.4f}", f"{f1:.3f}",
-                 f"{test['threshold']['value']:g}", f"{minutes:.1f}", f"{trained} of {steps}",
+                 f"{test['threshold']['value']:g}", f"{minutes:.1f}", f"{trained}",
                  f"{speed['step_s']:.2f}", f"{predict['predict_s_per_volume']:.1f}"])
     print(json.dumps({"mode": mode, "row": rows[-1], "speed": speed, "predict": predict}), flush=True)
   header = ["mode", "test Dice", "test fg IoU", "3D instance F1 @0.5", "threshold (val)", "train min", "steps",
