@@ -55,9 +55,13 @@ def score(config) -> None:
   report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
   report = evaluation.evaluate(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,
                                " ".join(["python", *sys.argv]))
+  level = f"{100 * config.eval.confidence_level:g} %"
   for run in report["runs"]:
-    print(f"{run['run']} {run['split']} (step {run['step']}, threshold {run['threshold']['value']:g}): "
-          + ", ".join(f"{k} {run['pixel'][k]:.4f}" for k in ("dice", "iou", "mean_iou", "precision", "recall")))
+    interval = lambda k: (f" [{run['pixel_intervals'][k]['low']:.4f}, {run['pixel_intervals'][k]['high']:.4f}]"
+                          if k in run.get("pixel_intervals", {}) else "")
+    print(f"{run['run']} {run['split']} (step {run['step']}, threshold {run['threshold']['value']:g}, {level} "
+          f"intervals over {run['shape'][0]} slices): "
+          + ", ".join(f"{k} {run['pixel'][k]:.4f}{interval(k)}" for k in ("dice", "iou", "precision", "recall")))
   print(f"report: {os.path.join(report_dir, 'report.md')}")
 
 

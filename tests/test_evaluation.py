@@ -176,7 +176,8 @@ def test_cli_two_checkpoints(trained, tmp_path):
        "--split=test", f"--report_dir={tmp_path}", "--config.eval.report_slices=1"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
-  assert "tiny_0 test (step 4, threshold 0.5): dice" in result.stdout
+  assert re.search(r"tiny_0 test \(step 4, threshold 0.5, 95 % intervals over 2 slices\): "
+                   r"dice 0\.\d{4} \[0\.\d{4}, [01]\.\d{4}\]", result.stdout), result.stdout
   with open(tmp_path / "report.json") as f:
     report = json.load(f)
   assert [r["run"] for r in report["runs"]] == ["tiny_0", "tiny_1"]

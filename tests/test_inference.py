@@ -182,7 +182,7 @@ def test_stream_3d_equals_whole_volume():
 
 def eval_config(**overrides):
   c = ml_collections.ConfigDict({"window": 16, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,
-                                 "batch_size": 4, "threshold": 0.5, "tta": "none"})
+                                 "batch_size": 4, "threshold": 0.5, "tta": "none", "engine": "xla"})
   c.update(overrides)
   return c
 

@@ -15,7 +15,7 @@ from tests.test_inference import random_like
 
 def _eval_config(window: int = 16, tta: str = "none") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"window": window, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,
-                                    "batch_size": 4, "tta": tta})
+                                    "batch_size": 4, "tta": tta, "engine": "xla"})
 
 
 @pytest.fixture(scope="module")

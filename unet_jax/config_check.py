@@ -122,7 +122,7 @@ def _rules(section: str) -> list[Rule]:
         ("augment.noise_std", _num(0.0, 1.0), "a number in [0, 1]"),
         ("augment.blur_sigma", _num(0.0, 16.0), "pixels in [0, 16]")]
   if section == "eval":
-    from unet_jax import inference  # pylint: disable=g-import-not-at-top
+    from unet_jax import engines, inference, uncertainty  # pylint: disable=g-import-not-at-top
     return [("eval.window", _int_or_ints(1), "a size >= 1 or one per axis"),
             ("eval.overlap", _num(0.0, 1.0, hi_open=True), "a fraction in [0, 1)"),
             ("eval.blend", _one_of(*inference.BLENDS), f"one of {inference.BLENDS}"),
@@ -136,7 +136,15 @@ def _rules(section: str) -> list[Rule]:
             ("eval.min_size", _int(0), "voxels >= 0"),
             ("eval.iou_thresholds", _seq(_num(0.0, 1.0, lo_open=True)), "numbers in (0, 1]"),
             ("eval.report_slices", _int(1), "an integer >= 1"),
-            ("eval.figure_px", _int(32), "pixels >= 32")]
+            ("eval.figure_px", _int(32), "pixels >= 32"),
+            ("eval.engine", _one_of(*engines.ENGINES), f"one of {engines.ENGINES}"),
+            ("eval.confidence_level", _num(0.0, 1.0, True, True), "a probability in (0, 1)"),
+            ("eval.bootstrap_resamples", _int(1000), "an integer >= 1000"),
+            ("eval.bootstrap_seed", _int(0), "an integer >= 0"),
+            ("eval.calibration_bins", _int(2, 1000), "an integer in [2, 1000]"),
+            ("eval.calibrate", _is(bool), "True or False"),
+            ("eval.uncertainty", _one_of(*uncertainty.SOURCES), f"one of {uncertainty.SOURCES}"),
+            ("eval.review_top_k", _int(1), "an integer >= 1")]
   raise InputError(f"unknown config section {section!r}; sections are {SECTIONS}")
 
 
@@ -170,6 +178,11 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
       problems.append(f"train.patch_size={config.train.patch_size!r} must be one size or {ndim} sizes, each "
                       f"divisible by 2**model.depth={2 ** config.model.depth} on its pooled axes "
                       f"({'x'.join(map(str, factors))} per axis)")
+  if "eval" in sections and _present(config, "eval") and _present(config, "model"):
+    k, e = config.model.get("context_slices", 0), config.eval
+    if k and (e.engine != "xla" or e.uncertainty != "none"):
+      problems.append(f"model.context_slices={k} (2.5D) runs with eval.engine='xla' and eval.uncertainty='none' "
+                      f"only, got {e.engine!r} and {e.uncertainty!r}")
   if {"train", "optim"} <= set(sections) and _present(config, "train") and _present(config, "optim"):
     t, o = config.train, config.optim
     if t.budget_minutes and o.warmup_steps < t.budget_measure_steps:

@@ -201,7 +201,7 @@ def window_settings(eval_config: Any, ndim: int) -> dict[str, Any]:
 
 def stack_predictor(model: UNet, eval_config: Any) -> Callable[[np.ndarray | jax.Array], jax.Array]:
   """(variables, image) -> probabilities: `sliding_window_predict` with the model and `config.eval`."""
-  return functools.partial(sliding_window_predict, predictor(model, eval_config.tta),
+  return functools.partial(sliding_window_predict, predictor(model, eval_config.tta, eval_config.engine),
                            **window_settings(eval_config, model.ndim))
 
 
@@ -217,13 +217,13 @@ def predict_stack(model: UNet, variables: Any, image: np.ndarray, eval_config: A
 
 
 @functools.lru_cache(maxsize=None)
-def transform_predictor(model: UNet, tta: str) -> Predict:
+def transform_predictor(model: UNet, tta: str, engine: str = "xla") -> Predict:
   """((variables, index i32[]), windows f32[B, *window, 1]) -> probabilities of the index-th `tta` transform.
 
   The transform (quarter turns, flip; `_tta_transforms`) is applied to the windows and inverted on the
   output, chosen by a traced index (`lax.switch`), so every transform runs under one compilation.
   """
-  base = predictor(model, "none")
+  base = predictor(model, "none", engine)
   def branch(k: int, flip: bool) -> Callable[[Any, jax.Array], jax.Array]:
     def run(variables: Any, patches: jax.Array) -> jax.Array:
       plane = (patches.ndim - 3, patches.ndim - 2)
@@ -247,7 +247,7 @@ def predict_transforms(model: UNet, variables: Any, image: np.ndarray | jax.Arra
 
   Sliding windows as `stack_predictor` with the `eval` settings; the mean over T is the `tta` prediction.
   """
-  run = functools.partial(sliding_window_predict, transform_predictor(model, tta),
+  run = functools.partial(sliding_window_predict, transform_predictor(model, tta, eval_config.engine),
                           **window_settings(eval_config, model.ndim))
   return np.stack([np.asarray(run((variables, jnp.int32(i)), image)) for i in range(len(_tta_transforms(tta)))])
 

@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 import tqdm
 
-from unet_jax import checkpoint, data, inference, metrics, outputs
+from unet_jax import calibration, checkpoint, data, inference, metrics, outputs
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, abstract_variables, build_model
 from unet_jax.stacks import StackReader
@@ -97,10 +97,11 @@ def _page_writer(path: str, shape: tuple[int, int, int], dtype: np.dtype) -> Ite
 
 def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: str, eval_config: Any,
                   mask: StackReader | None = None, probability_dtype: str = "float16",
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, temperature: float = 1.0) -> dict[str, Any]:
   """Segments `reader`'s stack into output_dir/{probabilities,segmentation}.tif, page by page.
 
-  Thresholds at `eval.threshold`; with a ground-truth `mask` (same shape, 0/1 or 0/255) the
+  Probabilities are temperature-scaled by `temperature` (unet_jax/calibration.py; 1: as the network
+  gives them), then thresholded at `eval.threshold`; with a ground-truth `mask` (same shape, 0/1 or 0/255) the
   returned summary also holds pixel scores, counted slice by slice.
   """
   if probability_dtype not in PROBABILITY_DTYPES:
@@ -108,7 +109,7 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
   if mask is not None and mask.shape != reader.shape:
     raise InputError(f"mask shape {mask.shape} != image shape {reader.shape}; they must match voxel for voxel")
   settings = inference.window_settings(eval_config, model.ndim)
-  predict = inference.predictor(model, eval_config.tta)
+  predict = inference.predictor(model, eval_config.tta, eval_config.engine)
   paths = {"probabilities": os.path.join(output_dir, OUTPUT_FILES[0]),
            "segmentation": os.path.join(output_dir, OUTPUT_FILES[1])}
   outputs.check_writable(output_dir, "output folder")
@@ -117,7 +118,7 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
   with _page_writer(paths["probabilities"], reader.shape, np.dtype(probability_dtype)) as write_prob, \
        _page_writer(paths["segmentation"], reader.shape, np.dtype(np.uint8)) as write_seg:
     for z, prob in enumerate(tqdm.tqdm(probs, total=len(reader), unit="slice", disable=not progress)):
-      stored = stored_probabilities(prob, probability_dtype)
+      stored = stored_probabilities(calibration.apply_temperature(prob, temperature), probability_dtype)
       pred = stored_as_float(stored) >= eval_config.threshold
       write_prob(stored)
       write_seg(pred.astype(np.uint8) * 255)
@@ -125,7 +126,7 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
         truth = data.binarize_mask(mask.raw(z), f"mask slice {z}")
         counts += metrics.slice_counts(pred[None], truth[None])[0]
   summary = {"input": reader.path, "shape": list(reader.shape), **settings, "window": list(settings["window"]),
-             "tta": eval_config.tta,
+             "tta": eval_config.tta, "engine": eval_config.engine, "temperature": temperature,
              "threshold": eval_config.threshold, "probability_dtype": probability_dtype, **paths}
   if mask is not None:
     c = dict(zip(metrics.COUNTS, map(int, counts)))
@@ -146,8 +147,9 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
     outputs.check_writable(output_dir, "output folder")
     model = build_model(config.model)
     variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
+    temperature = calibration.load_temperature(workdir, step) if config.eval.calibrate else 1.0
     summary = segment_stack(model, variables, reader, output_dir, config.eval, mask,
-                            probability_dtype, progress)
+                            probability_dtype, progress, temperature)
   summary = {"workdir": workdir, "checkpoint": config.eval.checkpoint, "step": int(step),
              "notes": reader.notes, **summary}
   outputs.write_json(os.path.join(output_dir, OUTPUT_FILES[2]), summary)

@@ -94,8 +94,13 @@ class StackReader:
       raise InputError(f"file not found: {path}; check the path")
     try:
       self._tif = tifffile.TiffFile(path)
-      series = self._tif.series[0]
+      all_series = self._tif.series
+      series = all_series[0]
       axes, shape, pages = series.axes, tuple(series.shape), series.pages
+      if len(all_series) > 1 and len(shape) == 2 and all(
+          tuple(s.shape) == shape and s.dtype == series.dtype for s in all_series):
+        axes, shape = "Z" + axes, (len(all_series), *shape)  # pages written one by one: one 2D series each
+        pages = [s.pages[0] for s in all_series]
       self.dtype = np.dtype(series.dtype)
       self.stored_bits = int(pages[0].bitspersample) if pages and pages[0] is not None else None
     except InputError:
