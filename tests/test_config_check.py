@@ -23,6 +23,7 @@ BAD = {
     "optim": ("optim.learning_rate", -0.001),
     "augment": ("augment.gamma", (1.2, 0.8)),
     "eval": ("eval.tta", "rot90"),
+    "explain": ("explain.ig_steps", 1),
 }
 
 
@@ -57,7 +58,9 @@ def test_each_section_rejects_its_bad_value(section):
     ("eval.window", (32, 32, 32, 32)), ("eval.checkpoint", "last"), ("eval.select_threshold", 1),
     ("optim.name", "lamb"), ("optim.schedule", "step"), ("model.dtype", "float16"), ("model.depth", 0),
     ("augment.rotate_prob", 1.5), ("augment.flips", "yes"), ("data.name", "vnc"),
-    ("data.voxel_size_nm", (5.0, 5.0)), ("augment.noise_std", float("nan"))])
+    ("data.voxel_size_nm", (5.0, 5.0)), ("augment.noise_std", float("nan")), ("eval.engine", "tensorrt"),
+    ("eval.bootstrap_resamples", 100), ("eval.uncertainty", "mc_dropout"), ("model.context_slices", -1),
+    ("train.budget_minutes", -1.0), ("explain.cam_layers", "bottleneck")])
 def test_bad_values_name_the_field_and_the_allowed(path, value):
   config = unet2d.get_config("tiny")
   _set(config, path, value)
@@ -73,7 +76,7 @@ def test_cross_field_rules():
   config = unet2d.get_config("tiny")
   with config.ignore_type():
     config.eval.window = (32, 32, 32)
-  with pytest.raises(InputError, match="eval.window=.* 2 sizes for a 2D model"):
+  with pytest.raises(InputError, match="eval.window=.* (2 sizes for a 2D model|has 3 sizes but model.ndim=2)"):
     config_check.validate(config)
   config = unet2d.get_config("tiny")
   config.distributed.process_id = 1

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from unet_jax.errors import InputError
 
-SECTIONS = ("run", "distributed", "data", "model", "train", "optim", "augment", "eval")
+SECTIONS = ("run", "distributed", "data", "model", "train", "optim", "augment", "eval", "explain")
 INFERENCE_SECTIONS = ("run", "data", "model", "eval")
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (field, accepts value, what is allowed)
@@ -80,7 +80,11 @@ def _rules(section: str) -> list[Rule]:
             ("model.base_features", _int(1, 1024), "an integer in [1, 1024]"),
             ("model.norm", _one_of(*model.NORMS), f"one of {model.NORMS}"),
             ("model.upsample", _one_of(*model.UPSAMPLES), f"one of {model.UPSAMPLES}"),
-            ("model.dtype", _one_of(*model.DTYPES), f"one of {tuple(model.DTYPES)}")]
+            ("model.dtype", _one_of(*model.DTYPES), f"one of {tuple(model.DTYPES)}"),
+            ("model.voxel_size_nm", _seq(_num(0.0, lo_open=True), (2, 3)), "positive sizes (z, y, x) in nm"),
+            ("model.kernel_sizes", _is((tuple, list)), "() (derived from the voxel size) or one kernel per level"),
+            ("model.pool_factors", _is((tuple, list)), "() (derived from the voxel size) or one factor per level"),
+            ("model.context_slices", _int(0, 8), "an integer in [0, 8] (2.5D: neighbours on each side)")]
   if section == "train":
     from unet_jax import losses  # pylint: disable=g-import-not-at-top
     return [("train.steps", _int(1), "an integer >= 1"),
@@ -120,7 +124,11 @@ def _rules(section: str) -> list[Rule]:
         ("augment.contrast", _range(), "(low, high) with 0 < low <= high"),
         ("augment.gamma", _range(), "(low, high) with 0 < low <= high"),
         ("augment.noise_std", _num(0.0, 1.0), "a number in [0, 1]"),
-        ("augment.blur_sigma", _num(0.0, 16.0), "pixels in [0, 16]")]
+        ("augment.blur_sigma", _num(0.0, 16.0), "pixels in [0, 16]"),
+        ("augment.elastic_z", _is(bool), "True or False"),
+        ("augment.misalign_pixels", _int(0, 64), "pixels in [0, 64]"),
+        ("augment.section_brightness", _num(0.0, 1.0), "a number in [0, 1]"),
+        ("augment.section_contrast", _range(), "(low, high) with 0 < low <= high")]
   if section == "eval":
     from unet_jax import engines, inference, uncertainty  # pylint: disable=g-import-not-at-top
     return [("eval.window", _int_or_ints(1), "a size >= 1 or one per axis"),
@@ -145,6 +153,27 @@ def _rules(section: str) -> list[Rule]:
             ("eval.calibrate", _is(bool), "True or False"),
             ("eval.uncertainty", _one_of(*uncertainty.SOURCES), f"one of {uncertainty.SOURCES}"),
             ("eval.review_top_k", _int(1), "an integer >= 1")]
+  if section == "explain":
+    layers = lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v)
+    return [("explain.seed", _int(0), "an integer >= 0"),
+            ("explain.crop", _int(0), "pixels >= 0 (0: eval.window)"),
+            ("explain.batch_size", _int(1), "an integer >= 1"),
+            ("explain.ig_steps", _int(2), "an integer >= 2"),
+            ("explain.ig_max_steps", _int(2), "an integer >= explain.ig_steps"),
+            ("explain.ig_tolerance", _num(0.0, 1.0, True, True), "a fraction in (0, 1)"),
+            ("explain.blur_sigma", _num(0.0, lo_open=True), "pixels > 0"),
+            ("explain.smoothgrad_samples", _int(0), "an integer >= 0 (0: off)"),
+            ("explain.smoothgrad_noise", _num(0.0, 1.0), "a fraction in [0, 1]"),
+            ("explain.cam_layers", layers, "block names: enc0.., bottleneck, dec.."),
+            ("explain.deletion_points", _int(3), "an integer >= 3"),
+            ("explain.sanity_steps", _int(2), "an integer >= 2"),
+            ("explain.dice_tiles", _int(0), "an integer >= 0 (0: all tiles)"),
+            ("explain.top_k", _int(1), "an integer >= 1"),
+            ("explain.gallery_layers", layers, "block names: enc0.., bottleneck, dec.."),
+            ("explain.gallery_filters", _int(1), "an integer >= 1"),
+            ("explain.gallery_patches", _int(1), "an integer >= 1"),
+            ("explain.actmax_px", _int(1), "pixels, a multiple of the model's size factor"),
+            ("explain.actmax_steps", _int(1), "an integer >= 1")]
   raise InputError(f"unknown config section {section!r}; sections are {SECTIONS}")
 
 
@@ -171,8 +200,12 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
   sizes = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v,) * ndim
   if "eval" in sections and _present(config, "eval") and ndim and len(sizes(config.eval.window)) != ndim:
     problems.append(f"eval.window={config.eval.window!r} must be one size or {ndim} sizes for a {ndim}D model")
-  if "train" in sections and _present(config, "train") and ndim:
+  if "model" in sections and ndim:
     from unet_jax import anisotropy  # pylint: disable=g-import-not-at-top
+    anisotropy.model_plan(config.model)  # raises, naming the field, for bad kernel_sizes / pool_factors
+  if "train" in sections and _present(config, "train") and ndim:
+    from unet_jax import anisotropy, volumes  # pylint: disable=g-import-not-at-top
+    volumes.check_config(config)  # the dimensions of model, data, patch and window agree
     patch, factors = sizes(config.train.patch_size), anisotropy.model_plan(config.model).size_factors
     if len(patch) != ndim or any(p % f for p, f in zip(patch, factors)):  # 3D plans may pool some axes less
       problems.append(f"train.patch_size={config.train.patch_size!r} must be one size or {ndim} sizes, each "
