@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
   try:
-    config_check.validate(FLAGS.config, config_check.INFERENCE_SECTIONS)
+    config_check.validate(FLAGS.config, (*config_check.INFERENCE_SECTIONS, "explain"))
   except InputError as e:
     sys.exit(f"error: {e}")
   parallel.use_host_devices(FLAGS.config.host_devices)
