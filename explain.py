@@ -13,11 +13,10 @@ unet_jax/explanation.py and config.explain; output: panels, filter CSVs, explain
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import config_check, parallel
-from unet_jax.errors import InputError
+from unet_jax import cli, config_check
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
@@ -33,27 +32,23 @@ flags.DEFINE_bool("sanity", True, "Run the cascading model-randomisation check p
 flags.mark_flags_as_required(["workdir", "object"])
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  try:
-    config_check.validate(FLAGS.config, (*config_check.INFERENCE_SECTIONS, "explain"))
-  except InputError as e:
-    sys.exit(f"error: {e}")
-  parallel.use_host_devices(FLAGS.config.host_devices)
-  from unet_jax import explanation  # pylint: disable=g-import-not-at-top
+def explain(config) -> None:
+  cli.prepare(config, (*config_check.INFERENCE_SECTIONS, "explain"), forward_only=False)  # gradients: training kernels
+  from unet_jax import explanation  # pylint: disable=g-import-not-at-top  (after the device flags)
   name = os.path.splitext(os.path.basename(FLAGS.input))[0] if FLAGS.input else FLAGS.split
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, f"explain_{name}_z{FLAGS.slice}")
-  try:
-    doc = explanation.explain(FLAGS.config, FLAGS.workdir, output_dir, FLAGS.object, FLAGS.split, FLAGS.slice,
-                              FLAGS.input, FLAGS.mask, FLAGS.filters, FLAGS.sanity, " ".join(["python", *sys.argv]))
-  except InputError as e:
-    sys.exit(f"error: {e}")
+  doc = explanation.explain(config, FLAGS.workdir, output_dir, FLAGS.object, FLAGS.split, FLAGS.slice,
+                            FLAGS.input, FLAGS.mask, FLAGS.filters, FLAGS.sanity, " ".join(["python", *sys.argv]))
   for o in doc["objects"]:
     print(f"{o['title']}: score {o['score']:.3f}, IG completeness error {o['ig_blurred']['completeness_error']:.2%}, "
           f"deletion check {'passed' if o['deletion']['passed'] else 'FAILED'}")
   print(f"report: {os.path.join(output_dir, 'explain.md')}")
 
 
+def main(argv: list[str]) -> None:
+  del argv
+  cli.run(lambda: explain(FLAGS.config), "earlier results are kept as they were")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,12 +9,11 @@ of --input (default data.root/testing.tif). bioimageio.core's model test runs on
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import parallel
+from unet_jax import cli, config_check
 from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -29,23 +28,22 @@ flags.DEFINE_bool("validate", True, "Run bioimageio.core's model test on the pac
 flags.mark_flags_as_required(["workdir", "output"])
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  parallel.use_inference_kernels()  # this process only runs the network forward
-  from unet_jax import bioimage, config_check  # pylint: disable=g-import-not-at-top
-  try:
-    config_check.validate(FLAGS.config, config_check.INFERENCE_SECTIONS)
-    summary = bioimage.build_package(FLAGS.config, FLAGS.workdir, FLAGS.output, FLAGS.input, FLAGS.report,
-                                     FLAGS.author, FLAGS.license)
-    if FLAGS.validate:
-      summary["bioimageio_test"] = bioimage.validate_package(FLAGS.output)
-  except InputError as e:
-    sys.exit(f"error: {e}")
+def export(config) -> None:
+  cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)
+  from unet_jax import bioimage  # pylint: disable=g-import-not-at-top  (after the device flags)
+  summary = bioimage.build_package(config, FLAGS.workdir, FLAGS.output, FLAGS.input, FLAGS.report,
+                                   FLAGS.author, FLAGS.license)
+  if FLAGS.validate:
+    summary["bioimageio_test"] = bioimage.validate_package(FLAGS.output)
   print(json.dumps(summary, indent=2))
   if FLAGS.validate and summary["bioimageio_test"]["status"] != "passed":
-    sys.exit(f"error: bioimageio.core's model test did not pass: {summary['bioimageio_test']}")
+    raise InputError(f"bioimageio.core's model test did not pass: {summary['bioimageio_test']}")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  cli.run(lambda: export(FLAGS.config), "no package was written")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

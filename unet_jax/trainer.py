@@ -137,7 +137,6 @@ def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores."""
   config_check.validate(config)
-  volumes.check_config(config)
   print(anisotropy.describe(build_model(config.model).plan(), config.data.voxel_size_nm))
   mesh = parallel.make_mesh()
   if config.train.batch_size % mesh.size:
