@@ -24,18 +24,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "vnc", "unlabeled.tif")
+import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 
 
 def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data", default=DATA, help="TIFF stack to segment")
-  parser.add_argument("--slices", type=int, default=8, help="timed slices per setting and engine")
+  parser = common.inference_parser(__doc__, slices=8)
   parser.add_argument("--windows", default="256:0.5,512:0.5,0:0",
                       help="window:overlap settings, comma-separated; window 0 = the whole slice")
-  parser.add_argument("--batch", type=int, default=8, help="windows per batch")
-  parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
-  parser.add_argument("--ynnpack", action="store_true", help="keep XLA's YNNPACK convolutions")
   return parser.parse_args()
 
 

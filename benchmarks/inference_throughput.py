@@ -31,19 +31,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "vnc", "unlabeled.tif")
+import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 
 
 def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data", default=DATA, help="TIFF stack to segment")
-  parser.add_argument("--slices", type=int, default=20, help="slices timed for throughput")
+  parser = common.inference_parser(__doc__, slices=20)
   parser.add_argument("--window", type=int, default=256)
   parser.add_argument("--overlap", type=float, default=0.5)
-  parser.add_argument("--batch", type=int, default=8, help="windows per batch (MONAI sw_batch_size)")
-  parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
-  parser.add_argument("--ynnpack", action="store_true",
-                      help="keep XLA's YNNPACK convolutions (default: XLA's own, as evaluate.py uses)")
   parser.add_argument("--whole_slices", type=int, default=3, help="slices timed in one whole-slice pass")
   parser.add_argument("--rss_slices", default="20,165", help="stack lengths for the peak-RSS runs ('' = skip)")
   parser.add_argument("--rss_model", default="small", choices=["small", "config"],

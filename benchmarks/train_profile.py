@@ -17,17 +17,14 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/unet2d.py:vnc", "Config file (file.py:variant).")
+FLAGS = common.define_config("configs/unet2d.py:vnc")
 flags.DEFINE_integer("batch", 4, "Patches per step (on one device).")
 flags.DEFINE_integer("repeats", 2, "Traced steps (times are averaged).")
 flags.DEFINE_bool("peer", True, "Also time each forward 3x3 convolution in PyTorch (channels_last, all cores).")

@@ -29,14 +29,12 @@ import time
 from typing import Any, Callable
 
 from absl import app, flags
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from unet_jax import parallel
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
+FLAGS = common.define_config("configs/unet2d.py")
 flags.DEFINE_integer("rounds", 5, "Alternating rounds (ours, then the peer).")
 flags.DEFINE_integer("steps", 2, "Timed steps per round and side.")
 flags.DEFINE_bool("peer", True, "Also time the PyTorch twin (needs torch, benchmarks/requirements.txt).")

@@ -1,0 +1,29 @@
+"""What the benchmark scripts share: the repository on sys.path, the config flag, the inference arguments."""
+
+import argparse
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from anywhere: `python benchmarks/NAME.py`
+DATA = os.path.join(ROOT, "..", "shared", "data", "vnc", "unlabeled.tif")
+
+
+def define_config(default: str) -> flags.FlagValues:
+  """Defines absl's --config (file.py:variant, default `default`); returns FLAGS."""
+  config_flags.DEFINE_config_file("config", default, "Config file (file.py:variant).")
+  return flags.FLAGS
+
+
+def inference_parser(doc: str, slices: int) -> argparse.ArgumentParser:
+  """The arguments every inference benchmark takes: --data, --slices, --batch, --workdir, --ynnpack."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--data", default=DATA, help="TIFF stack to segment")
+  parser.add_argument("--slices", type=int, default=slices, help="timed slices (per setting and engine)")
+  parser.add_argument("--batch", type=int, default=8, help="windows per batch (MONAI sw_batch_size)")
+  parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
+  parser.add_argument("--ynnpack", action="store_true", help="keep XLA's default YNNPACK convolutions")
+  return parser
