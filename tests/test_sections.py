@@ -8,17 +8,9 @@ import pytest
 from configs import unet2d
 from unet_jax import augment, sections, synthetic
 
+from test_augment import off_config  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
+
 SECTION_ON = {"misalign_prob": 1.0, "section_intensity_prob": 1.0, "missing_section_prob": 1.0}
-
-
-def off_config(**overrides):
-  """The default augment config with every transform off, then `overrides`."""
-  config = unet2d.get_config("synthetic").augment
-  config.flips = False
-  for name in augment.PROB_FIELDS:
-    config[name] = 0.0
-  config.update(overrides)
-  return config
 
 
 def run(config, images, masks, seed=0):

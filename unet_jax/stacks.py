@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
+from unet_jax import outputs
 from unet_jax.errors import InputError
 
 BIT_DEPTHS = (8, 10, 12, 14, 16, 32)
@@ -122,7 +123,8 @@ class StackReader:
       else:  # colour, or the whole stack in one page: read once, as (Z, Y, X[, S])
         whole = self._canonical(series.asarray(), axes, z_axis, sample)
         self._raw = lambda z: whole[z]
-      self._range = (0.0, 255.0) if self.dtype == np.uint8 else self._value_range()
+      lo_hi = (0.0, 255.0) if self.dtype == np.uint8 else self._value_range()
+      self._offset, self._scale = (np.float32(v) for v in scaling(self.dtype, *lo_hi, self.stored_bits))
     except InputError:
       self._tif.close()
       raise
@@ -170,8 +172,7 @@ class StackReader:
 
   def __getitem__(self, z: int) -> np.ndarray:
     """Page `z` normalised to f32[H, W] in [0, 1]."""
-    offset, scale = scaling(self.dtype, *self._range, self.stored_bits)
-    return (self.raw(z).astype(np.float32) - np.float32(offset)) / np.float32(scale)
+    return (self.raw(z).astype(np.float32) - self._offset) / self._scale
 
   def close(self) -> None:
     self._tif.close()
@@ -183,26 +184,26 @@ class StackReader:
     self.close()
 
 
-def read_stack(path: str) -> np.ndarray:
-  """A 2D image or a stack as stored (grey), (Z, H, W)."""
+def _read_all(path: str, normalized: bool) -> np.ndarray:
   with StackReader(path) as reader:
     for note in reader.notes:
       print(f"note: {note}")
-    return reader.read_raw()
+    return np.stack([reader[z] for z in range(len(reader))]) if normalized else reader.read_raw()
+
+
+def read_stack(path: str) -> np.ndarray:
+  """A 2D image or a stack as stored (grey), (Z, H, W)."""
+  return _read_all(path, normalized=False)
 
 
 def read_normalized(path: str) -> np.ndarray:
   """A 2D image or a stack normalised to f32[Z, H, W] in [0, 1], exactly as `StackReader` pages are."""
-  with StackReader(path) as reader:
-    for note in reader.notes:
-      print(f"note: {note}")
-    return np.stack([reader[z] for z in range(len(reader))])
+  return _read_all(path, normalized=True)
 
 
 def write_stack(path: str, array: np.ndarray, compression: str | None = "zlib") -> None:
   """Writes `array` [Z, H, W] as a multi-frame TIFF, atomically (temp file + rename)."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  tifffile.imwrite(tmp, np.asarray(array), compression=compression, photometric="minisblack",
-                   metadata={"axes": "ZYX"})
-  os.replace(tmp, path)
+  with outputs.atomic_path(path) as tmp:
+    tifffile.imwrite(tmp, np.asarray(array), compression=compression, photometric="minisblack",
+                     metadata={"axes": "ZYX"})
