@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import unet2d
 from unet_jax import augment, sections, synthetic
 
 from test_augment import off_config  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
