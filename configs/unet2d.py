@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.budget_minutes = 0.0  # > 0: time the first steps, then fit the run (and its cosine schedule) into this many minutes
   c.train.budget_measure_steps = 10  # steps timed for the budget (after compiling); within optim.warmup_steps
   c.train.max_minutes = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
+  c.train.ema_decay = 0.0  # > 0: validate, checkpoint and run an EMA of the weights with this decay (e.g. 0.99); 0 = off
+  c.train.tensorboard = True  # TensorBoard summaries (loss, learning rate, validation scores, slices) in workdir/tensorboard
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adam | adamw | sgd
@@ -141,6 +143,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.tta = "none"  # test-time augmentation, averaged: none | flips (4) | dihedral (8 flips/rotations)
   c.eval.batch_size = 8
   c.eval.engine = "xla"  # xla | onnx (ONNX Runtime for the forward pass; pick by benchmarks/inference_engines.py)
+  c.eval.chunk = (32, 1024, 1024)  # (z, y, x) voxels per block of chunked OME-Zarr segmentation; memory grows with it, not the volume
   c.eval.threshold = 0.5
   c.eval.checkpoint = "best"  # best | latest
   # evaluate.py's report (unet_jax/evaluation.py):

@@ -100,7 +100,9 @@ def _rules(section: str) -> list[Rule]:
             ("train.prefetch", _int(0), "an integer >= 0 (0: no background sampling)"),
             ("train.max_minutes", _num(0.0), "a number >= 0 (0: no limit)"),
             ("train.budget_minutes", _num(0.0), "a number >= 0 (0: train.steps steps)"),
-            ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]")]
+            ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]"),
+            ("train.ema_decay", _num(0.0, 1.0, hi_open=True), "a number in [0, 1) (0: no weight average)"),
+            ("train.tensorboard", _is(bool), "True or False")]
   if section == "optim":
     from unet_jax import optim  # pylint: disable=g-import-not-at-top
     return [("optim.name", _one_of(*optim.OPTIMIZERS), f"one of {optim.OPTIMIZERS}"),
@@ -146,6 +148,7 @@ def _rules(section: str) -> list[Rule]:
             ("eval.report_slices", _int(1), "an integer >= 1"),
             ("eval.figure_px", _int(32), "pixels >= 32"),
             ("eval.engine", _one_of(*engines.ENGINES), f"one of {engines.ENGINES}"),
+            ("eval.chunk", _seq(_int(1), (3,)), "three block sizes (z, y, x) >= 1, in voxels"),
             ("eval.confidence_level", _num(0.0, 1.0, True, True), "a probability in (0, 1)"),
             ("eval.bootstrap_resamples", _int(1000), "an integer >= 1000"),
             ("eval.bootstrap_seed", _int(0), "an integer >= 0"),

@@ -1,27 +1,40 @@
 """Training: train state, the pure data-parallel train step, validation, and the loop."""
 
 import functools
-import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from unet_jax import anisotropy, augment, checkpoint, config_check, data, inference, losses, metrics, optim, outputs
-from unet_jax import parallel, runlog, sampling, volumes
+from unet_jax import parallel, runlog, sampling, summaries, volumes
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, build_model
 
 
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus BatchNorm running statistics."""
+  """Flax TrainState plus BatchNorm running statistics and, with train.ema_decay > 0, optax.ema's state
+  of the parameters (None otherwise)."""
   batch_stats: Any
+  ema: Any = None
+
+
+OnEval = Callable[[int, dict[str, float]], bool]  # (step, validation scores) -> stop the run now
+
+
+def averaged_params(state: TrainState, decay: float) -> Any:
+  """The weights to validate, checkpoint and run: with an EMA (decay > 0), its bias-corrected average of
+  the parameters over the steps taken (count >= 1), else the parameters."""
+  if state.ema is None:
+    return state.params
+  return optax.tree_utils.tree_bias_correction(state.ema.ema, decay, state.ema.count)
 
 
 def patch_shape(config: Any) -> tuple[int, ...]:
@@ -34,15 +47,27 @@ def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
   """Initialises parameters from `key` for patches of the configured shape."""
   dummy = jnp.zeros((1, *patch_shape(config), model.in_channels), jnp.float32)
   variables = jax.jit(build_model(config.model).init, static_argnames="train")(key, dummy, train=False)
+  decay = config.train.ema_decay
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
-                           tx=optim.make_optimizer(config.optim, 0 if config.train.budget_minutes else config.train.steps))
+                           tx=optim.make_optimizer(config.optim, 0 if config.train.budget_minutes else config.train.steps),
+                           ema=optax.ema(decay).init(variables["params"]) if decay else None)
 
 
-def state_tree(state: TrainState) -> dict[str, Any]:
-  """The checkpointed part of a TrainState."""
-  return {"params": state.params, "batch_stats": state.batch_stats,
-          "opt_state": state.opt_state, "step": state.step}
+def state_tree(state: TrainState, ema_decay: float = 0.0) -> dict[str, Any]:
+  """The checkpointed part of a TrainState. 'params' are always the weights to run (what
+  checkpoint.restore_variables reads): with an EMA, its average, the trained ones then in 'train_params'."""
+  tree = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state, "step": state.step}
+  if state.ema is not None:
+    tree.update(params=averaged_params(state, ema_decay), train_params=state.params, ema=state.ema)
+  return tree
+
+
+def from_state_tree(state: TrainState, tree: dict[str, Any]) -> TrainState:
+  """`state` with the values of a restored `state_tree`."""
+  tree = dict(tree)
+  tree["params"] = tree.pop("train_params", tree["params"])
+  return state.replace(**tree)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, *,
@@ -72,6 +97,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
     grads = jax.lax.psum(grads, axis_name)
     batch_stats = jax.lax.pmean(batch_stats, axis_name)  # equal already (synchronised BatchNorm)
   updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema is not None:
+    updated = updated.replace(ema=optax.ema(config.train.ema_decay).update(updated.params, state.ema)[1])
   finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   # A non-finite step changes nothing but the step count, so no NaN ever reaches a saved state.
   state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.replace(step=updated.step))
@@ -97,8 +124,14 @@ def make_parallel_train_step(mesh: Any, config: Any):
 
 def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: Any) -> dict[str, float]:
   """Pixel scores of the thresholded prediction of a whole split."""
+  return score_split(model, variables, split, eval_config)[0]
+
+
+def score_split(model: UNet, variables: Any, split: data.Split,
+                eval_config: Any) -> tuple[dict[str, float], np.ndarray]:
+  """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split."""
   probs = inference.predict_stack(model, variables, split.image, eval_config)
-  return metrics.pixel_scores(probs >= eval_config.threshold, split.mask)
+  return metrics.pixel_scores(probs >= eval_config.threshold, split.mask), probs
 
 
 def budget_steps(train_config: Any, done: int, minutes_used: float, seconds_per_step: float,
@@ -134,8 +167,12 @@ def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, 
   return int(multihost_utils.broadcast_one_to_all(np.int32(total))) if jax.process_count() > 1 else total
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores."""
+def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None) -> dict[str, Any]:
+  """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores.
+
+  `on_eval(step, scores)` is called after each validation (and its checkpoint); True stops the run
+  there (a sweep's pruner, unet_jax/sweeps.py).
+  """
   config_check.validate(config)
   print(anisotropy.describe(build_model(config.model).plan(), config.data.voxel_size_nm))
   mesh = parallel.make_mesh()
@@ -153,12 +190,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)
   ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
-  restored = ckpt.restore_latest(state_tree(state))
+  decay = config.train.ema_decay
+  restored = ckpt.restore_latest(state_tree(state, decay))
   if restored is not None:
-    state = state.replace(**restored)
+    state = from_state_tree(state, restored)
   start = int(state.step)
   primary = jax.process_index() == 0  # with several processes, process 0 logs
   log = runlog.MetricLog(workdir, enabled=primary)
+  tensorboard = summaries.Summaries(workdir, enabled=primary and config.train.tensorboard)
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
              "minutes": log.minutes})
   if not config.train.budget_minutes:  # step-count training: train.steps (a resumed run may be extended)
@@ -201,18 +240,26 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
       loss = float(step_metrics["loss"])
       bar.set_postfix(loss=f"{loss:.4f}")
       log.write({"step": done, "loss": loss, "minutes": elapsed()})
+      tensorboard.scalars(done, {"loss": loss, "learning_rate": optim.learning_rate(config.optim, done - 1, total)},
+                          "train")
     if done % config.train.eval_every == 0 or last:
-      variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
-      scores = evaluate_split(eval_model, variables, splits["val"], config.eval)
+      variables = parallel.local_replica({"params": averaged_params(state, decay), "batch_stats": state.batch_stats})
+      scores, probs = score_split(eval_model, variables, splits["val"], config.eval)
       log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
+      tensorboard.scalars(done, scores, "val")
+      tensorboard.slices(done, splits["val"].image, splits["val"].mask, probs)
       bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
-      ckpt.save(done, state_tree(state), scores["dice"])
+      ckpt.save(done, state_tree(state, decay), scores["dice"])
+      if on_eval is not None and on_eval(done, scores):
+        bar.write(f"stopping at step {done}: asked to after this validation")
+        break
     elif done % config.train.checkpoint_every == 0:
-      ckpt.save(done, state_tree(state))
+      ckpt.save(done, state_tree(state, decay))
     if out_of_time:
       bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
       break
   bar.close()
+  tensorboard.close()
   ckpt.close()
   del lock
   return {"step": int(state.step), **scores}
