@@ -14,6 +14,12 @@ Segment any TIFF stack (2D image or Z pages), streamed page by page, with or wit
 
 writes out/probabilities.tif (float16; --probabilities=float32|uint8), out/segmentation.tif (u8 0/255,
 exactly the stored probabilities >= eval.threshold) and out/summary.json, each atomically.
+
+Segment an OME-Zarr volume larger than memory, chunk by chunk (eval.chunk voxels; resumable: rerun the
+same command after an interruption), into out/segmentation.ome.zarr (probabilities, labels/mask,
+labels/instances, with the input's axes and voxel size; unet_jax/chunked.py):
+
+  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=vol.ome.zarr --output_dir=out/
 """
 
 import json
@@ -32,18 +38,20 @@ flags.DEFINE_list("workdir", None, "Training directories holding the checkpoints
 flags.DEFINE_list("split", ["test"], "Splits to score (comma-separated): test, val, train.")
 flags.DEFINE_string("report_dir", None, "Where to write the report (default <first workdir>/report).")
 flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction as prediction.tif (u8 0/255).")
-flags.DEFINE_string("input", None, "Segment this TIFF stack instead of scoring splits (unet_jax/segment.py).")
-flags.DEFINE_string("mask", None, "With --input: its ground-truth mask TIFF, to score the segmentation.")
+flags.DEFINE_string("input", None, "Segment this TIFF stack (unet_jax/segment.py) or OME-Zarr volume "
+                    "(*.zarr, unet_jax/chunked.py) instead of scoring splits.")
+flags.DEFINE_string("mask", None, "With --input: its ground-truth mask (TIFF or OME-Zarr), to score the segmentation.")
 flags.DEFINE_string("output_dir", None, "With --input: output folder (default <workdir>/segment_<input name>).")
 flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
-                  "With --input: probability TIFF dtype (segmentation.tif = these stored values >= eval.threshold).")
+                  "With --input: probability dtype (the mask = these stored values >= eval.threshold).")
 flags.mark_flags_as_required(["workdir"])
 
 
 def segment(config) -> None:
-  """evaluate.py --input: one stack segmented, streamed page by page."""
-  from unet_jax import segment as segmenter  # pylint: disable=g-import-not-at-top  (after the device flags)
-  name = os.path.splitext(os.path.basename(FLAGS.input))[0]
+  """evaluate.py --input: one TIFF stack streamed page by page, or an OME-Zarr volume chunk by chunk."""
+  from unet_jax import chunked, ngff, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
+  segmenter = chunked if ngff.is_zarr(FLAGS.input) else streamed
+  name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
   summary = segmenter.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
   print(json.dumps(summary, indent=2))

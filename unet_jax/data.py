@@ -1,7 +1,9 @@
 """Labelled data: image/mask pairs, validation, and train/val/test splits.
 
-Images are read and normalised to [0, 1] by unet_jax/stacks.py (the same reader inference uses).
-Masks may hold {0, 1} or {0, 255}; anything else is an error naming the values found.
+Images are read and normalised to [0, 1] by unet_jax/stacks.py (TIFF) or unet_jax/ngff.py (OME-Zarr),
+the readers inference uses. A data folder holds each stack of STACK_FILES as that TIFF or as an
+OME-Zarr image of the same stem (training.ome.zarr for training.tif). Masks may hold {0, 1} or
+{0, 255}; anything else is an error naming the values found.
 """
 
 import dataclasses
@@ -45,9 +47,24 @@ def make_split(image: np.ndarray, mask: np.ndarray, name: str = "stack") -> Spli
   return Split(stacks.normalize_image(image, f"{name} image"), binarize_mask(mask, f"{name} mask"))
 
 
+def stack_path(root: str, name: str) -> str | None:
+  """The stack `name` (a TIFF name of STACK_FILES) in `root`: that TIFF, else its OME-Zarr twin, else None."""
+  stem = os.path.join(root, os.path.splitext(name)[0])
+  return next((p for p in (os.path.join(root, name), stem + ".ome.zarr", stem + ".zarr") if os.path.exists(p)), None)
+
+
+def _read(path: str, normalized: bool) -> np.ndarray:
+  """A TIFF or OME-Zarr stack (Z, H, W): as stored, or normalised to f32 in [0, 1]."""
+  from unet_jax import ngff  # pylint: disable=g-import-not-at-top  (zarr only when used)
+  if not ngff.is_zarr(path):
+    return stacks.read_normalized(path) if normalized else stacks.read_stack(path)
+  with ngff.ZarrStack(path) as stack:
+    return stack.read((slice(None),) * 3) if normalized else stack.read_raw()
+
+
 def load_pair(image_path: str, mask_path: str) -> Split:
-  """Reads and validates an image TIFF and its mask TIFF."""
-  return make_split(stacks.read_normalized(image_path), stacks.read_stack(mask_path), os.path.basename(image_path))
+  """Reads and validates an image and its mask (TIFF or OME-Zarr)."""
+  return make_split(_read(image_path, True), _read(mask_path, False), os.path.basename(image_path))
 
 
 def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:
@@ -62,12 +79,13 @@ def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:
 
 
 def load_folder(root: str) -> dict[str, Split]:
-  """Loads training and testing stacks from `root` (the Lucchi/VNC file names)."""
-  missing = [f for pair in STACK_FILES.values() for f in pair if not os.path.isfile(os.path.join(root, f))]
+  """Loads training and testing stacks from `root` (the Lucchi/VNC file names, TIFF or OME-Zarr)."""
+  missing = [f for pair in STACK_FILES.values() for f in pair if stack_path(root, f) is None]
   if missing:
     raise InputError(f"data folder {root!r} lacks {', '.join(missing)}; set --config.data.root "
-                     f"to a folder holding {', '.join(f for p in STACK_FILES.values() for f in p)}")
-  return {k: load_pair(os.path.join(root, a), os.path.join(root, b)) for k, (a, b) in STACK_FILES.items()}
+                     f"to a folder holding {', '.join(f for p in STACK_FILES.values() for f in p)} "
+                     "(or OME-Zarr images named like them, e.g. training.ome.zarr)")
+  return {k: load_pair(stack_path(root, a), stack_path(root, b)) for k, (a, b) in STACK_FILES.items()}
 
 
 def warn_if_empty(splits: dict[str, Split]) -> None:

@@ -59,23 +59,25 @@ def window_grid(shape: tuple[int, ...], window: tuple[int, ...], overlap: float)
 
 
 @functools.lru_cache(maxsize=4)
-def _plan(shape: tuple[int, ...], window: tuple[int, ...], overlap: float, blend: str, sigma: float,
-          batch_size: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+def _plan(shape: tuple[int, ...], starts: tuple[tuple[int, ...], ...], window: tuple[int, ...], blend: str,
+          sigma: float, batch_size: int, capacity: int) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """(origins i32[nb, b, ndim], keep f32[nb, b], weights f32[*window], weight sum f32[*shape]).
 
-  The N windows are split into nb = ceil(N / batch_size) batches of b = ceil(N / nb) windows, so
-  fewer than nb batch slots are padding (repeats of the last window with keep = 0).
+  The windows are the grid of per-axis `starts`; their number N is padded to `capacity` (at least N)
+  and split into nb = ceil(capacity / batch_size) batches of b = ceil(capacity / nb), so padding
+  slots are repeats of the last window with keep = 0. A fixed capacity keeps the compiled shapes of
+  regions holding different numbers of windows equal (unet_jax/tiling.py).
   """
-  origins = window_grid(shape, window, overlap)
+  origins = np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(shape))
   weights = blend_weights(window, blend, sigma)
   norm = np.zeros(shape, np.float32)
   for start in origins:
     norm[tuple(slice(s, s + w) for s, w in zip(start, window))] += weights
-  n = len(origins)
+  n = max(len(origins), capacity)
   n_batches = -(-n // batch_size)
   per_batch = -(-n // n_batches)
-  padded = np.concatenate([origins, np.repeat(origins[-1:], n_batches * per_batch - n, 0)])
-  keep = (np.arange(n_batches * per_batch) < n).astype(np.float32)
+  padded = np.concatenate([origins, np.repeat(origins[-1:], n_batches * per_batch - len(origins), 0)])
+  keep = (np.arange(n_batches * per_batch) < len(origins)).astype(np.float32)
   return (jnp.asarray(padded.reshape(n_batches, per_batch, -1)), jnp.asarray(keep.reshape(n_batches, per_batch)),
           jnp.asarray(weights), jnp.asarray(norm))
 
@@ -83,16 +85,17 @@ def _plan(shape: tuple[int, ...], window: tuple[int, ...], overlap: float, blend
 @functools.partial(jax.jit, static_argnames=("predict", "window"))
 def _weighted_sum(predict: Predict, variables: Any, image: jax.Array, origins: jax.Array, keep: jax.Array,
                   weights: jax.Array, window: tuple[int, ...]) -> jax.Array:
-  """Sum f32[*image.shape] of weights * predict over windows at `origins` i32[nb, b, ndim]."""
+  """Sum f32[*spatial] of weights * predict over windows at `origins` i32[nb, b, ndim] of `image` f32[*spatial, C]."""
+  channels = image.shape[-1]
   def run_batch(total, batch):
     starts, keep = batch
-    patches = jax.vmap(lambda s: jax.lax.dynamic_slice(image, tuple(s), window))(starts)
-    probs = predict(variables, patches[..., None])[..., 0] * weights * keep.reshape((-1,) + (1,) * len(window))
+    patches = jax.vmap(lambda s: jax.lax.dynamic_slice(image, (*s, 0), (*window, channels)))(starts)
+    probs = predict(variables, patches)[..., 0] * weights * keep.reshape((-1,) + (1,) * len(window))
     def add(i, total):
       s = tuple(starts[i])
       return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, s, window) + probs[i], s)
     return jax.lax.fori_loop(0, starts.shape[0], add, total), None
-  total, _ = jax.lax.scan(run_batch, jnp.zeros(image.shape, jnp.float32), (origins, keep))
+  total, _ = jax.lax.scan(run_batch, jnp.zeros(image.shape[:-1], jnp.float32), (origins, keep))
   return total
 
 
@@ -106,6 +109,29 @@ def _check(image_shape: tuple[int, ...], window: tuple[int, ...], overlap: float
     raise InputError(f"overlap must be in [0, 1), got {overlap}")
 
 
+def region_sums(predict: Predict, variables: Any, image: np.ndarray | jax.Array, starts: tuple[tuple[int, ...], ...],
+                window: tuple[int, ...], blend: str = "gaussian", batch_size: int = 8, sigma: float = 0.125,
+                capacity: int = 0) -> tuple[jax.Array, jax.Array]:
+  """(sum of weighted window probabilities, sum of weights), both f32[*spatial], of `image` f32[*spatial, C].
+
+  The windows are the grid of per-axis `starts` (relative to the image); the image is reflect-padded
+  to reach the last window's end and the sums cropped back. `predict` maps f32[B, *window, C] to
+  f32[B, *window, 1]; `capacity` (see `_plan`) fixes the compiled batch count.
+  """
+  window = tuple(int(w) for w in window)
+  shape = tuple(image.shape[:-1])
+  padded_shape = tuple(max(s, max(a) + w) for s, a, w in zip(shape, starts, window))
+  image = jnp.asarray(image, jnp.float32)
+  if padded_shape != shape:
+    image = jnp.pad(image, [(0, p - s) for s, p in zip(shape, padded_shape)] + [(0, 0)], mode="reflect")
+  starts = tuple(tuple(int(s) for s in a) for a in starts)
+  origins, keep, weights, norm = _plan(padded_shape, starts, window, blend, float(sigma), int(batch_size),
+                                       int(capacity))
+  total = _weighted_sum(predict, variables, image, origins, keep, weights, window)
+  crop = tuple(slice(0, s) for s in shape)
+  return total[crop], norm[crop]
+
+
 def window_sums(predict: Predict, variables: Any, image: np.ndarray | jax.Array, window: tuple[int, ...],
                 overlap: float = 0.5, blend: str = "gaussian", batch_size: int = 8,
                 sigma: float = 0.125) -> tuple[jax.Array, jax.Array]:
@@ -115,15 +141,8 @@ def window_sums(predict: Predict, variables: Any, image: np.ndarray | jax.Array,
   """
   window = tuple(int(w) for w in window)
   _check(tuple(image.shape), window, overlap, batch_size)
-  shape = tuple(image.shape)
-  padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
-  image = jnp.asarray(image, jnp.float32)
-  if padded_shape != shape:
-    image = jnp.pad(image, [(0, p - s) for s, p in zip(shape, padded_shape)], mode="reflect")
-  origins, keep, weights, norm = _plan(padded_shape, window, float(overlap), blend, float(sigma), int(batch_size))
-  total = _weighted_sum(predict, variables, image, origins, keep, weights, window)
-  crop = tuple(slice(0, s) for s in shape)
-  return total[crop], norm[crop]
+  starts = tuple(tuple(window_starts(max(s, w), w, overlap)) for s, w in zip(image.shape, window))
+  return region_sums(predict, variables, jnp.asarray(image)[..., None], starts, window, blend, batch_size, sigma)
 
 
 def sliding_window_predict(predict: Predict, variables: Any, image: np.ndarray | jax.Array,

@@ -1,10 +1,10 @@
 """Whole-stack segmentation streamed from a TIFF to TIFFs, in memory that does not grow with the stack.
 
-The input is read one page at a time (`StackReader`); a 2D model runs sliding-window inference
-slice by slice, a 3D model on slabs one window deep, one row of windows along Z at a time, whose
-weighted sums are added into a rolling buffer and written out as soon as no later window touches
-a slice (so the streamed volume equals `inference.sliding_window_predict` on the whole volume, up
-to float rounding). Probabilities (float32, float16, or uint8 = round(255 p)) and the mask
+The input is read one page at a time (`StackReader`) and segmented in blocks of a few whole slices
+on the global sliding-window grid (unet_jax/tiling.py, the code chunked OME-Zarr segmentation uses):
+2D models slice by slice, 2.5D ones with their neighbouring slices as channels, 3D ones on their
+windows; the streamed volume equals `inference.sliding_window_predict` on the whole volume up to
+float rounding. Probabilities (float32, float16, or uint8 = round(255 p)) and the mask
 (uint8 0/255) are appended page by page (zlib-compressed multi-page TIFFs, ImageJ/Fiji readable).
 The mask is the stored probabilities thresholded: segmentation.tif == (probabilities.tif, as floats,
 uint8 / 255, >= eval.threshold) pixel for pixel, whatever the dtype's rounding.
@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 import tqdm
 
-from unet_jax import calibration, checkpoint, data, inference, metrics, outputs
+from unet_jax import calibration, checkpoint, data, inference, metrics, outputs, tiling
 from unet_jax.errors import InputError
 from unet_jax.model import UNet, abstract_variables, build_model
 from unet_jax.stacks import StackReader
@@ -36,45 +36,21 @@ OUTPUT_FILES = ("probabilities.tif", "segmentation.tif", "summary.json")
 
 def stream_probabilities(predict: inference.Predict, variables: Any, pages: Callable[[int], np.ndarray],
                          shape: tuple[int, int, int], window: tuple[int, ...], overlap: float = 0.5,
-                         blend: str = "gaussian", batch_size: int = 8,
-                         sigma: float = 0.125) -> Iterator[np.ndarray]:
+                         blend: str = "gaussian", batch_size: int = 8, sigma: float = 0.125,
+                         context_slices: int = 0, block_depth: int = 8) -> Iterator[np.ndarray]:
   """Yields probabilities f32[H, W] for z = 0, 1, ... of a stack of `shape` (Z, H, W) given by `pages(z)`.
 
-  A 2D `window` runs each slice alone; a 3D one runs slabs one window deep along Z (see module doc).
-  In 2D the next slice is dispatched before the previous result is fetched, so reading and
-  writing overlap with the computation.
+  `predict` takes the model's windows (`inference.predictor`): 2D ones run each slice alone (with
+  2k + 1 neighbouring slices as channels when `context_slices` = k > 0), 3D ones the volume. Blocks
+  of `block_depth` whole slices on the global window grid (unet_jax/tiling.py): the same code as
+  chunked OME-Zarr segmentation, equal to `inference.sliding_window_predict` up to float rounding.
   """
-  sums = lambda image: inference.window_sums(predict, variables, image, window, overlap, blend, batch_size, sigma)
-  depth = shape[0]
   if len(window) == 2:
-    pending = None
-    for z in range(depth):
-      total, norm = sums(pages(z))
-      if pending is not None:
-        yield np.asarray(pending)
-      pending = total / norm
-    yield np.asarray(pending)
-    return
-  if depth <= window[0]:  # one slab: the whole (small) volume
-    total, norm = sums(np.stack([pages(z) for z in range(depth)]))
-    yield from np.asarray(total / norm)
-    return
-  starts = inference.window_starts(depth, window[0], overlap)
-  cache: dict[int, np.ndarray] = {}
-  totals: dict[int, np.ndarray] = {}
-  norms: dict[int, np.ndarray] = {}
-  written = 0
-  for row, start in enumerate(starts):
-    slab = range(start, start + window[0])
-    cache = {z: cache[z] if z in cache else pages(z) for z in slab}
-    total, norm = map(np.asarray, sums(np.stack([cache[z] for z in slab])))
-    for k, z in enumerate(slab):
-      totals[z] = totals.get(z, 0.0) + total[k]
-      norms[z] = norms.get(z, 0.0) + norm[k]
-    done = starts[row + 1] if row + 1 < len(starts) else depth  # no later window reaches below `done`
-    for z in range(written, done):
-      yield totals.pop(z) / norms.pop(z)
-    written = done
+    window, predict = (1, *window), tiling.on_slices(predict)
+  tiles = tiling.plan(shape, window, overlap, (block_depth, shape[1], shape[2]), context_slices)
+  read = lambda box: np.stack([pages(z)[box[1:]] for z in range(box[0].start, box[0].stop)])
+  for block in tiles.blocks:
+    yield from tiling.block_probabilities(predict, variables, read, tiles, block, blend, batch_size, sigma)
 
 
 def stored_probabilities(prob: np.ndarray, dtype: str) -> np.ndarray:
@@ -114,7 +90,8 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
            "segmentation": os.path.join(output_dir, OUTPUT_FILES[1])}
   outputs.check_writable(output_dir, "output folder")
   counts = np.zeros(4, np.int64)
-  probs = stream_probabilities(predict, variables, reader.__getitem__, reader.shape, **settings)
+  probs = stream_probabilities(predict, variables, reader.__getitem__, reader.shape, **settings,
+                               context_slices=(model.in_channels - 1) // 2)
   with _page_writer(paths["probabilities"], reader.shape, np.dtype(probability_dtype)) as write_prob, \
        _page_writer(paths["segmentation"], reader.shape, np.dtype(np.uint8)) as write_seg:
     for z, prob in enumerate(tqdm.tqdm(probs, total=len(reader), unit="slice", disable=not progress)):
@@ -134,6 +111,14 @@ def segment_stack(model: UNet, variables: Any, reader: StackReader, output_dir: 
   return summary
 
 
+def restore_network(config: Any, workdir: str) -> tuple[UNet, Any, int, float]:
+  """(model, variables, checkpoint step, temperature) of `workdir`'s `eval.checkpoint` (1 unless `eval.calibrate`)."""
+  model = build_model(config.model)
+  variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
+  temperature = calibration.load_temperature(workdir, step) if config.eval.calibrate else 1.0
+  return model, variables, int(step), temperature
+
+
 def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, mask_path: str | None = None,
                  probability_dtype: str = "float16", progress: bool = True) -> dict[str, Any]:
   """Segments the TIFF `input_path` with `workdir`'s checkpoint (`eval.checkpoint`) into `output_dir`.
@@ -145,12 +130,10 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
     reader = stack.enter_context(StackReader(input_path))
     mask = stack.enter_context(StackReader(mask_path)) if mask_path else None
     outputs.check_writable(output_dir, "output folder")
-    model = build_model(config.model)
-    variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
-    temperature = calibration.load_temperature(workdir, step) if config.eval.calibrate else 1.0
+    model, variables, step, temperature = restore_network(config, workdir)
     summary = segment_stack(model, variables, reader, output_dir, config.eval, mask,
                             probability_dtype, progress, temperature)
-  summary = {"workdir": workdir, "checkpoint": config.eval.checkpoint, "step": int(step),
+  summary = {"workdir": workdir, "checkpoint": config.eval.checkpoint, "step": step,
              "notes": reader.notes, **summary}
   outputs.write_json(os.path.join(output_dir, OUTPUT_FILES[2]), summary)
   return summary

@@ -42,7 +42,8 @@ def scaling(dtype: np.dtype, lo: float, hi: float, stored_bits: int | None = Non
   return lo, (hi - lo) if hi > lo else 1.0
 
 
-def _check_dtype(dtype: np.dtype, name: str) -> None:
+def check_dtype(dtype: np.dtype, name: str) -> None:
+  """Raises InputError for dtypes that are not integer or float image data."""
   if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)) or dtype == np.bool_:
     raise InputError(f"{name} has unsupported dtype {dtype}; use uint8, uint16 or float")
 
@@ -56,7 +57,7 @@ def value_range(array: np.ndarray, name: str) -> tuple[float, float]:
 
 def normalize_image(image: np.ndarray, name: str = "image", stored_bits: int | None = None) -> np.ndarray:
   """An array of any supported dtype as float32 in [0, 1] (see the module docstring)."""
-  _check_dtype(image.dtype, name)
+  check_dtype(image.dtype, name)
   offset, scale = scaling(image.dtype, *value_range(image, name), stored_bits)
   image = image.astype(np.float32)
   return image if (offset, scale) == (0.0, 1.0) else (image - np.float32(offset)) / np.float32(scale)
@@ -112,7 +113,7 @@ class StackReader:
     try:
       if 0 in shape:
         raise InputError(f"{path} holds no pixels (shape {shape}); save a non-empty image or stack")
-      _check_dtype(self.dtype, path)
+      check_dtype(self.dtype, path)
       z_axis, sample, self.notes = _layout(path, axes, shape)
       depth = shape[z_axis] if z_axis >= 0 else 1
       self.shape = (depth, shape[axes.index("Y")], shape[axes.index("X")])
