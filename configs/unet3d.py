@@ -13,7 +13,8 @@ and pooling per level are derived from data.voxel_size_nm (unet_jax/anisotropy.p
 start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling until its voxels are
 within 2x of isotropic. Override with --config.model.kernel_sizes / --config.model.pool_factors.
 mode=2d and mode=2.5d keep the data, budget and evaluation and swap in the 2D network (2.5D: the
-`context_slices` neighbours on each side as input channels), for the README's 2D vs 2.5D vs 3D table.
+`context_slices` neighbours on each side as input channels, with the 3D section artefacts applied to
+those sections), for the README's 2D vs 2.5D vs 3D table.
 """
 
 import ml_collections
@@ -123,8 +124,9 @@ def two_d(c: ml_collections.ConfigDict, variant: str, context_slices: int) -> No
   c.optim.warmup_steps = twin.optim.warmup_steps
   retype(c.eval, "window", twin.eval.window)
   c.eval.batch_size = twin.eval.batch_size
-  for name in ("misalign_prob", "section_intensity_prob", "missing_section_prob"):
-    c.augment[name] = 0.0  # 3D only
+  if not context_slices:  # 2.5D keeps the section artefacts: its 2k + 1 channels are sections
+    for name in ("misalign_prob", "section_intensity_prob", "missing_section_prob"):
+      c.augment[name] = 0.0
 
 
 VARIANT_OVERRIDES = {"synthetic": synthetic, "vnc": vnc, "lucchi": lucchi, "tiny": tiny}

@@ -173,3 +173,10 @@ def test_2d_config_refuses_3d_patches_and_windows():
     volumes.check_config(c)
   with pytest.raises(InputError, match="UNet2D expects input"):
     UNet(depth=2, base_features=2).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 16, 16, 1)))
+
+
+def test_2p5d_twin_keeps_the_section_artefacts_and_2d_drops_them():
+  from configs import unet3d  # pylint: disable=g-import-not-at-top
+  two_and_half, flat = unet3d.get_config("vnc,mode=2.5d"), unet3d.get_config("vnc,mode=2d")
+  fields = ("misalign_prob", "section_intensity_prob", "missing_section_prob")
+  assert all(two_and_half.augment[f] > 0 for f in fields) and not any(flat.augment[f] for f in fields)

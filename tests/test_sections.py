@@ -134,3 +134,43 @@ def test_3d_geometry_stays_in_the_plane_with_elastic_z_off():
   config.elastic_z = True  # the isotropic default does displace along z
   out_image, _ = run(config, volume, volume, seed=7)
   assert np.abs(out_image - np.asarray(volume)).max() > 0.01
+
+
+def slab_batch(volume_batch, k: int = 2):
+  """2.5D examples from the volume batch: images f32[4, 32, 32, 2k + 1] (sections as channels) and
+  masks f32[4, 32, 32, 1] of the centre section, whose image is 0.2 + 0.6 mask (the others: texture)."""
+  texture, masks = volume_batch
+  images = jnp.moveaxis(texture[:, :2 * k + 1, ..., 0], 1, -1)
+  centre = masks[:, k]
+  return images.at[..., k].set(0.2 + 0.6 * centre[..., 0]), centre
+
+
+def test_2_5d_off_is_identity_and_2d_single_channel_is_untouched(volume_batch):
+  images, masks = slab_batch(volume_batch)
+  out = run(off_config(misalign_pixels=4), images, masks)
+  assert np.array_equal(out[0], images) and np.array_equal(out[1], masks)
+  one = images[..., 2:3]  # a plain 2D image: one section, nothing to misalign
+  out = run(off_config(**SECTION_ON, misalign_pixels=4), one, masks)
+  assert np.array_equal(out[0], one) and np.array_equal(out[1], masks)
+
+
+def test_2_5d_artefacts_act_on_the_channel_sections_and_keep_the_centre_mask_aligned(volume_batch):
+  """Misalignment moves the centre mask iff it moves the centre section; missing sections keep labels."""
+  images, masks = slab_batch(volume_batch)
+  moved_centre = moved_other = 0
+  for seed in range(8):
+    out_image, out_mask = run(off_config(misalign_prob=1.0, misalign_pixels=6), images, masks, seed=seed)
+    assert set(np.unique(out_mask)) <= {0.0, 1.0} and out_mask.shape == masks.shape
+    np.testing.assert_array_equal(out_image[..., 2:3], 0.2 + 0.6 * out_mask)  # centre image = its mask
+    for x, y in zip(np.asarray(images), out_image):
+      changed = [c for c in range(5) if not np.array_equal(x[..., c], y[..., c])]
+      assert changed and 0 not in changed  # the first section never moves
+      moved_centre += 2 in changed
+      moved_other += bool(set(changed) - {2})
+  assert moved_centre and moved_other
+  for seed in range(4):
+    out_image, out_mask = run(off_config(missing_section_prob=1.0), images, masks, seed=seed)
+    assert np.array_equal(out_mask, masks)
+    changed = [[c for c in range(5) if not np.array_equal(x[..., c], y[..., c])]
+               for x, y in zip(np.asarray(images), out_image)]
+    assert all(len(c) == 1 for c in changed)

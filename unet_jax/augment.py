@@ -194,13 +194,16 @@ def augment_intensity(key: jax.Array, image: jax.Array, config: Any) -> jax.Arra
 def augment_example(key: jax.Array, image: jax.Array, mask: jax.Array,
                     config: Any) -> tuple[jax.Array, jax.Array]:
   """Augments one example image f32[*spatial, C] / mask f32[*spatial, 1]: geometry on both, intensity on
-  the image, then for 3D patches the EM section artefacts (unet_jax/sections.py)."""
+  the image, then for 3D and 2.5D patches (2D with C > 1: the C channels are sections) the EM section
+  artefacts (unet_jax/sections.py)."""
   geometry_key, intensity_key = jax.random.split(key)
   image, mask = augment_geometry(geometry_key, image, mask, config)
   image = augment_intensity(intensity_key, image, config)
-  if image.ndim == 4 and any(config.get(p, 0.0) for p in SECTION_PROB_FIELDS):
+  slab = image.ndim == 3 and image.shape[-1] > 1  # 2.5D: the channels are neighbouring sections
+  if (image.ndim == 4 or slab) and any(config.get(p, 0.0) for p in SECTION_PROB_FIELDS):
     from unet_jax import sections  # pylint: disable=g-import-not-at-top  (sections uses this module)
-    image, mask = sections.augment_sections(jax.random.fold_in(key, 2), image, mask, config)
+    artefacts = sections.augment_slab_sections if slab else sections.augment_sections
+    image, mask = artefacts(jax.random.fold_in(key, 2), image, mask, config)
   return image, mask
 
 

@@ -17,8 +17,11 @@ on the SNEMI3D connectomics challenge") and PyTorch Connectomics (MisAlignment, 
    from its neighbour (half of the draws each); the mask keeps the true labels, so the network
    learns to bridge the gap from the neighbouring sections.
 
-`augment.augment_example` calls `augment_sections` for 3D patches after its own transforms. A
-probability of 0 is not traced; a draw that does not fire returns its input bit for bit.
+`augment.augment_example` calls `augment_sections` for 3D patches after its own transforms, and
+`augment_slab_sections` for 2.5D patches (unet_jax/context.py: image f32[H, W, 2k + 1], the slices
+as channels, the mask of the centre slice), whose 2k + 1 slices are sections like a 3D patch's; the
+centre mask moves with the centre section. A probability of 0 is not traced; a draw that does not
+fire returns its input bit for bit.
 """
 
 from typing import Any
@@ -96,3 +99,13 @@ def augment_sections(key: jax.Array, image: jax.Array, mask: jax.Array,
   if config.get("missing_section_prob", 0.0):
     image = missing_section(missing_key, image, config.missing_section_prob)
   return image, mask
+
+
+def augment_slab_sections(key: jax.Array, image: jax.Array, mask: jax.Array,
+                          config: Any) -> tuple[jax.Array, jax.Array]:
+  """`augment_sections` of one 2.5D example: image f32[H, W, S] (S sections), mask f32[H, W, 1] of the centre one."""
+  sections = image.shape[-1]
+  volume = jnp.moveaxis(image, -1, 0)[..., None]  # f32[S, H, W, 1]
+  masks = jnp.broadcast_to(mask[None], (sections, *mask.shape))  # each section carries the centre mask
+  volume, masks = augment_sections(key, volume, masks, config)
+  return jnp.moveaxis(volume[..., 0], 0, -1), masks[sections // 2]
