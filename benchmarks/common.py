@@ -1,8 +1,11 @@
-"""What the benchmark scripts share: the repository on sys.path, the config flag, the inference arguments."""
+"""What the benchmark scripts share: the repository on sys.path, the config flag, the inference arguments,
+the timing of a training loop."""
 
 import argparse
 import os
 import sys
+import time
+from typing import Any, Callable, Iterator
 
 from absl import flags
 from ml_collections import config_flags
@@ -27,3 +30,21 @@ def inference_parser(doc: str, slices: int) -> argparse.ArgumentParser:
   parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
   parser.add_argument("--ynnpack", action="store_true", help="keep XLA's default YNNPACK convolutions")
   return parser
+
+
+def time_steps(batches: Iterator[Any], step: Callable[[Any], None], finish: Callable[[], None], warmup: int,
+               steps: int, batch_size: int) -> dict[str, float]:
+  """`warmup` untimed then `steps` timed calls of step(next(batches)), `finish()` (wait for the device)
+  closing each phase: images per wall second, and the share of it spent blocked in next(batches)."""
+  for _ in range(warmup):
+    step(next(batches))
+  finish()
+  waited, start = 0.0, time.perf_counter()
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    batch = next(batches)
+    waited += time.perf_counter() - t0
+    step(batch)
+  finish()
+  seconds = time.perf_counter() - start
+  return {"img_per_s": steps * batch_size / seconds, "data_wait": waited / seconds, "seconds": seconds, "steps": steps}

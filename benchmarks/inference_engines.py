@@ -13,11 +13,13 @@ does (`parallel.use_inference_kernels`); --ynnpack keeps XLA's default YNNPACK o
 monai are installed (benchmarks/requirements.txt), MONAI's `sliding_window_inference` with the same
 weights in the PyTorch twin (2 threads, channels_last, sigma 0.125) alternates with them as a third
 column. The load average is printed before and after: on a shared machine only the ratios of one
-run compare.
+run compare. --json adds one JSON line per setting (median s per slice by engine), which
+benchmarks/end_to_end.py reads.
 """
 
 import argparse
 import importlib.util
+import json
 import os
 import time
 from typing import Any, Callable
@@ -31,6 +33,7 @@ def parse_args() -> argparse.Namespace:
   parser = common.inference_parser(__doc__, slices=8)
   parser.add_argument("--windows", default="256:0.5,512:0.5,0:0",
                       help="window:overlap settings, comma-separated; window 0 = the whole slice")
+  parser.add_argument("--json", action="store_true", help="also one JSON line of median seconds per setting")
   return parser.parse_args()
 
 
@@ -115,6 +118,9 @@ def main() -> None:
     if peer:
       print(f"  MONAI + PyTorch {median['monai']:.3f} s per slice: XLA {median['monai'] / median['xla']:.2f}x, "
             f"ONNX Runtime {median['monai'] / median['onnx']:.2f}x its speed")
+    if args.json:
+      print(json.dumps({"window": list(window), "overlap": overlap, "windows": count, "batch": batch,
+                        "slices": len(slices) - 1, **median}))
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -10,7 +10,7 @@ f32[B, 1, *spatial]. `copy_flax_variables` loads flax weights so both compute th
   copy_flax_variables(net, variables)  # variables = {'params', 'batch_stats'} of the flax UNet
 """
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -118,3 +118,26 @@ def copy_flax_variables(net: TorchUNet, variables: dict[str, Any]) -> TorchUNet:
     _copy_block(block, params[f"dec{level}"], stats.get(f"dec{level}", {}))
   _copy_conv(net.head, params["head"])
   return net
+
+
+def log_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+  """-ln(soft Dice) of the batch sums, as unet_jax.losses.log_dice_loss."""
+  probs = torch.sigmoid(logits)
+  return -torch.log((2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth))
+
+
+def make_train_step(net: TorchUNet, config: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+  """(image, mask) f32[B, 1, *spatial] -> loss: one log-Dice step of AdamW with `config.optim`'s learning rate,
+  weight decay and global-norm clipping (constant learning rate), the step of our config's train.loss='log_dice'."""
+  optim = torch.optim.AdamW(net.parameters(), lr=config.optim.learning_rate,
+                            weight_decay=config.optim.weight_decay, eps=1e-8)
+
+  def step(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    optim.zero_grad(set_to_none=True)
+    loss = log_dice_loss(net(image), mask, config.train.smooth)
+    loss.backward()
+    if config.optim.grad_clip:
+      torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
+    optim.step()
+    return loss.detach()
+  return step
