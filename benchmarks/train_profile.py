@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 import time
+from typing import Callable
 
 from absl import app, flags
 
@@ -70,6 +71,31 @@ def category(inst: dict, opcodes: dict[str, set[str]]) -> str:
   return "elementwise and other"
 
 
+def traced_op_ms(instructions: dict[str, dict], run: Callable[[], None], repeats: int) -> collections.Counter:
+  """Instruction name -> ms per call of `run` (traced `repeats` times) for the executed ops of `instructions`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      for _ in range(repeats):
+        run()
+    with gzip.open(glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)[0]) as f:
+      events = json.load(f)["traceEvents"]
+  per_op = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in instructions:
+      per_op[e["name"]] += e["dur"] / 1000 / repeats
+  return per_op
+
+
+def category_ms(per_op: collections.Counter, instructions: dict[str, dict],
+                opcodes: dict[str, set[str]]) -> collections.Counter:
+  """Kind of work (`category`) -> ms, summed over `per_op`."""
+  totals = collections.Counter()
+  for name, ms in per_op.items():
+    totals[category(instructions[name], opcodes)] += ms
+  return totals
+
+
 def torch_conv_ms(batch: int, size: int, cin: int, cout: int) -> float:
   """Median ms of one forward 3x3 convolution in PyTorch (channels_last, all cores)."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -112,19 +138,8 @@ def main(argv: list[str]) -> None:
   for _ in range(FLAGS.repeats):
     jax.block_until_ready(step(variables["params"]))
   wall = (time.perf_counter() - t0) / FLAGS.repeats
-  with tempfile.TemporaryDirectory() as tmp:
-    with jax.profiler.trace(tmp):
-      for _ in range(FLAGS.repeats):
-        jax.block_until_ready(step(variables["params"]))
-    with gzip.open(glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)[0]) as f:
-      events = json.load(f)["traceEvents"]
-  per_op = collections.Counter()
-  for e in events:
-    if e.get("ph") == "X" and e.get("name") in instructions:
-      per_op[e["name"]] += e["dur"] / 1000 / FLAGS.repeats  # ms per step
-  totals = collections.Counter()
-  for name, ms in per_op.items():
-    totals[category(instructions[name], opcodes)] += ms
+  per_op = traced_op_ms(instructions, lambda: jax.block_until_ready(step(variables["params"])), FLAGS.repeats)
+  totals = category_ms(per_op, instructions, opcodes)
   traced = sum(totals.values())
   print(f"{jax.devices()[0].platform}, 1 device; forward + backward of batch {FLAGS.batch} of {shape[1:-1]}: "
         f"{1000 * wall:.0f} ms per step untraced, {traced:.0f} ms in XLA ops traced (the rest: probably "

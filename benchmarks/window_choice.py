@@ -1,0 +1,102 @@
+"""The default inference window and engine, chosen by speed at equal validation Dice.
+
+  .venv/bin/python benchmarks/window_choice.py [--workdir=runs/vnc_budget20] [--slices=4]
+      [--windows=256:0.5,256:0,512:0.5,512:0,1024:0] [--tolerance=0.002]
+
+For each window:overlap setting (Gaussian blending, batches of --batch windows) and each engine
+(`eval.engine`: xla, onnx), the configs/unet2d.py:vnc U-Net restored from --workdir segments the
+VALIDATION slices of ../shared/data/vnc (the last training slices, `data.load_splits`; never the
+test stack), scored by pixel Dice at `eval.threshold`, and --slices slices of unlabeled.tif more
+for timing. Every slice is timed after a warm-up slice (compilation, ONNX conversion); all
+settings and engines run in turn on each slice, the order rotating slice by slice, so background load
+hits all alike.
+Prints seconds per 1024^2 slice (median), val Dice, and the fastest setting among those within
+--tolerance of the best val Dice. XLA uses its own CPU convolutions, as evaluate.py does
+(`parallel.use_inference_kernels`). On a shared machine only times of one run compare.
+"""
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+
+
+def parse_args() -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", default=os.path.join(common.ROOT, "runs", "vnc_budget20"))
+  parser.add_argument("--windows", default="256:0.5,256:0,512:0.5,512:0,1024:0",
+                      help="window:overlap settings, comma-separated")
+  parser.add_argument("--slices", type=int, default=4, help="unlabeled.tif slices timed on top of the val slices")
+  parser.add_argument("--batch", type=int, default=8, help="windows per batch (eval.batch_size)")
+  parser.add_argument("--tolerance", type=float, default=0.002, help="val Dice counted as equal within this")
+  return parser.parse_args()
+
+
+def main() -> None:
+  args = parse_args()
+  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.use_inference_kernels()  # before JAX starts its backends, as evaluate.py
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import unet2d  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint, data, engines, inference, metrics, stacks  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+
+  config = unet2d.get_config("vnc")
+  config.data.root = os.path.join(common.ROOT, "..", "shared", "data", "vnc")
+  if not os.path.isdir(config.data.root):
+    print(f"skipped: {config.data.root} is absent")
+    return
+  model = build_model(config.model)
+  variables, step = checkpoint.restore_variables(args.workdir, abstract_variables(model), config.eval.checkpoint)
+  val = data.load_splits(config.data)["val"]
+  with stacks.StackReader(common.DATA) as reader:
+    extra = np.stack([reader[z] for z in range(args.slices + 1)])
+  warm_slice, timed_slices = extra[0], [*val.image, *extra[1:]]
+  threshold = config.eval.threshold
+  print(f"checkpoint {args.workdir} (step {step}); val split {val.image.shape}, {len(timed_slices)} timed slices "
+        f"({len(val.image)} val + {args.slices} unlabeled) per setting and engine; threshold {threshold}; "
+        f"jax {jax.__version__}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+
+  runs = {}
+  for setting in args.windows.split(","):
+    size, overlap = int(setting.split(":")[0]), float(setting.split(":")[1])
+    window = (size, size)
+    count = len(inference.window_grid(val.image.shape[1:], window, overlap))
+    for engine in engines.ENGINES:
+      runs[size, overlap, engine] = (count, lambda image, p=inference.predictor(model, "none", engine), w=window, o=overlap,
+                                     b=min(args.batch, count): np.asarray(
+                                         inference.sliding_window_predict(p, variables, image, w, o, "gaussian", b)))
+  for _, predict in runs.values():
+    predict(warm_slice)
+  keys = list(runs)
+  seconds, probs = {k: [] for k in keys}, {k: [] for k in keys}
+  for i, image in enumerate(timed_slices):  # every setting on each slice, the order rotating slice by slice
+    for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+      start = time.perf_counter()
+      out = runs[key][1](image)
+      seconds[key].append(time.perf_counter() - start)
+      if i < len(val.image):
+        probs[key].append(out)
+  rows = []
+  for key in keys:
+    dice = metrics.pixel_scores(np.stack(probs[key]) >= threshold, val.mask)["dice"]
+    rows.append((*key[:2], runs[key][0], key[2], float(np.median(seconds[key])), dice))
+
+  best = max(r[5] for r in rows)
+  fastest = min((r for r in rows if r[5] >= best - args.tolerance), key=lambda r: r[4])
+  reference = next((r[4] for r in rows if r[:2] == (256, 0.5) and r[3] == "xla"), rows[0][4])
+  print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+  print("| window | overlap | windows per slice | engine | s per 1024² slice | speed vs 256²/0.5 XLA | val Dice |")
+  print("|---|---|---|---|---|---|---|")
+  for size, overlap, count, engine, sec, dice in rows:
+    mark = "**" if (size, overlap, engine) == fastest[:2] + (fastest[3],) else ""
+    print(f"| {size}² | {overlap:g} | {count} | {engine} | {mark}{sec:.3f}{mark} | {reference / sec:.2f}x | {dice:.4f} |")
+  print(f"fastest within {args.tolerance} of the best val Dice ({best:.4f}): window {fastest[0]}, overlap "
+        f"{fastest[1]:g}, engine {fastest[3]} ({fastest[4]:.3f} s per slice, val Dice {fastest[5]:.4f})")
+
+
+if __name__ == "__main__":
+  main()
