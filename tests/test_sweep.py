@@ -1,0 +1,171 @@
+"""sweep.py on the tiny config: trials, results and plots, resume after a crash, pruning, a shared
+storage, the test split never seen, and one-line errors for bad search-space files."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+
+from configs import unet2d
+from unet_jax import data, inference, runlog, search_space, sweep_report, sweeps
+from unet_jax.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SPACE = os.path.join(ROOT, "configs", "sweeps", "tiny.py")
+GOOD = {"optim.learning_rate": 1e-2, "model.base_features": 8, "augment.preset": "none"}
+
+
+def _config(steps=10):
+  config = unet2d.get_config("tiny")
+  config.train.steps = steps
+  config.train.tensorboard = False
+  return config
+
+
+def _starts(trial_dir):
+  return [r["step"] for r in runlog.records(runlog.log_path(trial_dir)) if r.get("event") == "start"]
+
+
+def _states(study):
+  return [t.state.name for t in study.trials]
+
+
+def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, monkeypatch):
+  config, workdir = _config(), str(tmp_path / "sweep")
+  test_image = data.load_splits(config.data)["test"].image
+  predicted = []
+  predict = inference.predict_stack
+  monkeypatch.setattr(inference, "predict_stack", lambda m, v, image, e: predicted.append(image) or predict(m, v, image, e))
+  study = sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), workdir, trials=2)
+  assert _states(study) == ["COMPLETE", "COMPLETE"] and predicted
+  assert not any(image.shape == test_image.shape and np.array_equal(image, test_image) for image in predicted)
+  for t in study.trials:
+    assert t.user_attrs["workdir"] == os.path.join(workdir, f"trial_{t.number}")
+    _, validations = runlog.read(runlog.log_path(t.user_attrs["workdir"]))
+    assert t.value == max(r["val_dice"] for r in validations) and t.user_attrs["steps"] == 10
+  assert study.trials[0].params != study.trials[1].params  # TPE's seeded start samples
+  with open(os.path.join(workdir, sweep_report.TABLE_CSV)) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["trial"], r["state"], r["steps"]) for r in rows] == [("0", "COMPLETE", "10"), ("1", "COMPLETE", "10")]
+  assert set(search_space.load(TINY_SPACE, config)) <= set(rows[0])
+  assert float(rows[1]["val_dice"]) == pytest.approx(study.trials[1].value)
+  best = study.best_trial
+  assert open(os.path.join(workdir, sweep_report.TABLE_MD)).readline().startswith(
+      f"Best by validation Dice: trial {best.number} ({best.value:.4f})")
+  for png in (sweep_report.HISTORY_PNG, sweep_report.IMPORTANCE_PNG):
+    assert open(os.path.join(workdir, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.isfile(os.path.join(workdir, "study.db"))
+
+
+def test_a_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path):
+  workdir = str(tmp_path / "sweep")
+  command = [sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={TINY_SPACE}",
+             f"--workdir={workdir}", "--trials=2", "--stale_seconds=2", "--study_name=sweep",
+             "--config.train.steps=40", "--config.train.tensorboard=False"]
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint = os.path.join(workdir, "trial_1", "checkpoints", "10")
+  deadline = time.time() + 900
+  while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)  # mid-trial 1: no chance to record anything
+  process.wait()
+  assert os.path.isdir(checkpoint)
+  time.sleep(3)  # > stale_seconds: trial 1's heartbeat is stale
+  study = sweeps.run_sweep(_config(steps=40), search_space.load(TINY_SPACE, _config()), workdir, trials=2,
+                           stale_seconds=2)
+  assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
+  crashed, retry = study.trials[1], study.trials[2]
+  assert retry.params == crashed.params and retry.user_attrs["workdir"] == os.path.join(workdir, "trial_1")
+  assert _starts(os.path.join(workdir, "trial_0")) == [0]  # the finished trial is not redone
+  starts = _starts(os.path.join(workdir, "trial_1"))
+  assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 10  # resumed from its checkpoint
+  assert retry.user_attrs["steps"] == 40 and not os.path.exists(os.path.join(workdir, "trial_2"))
+
+
+def test_the_median_pruner_stops_a_bad_trial_at_its_first_validation(tmp_path):
+  config, workdir = _config(steps=20), str(tmp_path / "sweep")
+  space = search_space.load(TINY_SPACE, config)
+  study = sweeps.open_study(sweeps.default_storage(workdir), "sweep", 0, optuna.pruners.NopPruner(), 2)
+  study.enqueue_trial(GOOD)
+  study.enqueue_trial({**GOOD, "optim.learning_rate": 1e-5})  # barely moves from its initialisation
+  study = sweeps.run_sweep(config, space, workdir, trials=2, pruner_startup_trials=1)
+  assert _states(study) == ["COMPLETE", "PRUNED"]
+  good, bad = study.trials
+  assert bad.intermediate_values[10] < good.intermediate_values[10]
+  assert bad.user_attrs["steps"] == 10 and runlog.read(runlog.log_path(bad.user_attrs["workdir"]))[1][-1]["step"] == 10
+  assert "PRUNED" in open(os.path.join(workdir, sweep_report.TABLE_MD)).read()
+
+
+def test_two_invocations_share_one_storage(tmp_path):
+  config, url = _config(), f"sqlite:///{tmp_path / 'shared.db'}"
+  space = search_space.load(TINY_SPACE, config)
+  first, second = str(tmp_path / "a"), str(tmp_path / "b")
+  sweeps.run_sweep(config, space, first, trials=1, storage=url)
+  study = sweeps.run_sweep(config, space, second, trials=2, storage=url)
+  assert _states(study) == ["COMPLETE", "COMPLETE"]
+  assert [d for d in os.listdir(first) if d.startswith("trial_")] == ["trial_0"]
+  assert [d for d in os.listdir(second) if d.startswith("trial_")] == ["trial_1"]
+  with open(os.path.join(second, sweep_report.TABLE_CSV)) as f:
+    assert [r["trial"] for r in csv.DictReader(f)] == ["0", "1"]
+  assert len(sweeps.run_sweep(config, space, second, trials=2, storage=url).trials) == 2  # nothing left to run
+  with pytest.raises(InputError, match="keep the space or give another --study_name"):
+    sweeps.run_sweep(config, {**space, "optim.learning_rate": optuna.distributions.FloatDistribution(0.1, 0.2)},
+                     second, trials=3, storage=url)
+
+
+BAD_SPACES = {
+    "missing.py": (None, "not found"),
+    "syntax.py": ("def get_config(:\n", r"could not be read \(line 1\): SyntaxError"),
+    "raises.py": ("def get_config():\n  return 1 / 0\n", "ZeroDivisionError: division by zero"),
+    "plain_dict.py": ("def get_config():\n  return {'optim': {}}\n", "must return an ml_collections.ConfigDict"),
+    "empty.py": ("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict()\n", "names no field"),
+    "unknown.py": ("{'optim': {'learning_rat': ('log_float', 1e-4, 1e-2)}}", "optim.learning_rat is not a field"),
+    "section.py": ("{'optim': ('log_float', 1e-4, 1e-2)}", "optim is not a field"),
+    "kind.py": ("{'optim': {'learning_rate': ('uniform', 1e-4, 1e-2)}}", "is not a distribution: it must be a tuple"),
+    "log_zero.py": ("{'optim': {'learning_rate': ('log_float', 0.0, 1e-2)}}", "is not a distribution: .*low"),
+    "int_floats.py": ("{'train': {'steps': ('int', 1.5, 10)}}", "bounds and step must be integers"),
+    "no_choices.py": ("{'model': {'norm': ('categorical', ())}}", "at least one choice"),
+    "bad_choice.py": ("{'train': {'loss': ('categorical', ('bce', 'focal'))}}", "train.loss value 'focal' is not allowed"),
+    "bad_bound.py": ("{'train': {'fg_fraction': ('float', 0.5, 1.5)}}", "fg_fraction value 1.5 is not allowed"),
+    "bad_type.py": ("{'train': {'steps': ('categorical', (10, 'ten'))}}", "train.steps value 'ten' is not allowed"),
+    "bad_preset.py": ("{'augment': {'preset': ('categorical', ('flips', 'strong'))}}", "unknown augmentation preset"),
+}
+
+
+def _write_space(tmp_path, name, body):
+  path = str(tmp_path / name)
+  if body is not None:
+    if body.startswith("{"):
+      body = f"import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({body})\n"
+    with open(path, "w") as f:
+      f.write(body)
+  return path
+
+
+@pytest.mark.parametrize("name", sorted(BAD_SPACES))
+def test_a_bad_space_file_is_refused_naming_the_problem(tmp_path, name):
+  body, message = BAD_SPACES[name]
+  with pytest.raises(InputError, match=message):
+    search_space.load(_write_space(tmp_path, name, body), _config())
+
+
+def test_a_bad_space_file_stops_sweep_py_in_one_line(tmp_path):
+  path = _write_space(tmp_path, "unknown.py", BAD_SPACES["unknown.py"][0])
+  result = subprocess.run([sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={path}",
+                           f"--workdir={tmp_path / 'sweep'}", "--trials=1"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0
+  assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: search space file ")
+  assert "optim.learning_rat is not a field" in result.stderr and not os.path.exists(tmp_path / "sweep")
+
+
+def test_the_shipped_spaces_load():
+  for name, variant in (("tiny", "tiny"), ("recipe", "vnc")):
+    space = search_space.load(os.path.join(ROOT, "configs", "sweeps", f"{name}.py"), unet2d.get_config(variant))
+    assert space
