@@ -110,20 +110,20 @@ def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_di
   if mask is not None and mask.shape != stack.shape:
     raise InputError(f"mask shape {mask.shape} != image shape {stack.shape}; they must match voxel for voxel")
   settings = inference.window_settings(eval_config, model.ndim)
-  k = (model.in_channels - 1) // 2
   tiles = tiling.plan(stack.shape, tiling.volume_window(model, eval_config), settings["overlap"],
-                      tuple(eval_config.chunk), k)
+                      tuple(eval_config.chunk), (model.in_channels - 1) // 2)
   predict = tiling.volume_predictor(model, eval_config.tta, eval_config.engine)
   final = os.path.join(output_dir, OUTPUT)
   work = final + ".partial"
   outputs.check_writable(output_dir, "output folder")
   flat = len(stack.axes) == 2  # a 2D image: arrays (y, x), blocks (1, dy, dx)
   to_array = (lambda box: box[1:]) if flat else (lambda box: box)
+  squeeze = (lambda a: a[0]) if flat else (lambda a: a)
   shape = stack.shape[1:] if flat else stack.shape
   block = tuple(min(c, s) for c, s in zip(eval_config.chunk, stack.shape))
   run = {**(run or {}), "shape": list(stack.shape), "chunk": list(block), "probability_dtype": probability_dtype,
          "threshold": eval_config.threshold, "temperature": temperature, "tta": eval_config.tta,
-         "engine": eval_config.engine, **{k_: list(v) if isinstance(v, tuple) else v for k_, v in settings.items()}}
+         "engine": eval_config.engine, **settings, "window": list(settings["window"])}
   resumed = _start(work, run, shape, block, stack.axes, stack.voxel_size_nm, probability_dtype)
   probs_out, mask_out, local = (zarr.open_array(os.path.join(work, p), mode="r+")
                                 for p in (ngff.DATASET, f"labels/{LABELS[0]}/{ngff.DATASET}", _LOCAL))
@@ -142,7 +142,6 @@ def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_di
       truth = data.binarize_mask(mask.raw(b.box), f"mask chunk {b.index}")
       record["counts"] = metrics.slice_counts(pred[None], truth[None])[0].tolist()
     box = to_array(b.box)
-    squeeze = (lambda a: a[0]) if flat else (lambda a: a)
     probs_out[box], mask_out[box], local[box] = squeeze(stored), squeeze(pred.astype(np.uint8)), squeeze(labels)
     outputs.write_json(_marker(work, "block", b), record)
   records = {b.index: _done(work, "block", b) for b in tiles.blocks}

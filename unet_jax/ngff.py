@@ -71,13 +71,13 @@ def _layout(path: str, meta: dict[str, Any], shape: tuple[int, ...]) -> tuple[tu
     raise InputError(f"{path}: {len(names)} axes {names} for an array of shape {shape}; the metadata is broken")
   notes = []
   for i, (a, n) in enumerate(zip(axes, names)):
-    if n in "yxz" and n and a.get("type", "space") == "space":
+    if n in ("z", "y", "x") and a.get("type", "space") == "space":
       continue
     if shape[i] > 1:
       raise InputError(f"{path} has a {a.get('type') or n!r} axis {n!r} of size {shape[i]} (axes {names}, shape "
                        f"{shape}); save one greyscale (z, y, x) or (y, x) image, e.g. the EM channel alone")
     notes.append(f"{path}: axis {n!r} of size 1 dropped")
-  spatial = tuple(i for i, n in enumerate(names) if n in ("z", "y", "x") and n)
+  spatial = tuple(i for i, n in enumerate(names) if n in ("z", "y", "x"))
   if tuple(names[i] for i in spatial) not in SPATIAL_AXES.values():
     raise InputError(f"{path}: axes {names} are not (z, y, x) or (y, x) in that order; transpose the image")
   scale = [1.0] * len(names)
