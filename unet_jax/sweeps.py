@@ -16,7 +16,7 @@ and the sweep goes on; three in a row stop it.
 """
 
 import os
-from typing import Any
+import warnings
 
 import ml_collections
 import optuna
@@ -108,6 +108,15 @@ def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, work
               pruner_warmup_steps: int = 0, stale_seconds: int = 120) -> optuna.Study:
   """Runs trials until the study holds `trials` finished ones; writes the table and plots to `workdir`."""
   os.makedirs(workdir, exist_ok=True)
+  with warnings.catch_warnings():  # heartbeats, retries and plots are marked experimental in Optuna
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    return _run_sweep(config, space, workdir, trials, storage, study_name, pruner, pruner_startup_trials,
+                      pruner_warmup_steps, stale_seconds)
+
+
+def _run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, workdir: str, trials: int, storage: str,
+               study_name: str, pruner: str, pruner_startup_trials: int, pruner_warmup_steps: int,
+               stale_seconds: int) -> optuna.Study:
   study = open_study(storage or default_storage(workdir), study_name, config.seed,
                      make_pruner(pruner, pruner_startup_trials, pruner_warmup_steps), stale_seconds)
   check_space_matches(study, space)
