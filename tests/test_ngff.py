@@ -205,3 +205,35 @@ def test_bad_inputs_are_one_line_errors_before_any_output(tmp_path):
   attrs["multiscales"] = multiscales
   with pytest.raises(InputError, match=r"not \(z, y, x\) or \(y, x\)"):
     ngff.ZarrStack(str(tmp_path / "v.ome.zarr"))
+
+
+def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
+  """evaluate.py --input=vol.ome.zarr --mask=truth.ome.zarr: outputs match in-memory inference, voxel size kept."""
+  from unet_jax import checkpoint, metrics, trainer  # pylint: disable=g-import-not-at-top
+  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  state = jax.eval_shape(lambda: trainer.state_tree(
+      trainer.create_train_state(tiny_config, build_model(tiny_config.model), jax.random.PRNGKey(0))))
+  state = {**random_like(state), "step": np.int32(3)}
+  saver = checkpoint.Checkpoints(str(tmp_path / "run"))
+  saver.save(3, state, val_dice=0.5)
+  saver.close()
+  image, truth = np.random.default_rng(7).integers(0, 256, (3, 40, 50)).astype(np.uint8), blobs((3, 40, 50))
+  ngff.write_image(str(tmp_path / "vol.ome.zarr"), image, VOXEL, chunks=(1, 32, 32))
+  ngff.write_image(str(tmp_path / "truth.ome.zarr"), truth, VOXEL)
+  result = subprocess.run(
+      [sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path / 'run'}",
+       f"--input={tmp_path / 'vol.ome.zarr'}", f"--mask={tmp_path / 'truth.ome.zarr'}",
+       f"--output_dir={tmp_path / 'out'}", "--config.eval.chunk=(2,24,32)"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  summary = json.load(open(tmp_path / "out" / chunked.SUMMARY))
+  assert summary["step"] == 3 and summary["chunks"] == 2 * 2 * 2 and summary["voxel_size_nm"] == list(VOXEL)
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  expected = inference.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
+                                     tiny_config.eval)
+  probs, axes, voxel = ngff.read_image(str(tmp_path / "out" / chunked.OUTPUT))
+  assert probs.dtype == np.float16 and axes == ("z", "y", "x") and voxel == pytest.approx(VOXEL)
+  np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3)
+  pred = ngff.read_image(str(tmp_path / "out" / chunked.OUTPUT / "labels" / "mask"))[0]
+  np.testing.assert_array_equal(pred, (probs.astype(np.float32) >= 0.5).astype(np.uint8))
+  assert summary["pixel"]["dice"] == pytest.approx(metrics.pixel_scores(pred > 0, truth > 0)["dice"])
