@@ -120,6 +120,15 @@ def test_two_invocations_share_one_storage(tmp_path):
                      second, trials=3, storage=url)
 
 
+def test_trials_failing_on_their_input_are_recorded_and_three_in_a_row_stop(tmp_path):
+  space = {"train.batch_size": optuna.distributions.CategoricalDistribution((3,))}  # not a multiple of 2 devices
+  workdir = str(tmp_path / "sweep")
+  with pytest.raises(InputError, match=r"3 trials in a row failed, the last \(trial 2\) with: .*multiple of the 2"):
+    sweeps.run_sweep(_config(), space, workdir, trials=5)
+  with open(os.path.join(workdir, sweep_report.TABLE_CSV)) as f:
+    assert [r["state"] for r in csv.DictReader(f)] == ["FAIL"] * 3
+
+
 BAD_SPACES = {
     "missing.py": (None, "not found"),
     "syntax.py": ("def get_config(:\n", r"could not be read \(line 1\): SyntaxError"),

@@ -13,6 +13,10 @@ import matplotlib
 import optuna
 from optuna.trial import TrialState
 
+matplotlib.use("Agg")  # the plots are files; Optuna draws them with pyplot
+from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from optuna.visualization import matplotlib as plots  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
 from unet_jax import outputs
 
 TABLE_CSV = "results.csv"
@@ -54,7 +58,7 @@ def _save_plot(axes: Any, path: str) -> None:
   figure.tight_layout()
   with outputs.atomic_path(path) as tmp:
     figure.savefig(tmp, format="png", dpi=100)
-  matplotlib.pyplot.close(figure)
+  pyplot.close(figure)
 
 
 def has_importances(study: optuna.Study) -> bool:
@@ -75,8 +79,6 @@ def write(study: optuna.Study, folder: str) -> list[str]:
       f.write(content)
   if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
     return written
-  matplotlib.use("Agg")
-  from optuna.visualization import matplotlib as plots  # pylint: disable=g-import-not-at-top  (after the backend)
   _save_plot(plots.plot_optimization_history(study, target_name="val Dice"), os.path.join(folder, HISTORY_PNG))
   written.append(os.path.join(folder, HISTORY_PNG))
   if has_importances(study):

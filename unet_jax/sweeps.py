@@ -108,18 +108,6 @@ def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, work
               pruner_warmup_steps: int = 0, stale_seconds: int = 120) -> optuna.Study:
   """Runs trials until the study holds `trials` finished ones; writes the table and plots to `workdir`."""
   os.makedirs(workdir, exist_ok=True)
-  with warnings.catch_warnings():  # heartbeats, retries and plots are marked experimental in Optuna
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    return _run_sweep(config, space, workdir, trials, storage, study_name, pruner, pruner_startup_trials,
-                      pruner_warmup_steps, stale_seconds)
-
-
-def _run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, workdir: str, trials: int, storage: str,
-               study_name: str, pruner: str, pruner_startup_trials: int, pruner_warmup_steps: int,
-               stale_seconds: int) -> optuna.Study:
-  study = open_study(storage or default_storage(workdir), study_name, config.seed,
-                     make_pruner(pruner, pruner_startup_trials, pruner_warmup_steps), stale_seconds)
-  check_space_matches(study, space)
   failures = []
 
   def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -128,10 +116,15 @@ def _run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, wor
     if len(failures) >= FAILURES_IN_A_ROW:
       study.stop()
 
-  if len(study.get_trials(deepcopy=False, states=FINISHED)) < trials:
-    study.optimize(objective(config, space, workdir, study), catch=(InputError,),
-                   callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), after_trial])
-  sweep_report.write(study, workdir)
+  with warnings.catch_warnings():  # heartbeats, retries and plots are marked experimental in Optuna
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    study = open_study(storage or default_storage(workdir), study_name, config.seed,
+                       make_pruner(pruner, pruner_startup_trials, pruner_warmup_steps), stale_seconds)
+    check_space_matches(study, space)
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < trials:
+      study.optimize(objective(config, space, workdir, study), catch=(InputError,),
+                     callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), after_trial])
+    sweep_report.write(study, workdir)
   if len(failures) >= FAILURES_IN_A_ROW:
     raise InputError(f"{FAILURES_IN_A_ROW} trials in a row failed, the last (trial {failures[-1].number}) with: "
                      f"{failures[-1].user_attrs.get('error', 'see the log above')}")
