@@ -98,6 +98,27 @@ def _join_faces(local: zarr.Array, tiles: tiling.Tiling, offsets: dict[tuple[int
   return np.unique(np.concatenate(pairs), axis=0)
 
 
+def _number_instances(work: str, tiles: tiling.Tiling, counts: np.ndarray, drop: int, progress: bool) -> int:
+  """Writes labels/instances from the per-block labels: faces joined, objects numbered 1..N; returns N.
+
+  `counts` are the blocks' numbers of objects; `drop` = 1 for 2D images (arrays (y, x), boxes (z, y, x)).
+  """
+  to_array = lambda box: box[drop:]
+  local = zarr.open_array(os.path.join(work, _LOCAL), mode="r")
+  instances = zarr.open_array(os.path.join(work, "labels", LABELS[1], ngff.DATASET), mode="r+")
+  offsets = dict(zip((b.index for b in tiles.blocks), np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()))
+  pairs = _join_faces(local, tiles, offsets, to_array)
+  n = int(counts.sum()) + 1
+  graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+  _, lut = csgraph.connected_components(graph, directed=False)  # node 0 (background) alone: component 0
+  for b in tqdm.tqdm(tiles.blocks, unit="chunk", desc="instances", disable=not progress):
+    if _done(work, "instances", b) is None:
+      provisional = local[to_array(b.box)].astype(np.int64)
+      instances[to_array(b.box)] = np.where(provisional > 0, lut[provisional + offsets[b.index]], 0).astype(np.uint32)
+      outputs.write_json(_marker(work, "instances", b), {})
+  return int(lut.max())
+
+
 def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_dir: str, eval_config: Any,
                    mask: ngff.ZarrStack | None = None, probability_dtype: str = "float16", progress: bool = True,
                    temperature: float = 1.0, run: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -116,18 +137,14 @@ def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_di
   final = os.path.join(output_dir, OUTPUT)
   work = final + ".partial"
   outputs.check_writable(output_dir, "output folder")
-  flat = len(stack.axes) == 2  # a 2D image: arrays (y, x), blocks (1, dy, dx)
-  to_array = (lambda box: box[1:]) if flat else (lambda box: box)
-  squeeze = (lambda a: a[0]) if flat else (lambda a: a)
-  shape = stack.shape[1:] if flat else stack.shape
+  drop = int(len(stack.axes) == 2)  # a 2D image: arrays (y, x), blocks (1, dy, dx)
   block = tuple(min(c, s) for c, s in zip(eval_config.chunk, stack.shape))
   run = {**(run or {}), "shape": list(stack.shape), "chunk": list(block), "probability_dtype": probability_dtype,
          "threshold": eval_config.threshold, "temperature": temperature, "tta": eval_config.tta,
          "engine": eval_config.engine, **settings, "window": list(settings["window"])}
-  resumed = _start(work, run, shape, block, stack.axes, stack.voxel_size_nm, probability_dtype)
-  probs_out, mask_out, local = (zarr.open_array(os.path.join(work, p), mode="r+")
-                                for p in (ngff.DATASET, f"labels/{LABELS[0]}/{ngff.DATASET}", _LOCAL))
-  instances_out = zarr.open_array(os.path.join(work, "labels", LABELS[1], ngff.DATASET), mode="r+")
+  resumed = _start(work, run, stack.shape[drop:], block, stack.axes, stack.voxel_size_nm, probability_dtype)
+  outs = [zarr.open_array(os.path.join(work, p), mode="r+")
+          for p in (ngff.DATASET, f"labels/{LABELS[0]}/{ngff.DATASET}", _LOCAL)]
   todo = [b for b in tiles.blocks if _done(work, "block", b) is None]
   if resumed and progress:
     print(f"note: resuming {work}: {len(tiles.blocks) - len(todo)} of {len(tiles.blocks)} chunks already done")
@@ -141,32 +158,21 @@ def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_di
     if mask is not None:
       truth = data.binarize_mask(mask.raw(b.box), f"mask chunk {b.index}")
       record["counts"] = metrics.slice_counts(pred[None], truth[None])[0].tolist()
-    box = to_array(b.box)
-    probs_out[box], mask_out[box], local[box] = squeeze(stored), squeeze(pred.astype(np.uint8)), squeeze(labels)
-    outputs.write_json(_marker(work, "block", b), record)
-  records = {b.index: _done(work, "block", b) for b in tiles.blocks}
-  counts = np.array([records[b.index]["objects"] for b in tiles.blocks], np.int64)
-  offsets = dict(zip((b.index for b in tiles.blocks), np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()))
-  pairs = _join_faces(local, tiles, offsets, to_array)
-  n = int(counts.sum()) + 1
-  graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-  _, lut = csgraph.connected_components(graph, directed=False)  # node 0 (background) alone: component 0
-  for b in tqdm.tqdm(tiles.blocks, unit="chunk", desc="instances", disable=not progress):
-    if _done(work, "instances", b) is None:
-      box = to_array(b.box)
-      provisional = local[box].astype(np.int64)
-      instances_out[box] = np.where(provisional > 0, lut[provisional + offsets[b.index]], 0).astype(np.uint32)
-      outputs.write_json(_marker(work, "instances", b), {})
-  shutil.rmtree(os.path.join(work, _LOCAL))
-  shutil.rmtree(os.path.join(work, _PROGRESS))
+    for out, values in zip(outs, (stored, pred.astype(np.uint8), labels)):
+      out[b.box[drop:]] = values[0] if drop else values
+    outputs.write_json(_marker(work, "block", b), record)  # after the data: a recorded block is complete
+  records = [_done(work, "block", b) for b in tiles.blocks]
+  instances = _number_instances(work, tiles, np.array([r["objects"] for r in records], np.int64), drop, progress)
+  for name in (_LOCAL, _PROGRESS):
+    shutil.rmtree(os.path.join(work, name))
   os.remove(os.path.join(work, "run.json"))
   shutil.rmtree(final, ignore_errors=True)
   os.replace(work, final)
   summary = {"input": stack.path, "shape": list(stack.shape), "axes": list(stack.axes),
              "voxel_size_nm": list(stack.voxel_size_nm), **run, "output": final, "chunks": len(tiles.blocks),
-             "instances": int(lut.max()), "labels": [f"{final}/labels/{name}" for name in LABELS]}
+             "instances": instances, "labels": [f"{final}/labels/{name}" for name in LABELS]}
   if mask is not None:
-    c = dict(zip(metrics.COUNTS, map(int, np.sum([r["counts"] for r in records.values()], 0))))
+    c = dict(zip(metrics.COUNTS, map(int, np.sum([r["counts"] for r in records], 0))))
     summary["pixel"] = {**c, **metrics.scores_from_counts(c)}
   return summary
 
