@@ -1,6 +1,6 @@
 """End-to-end training images per second, ours vs the MONAI-pipeline PyTorch peer, and sliding-window speed.
 
-  .venv/bin/python benchmarks/end_to_end.py [--steps=12] [--warmup=3] [--rounds=1] [--workers=0,1,2]
+  .venv/bin/python benchmarks/end_to_end.py [--steps=12] [--warmup=3] [--rounds=1] [--workers=0,1,2] [--peer_threads=0]
       [--windows=256:0.5,0:0] [--infer_slices=3] [--config=configs/unet2d.py:vnc]
   pip install -r benchmarks/requirements.txt   # torch, monai (the peer), onnxruntime comes with requirements.txt
 
@@ -8,11 +8,11 @@ One sitting, one table (issue 17). Every measurement is its own subprocess, so t
 ours (this script with --side=ours: the jitted shard_map step that train.py runs, on
 `config.host_devices` XLA host devices, with augmentation on the device, batches from our sampler
 through its prefetch thread), and the peer (benchmarks/torch_pipeline.py: the PyTorch twin fed by a
-MONAI augmentation pipeline in a DataLoader) with each --workers count. Per round they alternate
-(ours full, the peer full with every worker count, ours none, the peer none with every worker
-count); each reports images per second over --steps steps after --warmup (ours compiles in the
+MONAI augmentation pipeline in a DataLoader) with each --workers count (and --peer_threads count).
+Per round they alternate (ours full, the peer full with every setting, ours none, the peer none
+with every setting); each reports images per second over --steps steps after --warmup (ours compiles in the
 first, untimed) and the share of that wall time blocked waiting for the next batch. Medians over
-rounds; the peer's best worker count per preset is its figure. Then benchmarks/inference_engines.py
+rounds; the peer's best setting per preset is its figure. Then benchmarks/inference_engines.py
 (--json) times sliding-window segmentation of 1024² slices of ../shared/data/vnc/unlabeled.tif with
 XLA, ONNX Runtime and MONAI + PyTorch at the same windows, overlap and Gaussian blending (random
 weights; --infer_slices=0 skips it). The defaults take about 10 minutes on a quiet 2-core machine.
@@ -38,6 +38,8 @@ flags.DEFINE_integer("steps", 12, "Timed training steps per measurement.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first (ours compiles in the first).")
 flags.DEFINE_integer("rounds", 1, "Alternating rounds of all training measurements (medians are reported).")
 flags.DEFINE_list("workers", ["0", "1", "2"], "DataLoader worker counts tried for the peer.")
+flags.DEFINE_list("peer_threads", ["0"], "Intra-op thread counts tried for the peer's training process (0: one per "
+                  "core); 0,1 also tries one thread, which suffers less when other jobs load the machine.")
 flags.DEFINE_string("windows", "256:0.5,0:0", "Sliding-window settings window:overlap (0 = whole slice).")
 flags.DEFINE_integer("infer_slices", 3, "Timed 1024² slices per window setting and engine (0: no inference).")
 flags.DEFINE_string("infer_workdir", "", "Trained run whose weights the inference uses (default: random weights).")
@@ -68,7 +70,8 @@ def measure_ours(config: Any, aug: str, warmup: int, steps: int) -> dict[str, An
   loop = {"state": state, "step": 0}
 
   def step(batch: dict[str, Any]) -> None:
-    loop["state"], _ = step_fn(loop["state"], parallel.shard_batch(mesh, batch), jax.random.fold_in(aug_key, loop["step"]))
+    key = jax.random.fold_in(aug_key, loop["step"])
+    loop["state"], _ = step_fn(loop["state"], parallel.shard_batch(mesh, batch), key)
     loop["step"] += 1
   finish = lambda: jax.block_until_ready(loop["state"])
   start = time.perf_counter()
@@ -88,18 +91,20 @@ def run_json(command: list[str]) -> list[dict[str, Any]]:
   return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def training_runs(config_args: list[str]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
-  """{(side, preset, workers): one result per round}, ours and the peer alternating."""
+def training_runs(config_args: list[str]) -> dict[tuple[str, str, int, int], list[dict[str, Any]]]:
+  """{(side, preset, workers, threads): one result per round}, ours and the peer alternating."""
   common_args = [*config_args, f"--steps={FLAGS.steps}", f"--warmup={FLAGS.warmup}"]
-  results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+  results: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
   for _ in range(FLAGS.rounds):
     for preset in PRESETS:
-      jobs = [("ours", -1, [os.path.join(HERE, "end_to_end.py"), "--side=ours"])]
-      jobs += [("peer", int(w), [os.path.join(HERE, "torch_pipeline.py"), f"--workers={w}"]) for w in FLAGS.workers]
-      for side, workers, command in jobs:
+      jobs = [(("ours", preset, -1, -1), [os.path.join(HERE, "end_to_end.py"), "--side=ours"])]
+      jobs += [(("peer", preset, int(w), int(t)), [os.path.join(HERE, "torch_pipeline.py"), f"--workers={w}",
+                                                   f"--threads={t}"])
+               for w in FLAGS.workers for t in FLAGS.peer_threads]
+      for key, command in jobs:
         (result,) = run_json([*command, f"--aug={preset}", *common_args])
         print(json.dumps(result), flush=True)
-        results.setdefault((side, preset, workers), []).append(result)
+        results.setdefault(key, []).append(result)
   return results
 
 
@@ -108,42 +113,44 @@ def median_of(results: list[dict[str, Any]], key: str) -> float:
   return statistics.median(r[key] for r in results)
 
 
-def training_table(results: dict[tuple[str, str, int], list[dict[str, Any]]]) -> str:
-  """Markdown: ours and the peer's best worker count per preset, the ratios, then the peer per worker count."""
+def training_table(results: dict[tuple[str, str, int, int], list[dict[str, Any]]]) -> str:
+  """Markdown: ours and the peer's best setting per preset, the ratios, then the peer per workers and threads."""
+  rate = lambda key: median_of(results[key], "img_per_s")
+  wait = lambda key: f"{median_of(results[key], 'data_wait'):.1%}"
+  ours = {p: ("ours", p, -1, -1) for p in PRESETS}
+  peer = {p: max((k for k in results if k[:2] == ("peer", p)), key=rate) for p in PRESETS}
   rows = ["| end-to-end training | img/s | data-wait share | setting |", "|---|---|---|---|"]
-  best, rate = {}, {}
-  for preset in PRESETS:
-    ours = results["ours", preset, -1]
-    best[preset] = max((k for k in results if k[:2] == ("peer", preset)), key=lambda k: median_of(results[k], "img_per_s"))
-    rate["ours", preset], rate["peer", preset] = median_of(ours, "img_per_s"), median_of(results[best[preset]], "img_per_s")
-    rows.append(f"| ours, {LABELS[preset]} | {rate['ours', preset]:.2f} | {median_of(ours, 'data_wait'):.1%} | "
-                f"{ours[0]['devices']} host devices, prefetch {ours[0]['prefetch']}"
-                f"{', augmentation in the jitted step' if preset != 'none' else ''} |")
-  for preset in PRESETS:
-    peer = results[best[preset]][0]
-    rows.append(f"| peer, {LABELS[preset]} | {rate['peer', preset]:.2f} | "
-                f"{median_of(results[best[preset]], 'data_wait'):.1%} | {'MONAI pipeline, ' if preset != 'none' else ''}"
-                f"best of {'/'.join(FLAGS.workers)} DataLoader workers: {peer['workers']}, {peer['threads']} threads |")
-  for preset in PRESETS:
-    rows.append(f"| **ratio ours / peer, {LABELS[preset]}** | **{rate['ours', preset] / rate['peer', preset]:.2f}x** | | |")
-  rows += ["", "| peer, DataLoader workers | " + " | ".join(f"{p}: img/s | {p}: data-wait" for p in PRESETS) + " |",
-           "|---|" + "---|---|" * len(PRESETS)]
+  for p in PRESETS:
+    first = results[ours[p]][0]
+    rows.append(f"| ours, {LABELS[p]} | {rate(ours[p]):.2f} | {wait(ours[p])} | {first['devices']} host devices, "
+                f"prefetch {first['prefetch']}{', augmentation in the jitted step' if p != 'none' else ''} |")
+  for p in PRESETS:
+    first = results[peer[p]][0]
+    rows.append(f"| peer, {LABELS[p]} | {rate(peer[p]):.2f} | {wait(peer[p])} | "
+                f"{'MONAI pipeline, ' if p != 'none' else ''}best of {'/'.join(FLAGS.workers)} DataLoader workers: "
+                f"{first['workers']}, {first['threads']} thread(s) |")
+  for p in PRESETS:
+    rows.append(f"| **ratio ours / peer, {LABELS[p]}** | **{rate(ours[p]) / rate(peer[p]):.2f}x** | | |")
+  rows += ["", "| peer, DataLoader workers, threads | "
+           + " | ".join(f"{LABELS[p]}: img/s | data-wait" for p in PRESETS) + " |", "|---|" + "---|---|" * len(PRESETS)]
   for w in FLAGS.workers:
-    cells = [f"{median_of(results['peer', p, int(w)], 'img_per_s'):.2f} | "
-             f"{median_of(results['peer', p, int(w)], 'data_wait'):.1%}" for p in PRESETS]
-    rows.append(f"| {w} | " + " | ".join(cells) + " |")
+    for t in FLAGS.peer_threads:
+      keys = [("peer", p, int(w), int(t)) for p in PRESETS]
+      rows.append(f"| {w}, {results[keys[0]][0]['threads']} | "
+                  + " | ".join(f"{rate(k):.2f} | {wait(k)}" for k in keys) + " |")
   return "\n".join(rows)
 
 
 def inference_table(settings: list[dict[str, Any]]) -> str:
   """Markdown: seconds per 1024² slice by engine, per window setting."""
   peer = all("monai" in s for s in settings)
-  rows = ["| sliding window, s per 1024² slice | XLA | ONNX Runtime | MONAI + PyTorch | MONAI / XLA | MONAI / ONNX Runtime |",
-          "|---|---|---|---|---|---|"]
+  rows = ["| sliding window, s per 1024² slice | XLA | ONNX Runtime | MONAI + PyTorch | MONAI / XLA "
+          "| MONAI / ONNX Runtime |", "|---|---|---|---|---|---|"]
   for s in settings:
     monai = (f"{s['monai']:.2f} | {s['monai'] / s['xla']:.2f}x | {s['monai'] / s['onnx']:.2f}x" if peer
              else "- | - | -")
-    rows.append(f"| {s['window'][0]}², overlap {s['overlap']:g} ({s['windows']} windows, batches of {s['batch']}) | "
+    windows = f"{s['windows']} window{'s' * (s['windows'] > 1)}, batches of {s['batch']}"
+    rows.append(f"| {s['window'][0]}², overlap {s['overlap']:g} ({windows}) | "
                 f"{s['xla']:.2f} | {s['onnx']:.2f} | {monai} |")
   return "\n".join(rows)
 

@@ -1,12 +1,12 @@
 """The PyTorch twin trained from a MONAI augmentation pipeline in a DataLoader: the end-to-end peer of issue 17.
 
-  .venv/bin/python benchmarks/torch_pipeline.py [--aug=full|none] [--workers=0] [--steps=20] [--warmup=3]
-      [--config=configs/unet2d.py:vnc]
+  .venv/bin/python benchmarks/torch_pipeline.py [--aug=full|none] [--workers=0] [--threads=0] [--steps=20]
+      [--warmup=3] [--config=configs/unet2d.py:vnc]
   pip install -r benchmarks/requirements.txt   # torch, monai; benchmarks/end_to_end.py runs this and ours
 
 Everything comes from our config, so both sides train alike: the U-Net shape (benchmarks/torch_unet.py,
-channels_last, one intra-op thread per core), batch, patch, fg_fraction, log-Dice, AdamW and clipping,
-and the augmentation (`config.augment` after preset --aug, as ours). Patches are drawn by our
+channels_last, --threads intra-op threads, default one per core), batch, patch, fg_fraction, log-Dice,
+AdamW and clipping, and the augmentation (`config.augment` after preset --aug, as ours). Patches are drawn by our
 `sampling.PatchSampler` (example i of batch k from the seed (seed, k, i), half of them centred on a
 foreground pixel) inside the Dataset, so the sampling costs both sides the same; the MONAI transforms
 (`monai_transforms`) run in `--workers` DataLoader processes (0: in the training process). Prints one
@@ -48,6 +48,7 @@ import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: t
 FLAGS = common.define_config("configs/unet2d.py:vnc")
 flags.DEFINE_enum("aug", "full", ["full", "flips", "none"], "Augmentation preset (unet_jax/augment.py PRESETS).")
 flags.DEFINE_integer("workers", 0, "DataLoader worker processes (0: augment in the training process).")
+flags.DEFINE_integer("threads", 0, "Intra-op threads of the training process (0: one per core).")
 flags.DEFINE_integer("steps", 20, "Timed training steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps first.")
 
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> None:
              f"train.loss={config.train.loss!r}")
   augment.apply_preset(config, FLAGS.aug)
   torch.manual_seed(config.seed)
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(FLAGS.threads or os.cpu_count() or 1)
   batches = make_loader(config, FLAGS.workers, FLAGS.warmup + FLAGS.steps)
   step, finish = make_step(config)
   result = common.time_steps(batches, step, finish, FLAGS.warmup, FLAGS.steps, config.train.batch_size)

@@ -3,7 +3,8 @@
 Same layers in the same order: two (conv 3^N, norm, ReLU) per block, max-pool 2, and either a
 transposed conv 2^N / stride 2 or a 1x1 conv followed by (bi/tri)linear x2 upsampling, skip
 concatenation [up, skip], and a 1x1 head. Input f32[B, 1, *spatial] (channels first), output logits
-f32[B, 1, *spatial]. `copy_flax_variables` loads flax weights so both compute the same function.
+f32[B, 1, *spatial]. `copy_flax_variables` loads flax weights so both compute the same function;
+`make_train_step` is our default step (log-Dice, AdamW, clipping) for it.
 
   from benchmarks.torch_unet import TorchUNet, copy_flax_variables
   net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").eval()

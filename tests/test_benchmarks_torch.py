@@ -1,0 +1,68 @@
+"""Smoke tests of the PyTorch peers (benchmarks/torch_pipeline.py, end_to_end.py, torch_train.py) on tiny synthetic
+data: a couple of steps each, the output lines parse and the figures are positive and finite. No timing assertions."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import tifffile
+
+from unet_jax import synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/unet2d.py:tiny,aug=full"
+pytestmark = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("torch", "monai")),
+                                reason="torch and monai are not installed (pip install -r benchmarks/requirements.txt)")
+
+
+def run(script: str, *args: str) -> str:
+  """stdout of benchmarks/`script` with `args`, run from the repository root; fails the test on a non-zero exit."""
+  done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT,
+                        capture_output=True, text=True, check=False, timeout=900)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  return done.stdout
+
+
+def json_lines(text: str) -> list[dict]:
+  return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def positive(*values: float) -> bool:
+  return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_pipeline_with_a_worker():
+  (result,) = json_lines(run("torch_pipeline.py", TINY, "--workers=1", "--steps=2", "--warmup=1"))
+  assert (result["side"], result["aug"], result["workers"], result["steps"]) == ("peer", "full", 1, 2)
+  assert positive(result["img_per_s"], result["seconds"]) and 0 <= result["data_wait"] < 1
+
+
+def test_end_to_end_table():
+  out = run("end_to_end.py", TINY, "--steps=2", "--warmup=1", "--workers=0", "--infer_slices=0")
+  results = json_lines(out)
+  assert {(r["side"], r["aug"]) for r in results} == {(s, a) for s in ("ours", "peer") for a in ("full", "none")}
+  for r in results:
+    assert positive(r["img_per_s"]) and 0 <= r["data_wait"] < 1
+  ratios = [line for line in out.splitlines() if line.startswith("| **ratio ours / peer")]
+  assert len(ratios) == 2 and all(positive(float(line.split("**")[3].rstrip("x"))) for line in ratios)
+
+
+def test_train_script(tmp_path):
+  for name, seed, slices in (("training", 0, 3), ("testing", 1, 2)):
+    image, mask = synthetic.make_stack(seed, slices, (64, 64))
+    tifffile.imwrite(tmp_path / f"{name}.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / f"{name}_groundtruth.tif", mask, photometric="minisblack")
+  out = run("torch_train.py", f"--data={tmp_path}", "--steps=2", "--patch=32", "--window=32", "--checkpoints=2")
+  checkpoints = json_lines(out)
+  assert [c["step"] for c in checkpoints] == [1, 2]
+  for c in checkpoints:
+    assert positive(c["minutes"], c["loss"]) and all(0 <= c[k] <= 1 for k in ("test_dice", "precision", "recall"))
+  assert "test Dice" in out.splitlines()[-1]
+
+
+def test_train_script_skips_without_data(tmp_path):
+  assert run("torch_train.py", f"--data={tmp_path}").startswith("skipped:")
