@@ -110,6 +110,7 @@ def test_two_invocations_share_one_storage(tmp_path):
   sweeps.run_sweep(config, space, first, trials=1, storage=url)
   study = sweeps.run_sweep(config, space, second, trials=2, storage=url)
   assert _states(study) == ["COMPLETE", "COMPLETE"]
+  assert study.trials[0].params != study.trials[1].params  # the second process draws new samples
   assert [d for d in os.listdir(first) if d.startswith("trial_")] == ["trial_0"]
   assert [d for d in os.listdir(second) if d.startswith("trial_")] == ["trial_1"]
   with open(os.path.join(second, sweep_report.TABLE_CSV)) as f:

@@ -19,6 +19,7 @@ import os
 import warnings
 
 import ml_collections
+import numpy as np
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -49,12 +50,17 @@ def make_pruner(name: str, startup_trials: int, warmup_steps: int) -> optuna.pru
 
 def open_study(storage_url: str, study_name: str, seed: int, pruner: optuna.pruners.BasePruner,
                stale_seconds: int) -> optuna.Study:
-  """The study `study_name` in `storage_url`, created or loaded; TPE seeded with `seed`."""
+  """The study `study_name` in `storage_url`, created or loaded, with a TPE sampler seeded by (`seed`, the
+  number of trials it holds): a run from scratch is reproducible, and a resumed or second process does
+  not draw its predecessor's first samples again (constant_liar keeps concurrent trials apart too)."""
   storage = optuna.storages.RDBStorage(
       storage_url, heartbeat_interval=max(1, stale_seconds // 4), grace_period=stale_seconds,
       heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
-  return optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
-                             sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+  study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
+                              pruner=pruner)
+  sampler_seed = int(np.random.SeedSequence([seed, len(study.get_trials(deepcopy=False))]).generate_state(1)[0])
+  study.sampler = optuna.samplers.TPESampler(seed=sampler_seed, constant_liar=True)
+  return study
 
 
 def check_space_matches(study: optuna.Study, space: search_space.Space) -> None:
