@@ -94,7 +94,8 @@ def _join_faces(local: zarr.Array, tiles: tiling.Tiling, offsets: dict[tuple[int
       mine = local[plane(block, block.box[axis].start)].astype(np.int64)
       theirs = local[plane(before, block.box[axis].start - 1)].astype(np.int64)
       touching = (mine > 0) & (theirs > 0)
-      pairs.append(np.stack([mine[touching] + offsets[block.index], theirs[touching] + offsets[before.index]], -1))
+      face = np.stack([mine[touching] + offsets[block.index], theirs[touching] + offsets[before.index]], -1)
+      pairs.append(np.unique(face, axis=0))  # per face: memory of one face, not of every face's voxels
   return np.unique(np.concatenate(pairs), axis=0)
 
 

@@ -37,16 +37,18 @@ OUTPUT_FILES = ("probabilities.tif", "segmentation.tif", "summary.json")
 def stream_probabilities(predict: inference.Predict, variables: Any, pages: Callable[[int], np.ndarray],
                          shape: tuple[int, int, int], window: tuple[int, ...], overlap: float = 0.5,
                          blend: str = "gaussian", batch_size: int = 8, sigma: float = 0.125,
-                         context_slices: int = 0, block_depth: int = 8) -> Iterator[np.ndarray]:
+                         context_slices: int = 0, block_depth: int | None = None) -> Iterator[np.ndarray]:
   """Yields probabilities f32[H, W] for z = 0, 1, ... of a stack of `shape` (Z, H, W) given by `pages(z)`.
 
   `predict` takes the model's windows (`inference.predictor`): 2D ones run each slice alone (with
   2k + 1 neighbouring slices as channels when `context_slices` = k > 0), 3D ones the volume. Blocks
-  of `block_depth` whole slices on the global window grid (unet_jax/tiling.py): the same code as
-  chunked OME-Zarr segmentation, equal to `inference.sliding_window_predict` up to float rounding.
+  of `block_depth` whole slices (default: 8, or twice a 3D window's depth, so that few windows are
+  run twice) on the global window grid (unet_jax/tiling.py): the same code as chunked OME-Zarr
+  segmentation, equal to `inference.sliding_window_predict` up to float rounding.
   """
   if len(window) == 2:
     window, predict = (1, *window), tiling.on_slices(predict)
+  block_depth = block_depth or max(8, 2 * window[0])
   tiles = tiling.plan(shape, window, overlap, (block_depth, shape[1], shape[2]), context_slices)
   read = lambda box: np.stack([pages(z)[box[1:]] for z in range(box[0].start, box[0].stop)])
   for block in tiles.blocks:
