@@ -22,8 +22,8 @@ def test_the_average_is_the_bias_corrected_mean_of_the_steps(tiny_config):
   # (1 - d)(d^2 p1 + d p2 + p3) / (1 - d^3): weights summing to 1, the latest step weighted most.
   expected = jax.tree.map(lambda a, b, c: (1 - d) * (d * d * a + d * b + c) / (1 - d ** 3), *seen)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7),
-               jax.device_get(trainer.averaged_params(state, d)), expected)
-  assert trainer.averaged_params(state.replace(ema=None), d) is state.params
+               jax.device_get(trainer.averaged_params(state)), expected)
+  assert trainer.averaged_params(state.replace(ema=None)) is state.params
 
 
 def test_checkpoints_hold_the_average_and_resume_keeps_it(tiny_config, tmp_path):
@@ -35,10 +35,10 @@ def test_checkpoints_hold_the_average_and_resume_keeps_it(tiny_config, tmp_path)
   variables, _ = checkpoint.restore_variables(workdir, abstract_variables(model), "latest")
   val = data.load_splits(tiny_config.data)["val"]
   assert first["dice"] == pytest.approx(trainer.evaluate_split(model, variables, val, tiny_config.eval)["dice"])
-  target = trainer.state_tree(trainer.create_train_state(tiny_config, model, jax.random.PRNGKey(0)), 0.9)
+  target = trainer.state_tree(trainer.create_train_state(tiny_config, model, jax.random.PRNGKey(0)))
   tree, _ = checkpoint.restore(workdir, target, "latest")
   restored = trainer.from_state_tree(trainer.create_train_state(tiny_config, model, jax.random.PRNGKey(0)), tree)
-  jax.tree.map(np.testing.assert_array_equal, tree["params"], trainer.averaged_params(restored, 0.9))
+  jax.tree.map(np.testing.assert_array_equal, tree["params"], trainer.averaged_params(restored))
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, tree["params"], tree["train_params"])))
   tiny_config.train.steps = 20
   assert trainer.train_and_evaluate(tiny_config, workdir)["step"] == 20  # resumes with its average

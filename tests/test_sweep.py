@@ -63,20 +63,27 @@ def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, mon
   assert os.path.isfile(os.path.join(workdir, "study.db"))
 
 
-def test_a_killed_sweep_resumes_its_trial_from_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])  # a crash (heartbeat goes stale), Ctrl-C
+def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   workdir = str(tmp_path / "sweep")
   command = [sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={TINY_SPACE}",
              f"--workdir={workdir}", "--trials=2", "--stale_seconds=2", "--study_name=sweep",
              "--config.train.steps=40", "--config.train.tensorboard=False"]
-  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  stderr_path = str(tmp_path / "stderr.txt")
+  with open(stderr_path, "w") as stderr:  # a file, not a pipe: progress bars could fill a pipe and block
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
   checkpoint = os.path.join(workdir, "trial_1", "checkpoints", "10")
   deadline = time.time() + 900
   while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
     time.sleep(0.2)
-  process.send_signal(signal.SIGKILL)  # mid-trial 1: no chance to record anything
+  process.send_signal(stop)  # mid-trial 1
   process.wait()
   assert os.path.isdir(checkpoint)
-  time.sleep(3)  # > stale_seconds: trial 1's heartbeat is stale
+  if stop == signal.SIGINT:
+    last_line = open(stderr_path).read().strip().splitlines()[-1]
+    assert last_line == "error: interrupted; rerun the same command to continue the sweep"
+  else:
+    time.sleep(3)  # > stale_seconds: trial 1's heartbeat is stale
   study = sweeps.run_sweep(_config(steps=40), search_space.load(TINY_SPACE, _config()), workdir, trials=2,
                            stale_seconds=2)
   assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]

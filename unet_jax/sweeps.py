@@ -9,8 +9,8 @@ The study lives in an SQL database (`sqlite:///<workdir>/study.db` unless `stora
 so a rerun resumes it, and several processes or machines pointed at one storage URL share it: each
 runs trials until the study holds `trials` finished (complete or pruned) ones. A process that dies
 mid-trial stops its heartbeat; `stale_seconds` later the trial is marked FAIL and Optuna's
-RetryHeartbeatStaleTrialCallback enqueues it again with the same parameters, and the retry trains in the
-same folder, so it resumes from that trial's last checkpoint. Trials that fail on bad input
+RetryHeartbeatStaleTrialCallback enqueues it again with the same parameters (at once on Ctrl-C), and
+the retry trains in the same folder, so it resumes from that trial's last checkpoint. Trials that fail on bad input
 (InputError: a non-finite loss, an invalid combination of values) are marked FAIL with the message
 and the sweep goes on; three in a row stop it.
 """
@@ -30,6 +30,7 @@ from unet_jax.errors import InputError
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 PRUNERS = ("median", "none")
 FAILURES_IN_A_ROW = 3  # consecutive failed trials that stop a sweep (the input, not the parameters, is wrong)
+RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)  # same params, same folder
 
 
 
@@ -55,7 +56,7 @@ def open_study(storage_url: str, study_name: str, seed: int, pruner: optuna.prun
   not draw its predecessor's first samples again (constant_liar keeps concurrent trials apart too)."""
   storage = optuna.storages.RDBStorage(
       storage_url, heartbeat_interval=max(1, stale_seconds // 4), grace_period=stale_seconds,
-      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True))
+      heartbeat_stale_trial_callback=RETRY)
   study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
                               pruner=pruner)
   sampler_seed = int(np.random.SeedSequence([seed, len(study.get_trials(deepcopy=False))]).generate_state(1)[0])
@@ -72,10 +73,13 @@ def check_space_matches(study: optuna.Study, space: search_space.Space) -> None:
                          f"now says {space[name]}; keep the space or give another --study_name or --workdir")
 
 
+def _frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+  return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
 def trial_workdir(study: optuna.Study, trial: optuna.Trial, workdir: str) -> str:
   """`<workdir>/trial_<n>`, n the trial's number, or for a retry the number of the trial it retries."""
-  frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-  history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+  history = RetryHeartbeatStaleTrialCallback.retry_history(_frozen(study, trial))
   return os.path.join(workdir, f"trial_{history[0] if history else trial.number}")
 
 
@@ -98,6 +102,9 @@ def objective(config: ml_collections.ConfigDict, space: search_space.Space, work
       trainer.train_and_evaluate(trial_config, folder, on_eval)
     except InputError as e:
       trial.set_user_attr("error", str(e))
+      raise
+    except KeyboardInterrupt:  # Optuna marks it FAIL; the next run resumes it, as a crashed trial
+      RETRY(study, _frozen(study, trial))
       raise
     path = runlog.log_path(folder)
     _, validations = runlog.read(path)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
@@ -21,20 +22,21 @@ from unet_jax.model import UNet, build_model
 
 class TrainState(train_state.TrainState):
   """Flax TrainState plus BatchNorm running statistics and, with train.ema_decay > 0, optax.ema's state
-  of the parameters (None otherwise)."""
+  of the parameters (None otherwise) and its decay."""
   batch_stats: Any
   ema: Any = None
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
 
 OnEval = Callable[[int, dict[str, float]], bool]  # (step, validation scores) -> stop the run now
 
 
-def averaged_params(state: TrainState, decay: float) -> Any:
-  """The weights to validate, checkpoint and run: with an EMA (decay > 0), its bias-corrected average of
-  the parameters over the steps taken (count >= 1), else the parameters."""
+def averaged_params(state: TrainState) -> Any:
+  """The weights to validate, checkpoint and run: with an EMA, its bias-corrected average of the
+  parameters over the steps taken (count >= 1), else the parameters."""
   if state.ema is None:
     return state.params
-  return optax.tree_utils.tree_bias_correction(state.ema.ema, decay, state.ema.count)
+  return optax.tree_utils.tree_bias_correction(state.ema.ema, state.ema_decay, state.ema.count)
 
 
 def patch_shape(config: Any) -> tuple[int, ...]:
@@ -51,15 +53,15 @@ def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables.get("batch_stats", {}),
                            tx=optim.make_optimizer(config.optim, 0 if config.train.budget_minutes else config.train.steps),
-                           ema=optax.ema(decay).init(variables["params"]) if decay else None)
+                           ema=optax.ema(decay).init(variables["params"]) if decay else None, ema_decay=decay)
 
 
-def state_tree(state: TrainState, ema_decay: float = 0.0) -> dict[str, Any]:
+def state_tree(state: TrainState) -> dict[str, Any]:
   """The checkpointed part of a TrainState. 'params' are always the weights to run (what
   checkpoint.restore_variables reads): with an EMA, its average, the trained ones then in 'train_params'."""
   tree = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state, "step": state.step}
   if state.ema is not None:
-    tree.update(params=averaged_params(state, ema_decay), train_params=state.params, ema=state.ema)
+    tree.update(params=averaged_params(state), train_params=state.params, ema=state.ema)
   return tree
 
 
@@ -98,7 +100,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
     batch_stats = jax.lax.pmean(batch_stats, axis_name)  # equal already (synchronised BatchNorm)
   updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
-    updated = updated.replace(ema=optax.ema(config.train.ema_decay).update(updated.params, state.ema)[1])
+    updated = updated.replace(ema=optax.ema(state.ema_decay).update(updated.params, state.ema)[1])
   finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   # A non-finite step changes nothing but the step count, so no NaN ever reaches a saved state.
   state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.replace(step=updated.step))
@@ -190,8 +192,7 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)
   ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
-  decay = config.train.ema_decay
-  restored = ckpt.restore_latest(state_tree(state, decay))
+  restored = ckpt.restore_latest(state_tree(state))
   if restored is not None:
     state = from_state_tree(state, restored)
   start = int(state.step)
@@ -243,18 +244,18 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
       tensorboard.scalars(done, {"loss": loss, "learning_rate": optim.learning_rate(config.optim, done - 1, total)},
                           "train")
     if done % config.train.eval_every == 0 or last:
-      variables = parallel.local_replica({"params": averaged_params(state, decay), "batch_stats": state.batch_stats})
+      variables = parallel.local_replica({"params": averaged_params(state), "batch_stats": state.batch_stats})
       scores, probs = score_split(eval_model, variables, splits["val"], config.eval)
       log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
       tensorboard.scalars(done, scores, "val")
       tensorboard.slices(done, splits["val"].image, splits["val"].mask, probs)
       bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
-      ckpt.save(done, state_tree(state, decay), scores["dice"])
+      ckpt.save(done, state_tree(state), scores["dice"])
       if on_eval is not None and on_eval(done, scores):
         bar.write(f"stopping at step {done}: asked to after this validation")
         break
     elif done % config.train.checkpoint_every == 0:
-      ckpt.save(done, state_tree(state, decay))
+      ckpt.save(done, state_tree(state))
     if out_of_time:
       bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
       break
