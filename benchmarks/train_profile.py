@@ -114,6 +114,8 @@ def torch_conv_ms(batch: int, size: int, cin: int, cout: int) -> float:
 
 def main(argv: list[str]) -> None:
   del argv
+  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.use_host_devices(1)  # train.py's XLA flags, on one device; before JAX starts its backends
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

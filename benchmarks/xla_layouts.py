@@ -2,8 +2,9 @@
 
   .venv/bin/python benchmarks/xla_layouts.py [--variants=default,vector512,...] [--rounds=7] [--steps=2]
 
-Each variant (VARIANTS: XLA flags and config overrides) runs in its own worker subprocess, since XLA
-flags are read once per process. A worker builds `trainer.make_parallel_train_step` for
+Each variant (VARIANTS: XLA flags, and the 3x3 convolutions' weight gradient) runs in its own worker
+subprocess, since XLA flags are read once per process; 'default' is what train.py runs (the flags of
+`parallel.use_host_devices`), and a variant's own flags win over those. A worker (about 1.2 GB) builds `trainer.make_parallel_train_step` for
 configs/unet2d.py:vnc (batch 8 of 256², 2 host devices, augmentation off so only the network is
 timed), compiles it and waits. The parent then asks the workers in turn, the order rotating round by
 round, for --steps timed steps each, so background load hits all variants alike. Printed per
@@ -19,27 +20,32 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common  # pylint: disable=unused-import,wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from unet_jax import parallel
 
-# name -> (XLA flags added to the defaults, config overrides as "field=value")
-VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "default": ((), ()),
-    "vector512": (("--xla_cpu_prefer_vector_width=512",), ()),
-    "ynn+eltwise": (("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_ELTWISE",), ()),
-    "ynn+reduce": (("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_REDUCE",), ()),
-    "ynn+dot": (("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_DOT",), ()),
-    "xnn_greedy": (("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",), ()),
-    "xnn_greedy_slinky": (("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY_SLINKY",), ()),
-    "no_xnnpack": (("--xla_cpu_use_xnnpack=false",), ()),
-    "no_concurrency_scheduler": (("--xla_cpu_enable_concurrency_optimized_scheduler=false",), ()),
-    "onednn_custom_call": (("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true"), ()),
-    "no_fusion_emitters": (("--xla_cpu_use_fusion_emitters=false",), ()),
+
+class Variant(NamedTuple):
+  """XLA flags added to (or replacing) the defaults, and how 3x3 convolutions get their weight gradient."""
+  xla_flags: tuple[str, ...] = ()
+  weight_grad: str = "xla"  # xla (jax's transposed convolution) | rows (`rows_weight_grad`, a custom_vjp)
+
+
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "vector512": Variant(("--xla_cpu_prefer_vector_width=512",)),
+    "ynn+eltwise": Variant(("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_ELTWISE",)),
+    "ynn+reduce": Variant(("--xla_cpu_experimental_ynn_fusion_type=+LIBRARY_FUSION_TYPE_REDUCE",)),
+    "xnn_greedy": Variant(("--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",)),
+    "no_xnnpack": Variant(("--xla_cpu_use_xnnpack=false",)),
+    "concurrency_scheduler": Variant(("--xla_cpu_enable_concurrency_optimized_scheduler=true",)),  # the old default
+    "onednn_custom_call": Variant(("--xla_cpu_use_onednn=true", "--xla_cpu_experimental_onednn_custom_call=true")),
+    "no_fusion_emitters": Variant(("--xla_cpu_use_fusion_emitters=false",)),
+    "rows_weight_grad": Variant(weight_grad="rows"),
 }
 MARK = "@@"  # prefix of the worker's answer lines on stdout
 
@@ -51,19 +57,59 @@ flags.DEFINE_integer("profile_steps", 2, "Traced steps per variant for the trans
 flags.DEFINE_string("worker", "", "Internal: run as the worker of this variant.")
 
 
-def variant_config(overrides: tuple[str, ...]) -> Any:
-  """configs/unet2d.py:vnc without augmentation, with `overrides` ('model.field=value') applied."""
+def step_config() -> Any:
+  """configs/unet2d.py:vnc without augmentation."""
   from configs import unet2d
   from unet_jax import augment
   config = unet2d.get_config("vnc")
   config.augment.flips = False
   for name in augment.PROB_FIELDS:
     config.augment[name] = 0.0
-  for override in overrides:
-    field, value = override.split("=", 1)
-    section, name = field.split(".")
-    config[section][name] = type(config[section][name])(value)
   return config
+
+
+def rows_weight_grad(conv: Callable) -> Callable:
+  """`conv` (lax.conv_general_dilated), but 3x3 'SAME' NHWC/HWIO convolutions get a custom weight gradient.
+
+  dW[i, j, c, o] = sum over b, y, x of x_pad[b, y + i, x + j, c] * dy[b, y, x, o]. JAX computes it as a
+  convolution whose batch is c and whose feature is b, so XLA transposes both x and dy (b moved
+  innermost). Here the zero-padded images are stacked along the rows ([1, B * (H + 2), W + 2, C], a
+  reshape) and dy likewise with two zero rows after each image, so the rows between images add
+  nothing: dy needs no transpose and x a 2D one ([rows * cols, C] -> [C, rows * cols]).
+  """
+  import jax
+  import jax.numpy as jnp
+  spec = ("NHWC", "HWIO", "NHWC")
+
+  def same3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+    return conv(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=spec)
+
+  @jax.custom_vjp
+  def conv3x3(x: jax.Array, k: jax.Array) -> jax.Array:
+    return same3x3(x, k)
+
+  def backward(residuals: tuple[jax.Array, jax.Array], dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, k = residuals
+    b, h, w, c = x.shape
+    (dx,) = jax.vjp(lambda x: same3x3(x, k), x)[1](dy)
+    rows = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(1, b * (h + 2), w + 2, c)
+    dy_rows = jnp.pad(dy, ((0, 0), (0, 2), (0, 0), (0, 0))).reshape(1, b * (h + 2), w, dy.shape[-1])[:, :-2]
+    dk = conv(rows, dy_rows, (1, 1), "VALID", dimension_numbers=("CHWN", "IHWO", "NHWC"))  # [C, 3, 3, O]
+    return dx, dk.transpose(1, 2, 0, 3)
+
+  conv3x3.defvjp(lambda x, k: (same3x3(x, k), (x, k)), backward)
+
+  def patched(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+              feature_group_count=1, **kwargs):
+    plain = (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1)
+             and padding in ("SAME", ((1, 1), (1, 1)), [(1, 1), (1, 1)]) and feature_group_count == 1 and all(v is None for v in kwargs.values())
+             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+             and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, spec))
+    if plain:
+      return conv3x3(lhs, rhs)
+    return conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                feature_group_count, **kwargs)
+  return patched
 
 
 def answer(payload: dict[str, Any]) -> None:
@@ -73,11 +119,13 @@ def answer(payload: dict[str, Any]) -> None:
 
 def worker(name: str) -> None:
   """Compiles the variant's train step, then answers 'time N' and 'profile N' lines from stdin."""
-  xla_flags, overrides = VARIANTS[name]
-  config = variant_config(overrides)
-  parallel.add_xla_flags(*xla_flags)
+  variant = VARIANTS[name]
+  config = step_config()
+  parallel.add_xla_flags(*variant.xla_flags)
   parallel.use_host_devices(config.host_devices)
   import jax
+  if variant.weight_grad == "rows":
+    jax.lax.conv_general_dilated = rows_weight_grad(jax.lax.conv_general_dilated)  # flax looks it up per call
   import numpy as np
   import train_profile
   from unet_jax import data, synthetic, trainer
@@ -161,13 +209,14 @@ def main(argv: list[str]) -> None:
     workers[name].stdin.close()
     workers[name].wait()
   print(f"load average after: {os.getloadavg()[0]:.2f}")
-  print(f"| variant | XLA flags / config | step s (median) | step time vs {names[0]} (median of rounds) | "
+  print(f"| variant | change | step s (median) | step time vs {names[0]} (median of rounds) | "
         "transposes, share of traced op time |")
   print("|---|---|---|---|---|")
   for name in names:
-    xla_flags, overrides = VARIANTS[name]
+    variant = VARIANTS[name]
+    change = " ".join(variant.xla_flags) or ("custom_vjp: `rows_weight_grad`" if variant.weight_grad == "rows" else "")
     share = f"{shares[name]:.1%}" if name in shares else "-"
-    print(f"| {name} | {' '.join((*xla_flags, *overrides)) or '(defaults)'} | {statistics.median(seconds[name]):.3f} | "
+    print(f"| {name} | {change or '(defaults)'} | {statistics.median(seconds[name]):.3f} | "
           f"{statistics.median(ratios[name]):.3f} | {share} |")
 
 

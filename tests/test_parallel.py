@@ -7,7 +7,15 @@ def test_host_devices_replace_an_earlier_count(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_enable_fast_math=false")
   parallel.use_host_devices(2)
   assert parallel.os.environ["XLA_FLAGS"].split() == [
-      "--xla_cpu_enable_fast_math=false", "--xla_force_host_platform_device_count=2"]
+      "--xla_cpu_enable_fast_math=false", "--xla_force_host_platform_device_count=2",
+      "--xla_cpu_enable_concurrency_optimized_scheduler=false"]
+
+
+def test_host_devices_keep_the_users_scheduler(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_concurrency_optimized_scheduler=true")
+  parallel.use_host_devices(1)
+  assert parallel.os.environ["XLA_FLAGS"].split() == [
+      "--xla_cpu_enable_concurrency_optimized_scheduler=true", "--xla_force_host_platform_device_count=1"]
 
 
 def test_inference_kernels_keep_the_users_choice(monkeypatch):
