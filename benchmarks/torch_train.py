@@ -5,13 +5,14 @@
   pip install -r benchmarks/requirements.txt   # torch, monai
 
 The U-Net of benchmarks/torch_unet.py in our default shape (depth 4, 16 features, BatchNorm, 1x1 conv +
-bilinear upsampling; channels_last, one intra-op thread per core), trained on all ten VNC training
+bilinear upsampling; channels_last, --threads intra-op threads, default one per core), trained on all ten VNC training
 slices (training.tif / training_groundtruth.tif, masks 0/255): batches of --batch uniformly random
 --patch crops, each one of the 8 flips/90-degree rotations, loss BCE + (1 - soft Dice) of the batch,
 Adam with a cosine learning rate from --lr to 0. The schedule is sized to the budget as our
 `train.budget_minutes` does: the first step (warm-up) is excluded, the next --measure_steps are timed,
-and the total step count is fixed from them and printed; the run is deterministic given that count
-(--steps=N skips the timing). The clock counts training only; scoring is paused out of it.
+and the total step count is fixed from them and printed (a budget shorter than those steps overruns);
+the run is deterministic given that count (--steps=N skips the timing). The clock counts training
+only; scoring is paused out of it.
 
 At every 10 % of the steps the test stack (testing.tif) is segmented with MONAI's
 sliding_window_inference (--window, --overlap, Gaussian blending, sigma 0.125, batches of 8 windows)
@@ -44,6 +45,7 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--measure_steps", type=int, default=10, help="steps timed to size the schedule")
   parser.add_argument("--checkpoints", type=int, default=10, help="test scores at this many evenly spaced steps")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core, PyTorch's default)")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--patch", type=int, default=256)
   parser.add_argument("--lr", type=float, default=1e-3)
@@ -115,7 +117,7 @@ def main() -> None:
   from benchmarks.torch_unet import TorchUNet  # pylint: disable=g-import-not-at-top
   torch.manual_seed(args.seed)
   torch.use_deterministic_algorithms(True, warn_only=True)
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(args.threads or os.cpu_count() or 1)
   rng = np.random.default_rng(args.seed)
   train_image, train_mask, test_image, test_mask = load(args.data)
   net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").to(memory_format=torch.channels_last)
@@ -126,7 +128,7 @@ def main() -> None:
         f"{train_image.shape[1]} x {train_image.shape[2]}; batch {args.batch} of {args.patch}²; "
         + (f"{args.steps} steps" if args.steps else f"budget {args.minutes:g} min"), flush=True)
   spaced = lambda n: {max(1, round(n * (i + 1) / args.checkpoints)) for i in range(args.checkpoints)}
-  trained, step, checkpoints, timed_from = 0.0, 0, spaced(args.steps), 0.0
+  trained, step, checkpoints, timed_from = 0.0, 0, spaced(args.steps) if args.steps else set(), 0.0
   while step < total[0]:
     start = time.perf_counter()
     image, mask = (torch.from_numpy(a).contiguous(memory_format=torch.channels_last)
@@ -134,7 +136,6 @@ def main() -> None:
     optim.zero_grad(set_to_none=True)
     loss = bce_dice_loss(net(image), mask)
     loss.backward()
-    loss = loss.detach()
     optim.step()
     schedule.step()
     trained += time.perf_counter() - start
