@@ -101,7 +101,7 @@ def _read(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise InputError(f"search space file {path} not found; give --space=configs/sweeps/NAME.py")
   try:
-    spec = importlib.util.spec_from_file_location(f"search_space_{os.path.basename(path)[:-3]}", path)
+    spec = importlib.util.spec_from_file_location(f"search_space_{os.path.splitext(os.path.basename(path))[0]}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     space = module.get_config()
