@@ -11,8 +11,8 @@ for timing. Every slice is timed after a warm-up slice (compilation, ONNX conver
 settings and engines run in turn on each slice, the order rotating slice by slice, so background load
 hits all alike.
 Prints seconds per 1024^2 slice (median), val Dice, and the fastest setting among those within
---tolerance of the best val Dice. XLA uses its own CPU convolutions, as evaluate.py does
-(`parallel.use_inference_kernels`). On a shared machine only times of one run compare.
+--tolerance of the best val Dice. XLA flags as in evaluate.py (`parallel.use_host_devices`, then
+`parallel.use_inference_kernels`: XLA's own CPU convolutions). On a shared machine only times of one run compare.
 """
 
 import argparse
@@ -38,7 +38,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
   args = parse_args()
   from unet_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.use_inference_kernels()  # before JAX starts its backends, as evaluate.py
+  parallel.use_host_devices(0)  # before JAX starts its backends, as evaluate.py (unet_jax/cli.py)
+  parallel.use_inference_kernels()
   import jax  # pylint: disable=g-import-not-at-top
   from configs import unet2d  # pylint: disable=g-import-not-at-top
   from unet_jax import checkpoint, data, engines, inference, metrics, stacks  # pylint: disable=g-import-not-at-top
