@@ -65,27 +65,33 @@ def volume_predictor(model: UNet, tta: str = "none", engine: str = "xla") -> inf
   return predict if model.ndim == 3 else on_slices(predict)
 
 
-def _axis_blocks(size: int, window: int, overlap: float, block: int) -> tuple[list[tuple[int, int]], int, list]:
-  """Per block along one axis: (box, region start, origins relative to it); the fixed region length."""
+def _axis_blocks(size: int, window: int, overlap: float, block: int) -> list[tuple[slice, slice, tuple[int, ...]]]:
+  """Per block along one axis: (box, region, origins of the windows touching the box, relative to the region).
+
+  Regions all have the length of the longest span of touching windows, shifted to stay inside the
+  axis (reflect-padded to the window when the axis is shorter), so every region has one shape.
+  """
   padded = max(size, window)
   starts = inference.window_starts(padded, window, overlap)
-  boxes = [(b, min(b + block, size)) for b in range(0, size, block)]
+  boxes = [(lo, min(lo + block, size)) for lo in range(0, size, block)]
   touching = [starts[(starts < hi) & (starts + window > lo)] for lo, hi in boxes]
   length = min(max(int(t[-1]) + window - int(t[0]) for t in touching), padded)
-  origins = [min(int(t[0]), padded - length) for t in touching]
-  return boxes, length, [(o, tuple(int(s) - o for s in t)) for o, t in zip(origins, touching)]
+  blocks = []
+  for (lo, hi), t in zip(boxes, touching):
+    origin = min(int(t[0]), padded - length)
+    blocks.append((slice(lo, hi), slice(origin, min(origin + length, size)), tuple(int(s) - origin for s in t)))
+  return blocks
 
 
 def plan(shape: tuple[int, int, int], window: tuple[int, int, int], overlap: float, block: tuple[int, int, int],
          context_slices: int = 0) -> Tiling:
   """The blocks of `block` voxels covering a volume of `shape` (the last ones smaller), C order."""
   axes = [_axis_blocks(s, w, overlap, max(1, min(b, s))) for s, w, b in zip(shape, window, block)]
-  capacity = int(np.prod([max(len(t) for _, t in a[2]) for a in axes]))
+  capacity = int(np.prod([max(len(starts) for _, _, starts in axis) for axis in axes]))
   blocks = []
-  for index in itertools.product(*(range(len(a[0])) for a in axes)):
-    box = tuple(slice(*a[0][i]) for a, i in zip(axes, index))
-    region = tuple(slice(a[2][i][0], min(a[2][i][0] + a[1], s)) for a, i, s in zip(axes, index, shape))
-    blocks.append(Block(tuple(index), box, region, tuple(a[2][i][1] for a, i in zip(axes, index))))
+  for index in itertools.product(*(range(len(axis)) for axis in axes)):
+    box, region, starts = zip(*(axis[i] for axis, i in zip(axes, index)))
+    blocks.append(Block(tuple(index), box, region, starts))
   return Tiling(tuple(shape), tuple(blocks), tuple(window), capacity, context_slices)
 
 
