@@ -63,6 +63,8 @@ def volume(c: ml_collections.ConfigDict) -> None:
   c.augment.section_intensity_prob = 0.3  # per-section brightness/contrast
   c.augment.missing_section_prob = 0.1  # one section blanked or duplicated
   c.eval.batch_size = 2  # 3D windows are large
+  c.eval.overlap = 0.5  # 3D windows are smaller than the volume, whatever the 2D variant chose
+  c.eval.engine = "xla"
   c.eval.uncertainty = "none"  # 8 dihedral passes of every 3D window would dominate evaluation time
 
 
@@ -123,7 +125,8 @@ def two_d(c: ml_collections.ConfigDict, variant: str, context_slices: int) -> No
     retype(c.train, field, twin.train[field])
   c.optim.warmup_steps = twin.optim.warmup_steps
   retype(c.eval, "window", twin.eval.window)
-  c.eval.batch_size = twin.eval.batch_size
+  c.eval.batch_size, c.eval.overlap = twin.eval.batch_size, twin.eval.overlap
+  c.eval.engine = "xla" if context_slices else twin.eval.engine  # 2.5D runs on XLA only
   if not context_slices:  # 2.5D keeps the section artefacts: its 2k + 1 channels are sections
     for name in ("misalign_prob", "section_intensity_prob", "missing_section_prob"):
       c.augment[name] = 0.0
