@@ -68,14 +68,15 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   workdir = str(tmp_path / "sweep")
   command = [sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={TINY_SPACE}",
              f"--workdir={workdir}", "--trials=2", "--stale_seconds=2", "--study_name=sweep",
-             "--config.train.steps=40", "--config.train.tensorboard=False"]
+             "--config.train.steps=40", "--config.train.tensorboard=False",
+             "--config.train.keep_checkpoints=100"]  # step 10's checkpoint is never rotated away while we look
   stderr_path = str(tmp_path / "stderr.txt")
   with open(stderr_path, "w") as stderr:  # a file, not a pipe: progress bars could fill a pipe and block
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
   checkpoint = os.path.join(workdir, "trial_1", "checkpoints", "10")
   deadline = time.time() + 900
   while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
-    time.sleep(0.2)
+    time.sleep(0.05)
   process.send_signal(stop)  # mid-trial 1
   process.wait()
   assert os.path.isdir(checkpoint)
