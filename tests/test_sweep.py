@@ -63,12 +63,15 @@ def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, mon
   assert os.path.isfile(os.path.join(workdir, "study.db"))
 
 
+STOPPED_STEPS = 200  # long enough that the signal lands mid-trial even on a fast machine
+
+
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])  # a crash (heartbeat goes stale), Ctrl-C
 def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   workdir = str(tmp_path / "sweep")
   command = [sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={TINY_SPACE}",
              f"--workdir={workdir}", "--trials=2", "--stale_seconds=2", "--study_name=sweep",
-             "--config.train.steps=40", "--config.train.tensorboard=False",
+             f"--config.train.steps={STOPPED_STEPS}", "--config.train.tensorboard=False",
              "--config.train.keep_checkpoints=100"]  # step 10's checkpoint is never rotated away while we look
   stderr_path = str(tmp_path / "stderr.txt")
   with open(stderr_path, "w") as stderr:  # a file, not a pipe: progress bars could fill a pipe and block
@@ -85,15 +88,15 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
     assert last_line == "error: interrupted; rerun the same command to continue the sweep"
   else:
     time.sleep(3)  # > stale_seconds: trial 1's heartbeat is stale
-  study = sweeps.run_sweep(_config(steps=40), search_space.load(TINY_SPACE, _config()), workdir, trials=2,
-                           stale_seconds=2)
+  study = sweeps.run_sweep(_config(steps=STOPPED_STEPS), search_space.load(TINY_SPACE, _config()), workdir,
+                           trials=2, stale_seconds=2)
   assert _states(study) == ["COMPLETE", "FAIL", "COMPLETE"]
   crashed, retry = study.trials[1], study.trials[2]
   assert retry.params == crashed.params and retry.user_attrs["workdir"] == os.path.join(workdir, "trial_1")
   assert _starts(os.path.join(workdir, "trial_0")) == [0]  # the finished trial is not redone
   starts = _starts(os.path.join(workdir, "trial_1"))
   assert len(starts) == 2 and starts[0] == 0 and starts[1] >= 10  # resumed from its checkpoint
-  assert retry.user_attrs["steps"] == 40 and not os.path.exists(os.path.join(workdir, "trial_2"))
+  assert retry.user_attrs["steps"] == STOPPED_STEPS and not os.path.exists(os.path.join(workdir, "trial_2"))
 
 
 def test_the_median_pruner_stops_a_trial_below_the_median_at_its_first_validation(tmp_path):
