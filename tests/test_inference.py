@@ -258,14 +258,21 @@ def test_stack_reader_on_real_stacks(vnc_root):
       np.testing.assert_array_equal(reader[z], stacks.normalize_image(stacks.read_stack(path)[z]))
 
 
+def save_random_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int = 3) -> dict:
+  """Saves random weights for `config`'s model in `workdir` at `step` (best too, val Dice 0.5); returns
+  them as model variables."""
+  state = jax.eval_shape(lambda: trainer.state_tree(
+      trainer.create_train_state(config, build_model(config.model), jax.random.PRNGKey(0))))
+  state = {**random_like(state), "step": np.int32(step)}
+  saver = checkpoint.Checkpoints(workdir)
+  saver.save(step, state, val_dice=0.5)
+  saver.close()
+  return {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
 def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   """evaluate.py --input: a checkpoint segments a stack; the files match in-memory inference."""
-  state = jax.eval_shape(lambda: trainer.state_tree(
-      trainer.create_train_state(tiny_config, build_model(tiny_config.model), jax.random.PRNGKey(0))))
-  state = {**random_like(state), "step": np.int32(3)}
-  saver = checkpoint.Checkpoints(str(tmp_path / "run"))
-  saver.save(3, state, val_dice=0.5)
-  saver.close()
+  variables = save_random_checkpoint(tiny_config, str(tmp_path / "run"))
   image, mask = synthetic.make_stack(0, 2, (40, 50))
   write_pages(tmp_path / "stack.tif", image)
   write_pages(tmp_path / "truth.tif", mask)
@@ -277,7 +284,6 @@ def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   with open(tmp_path / "out" / "summary.json") as f:
     summary = json.load(f)
   assert summary["step"] == 3 and summary["shape"] == [2, 40, 50]
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   expected = inference.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
                                      tiny_config.eval)
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "segmentation.tif"),

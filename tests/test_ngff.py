@@ -19,7 +19,7 @@ from unet_jax import chunked, data, inference, ngff, segment, tiling
 from unet_jax.errors import InputError
 from unet_jax.model import UNet
 
-from test_inference import random_like  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
+from test_inference import random_like, save_random_checkpoint  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXEL = (50.0, 4.6, 4.6)
@@ -209,14 +209,9 @@ def test_bad_inputs_are_one_line_errors_before_any_output(tmp_path):
 
 def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   """evaluate.py --input=vol.ome.zarr --mask=truth.ome.zarr: outputs match in-memory inference, voxel size kept."""
-  from unet_jax import checkpoint, metrics, trainer  # pylint: disable=g-import-not-at-top
+  from unet_jax import metrics  # pylint: disable=g-import-not-at-top
   from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
-  state = jax.eval_shape(lambda: trainer.state_tree(
-      trainer.create_train_state(tiny_config, build_model(tiny_config.model), jax.random.PRNGKey(0))))
-  state = {**random_like(state), "step": np.int32(3)}
-  saver = checkpoint.Checkpoints(str(tmp_path / "run"))
-  saver.save(3, state, val_dice=0.5)
-  saver.close()
+  variables = save_random_checkpoint(tiny_config, str(tmp_path / "run"))
   image, truth = np.random.default_rng(7).integers(0, 256, (3, 40, 50)).astype(np.uint8), blobs((3, 40, 50))
   ngff.write_image(str(tmp_path / "vol.ome.zarr"), image, VOXEL, chunks=(1, 32, 32))
   ngff.write_image(str(tmp_path / "truth.ome.zarr"), truth, VOXEL)
@@ -228,7 +223,6 @@ def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   assert result.returncode == 0, result.stderr
   summary = json.load(open(tmp_path / "out" / chunked.SUMMARY))
   assert summary["step"] == 3 and summary["chunks"] == 2 * 2 * 2 and summary["voxel_size_nm"] == list(VOXEL)
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   expected = inference.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
                                      tiny_config.eval)
   probs, axes, voxel = ngff.read_image(str(tmp_path / "out" / chunked.OUTPUT))
