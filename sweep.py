@@ -21,16 +21,20 @@ flags.DEFINE_integer("pruner_startup_trials", 3, "Finished trials before the pru
 flags.DEFINE_integer("pruner_warmup_steps", 0, "Steps of a trial before the pruner may prune it.", lower_bound=0)
 flags.DEFINE_integer("stale_seconds", 120, "A running trial without a heartbeat this long is failed and retried "
                      "from its checkpoint.", lower_bound=2)
+flags.DEFINE_bool("enqueue_base", False, "A new study's first trial is the base config's own recipe (its values "
+                  "of every space parameter): the incumbent the sampled trials must beat.")
 flags.mark_flags_as_required(["space", "workdir"])
 
 
 def sweep(config, space_file: str, workdir: str) -> None:
   cli.prepare(config, config_check.SECTIONS, forward_only=False)
   space = search_space.load(space_file, config)  # before JAX starts: a bad space fails in seconds
+  if FLAGS.enqueue_base:
+    search_space.base_params(config, space)  # the base recipe inside the space, checked as early
   from unet_jax import sweep_report, sweeps  # pylint: disable=g-import-not-at-top  (after the device flags)
   study = sweeps.run_sweep(config, space, workdir, FLAGS.trials, FLAGS.storage,
                            FLAGS.study_name or os.path.splitext(os.path.basename(space_file))[0], FLAGS.pruner,
-                           FLAGS.pruner_startup_trials, FLAGS.pruner_warmup_steps, FLAGS.stale_seconds)
+                           FLAGS.pruner_startup_trials, FLAGS.pruner_warmup_steps, FLAGS.stale_seconds, FLAGS.enqueue_base)
   print(sweep_report.markdown(study))
 
 

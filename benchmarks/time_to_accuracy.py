@@ -4,12 +4,15 @@
       --config.train.checkpoint_every=50 --config.train.keep_checkpoints=100 --config.train.max_minutes=20
   python benchmarks/time_to_accuracy.py --config=configs/unet2d.py:vnc --workdir=runs/tta_after [--target=0.85]
 
-Every kept checkpoint of each workdir is scored (Dice at eval.threshold, pixel level) on --split; its
-training minutes are those train.py logged at that step in log.jsonl (wall minutes since the start,
-validation included). Prints one row per checkpoint and, per run, the first checkpoint at or above
---target. This only measures: nothing is selected on the test split.
+Every kept checkpoint of each workdir is scored (pixel Dice, precision, recall) on --split at
+`eval.threshold`, or with `eval.select_threshold` at the threshold that is best for that checkpoint on
+the val split; its training minutes are those train.py logged at that step in log.jsonl (wall minutes
+since the start, validation included). Prints one row per checkpoint and, per run, the first checkpoint
+at or above --target; --json_out also writes the rows as JSON lines. This only measures: nothing is
+selected on the scored split.
 """
 
+import json
 import os
 import sys
 
@@ -23,8 +26,9 @@ from unet_jax import parallel
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py:vnc", "Config file (file.py:variant).")
 flags.DEFINE_list("workdir", None, "Training runs to score (comma-separated).")
-flags.DEFINE_string("split", "test", "Split to score: test, val or train.")
+flags.DEFINE_string("split", "test", "Split to score: test or train (val chooses thresholds).")
 flags.DEFINE_float("target", 0.85, "Dice to reach.")
+flags.DEFINE_string("json_out", "", "Also write one JSON line per checkpoint here.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -32,26 +36,40 @@ def main(argv: list[str]) -> None:
   del argv
   parallel.use_host_devices(FLAGS.config.host_devices)
   parallel.use_inference_kernels()  # scoring only runs the network forward, as in evaluate.py
-  from unet_jax import checkpoint, data, runlog, trainer  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint, data, inference, metrics, runlog, trainer  # pylint: disable=g-import-not-at-top
   from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
-  split = data.load_splits(config.data)[FLAGS.split]
+  splits = data.load_splits(config.data)
+  split = splits[FLAGS.split]
   model = build_model(config.model)
   target = abstract_variables(model)  # shapes to restore into
-  print(f"{FLAGS.split} split {split.image.shape}; Dice at threshold {config.eval.threshold}; target {FLAGS.target}")
+  chosen = "chosen on val per checkpoint" if config.eval.select_threshold else str(config.eval.threshold)
+  print(f"{FLAGS.split} split {split.image.shape}; threshold {chosen}; target Dice {FLAGS.target}")
+  rows = []
   for workdir in FLAGS.workdir:
     minutes, reached = runlog.minutes_by_step(runlog.log_path(workdir)), None
     for step in checkpoint.saved_steps(workdir):
       variables, _ = checkpoint.restore_variables(workdir, target, step=step)
-      dice = trainer.evaluate_split(model, variables, split, config.eval)["dice"]
-      at = minutes.get(step, float("nan"))
-      print(f"{workdir} step {step:5d} {at:6.2f} min  {FLAGS.split} Dice {dice:.4f}", flush=True)
-      if reached is None and dice >= FLAGS.target:
-        reached = (step, at, dice)
+      threshold = config.eval.threshold
+      if config.eval.select_threshold:
+        threshold = trainer.score_split(model, variables, splits["val"], config.eval)[0]["threshold"]
+      probs = inference.predict_stack(model, variables, split.image, config.eval)
+      scores = metrics.pixel_scores(probs >= threshold, split.mask)
+      row = {"workdir": workdir, "step": step, "minutes": minutes.get(step, float("nan")), "threshold": threshold,
+             **{k: scores[k] for k in ("dice", "precision", "recall")}}
+      rows.append(row)
+      print(f"{workdir} step {step:5d} {row['minutes']:6.2f} min  threshold {threshold:.2f}  {FLAGS.split} Dice "
+            f"{row['dice']:.4f} (precision {row['precision']:.4f}, recall {row['recall']:.4f})", flush=True)
+      if reached is None and row["dice"] >= FLAGS.target:
+        reached = row
     if reached:
-      print(f"{workdir}: Dice {reached[2]:.4f} >= {FLAGS.target} first at step {reached[0]}, {reached[1]:.2f} min")
+      print(f"{workdir}: Dice {reached['dice']:.4f} >= {FLAGS.target} first at step {reached['step']}, "
+            f"{reached['minutes']:.2f} min")
     else:
       print(f"{workdir}: Dice {FLAGS.target} not reached by its last checkpoint ({max(minutes.values()):.2f} min)")
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 if __name__ == "__main__":

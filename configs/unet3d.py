@@ -66,6 +66,7 @@ def volume(c: ml_collections.ConfigDict) -> None:
   c.eval.overlap = 0.5  # 3D windows are smaller than the volume, whatever the 2D variant chose
   c.eval.engine = "xla"
   c.eval.uncertainty = "none"  # 8 dihedral passes of every 3D window would dominate evaluation time
+  c.eval.tta = "none"  # the same for the prediction (2D and 2.5D twins too: every mode is scored alike)
 
 
 def synthetic(c: ml_collections.ConfigDict) -> None:

@@ -82,6 +82,15 @@ def test_cross_field_rules():
   config.distributed.process_id = 1
   with pytest.raises(InputError, match="process_id=1 must be below"):
     config_check.validate(config)
+  config = unet2d.get_config("tiny")
+  config.data.final_fit = True  # val in training: it can no longer pick the checkpoint or the threshold
+  with pytest.raises(InputError, match="final_fit=True trains on the val slices.*eval.checkpoint=latest"):
+    config_check.validate(config)
+  config.eval.checkpoint = "latest"
+  config_check.validate(config)
+  config.eval.select_threshold = True
+  with pytest.raises(InputError, match="final_fit"):
+    config_check.validate(config)
 
 
 def test_inference_needs_no_optim_block():

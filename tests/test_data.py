@@ -93,6 +93,10 @@ def test_load_folder_and_validation_carve(tmp_path, tiny_config):
   assert splits["train"].image.shape == (4, 16, 16) and splits["val"].image.shape == (1, 16, 16)
   np.testing.assert_array_equal(splits["val"].mask[0], mask[4] > 0)
   assert splits["test"].image.dtype == np.float32 and splits["test"].mask.max() == 1
+  tiny_config.data.final_fit = True  # the val slice goes back into training and stays the (in-sample) val
+  final = data.load_splits(tiny_config.data)
+  np.testing.assert_array_equal(final["train"].image, np.concatenate([splits["train"].image, splits["val"].image]))
+  np.testing.assert_array_equal(final["val"].mask, splits["val"].mask)
 
 
 def test_bad_val_fraction(tmp_path, tiny_config):

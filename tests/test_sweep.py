@@ -191,3 +191,16 @@ def test_the_shipped_spaces_load():
   for name, variant in (("tiny", "tiny"), ("recipe", "vnc")):
     space = search_space.load(os.path.join(ROOT, "configs", "sweeps", f"{name}.py"), unet2d.get_config(variant))
     assert space
+
+
+def test_enqueue_base_runs_the_incumbent_recipe_first(tmp_path):
+  config = _config()
+  space = search_space.load(TINY_SPACE, config)
+  base = search_space.base_params(config, space)
+  assert base == {"optim.learning_rate": config.optim.learning_rate, "model.base_features": 4,
+                  "augment.preset": "flips"}  # tiny's preset: its augment fields match 'flips', not 'none'
+  study = sweeps.run_sweep(config, space, str(tmp_path / "sweep"), trials=1, enqueue_base=True)
+  assert study.trials[0].params == base and study.trials[0].user_attrs["base"]
+  config.model.base_features = 16
+  with pytest.raises(InputError, match="base config's model.base_features=16 is outside the search space"):
+    search_space.base_params(config, space)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from unet_jax import checkpoint, data, parallel, synthetic, trainer
+from unet_jax import checkpoint, data, metrics, parallel, synthetic, trainer
 from unet_jax.errors import InputError
 from unet_jax.model import abstract_variables, build_model
 
@@ -109,3 +109,18 @@ def test_end_to_end_and_resume(tiny_config, tmp_path):
   starts = [r["step"] for r in records if r.get("event") == "start"]
   assert starts == [0, 10]
   assert any("val_dice" in r for r in records) and any("loss" in r for r in records)
+
+
+def test_select_threshold_scores_validation_at_its_best_candidate(tiny_config):
+  """With eval.select_threshold each validation scores (and picks checkpoints) at the val split's best threshold."""
+  model = build_model(tiny_config.model)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 1), np.float32), train=False)
+  val = data.load_splits(tiny_config.data)["val"]
+  fixed, probs = trainer.score_split(model, variables, val, tiny_config.eval)
+  assert "threshold" not in fixed
+  tiny_config.eval.select_threshold = True
+  tiny_config.eval.threshold_candidates = (0.2, 0.4, 0.5, 0.6, 0.8)
+  chosen, _ = trainer.score_split(model, variables, val, tiny_config.eval)
+  dice = [metrics.pixel_scores(probs >= t, val.mask)["dice"] for t in tiny_config.eval.threshold_candidates]
+  assert chosen["threshold"] == tiny_config.eval.threshold_candidates[int(np.argmax(dice))]
+  assert chosen["dice"] == pytest.approx(max(dice)) and chosen["dice"] >= fixed["dice"]

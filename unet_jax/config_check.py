@@ -67,6 +67,7 @@ def _rules(section: str) -> list[Rule]:
             ("data.root", _is(str), "a folder path"),
             ("data.url", _is(str), "a URL ending in '/' ('' for the official Lucchi address)"),
             ("data.val_fraction", _num(0.0, 1.0, True, True), "a number in (0, 1)"),
+            ("data.final_fit", _is(bool), "True or False"),
             ("data.voxel_size_nm", _seq(_num(0.0, lo_open=True), (3,)), "three positive sizes (z, y, x) in nm"),
             ("data.synthetic.seed", _int(0), "an integer >= 0"),
             ("data.synthetic.shape", _seq(_int(16), (2, 3)), "2 or 3 sizes >= 16 ((H, W) or (D, H, W))"),
@@ -219,6 +220,11 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
     if k and (e.engine != "xla" or e.uncertainty != "none"):
       problems.append(f"model.context_slices={k} (2.5D) runs with eval.engine='xla' and eval.uncertainty='none' "
                       f"only, got {e.engine!r} and {e.uncertainty!r}")
+  if {"data", "eval"} <= set(sections) and _present(config, "data") and _present(config, "eval"):
+    if config.data.final_fit and (config.eval.select_threshold or config.eval.checkpoint != "latest"):
+      problems.append("data.final_fit=True trains on the val slices, so they cannot choose a checkpoint or a "
+                      "threshold: set --config.eval.checkpoint=latest --config.eval.select_threshold=False and "
+                      "--config.eval.threshold to the value a run without final_fit chose on val")
   if {"train", "optim"} <= set(sections) and _present(config, "train") and _present(config, "optim"):
     t, o = config.train, config.optim
     if t.budget_minutes and o.warmup_steps < t.budget_measure_steps:

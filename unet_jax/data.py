@@ -112,4 +112,6 @@ def load_splits(data_config: Any) -> dict[str, Split]:
   else:
     raise InputError(f"data.name must be one of {DATASETS}, got {name!r}")
   train, val = carve_validation(stacks["train"], data_config.val_fraction)
+  if data_config.final_fit:  # the val slices train too; they stay the (in-sample) val split
+    train = stacks["train"]
   return {"train": train, "val": val, "test": stacks["test"]}

@@ -138,6 +138,26 @@ def load(path: str, config: ml_collections.ConfigDict) -> Space:
   return space
 
 
+def base_params(config: ml_collections.ConfigDict, space: Space) -> dict[str, Any]:
+  """The base config's own value of every name in `space` (the preset: the one whose fields it matches), so
+  a sweep can try the incumbent recipe first; an error when the base lies outside the space."""
+  params = {}
+  for name, d in space.items():
+    if name == PRESET:
+      value = next((p for p in d.choices if configure(config, {PRESET: p}).augment == config.augment), None)
+    else:
+      value = config
+      for part in name.split("."):
+        value = value[part]
+    inside = (value in d.choices if isinstance(d, CategoricalDistribution)
+              else value is not None and d.low <= value <= d.high)
+    if not inside:
+      raise InputError(f"the base config's {name}={value!r} is outside the search space ({d}); widen the space "
+                       "or drop --enqueue_base")
+    params[name] = value
+  return params
+
+
 def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
   """The trial's values of every name in `space` (fixed ones, e.g. of a retried trial, kept)."""
   params = {}

@@ -118,8 +118,10 @@ def objective(config: ml_collections.ConfigDict, space: search_space.Space, work
 
 def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, workdir: str, trials: int,
               storage: str = "", study_name: str = "sweep", pruner: str = "median", pruner_startup_trials: int = 3,
-              pruner_warmup_steps: int = 0, stale_seconds: int = 120) -> optuna.Study:
-  """Runs trials until the study holds `trials` finished ones; writes the table and plots to `workdir`."""
+              pruner_warmup_steps: int = 0, stale_seconds: int = 120, enqueue_base: bool = False) -> optuna.Study:
+  """Runs trials until the study holds `trials` finished ones; writes the table and plots to `workdir`.
+  `enqueue_base`: a new study's first trial is the base config's own recipe (search_space.base_params),
+  the incumbent every sampled trial is compared with."""
   os.makedirs(workdir, exist_ok=True)
   failures = []
 
@@ -134,6 +136,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, work
     study = open_study(storage or default_storage(workdir), study_name, config.seed,
                        make_pruner(pruner, pruner_startup_trials, pruner_warmup_steps), stale_seconds)
     check_space_matches(study, space)
+    if enqueue_base and not study.get_trials(deepcopy=False):
+      study.enqueue_trial(search_space.base_params(config, space), user_attrs={"base": True})
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < trials:
       study.optimize(objective(config, space, workdir, study), catch=(InputError,),
                      callbacks=[optuna.study.MaxTrialsCallback(trials, states=FINISHED), after_trial])

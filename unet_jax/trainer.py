@@ -131,9 +131,15 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
 
 def score_split(model: UNet, variables: Any, split: data.Split,
                 eval_config: Any) -> tuple[dict[str, float], np.ndarray]:
-  """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split."""
+  """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split. With
+  `eval.select_threshold` the threshold is the candidate of best Dice on this split (the val split: checkpoints
+  are then chosen as evaluate.py scores them), and the scores hold it as 'threshold'."""
   probs = inference.predict_stack(model, variables, split.image, eval_config)
-  return metrics.pixel_scores(probs >= eval_config.threshold, split.mask), probs
+  threshold = eval_config.threshold
+  if eval_config.select_threshold:
+    threshold, _ = metrics.best_dice_threshold(probs, split.mask, eval_config.threshold_candidates)
+  scores = metrics.pixel_scores(probs >= threshold, split.mask)
+  return ({**scores, "threshold": threshold} if eval_config.select_threshold else scores), probs
 
 
 def budget_steps(train_config: Any, done: int, minutes_used: float, seconds_per_step: float,

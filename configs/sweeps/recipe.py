@@ -4,8 +4,9 @@
       --trials=24 --config.train.budget_minutes=20
 
 Each trial trains for the budget (its step count measured and logged, unet_jax/trainer.py) and is
-scored by its best validation Dice at its own `eval.threshold`, so the decision threshold, too, is
-chosen on validation. Batch sizes are multiples of the 2 devices of this machine; patch sizes of
+scored by its best validation Dice, each validation at the decision threshold that is best on the val
+split (`eval.select_threshold`, set in the `vnc` variant): the threshold is chosen on validation in every
+trial, as evaluate.py then chooses it, rather than sampled. Batch sizes are multiples of the 2 devices of this machine; patch sizes of
 2**model.depth = 16; warm-ups at least train.budget_measure_steps (10).
 """
 
@@ -14,7 +15,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   """Loss, foreground-centred patches, learning rate and warm-up, batch and patch size, augmentation
-  strength, width, normalisation, weight EMA and the decision threshold."""
+  strength, width, normalisation and weight EMA (the decision threshold: chosen on val in each trial)."""
   return ml_collections.ConfigDict({
       "train": {
           "loss": ("categorical", ("log_dice", "bce_dice", "bce")),
@@ -32,5 +33,4 @@ def get_config() -> ml_collections.ConfigDict:
           "base_features": ("categorical", (16, 24, 32)),
           "norm": ("categorical", ("batch", "group", "none")),
       },
-      "eval": {"threshold": ("float", 0.3, 0.8, 0.05)},
   })
