@@ -82,6 +82,10 @@ def test_cross_field_rules():
   config.distributed.process_id = 1
   with pytest.raises(InputError, match="process_id=1 must be below"):
     config_check.validate(config)
+  config = unet2d.get_config("vnc")  # its engine is ONNX Runtime, whose export has no GroupNorm
+  config.model.norm = "group"
+  with pytest.raises(InputError, match="eval.engine='onnx' needs model.norm 'batch' or 'none'.*eval.engine=xla"):
+    config_check.validate(config)
   config = unet2d.get_config("tiny")
   config.data.final_fit = True  # val in training: it can no longer pick the checkpoint or the threshold
   with pytest.raises(InputError, match="final_fit=True trains on the val slices.*eval.checkpoint=latest"):

@@ -220,6 +220,10 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
     if k and (e.engine != "xla" or e.uncertainty != "none"):
       problems.append(f"model.context_slices={k} (2.5D) runs with eval.engine='xla' and eval.uncertainty='none' "
                       f"only, got {e.engine!r} and {e.uncertainty!r}")
+  if "eval" in sections and _present(config, "eval") and _present(config, "model") and config.eval.engine == "onnx":
+    if config.model.norm == "group" or config.model.dtype != "float32":  # as onnx_export.check_exportable
+      problems.append(f"eval.engine='onnx' needs model.norm 'batch' or 'none' and model.dtype 'float32' (got "
+                      f"{config.model.norm!r}, {config.model.dtype!r}); use --config.eval.engine=xla for this model")
   if {"data", "eval"} <= set(sections) and _present(config, "data") and _present(config, "eval"):
     if config.data.final_fit and (config.eval.select_threshold or config.eval.checkpoint != "latest"):
       problems.append("data.final_fit=True trains on the val slices, so they cannot choose a checkpoint or a "

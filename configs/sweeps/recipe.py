@@ -1,13 +1,16 @@
 """The search for a better default recipe at a fixed budget (issue 14), e.g. 20 minutes a trial on VNC:
 
   python sweep.py --config=configs/unet2d.py:vnc --space=configs/sweeps/recipe.py --workdir=runs/sweep_recipe \
-      --trials=24 --config.train.budget_minutes=20
+      --trials=24 --config.train.budget_minutes=20 --config.eval.engine=xla --config.eval.tta=none
 
-Each trial trains for the budget (its step count measured and logged, unet_jax/trainer.py) and is
-scored by its best validation Dice, each validation at the decision threshold that is best on the val
-split (`eval.select_threshold`, set in the `vnc` variant): the threshold is chosen on validation in every
-trial, as evaluate.py then chooses it, rather than sampled. Batch sizes are multiples of the 2 devices of this machine; patch sizes of
-2**model.depth = 16; warm-ups at least train.budget_measure_steps (10).
+Validations run on XLA (GroupNorm trials have no ONNX export) without test-time augmentation
+(cheaper; `eval.tta` is an inference choice, made afterwards on val). Each trial trains for the
+budget (its step count measured and logged, unet_jax/trainer.py) and is scored by its best
+validation Dice, each validation at the decision threshold that is best on the val split
+(`eval.select_threshold`, set in the `vnc` variant): the threshold is chosen on validation in every
+trial, as evaluate.py then chooses it, rather than sampled. Batch sizes are multiples of the 2
+devices of this machine; patch sizes of 2**model.depth = 16; warm-ups at least
+train.budget_measure_steps (10).
 """
 
 import ml_collections
