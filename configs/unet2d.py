@@ -190,10 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def vnc(c: ml_collections.ConfigDict) -> None:
   """Drosophila VNC ssTEM (../shared/data/vnc): 10 + 4 slices of 1024^2, anisotropic voxels."""
-  c.data.name = "folder"
-  c.data.root = "../shared/data/vnc"
-  c.data.voxel_size_nm = (50.0, 4.6, 4.6)
-  c.train.budget_minutes = 45.0  # the run's length is fitted to 45 minutes on whatever machine runs it
+  vnc_data(c)
   # The recipe the sweep chose by val Dice (README, Default recipe: configs/sweeps/recipe_local.py, trial 3;
   # with DEFAULT_PRESET's flips-only augmentation): BCE + Dice, more foreground-centred patches, a higher
   # learning rate with a shorter warm-up.
@@ -201,6 +198,14 @@ def vnc(c: ml_collections.ConfigDict) -> None:
   c.train.fg_fraction = 0.657
   c.optim.learning_rate = 0.003275
   c.optim.warmup_steps = 70
+
+
+def vnc_data(c: ml_collections.ConfigDict) -> None:
+  """VNC's data, budget and evaluation, without its training recipe (configs/unet3d.py builds on this)."""
+  c.data.name = "folder"
+  c.data.root = "../shared/data/vnc"
+  c.data.voxel_size_nm = (50.0, 4.6, 4.6)
+  c.train.budget_minutes = 45.0  # the run's length is fitted to 45 minutes on whatever machine runs it
   # The fastest inference at equal val Dice on 1024^2 slices (README, Inference speed): one window per
   # slice, ONNX Runtime; benchmarks/window_choice.py.
   c.eval.window = 1024

@@ -113,7 +113,9 @@ def test_config_argument_and_presets():
   assert flips.augment.flips and flips.augment.rotate_prob == 0.0 and flips.data.name == "folder"
   none = unet2d.get_config("synthetic,aug=none")
   assert not none.augment.flips and none.augment.blur_prob == 0.0
-  assert unet2d.get_config("vnc").augment.rotate_prob == 0.5
+  assert unet2d.get_config("vnc").augment.rotate_prob == 0.0  # VNC's default preset is flips (its sweep's choice)
+  assert unet2d.get_config("vnc,aug=full").augment.rotate_prob == 0.5
+  assert unet2d.get_config("lucchi").augment.rotate_prob == 0.5
   for bad in ("vnc,aug=strong", "mnist", "vnc,flips"):
     with pytest.raises((ValueError, InputError)):
       unet2d.get_config(bad)
