@@ -53,6 +53,10 @@ def segment(config) -> None:
   segmenter = chunked if ngff.is_zarr(FLAGS.input) else streamed
   name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
+  if config.eval.select_threshold:  # the threshold a report of this checkpoint would use
+    config.eval.threshold = streamed.val_threshold(config, FLAGS.workdir[0])
+    config.eval.select_threshold = False
+    print(f"threshold {config.eval.threshold:g}: best Dice on the val split (eval.select_threshold)")
   summary = segmenter.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
   print(json.dumps(summary, indent=2))
 

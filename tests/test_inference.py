@@ -296,6 +296,24 @@ def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   assert bad.returncode != 0 and "error: file not found" in bad.stderr
 
 
+def test_cli_input_uses_the_val_chosen_threshold_under_select_threshold(tiny_config, tmp_path):
+  """--input with eval.select_threshold thresholds at the val split's best candidate, as the reports do."""
+  variables = save_random_checkpoint(tiny_config, str(tmp_path / "run"))
+  image, _ = synthetic.make_stack(1, 1, (40, 48))
+  write_pages(tmp_path / "stack.tif", image)
+  result = subprocess.run(
+      [sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path / 'run'}",
+       f"--input={tmp_path / 'stack.tif'}", f"--output_dir={tmp_path / 'out'}", "--config.eval.select_threshold=True"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr
+  val = data.load_splits(tiny_config.data)["val"]
+  val_probs = inference.predict_stack(build_model(tiny_config.model), variables, val.image, tiny_config.eval)
+  chosen, _ = metrics.best_dice_threshold(val_probs, val.mask, tiny_config.eval.threshold_candidates)
+  with open(tmp_path / "out" / "summary.json") as f:
+    assert json.load(f)["threshold"] == pytest.approx(chosen)
+  assert f"threshold {chosen:g}: best Dice on the val split" in result.stdout
+
+
 def monai_starts(size, window, overlap):
   """MONAI's window origins along one axis: steps of the stride, the last window clamped to the border."""
   stride = max(1, int(window * (1.0 - overlap)))

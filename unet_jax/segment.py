@@ -121,6 +121,19 @@ def restore_network(config: Any, workdir: str) -> tuple[UNet, Any, int, float]:
   return model, variables, int(step), temperature
 
 
+def val_threshold(config: Any, workdir: str) -> float:
+  """The `eval.threshold_candidates` value of best Dice on the config's val split for `workdir`'s checkpoint,
+  as evaluate.py's reports choose it: the threshold of --input under `eval.select_threshold`."""
+  try:
+    val = data.load_splits(config.data)["val"]
+  except InputError as e:
+    raise InputError(f"eval.select_threshold chooses the threshold on the val split, which could not be read "
+                     f"({e}); give --config.eval.select_threshold=False --config.eval.threshold=T") from None
+  model, variables, _, temperature = restore_network(config, workdir)
+  probs = calibration.apply_temperature(inference.predict_stack(model, variables, val.image, config.eval), temperature)
+  return metrics.best_dice_threshold(probs, val.mask, config.eval.threshold_candidates)[0]
+
+
 def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, mask_path: str | None = None,
                  probability_dtype: str = "float16", progress: bool = True) -> dict[str, Any]:
   """Segments the TIFF `input_path` with `workdir`'s checkpoint (`eval.checkpoint`) into `output_dir`.
