@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 from unet_jax.errors import InputError
 
+ONNX_NORMS, ONNX_DTYPES = ("batch", "none"), ("float32",)  # what the ONNX export converts (onnx_export.py)
 SECTIONS = ("run", "distributed", "data", "model", "train", "optim", "augment", "eval", "explain")
 INFERENCE_SECTIONS = ("run", "data", "model", "eval")
 
@@ -221,7 +222,7 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
       problems.append(f"model.context_slices={k} (2.5D) runs with eval.engine='xla' and eval.uncertainty='none' "
                       f"only, got {e.engine!r} and {e.uncertainty!r}")
   if "eval" in sections and _present(config, "eval") and _present(config, "model") and config.eval.engine == "onnx":
-    if config.model.norm == "group" or config.model.dtype != "float32":  # as onnx_export.check_exportable
+    if config.model.norm not in ONNX_NORMS or config.model.dtype not in ONNX_DTYPES:
       problems.append(f"eval.engine='onnx' needs model.norm 'batch' or 'none' and model.dtype 'float32' (got "
                       f"{config.model.norm!r}, {config.model.dtype!r}); use --config.eval.engine=xla for this model")
   if {"data", "eval"} <= set(sections) and _present(config, "data") and _present(config, "eval"):

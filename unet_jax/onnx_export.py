@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from unet_jax import config_check
 from unet_jax.errors import InputError
 from unet_jax.model import UNet
 
@@ -40,10 +41,10 @@ def require(module: str, purpose: str) -> ModuleType:
 
 def check_exportable(model: UNet, purpose: str) -> None:
   """Raises a one-line InputError for a model whose ONNX conversion would fail or differ from JAX."""
-  if np.dtype(model.dtype) != np.float32:
+  if np.dtype(model.dtype).name not in config_check.ONNX_DTYPES:
     raise InputError(f"{purpose} needs model.dtype='float32' (ONNX Runtime's CPU convolutions have no "
                      f"{np.dtype(model.dtype).name}); use eval.engine='xla' for this model")
-  if model.norm == "group":
+  if model.norm not in config_check.ONNX_NORMS:
     raise InputError(f"{purpose} does not support model.norm='group' (jax2onnx 0.12.5 converts GroupNorm "
                      "wrongly); use eval.engine='xla' for this model")
 
