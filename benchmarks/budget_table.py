@@ -12,7 +12,11 @@ For each budget M, in turn on the same machine:
 Prints (and writes to OUT/table.md) testing Dice, precision and recall at each budget, and the minutes our
 run took to reach the peer's final testing Dice. Minutes are training wall minutes: ours include the
 validations, the peer's exclude its test scoring. A finished part (its output file present) is not rerun,
-so the command resumes; --rerun runs everything again. Extra `--config.x=v` flags go to train.py.
+so the command resumes; --rerun runs everything again. Extra `--config.x=v` flags go to train.py, evaluate.py
+and time_to_accuracy.py; give such a variant its own --name, e.g. the final fit on all ten slices:
+
+  python benchmarks/budget_table.py --minutes=10 --parts=ours --name=final_fit --config.data.final_fit=True \
+      --config.eval.select_threshold=False --config.eval.checkpoint=latest --config.eval.threshold=0.35
 """
 
 import argparse
@@ -31,6 +35,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--config", default="configs/unet2d.py:vnc")
   parser.add_argument("--parts", default="ours,peer", help="which sides to run: ours, peer or both")
   parser.add_argument("--rerun", action="store_true", help="run parts whose output exists again")
+  parser.add_argument("--name", default="ours", help="our runs' name: OUT/NAME_M (a variant with --config.x=v)")
   return parser.parse_known_args()
 
 
@@ -44,17 +49,16 @@ def run(command: list[str], log: str) -> None:
 
 def ours(args: argparse.Namespace, extra: list[str], minutes: float) -> None:
   """Trains, evaluates and scores every checkpoint of our run at `minutes`."""
-  workdir = os.path.join(args.out, f"ours_{minutes:g}")
-  config = [f"--config={args.config}", f"--workdir={workdir}"]
-  log = os.path.join(args.out, f"ours_{minutes:g}.log")
+  workdir = os.path.join(args.out, f"{args.name}_{minutes:g}")
+  config = [f"--config={args.config}", f"--workdir={workdir}", *extra]
+  log = os.path.join(args.out, f"{args.name}_{minutes:g}.log")
   if args.rerun or not os.path.isfile(os.path.join(workdir, "report", "report.json")):
     run([sys.executable, "train.py", *config, f"--config.train.budget_minutes={minutes:g}",
-         "--config.train.checkpoint_every=100", "--config.train.keep_checkpoints=1000", *extra], log)
+         "--config.train.checkpoint_every=100", "--config.train.keep_checkpoints=1000"], log)
     run([sys.executable, "evaluate.py", *config, "--split=val,test"], log)
-  curve = os.path.join(args.out, f"ours_{minutes:g}_curve.jsonl")
+  curve = os.path.join(args.out, f"{args.name}_{minutes:g}_curve.jsonl")
   if args.rerun or not os.path.isfile(curve):
-    run([sys.executable, "benchmarks/time_to_accuracy.py", f"--config={args.config}", f"--workdir={workdir}",
-         f"--json_out={curve}"], log)
+    run([sys.executable, "benchmarks/time_to_accuracy.py", *config, f"--json_out={curve}"], log)
 
 
 def peer(args: argparse.Namespace, minutes: float) -> None:
@@ -74,11 +78,11 @@ def lines(path: str) -> list[dict]:
 
 def table(args: argparse.Namespace, budgets: list[float]) -> str:
   """The Markdown table of whatever parts have finished."""
-  rows = ["| budget (min) | ours: Dice / precision / recall (steps) | PyTorch script: Dice / precision / recall "
-          "(steps) | ours: minutes to the script's Dice |", "|---|---|---|---|"]
+  rows = [f"| budget (min) | {args.name}: Dice / precision / recall (steps) | PyTorch script: Dice / precision / "
+          f"recall (steps) | {args.name}: minutes to the script's Dice |", "|---|---|---|---|"]
   for m in budgets:
-    report, curve = (os.path.join(args.out, f"ours_{m:g}", "report", "report.json"),
-                     os.path.join(args.out, f"ours_{m:g}_curve.jsonl"))
+    report, curve = (os.path.join(args.out, f"{args.name}_{m:g}", "report", "report.json"),
+                     os.path.join(args.out, f"{args.name}_{m:g}_curve.jsonl"))
     peer_path = os.path.join(args.out, f"peer_{m:g}.jsonl")
     ours_cell = peer_cell = reach = "not run"
     if os.path.isfile(report):
@@ -102,6 +106,8 @@ def main() -> None:
   parts = args.parts.split(",")
   if set(parts) - {"ours", "peer"} or any(not e.startswith("--config.") for e in extra):
     sys.exit("--parts takes ours and/or peer; other flags must be --config.x=v overrides for train.py")
+  if extra and args.name == "ours":
+    sys.exit("--config.x=v overrides make a variant of the default: give it its own --name")
   os.makedirs(args.out, exist_ok=True)
   for m in budgets:
     if "ours" in parts:
@@ -109,7 +115,7 @@ def main() -> None:
     if "peer" in parts:
       peer(args, m)
     print(table(args, budgets), flush=True)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
+  with open(os.path.join(args.out, "table.md" if args.name == "ours" else f"table_{args.name}.md"), "w") as f:
     f.write(table(args, budgets) + "\n")
 
 
