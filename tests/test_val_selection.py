@@ -1,0 +1,50 @@
+"""benchmarks/val_selection.py: the policies' choices on hand-made counts, and a run on the tiny config."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+spec = importlib.util.spec_from_file_location("val_selection", os.path.join(ROOT, "benchmarks", "val_selection.py"))
+val_selection = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(val_selection)
+
+
+def counts_for(dice_table: np.ndarray) -> np.ndarray:
+  """i64[C, S, T, 4] counts whose Dice is `dice_table` [C, S, T]: tp = 50 d, fp = fn = 50 (1 - d), of 100."""
+  tp = np.round(100 * dice_table).astype(np.int64) // 2
+  rest = 50 - tp
+  return np.stack([tp, rest, rest, np.full_like(tp, 1000)], -1)
+
+
+def test_each_policy_judges_its_own_choice_on_the_other_slice():
+  # 3 checkpoints x 2 slices x 2 thresholds (index 1 = the fixed one). Slice 0 prefers checkpoint 1 at
+  # threshold 0; slice 1 disagrees: there checkpoint 1 at threshold 0 is poor, the last one is good.
+  table = np.array([[[0.50, 0.60], [0.50, 0.60]],
+                    [[0.90, 0.70], [0.40, 0.62]],
+                    [[0.78, 0.80], [0.76, 0.84]]])
+  result = val_selection.choose(counts_for(table), [0], [1], fixed=1)
+  assert result == {"best+chosen": 0.4, "best@fixed": 0.84, "latest+chosen": 0.84, "latest@fixed": 0.84}
+  result = val_selection.choose(counts_for(table), [1], [0], fixed=1)
+  assert result == {"best+chosen": 0.8, "best@fixed": 0.8, "latest+chosen": 0.8, "latest@fixed": 0.8}
+
+
+def test_runs_on_a_tiny_training_run(tmp_path):
+  flags = ["--config=configs/unet2d.py:tiny", "--config.data.val_fraction=0.4"]
+  run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                                     check=False, timeout=900)
+  done = run("train.py", *flags, f"--workdir={tmp_path / 'run'}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  out = tmp_path / "selection.json"
+  done = run("benchmarks/val_selection.py", *flags, f"--workdir={tmp_path / 'run'}", f"--json_out={out}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  result = json.load(open(out))
+  assert result["steps"] == [10, 20] and len(result["folds"]) == 2
+  for fold in result["folds"]:
+    assert all(0.0 <= fold[p] <= 1.0 for p in val_selection.POLICIES)
+  assert "| latest@fixed |" in done.stdout
