@@ -105,7 +105,7 @@ def main() -> None:
   budgets = [float(m) for m in args.minutes.split(",")]
   parts = args.parts.split(",")
   if set(parts) - {"ours", "peer"} or any(not e.startswith("--config.") for e in extra):
-    sys.exit("--parts takes ours and/or peer; other flags must be --config.x=v overrides for train.py")
+    sys.exit("--parts takes ours and/or peer; other flags must be --config.x=v overrides for our runs")
   if extra and args.name == "ours":
     sys.exit("--config.x=v overrides make a variant of the default: give it its own --name")
   os.makedirs(args.out, exist_ok=True)
