@@ -24,7 +24,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from common import define_config
-from unet_jax import parallel
+from unet_jax import metrics, parallel
 
 FLAGS = define_config("configs/unet2d.py:vnc")
 flags.DEFINE_string("workdir", None, "Training run whose kept checkpoints are compared.")
@@ -34,17 +34,10 @@ flags.mark_flags_as_required(["workdir"])
 POLICIES = ("best+chosen", "best@fixed", "latest+chosen", "latest@fixed")
 
 
-def dice(counts: np.ndarray) -> np.ndarray:
-  """Dice of i64[..., 4] (tp, fp, fn, tn) counts; 1 where prediction and truth are both empty."""
-  tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
-  den = 2 * tp + fp + fn
-  return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
-
-
 def choose(counts: np.ndarray, choosing: list[int], judging: list[int], fixed: int) -> dict[str, float]:
   """Judging-slice Dice of each policy; `counts` is i64[checkpoints, slices, thresholds, 4], `fixed` the index
   of eval.threshold among the thresholds."""
-  on_choosing, on_judging = dice(counts[:, choosing].sum(1)), dice(counts[:, judging].sum(1))  # [C, T]
+  on_choosing, on_judging = (metrics.dice_from_counts(counts[:, s].sum(1)) for s in (choosing, judging))  # [C, T]
   best_t = on_choosing.argmax(1)  # per checkpoint: the threshold best on the choosing slices
   best_c = int(on_choosing[np.arange(len(counts)), best_t].argmax())
   best_c_fixed = int(on_choosing[:, fixed].argmax())
@@ -59,7 +52,7 @@ def main(argv: list[str]) -> None:
   config = FLAGS.config
   parallel.use_host_devices(config.host_devices)
   parallel.use_inference_kernels()
-  from unet_jax import checkpoint, data, inference, metrics  # pylint: disable=g-import-not-at-top
+  from unet_jax import checkpoint, data, inference  # pylint: disable=g-import-not-at-top
   from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
   val = data.load_splits(config.data)["val"]
   if val.image.shape[0] < 2:
@@ -75,7 +68,7 @@ def main(argv: list[str]) -> None:
     probs = inference.predict_stack(model, variables, val.image, config.eval)
     counts.append([metrics.threshold_counts(p[None], m[None], thresholds) for p, m in zip(probs, val.mask)])
     print(f"step {step}: val slice Dice at {config.eval.threshold} "
-          f"{[round(float(d), 4) for d in dice(np.asarray(counts[-1])[:, fixed])]}", flush=True)
+          f"{[round(float(d), 4) for d in metrics.dice_from_counts(np.asarray(counts[-1])[:, fixed])]}", flush=True)
   counts = np.asarray(counts)  # [checkpoints, slices, thresholds, 4]
   folds = []
   for s in range(counts.shape[1]):

@@ -101,8 +101,14 @@ def threshold_counts(probs: Any, truth: Any, thresholds: Sequence[float]) -> np.
   return total[np.argsort(order)]
 
 
+def dice_from_counts(counts: np.ndarray) -> np.ndarray:
+  """Dice of i64[..., 4] counts (columns COUNTS), as scores_from_counts: 1 where prediction and truth are empty."""
+  tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+  den = 2 * tp + fp + fn
+  return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
 def best_dice_threshold(probs: Any, truth: Any, thresholds: Sequence[float]) -> tuple[float, list[float]]:
   """The threshold of highest Dice (the first of equals in the given order) and each one's Dice."""
-  dice = [scores_from_counts(dict(zip(COUNTS, map(int, row))))["dice"]
-          for row in threshold_counts(probs, truth, thresholds)]
+  dice = dice_from_counts(threshold_counts(probs, truth, thresholds)).tolist()
   return float(thresholds[int(np.argmax(dice))]), dice
