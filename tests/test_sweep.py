@@ -80,12 +80,13 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   deadline = time.time() + 900
   while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
     time.sleep(0.05)
+  running = process.poll() is None
   process.send_signal(stop)  # mid-trial 1
   process.wait()
-  assert os.path.isdir(checkpoint)
+  stderr_lines = open(stderr_path).read().strip().splitlines()
+  assert running and os.path.isdir(checkpoint), f"no signal mid-trial 1; stderr ends: {stderr_lines[-5:]}"
   if stop == signal.SIGINT:
-    last_line = open(stderr_path).read().strip().splitlines()[-1]
-    assert last_line == "error: interrupted; rerun the same command to continue the sweep"
+    assert stderr_lines[-1] == "error: interrupted; rerun the same command to continue the sweep", stderr_lines[-5:]
   else:
     time.sleep(3)  # > stale_seconds: trial 1's heartbeat is stale
   study = sweeps.run_sweep(_config(steps=STOPPED_STEPS), search_space.load(TINY_SPACE, _config()), workdir,
