@@ -49,8 +49,8 @@ flags.mark_flags_as_required(["workdir"])
 
 def segment(config) -> None:
   """evaluate.py --input: one TIFF stack streamed page by page, or an OME-Zarr volume chunk by chunk."""
-  from unet_jax import chunked, ngff, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
-  segmenter = chunked if ngff.is_zarr(FLAGS.input) else streamed
+  from unet_jax import chunked, segment as streamed, stacks  # pylint: disable=g-import-not-at-top  (after the device flags)
+  segmenter = chunked if stacks.is_zarr(FLAGS.input) else streamed
   name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
   if config.eval.select_threshold:  # the threshold a report of this checkpoint would use

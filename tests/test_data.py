@@ -1,5 +1,9 @@
 """Data loading, validation, normalisation, splits, synthetic generator, patch sampling."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tifffile
@@ -97,6 +101,17 @@ def test_load_folder_and_validation_carve(tmp_path, tiny_config):
   final = data.load_splits(tiny_config.data)
   np.testing.assert_array_equal(final["train"].image, np.concatenate([splits["train"].image, splits["val"].image]))
   np.testing.assert_array_equal(final["val"].mask, splits["val"].mask)
+
+
+def test_tiff_folder_loads_without_the_zarr_stack(tmp_path):
+  """A TIFF folder needs neither zarr nor dask (machines without them train on TIFFs)."""
+  image = np.random.default_rng(0).integers(0, 255, (2, 16, 16), dtype=np.uint8)
+  root = _folder(tmp_path, image, (image > 128).astype(np.uint8) * 255)
+  code = ("import sys; from unet_jax import data; data.load_folder(sys.argv[1]); "
+          "print(sorted(m for m in ('zarr', 'dask', 'ome_zarr') if m in sys.modules))")
+  done = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, check=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_bad_val_fraction(tmp_path, tiny_config):

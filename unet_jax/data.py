@@ -55,9 +55,9 @@ def stack_path(root: str, name: str) -> str | None:
 
 def _read(path: str, normalized: bool) -> np.ndarray:
   """A TIFF or OME-Zarr stack (Z, H, W): as stored, or normalised to f32 in [0, 1]."""
-  from unet_jax import ngff  # pylint: disable=g-import-not-at-top  (zarr only when used)
-  if not ngff.is_zarr(path):
+  if not stacks.is_zarr(path):
     return stacks.read_normalized(path) if normalized else stacks.read_stack(path)
+  from unet_jax import ngff  # pylint: disable=g-import-not-at-top  (zarr only when used)
   with ngff.ZarrStack(path) as stack:
     return stack.read((slice(None),) * 3) if normalized else stack.read_raw()
 

@@ -39,13 +39,6 @@ DATASET = "s0"  # the full-resolution level's path, as ome-zarr's writer names i
 logging.getLogger("ome_zarr").setLevel(logging.ERROR)  # it warns of every version other than its newest
 
 
-def is_zarr(path: str) -> bool:
-  """Whether `path` names a zarr store (a folder holding .zgroup, .zarray or zarr.json, or a *.zarr name)."""
-  markers = (".zgroup", ".zarray", "zarr.json")
-  return path.rstrip("/").endswith(".zarr") or (
-      os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in markers))
-
-
 def _axes_metadata(axes: Sequence[str]) -> list[dict[str, str]]:
   return [{"name": a, "type": "space", "unit": "nanometer"} for a in axes]
 

@@ -26,6 +26,13 @@ BIT_DEPTHS = (8, 10, 12, 14, 16, 32)
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def is_zarr(path: str) -> bool:
+  """Whether `path` names a zarr store (a folder holding .zgroup, .zarray or zarr.json, or a *.zarr name)."""
+  markers = (".zgroup", ".zarray", "zarr.json")
+  return path.rstrip("/").endswith(".zarr") or (
+      os.path.isdir(path) and any(os.path.isfile(os.path.join(path, m)) for m in markers))
+
+
 def unsigned_bits(max_value: int, dtype_bits: int, stored_bits: int | None = None) -> int:
   """The bit depth b of unsigned data whose maximum is `max_value` (see the module docstring)."""
   if stored_bits and stored_bits < dtype_bits:

@@ -1,0 +1,40 @@
+"""benchmarks/recipe_seeds.py on the tiny config: every arm-seed chain runs, its final fit is scored at the
+threshold its 8-slice twin chose on val, a rerun resumes from the reports, and a bad arm is refused."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def recipe_seeds(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "recipe_seeds.py"), *args], cwd=ROOT,
+                        capture_output=True, text=True, check=False, timeout=900)
+
+
+def test_seeds_and_final_fits_are_scored_and_resumed(tmp_path):
+  args = ["--config=configs/unet2d.py:tiny", "--arms=default", "--seeds=3", "--steps=10", "--final_fit",
+          "--jobs=2", f"--out={tmp_path}", "--config.eval.select_threshold=True"]
+  done = recipe_seeds(*args)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  rows = [json.loads(line) for line in open(tmp_path / "results.jsonl")]
+  tuned, fitted = sorted(rows, key=lambda r: r["final_fit"])
+  assert (tuned["seed"], tuned["final_fit"], fitted["seed"], fitted["final_fit"]) == (3, False, 3, True)
+  assert tuned["step"] == fitted["step"] == 10 and fitted["val_dice"] is None
+  assert fitted["threshold"] == tuned["threshold"]  # the final fit is scored at its twin's val choice
+  train = next(line for line in open(tmp_path / "default_s3_ff.log") if line.startswith("$") and "train.py" in line)
+  assert "--config.seed=3" in train and "--config.data.final_fit=True" in train
+  assert "| default | False | 1 |" in done.stdout and "| default | True | 1 |" in done.stdout
+  log = tmp_path / "default_s3" / "log.jsonl"
+  before = log.read_text()
+  again = recipe_seeds(*args)  # every report exists: nothing is trained again
+  assert again.returncode == 0 and log.read_text() == before
+  assert len(open(tmp_path / "results.jsonl").readlines()) == 2
+
+
+def test_an_unknown_arm_is_refused(tmp_path):
+  done = recipe_seeds("--arms=nope", f"--out={tmp_path}")
+  assert done.returncode != 0 and "--arms takes names from" in done.stderr
+  assert not os.listdir(tmp_path)
