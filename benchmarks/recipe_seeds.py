@@ -4,9 +4,10 @@
       --out=runs/recipe_seeds [--config.x=v ...]
 
 One run of each recipe cannot rank recipes whose test Dice differs by less than the seed-to-seed spread.
-For every arm and seed this trains `train.py --config=configs/unet2d.py:vnc` (or --config) for exactly --steps steps (no
-time budget: step-matched runs cost the same CPU time whatever machine runs them) on the 8 training slices,
-then scores its last checkpoint with `evaluate.py --split=val,test` at the threshold chosen on val. With
+For every arm and seed this trains `train.py --config=configs/unet2d.py:vnc` (or --config) for exactly
+--steps steps (no time budget: step-matched runs cost the same CPU time whatever machine runs them) on the
+8 training slices, then scores its last checkpoint with `evaluate.py --split=val,test` at the threshold
+chosen on val. With
 --final_fit the arm also trains on all ten slices (data.final_fit) and its last checkpoint is scored on test
 at the threshold its 8-slice twin chose on val: a rule fixed in advance, since val is in-sample there.
 A finished run (its report.json present) is not rerun. Writes OUT/results.jsonl, one line per scored run,
