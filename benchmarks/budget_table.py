@@ -22,10 +22,9 @@ and time_to_accuracy.py; give such a variant its own --name, e.g. the final fit 
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import run_logged
 
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
@@ -40,11 +39,12 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 
 def run(command: list[str], log: str) -> None:
-  """Runs `command` from the repository root, its output appended to `log`; stops on failure."""
+  """Prints `command`, then runs it (common.run_logged); stops the table on failure."""
   print("$", " ".join(command), flush=True)
-  with open(log, "a") as f:
-    if subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False).returncode:
-      sys.exit(f"failed: {' '.join(command)} (see {log})")
+  try:
+    run_logged(command, log)
+  except RuntimeError as e:
+    sys.exit(str(e))
 
 
 def ours(args: argparse.Namespace, extra: list[str], minutes: float) -> None:

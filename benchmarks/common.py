@@ -1,8 +1,9 @@
 """What the benchmark scripts share: the repository on sys.path, the config flag, the inference arguments,
-the timing of a training loop."""
+the timing of a training loop, running the entry points with a log."""
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Iterator
@@ -48,3 +49,13 @@ def time_steps(batches: Iterator[Any], step: Callable[[Any], None], finish: Call
   finish()
   seconds = time.perf_counter() - start
   return {"img_per_s": steps * batch_size / seconds, "data_wait": waited / seconds, "seconds": seconds, "steps": steps}
+
+
+def run_logged(command: list[str], log: str) -> None:
+  """Runs `command` from the repository root, `$ command` then its output appended to `log`; RuntimeError
+  naming the command and the log if it fails."""
+  with open(log, "a") as f:
+    f.write("$ " + " ".join(command) + "\n")
+    f.flush()
+    if subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False).returncode:
+      raise RuntimeError(f"failed: {' '.join(command)} (see {log})")

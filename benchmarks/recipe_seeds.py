@@ -19,10 +19,10 @@ import concurrent.futures
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import run_logged
+
 ARMS = {  # name -> train.py/evaluate.py overrides on top of the `vnc` default recipe
     "default": [],
     "lr1e3": ["--config.optim.learning_rate=0.001"],
@@ -42,15 +42,6 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
   return parser.parse_known_args()
 
 
-def run(command: list[str], log: str) -> None:
-  """Runs `command` from the repository root, its output appended to `log`; raises on failure."""
-  with open(log, "a") as f:
-    f.write("$ " + " ".join(command) + "\n")
-    f.flush()
-    if subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False).returncode:
-      raise RuntimeError(f"failed: {' '.join(command)} (see {log})")
-
-
 def scores(workdir: str) -> dict[str, dict]:
   """split -> {step, threshold, dice, precision, recall} from workdir/report/report.json."""
   with open(os.path.join(workdir, "report", "report.json")) as f:
@@ -63,9 +54,9 @@ def train_and_score(workdir: str, config: list[str], steps: int, splits: str, lo
   """Trains `steps` steps into `workdir` (unless already scored) and scores its last checkpoint."""
   if not os.path.isfile(os.path.join(workdir, "report", "report.json")):
     common = [*config, f"--workdir={workdir}", "--config.eval.checkpoint=latest"]
-    run([sys.executable, "train.py", *common, "--config.train.budget_minutes=0", f"--config.train.steps={steps}"],
-        log)
-    run([sys.executable, "evaluate.py", *common, f"--split={splits}", "--save_predictions=false"], log)
+    run_logged([sys.executable, "train.py", *common, "--config.train.budget_minutes=0",
+                f"--config.train.steps={steps}"], log)
+    run_logged([sys.executable, "evaluate.py", *common, f"--split={splits}", "--save_predictions=false"], log)
   return scores(workdir)
 
 
