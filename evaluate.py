@@ -5,7 +5,7 @@
 
 Several checkpoints and splits in one run: --workdir=runs/a,runs/b --split=val,test. Choose the
 threshold on the val split (never test): --config.eval.select_threshold=True. What is measured:
-unet_jax/evaluation.py; the definitions are listed at the end of report.md.
+unet_jax/reports/evaluation.py; the definitions are listed at the end of report.md.
 
 Segment any TIFF stack (2D image or Z pages), streamed page by page, with or without ground truth:
 
@@ -17,7 +17,7 @@ exactly the stored probabilities >= eval.threshold) and out/summary.json, each a
 
 Segment an OME-Zarr volume larger than memory, chunk by chunk (eval.chunk voxels; resumable: rerun the
 same command after an interruption), into out/segmentation.ome.zarr (probabilities, labels/mask,
-labels/instances, with the input's axes and voxel size; unet_jax/chunked.py):
+labels/instances, with the input's axes and voxel size; unet_jax/inference/chunked.py):
 
   python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=vol.ome.zarr --output_dir=out/
 """
@@ -29,7 +29,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_check
+from unet_jax.cli import common as cli
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -38,8 +39,8 @@ flags.DEFINE_list("workdir", None, "Training directories holding the checkpoints
 flags.DEFINE_list("split", ["test"], "Splits to score (comma-separated): test, val, train.")
 flags.DEFINE_string("report_dir", None, "Where to write the report (default <first workdir>/report).")
 flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction as prediction.tif (u8 0/255).")
-flags.DEFINE_string("input", None, "Segment this TIFF stack (unet_jax/segment.py) or OME-Zarr volume "
-                    "(*.zarr, unet_jax/chunked.py) instead of scoring splits.")
+flags.DEFINE_string("input", None, "Segment this TIFF stack (unet_jax/inference/segment.py) or OME-Zarr volume "
+                    "(*.zarr, unet_jax/inference/chunked.py) instead of scoring splits.")
 flags.DEFINE_string("mask", None, "With --input: its ground-truth mask (TIFF or OME-Zarr), to score the segmentation.")
 flags.DEFINE_string("output_dir", None, "With --input: output folder (default <workdir>/segment_<input name>).")
 flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
@@ -49,7 +50,8 @@ flags.mark_flags_as_required(["workdir"])
 
 def segment(config) -> None:
   """evaluate.py --input: one TIFF stack streamed page by page, or an OME-Zarr volume chunk by chunk."""
-  from unet_jax import chunked, segment as streamed, stacks  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.inference import chunked, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.io import stacks
   segmenter = chunked if stacks.is_zarr(FLAGS.input) else streamed
   name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
@@ -63,7 +65,7 @@ def segment(config) -> None:
 
 def score(config) -> None:
   """evaluate.py: the report of every workdir on every split."""
-  from unet_jax import evaluation  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.reports import evaluation  # pylint: disable=g-import-not-at-top  (after the device flags)
   report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
   report = evaluation.evaluate(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,
                                " ".join(["python", *sys.argv]))

@@ -7,7 +7,7 @@
 it, or the missed true one), a box y0,x0,y1,x1, 'all' (all predicted foreground), 'every' (each
 predicted one) or 'cases' (one found, one false positive, one missed); several joined by ';'.
 Any TIFF stack: --input=stack.tif [--mask=truth.tif] --slice=Z. Methods and settings:
-unet_jax/explanation.py and config.explain; output: panels, filter CSVs, explain.json, explain.md.
+unet_jax/explain/explanation.py and config.explain; output: panels, filter CSVs, explain.json, explain.md.
 """
 
 import os
@@ -16,7 +16,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_check
+from unet_jax.cli import common as cli
+from unet_jax.config import check as config_check
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
@@ -34,7 +35,7 @@ flags.mark_flags_as_required(["workdir", "object"])
 
 def explain(config) -> None:
   cli.prepare(config, (*config_check.INFERENCE_SECTIONS, "explain"), forward_only=False)  # gradients: training kernels
-  from unet_jax import explanation  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.explain import explanation  # pylint: disable=g-import-not-at-top  (after the device flags)
   name = os.path.splitext(os.path.basename(FLAGS.input))[0] if FLAGS.input else FLAGS.split
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, f"explain_{name}_z{FLAGS.slice}")
   doc = explanation.explain(config, FLAGS.workdir, output_dir, FLAGS.object, FLAGS.split, FLAGS.slice,

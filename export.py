@@ -5,7 +5,7 @@
 
 The package's tiles are `eval.window` pixels; its test input is the centre window of the first slice
 of --input (default data.root/testing.tif). bioimageio.core's model test runs on the written package
-(--validate=False skips it). What goes in the package: unet_jax/bioimage.py.
+(--validate=False skips it). What goes in the package: unet_jax/export/bioimage.py.
 """
 
 import json
@@ -13,7 +13,8 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_check
+from unet_jax.cli import common as cli
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ flags.mark_flags_as_required(["workdir", "output"])
 
 def export(config) -> None:
   cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)
-  from unet_jax import bioimage  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.export import bioimage  # pylint: disable=g-import-not-at-top  (after the device flags)
   summary = bioimage.build_package(config, FLAGS.workdir, FLAGS.output, FLAGS.input, FLAGS.report,
                                    FLAGS.author, FLAGS.license)
   if FLAGS.validate:

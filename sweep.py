@@ -6,11 +6,13 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_check, search_space
+from unet_jax.cli import common as cli
+from unet_jax.config import check as config_check
+from unet_jax.tuning import search_space
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Base config of every trial (file.py:variant).")
-flags.DEFINE_string("space", None, "Search space file (configs/sweeps/NAME.py; format in unet_jax/search_space.py).")
+flags.DEFINE_string("space", None, "Search space file (configs/sweeps/NAME.py; format in unet_jax/tuning/search_space.py).")
 flags.DEFINE_string("workdir", None, "Sweep folder: study.db, results, plots, and one trial_<n> workdir per trial.")
 flags.DEFINE_integer("trials", 20, "Finished (complete or pruned) trials the study should hold.", lower_bound=1)
 flags.DEFINE_string("storage", "", "Optuna storage URL shared by several processes or machines "
@@ -31,7 +33,7 @@ def sweep(config, space_file: str, workdir: str) -> None:
   space = search_space.load(space_file, config)  # before JAX starts: a bad space fails in seconds
   if FLAGS.enqueue_base:
     search_space.base_params(config, space)  # the base recipe inside the space, checked as early
-  from unet_jax import sweep_report, sweeps  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.tuning import sweep_report, sweeps  # pylint: disable=g-import-not-at-top  (after the device flags)
   study = sweeps.run_sweep(config, space, workdir, FLAGS.trials, FLAGS.storage,
                            FLAGS.study_name or os.path.splitext(os.path.basename(space_file))[0], FLAGS.pruner,
                            FLAGS.pruner_startup_trials, FLAGS.pruner_warmup_steps, FLAGS.stale_seconds, FLAGS.enqueue_base)

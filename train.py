@@ -3,7 +3,8 @@
 from absl import app, flags
 from ml_collections import config_flags
 
-from unet_jax import cli, config_check
+from unet_jax.cli import common as cli
+from unet_jax.config import check as config_check
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
@@ -13,7 +14,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def train(config, workdir: str) -> None:
   cli.prepare(config, config_check.SECTIONS, forward_only=False)
-  from unet_jax import distributed, trainer  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.training import distributed, trainer  # pylint: disable=g-import-not-at-top  (after the device flags)
   distributed.initialize(config)
   print(trainer.train_and_evaluate(config, workdir))
 

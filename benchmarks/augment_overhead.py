@@ -2,7 +2,7 @@
 
   python benchmarks/augment_overhead.py [--repeats=10] [--config.train.batch_size=16 ...]
 
-Builds `trainer.make_parallel_train_step` three times, once per preset of unet_jax/augment.py:
+Builds `trainer.make_parallel_train_step` three times, once per preset of unet_jax/training/augment.py:
 the config's `augment` block as it is ("full"), dihedral flips only ("flips"), everything off ("none"). After compiling (not timed) it runs the three steps in turn, `repeats` times,
 so that background load hits all three alike, and prints the median step time of each and the
 overhead over "none", and the time of the "full" augmentation alone (jitted on the same sharded
@@ -20,7 +20,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
@@ -32,8 +32,9 @@ def main(argv: list[str]) -> None:
   parallel.use_host_devices(FLAGS.config.host_devices)  # before JAX starts its backends
   import jax
   import numpy as np
-  from unet_jax import augment, synthetic, trainer
-  from unet_jax.model import build_model
+  from unet_jax.io import synthetic
+  from unet_jax.network.model import build_model
+  from unet_jax.training import augment, trainer
 
   config = FLAGS.config
   if config.model.ndim != 2:

@@ -29,7 +29,7 @@ VOXEL_NM = (50.0, 4.6, 4.6)
 def write_volume(path: str, shape: tuple[int, int, int], chunk: tuple[int, int, int]) -> None:
   """A smooth random uint8 volume as OME-Zarr, written one chunk-deep slab at a time."""
   import zarr  # pylint: disable=g-import-not-at-top
-  from unet_jax import ngff  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import ngff  # pylint: disable=g-import-not-at-top
   group = zarr.open_group(path, mode="w", zarr_format=ngff.FORMAT.zarr_format)
   array = ngff.create_image(group, shape, np.uint8, (min(chunk[0], 16), 256, 256), VOXEL_NM, ("z", "y", "x"))
   rng = np.random.default_rng(0)
@@ -43,8 +43,9 @@ def run_one(args: argparse.Namespace) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from unet_jax import chunked, ngff  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import UNet  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference import chunked  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import ngff
+  from unet_jax.network.model import UNet  # pylint: disable=g-import-not-at-top
   model = UNet(ndim=2, depth=args.depth, base_features=args.features, norm="batch", upsample="resize")
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)), train=False)
   config = ml_collections.ConfigDict({"window": args.window, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,

@@ -51,11 +51,12 @@ LABELS = {"full": "full augmentation", "none": "no augmentation"}
 
 def measure_ours(config: Any, aug: str, warmup: int, steps: int) -> dict[str, Any]:
   """Images per second and data-wait share of our training loop (train.py's step, sampler and prefetch)."""
-  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   parallel.use_host_devices(config.host_devices)  # before JAX starts its backends
   import jax  # pylint: disable=g-import-not-at-top
-  from unet_jax import augment, data, sampling, trainer  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import data
+  from unet_jax.network.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import augment, sampling, trainer  # pylint: disable=g-import-not-at-top
   augment.apply_preset(config, aug)
   mesh = parallel.make_mesh()
   split = data.load_splits(config.data)["train"]

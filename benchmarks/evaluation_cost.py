@@ -27,9 +27,12 @@ import numpy as np
 from scipy import ndimage
 
 from configs import unet2d
-from unet_jax import (calibration, checkpoint, data, evaluation, figures, inference, instances, intervals, metrics,
-                      morphometry, parallel, synthetic, uncertainty)
-from unet_jax.model import abstract_variables, build_model
+from unet_jax.inference import windows
+from unet_jax.io import checkpoint, data, synthetic
+from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.reports import evaluation, figures, uncertainty
+from unet_jax.scores import calibration, instances, intervals, metrics, morphometry
+from unet_jax.training import parallel
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("slices", 4, "Slices of the synthetic stack (when the VNC data is absent).")
@@ -152,7 +155,7 @@ def additions(split: data.Split, probs: np.ndarray, config) -> None:
     variables, step = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), "best")
     image = split.image
     timed = {"inference, eval.tta=none (the report without uncertainty)":
-                 lambda: inference.predict_stack(model, variables, image, config),
+                 lambda: windows.predict_stack(model, variables, image, config),
              "inference + TTA uncertainty map (8 dihedral transforms)":
                  lambda: uncertainty.tta_probabilities(model, variables, image, config)}
     for name, fn in timed.items():

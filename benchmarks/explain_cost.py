@@ -25,22 +25,24 @@ flags.DEFINE_string("workdir", "runs/vnc", "Training directory holding the check
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.WARNING)
-  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   parallel.use_host_devices(FLAGS.config.host_devices)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np
-  from unet_jax import checkpoint, data, explanation, inference, probe
-  from unet_jax.model import abstract_variables, build_model
+  from unet_jax.explain import explanation, probe
+  from unet_jax.inference import windows
+  from unet_jax.io import checkpoint, data
+  from unet_jax.network.model import abstract_variables, build_model
 
   config = FLAGS.config
   model = build_model(config.model)
   variables, step = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), config.eval.checkpoint)
   splits = data.load_splits(config.data)
   image, truth = splits["test"].image[0], splits["test"].mask[0].astype(bool)
-  probs = np.asarray(inference.stack_predictor(model, config.eval)(variables, image))
+  probs = np.asarray(windows.stack_predictor(model, config.eval)(variables, image))
   objects = explanation.slice_objects(probs >= config.eval.threshold, truth, config.eval.min_size,
                                       config.eval.iou_thresholds[0])
-  crop = config.explain.crop or inference.window_settings(config.eval, 2)["window"][0]
+  crop = config.explain.crop or windows.window_settings(config.eval, 2)["window"][0]
   sizes = np.bincount(objects.pred_labels.ravel())
   [target] = explanation.parse_objects(str(int(np.argmax(sizes[1:]) + 1)), objects, crop)
   y0, x0, y1, x1 = target.box

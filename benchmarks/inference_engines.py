@@ -3,7 +3,7 @@
   PYTHONPATH=. .venv/bin/python benchmarks/inference_engines.py [--workdir=runs/vnc] [--slices=8]
 
 On ../shared/data/vnc/unlabeled.tif (1024 x 1024 slices; skipped with a message when absent): seconds
-per slice of `inference.sliding_window_predict` for each --windows setting (window:overlap; default
+per slice of `windows.sliding_window_predict` for each --windows setting (window:overlap; default
 256 px at 0.5, 512 at 0.5, and the whole slice in one window), Gaussian blending, batches of
 --batch windows, the configs/unet2d.py:vnc U-Net (--workdir's checkpoint, or seeded random
 weights). For each setting both engines run the same slices, alternating which goes first, after a
@@ -58,7 +58,7 @@ def monai_runner(model: Any, variables: Any, window: tuple[int, int], overlap: f
 def main() -> None:
   args = parse_args()
   if not args.ynnpack:
-    from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+    from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
     parallel.use_inference_kernels()  # before JAX starts its backends
   if not os.path.isfile(args.data):
     print(f"skipped: {args.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
@@ -67,8 +67,9 @@ def main() -> None:
   import onnxruntime  # pylint: disable=g-import-not-at-top
   from benchmarks.inference_throughput import random_variables  # pylint: disable=g-import-not-at-top
   from configs import unet2d  # pylint: disable=g-import-not-at-top
-  from unet_jax import checkpoint, engines, inference, stacks  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference import engines, windows as inference
+  from unet_jax.io import checkpoint, stacks  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
 
   config = unet2d.get_config("vnc")
   model = build_model(config.model)
@@ -90,10 +91,10 @@ def main() -> None:
     size, overlap = setting.split(":")
     window = (int(size) or height, int(size) or width)
     overlap = float(overlap)
-    count = len(inference.window_grid((height, width), window, overlap))
+    count = len(windows.window_grid((height, width), window, overlap))
     batch = min(args.batch, count)
-    run = {engine: (lambda image, p=inference.predictor(model, "none", engine):
-                    np.asarray(inference.sliding_window_predict(p, variables, image, window, overlap, "gaussian", batch)))
+    run = {engine: (lambda image, p=windows.predictor(model, "none", engine):
+                    np.asarray(windows.sliding_window_predict(p, variables, image, window, overlap, "gaussian", batch)))
            for engine in engines.ENGINES}
     if peer:
       run["monai"] = monai_runner(model, variables, window, overlap, batch)

@@ -4,13 +4,13 @@
   PYTHONPATH=. .venv/bin/python benchmarks/inference_throughput.py [--slices=20] [--workdir=runs/vnc]
 
 On ../shared/data/vnc/unlabeled.tif (20 x 1024 x 1024; skipped with a message when absent):
-1. megapixels/s of `inference.sliding_window_predict` and of `monai.inferers.sliding_window_inference`
+1. megapixels/s of `windows.sliding_window_predict` and of `monai.inferers.sliding_window_inference`
    with 256^2 windows, overlap 0.5, Gaussian blending, batches of 8, the default 2D U-Net of
    configs/unet2d.py:vnc with the same weights in both (random, or --workdir's checkpoint copied
    into `benchmarks.torch_unet.TorchUNet`); PyTorch runs in inference mode on 2 threads, in the
    faster of NCHW and channels_last. Slices alternate between the two so load changes hit both.
 2. the whole 1024^2 slice through each network in one pass, against its windows;
-3. peak RSS of streaming segmentation (`unet_jax.segment`) of 20 vs 165 slices (a temp TIFF of
+3. peak RSS of streaming segmentation (`unet_jax.inference.segment`) of 20 vs 165 slices (a temp TIFF of
    repeated slices), each in a fresh subprocess, against reading the stack into memory first.
    Peak RSS is the child's VmHWM (/proc/self/status): getrusage's ru_maxrss would include the
    parent's RSS at fork. To keep these runs short they use a small U-Net and one window per slice
@@ -54,8 +54,8 @@ def config_and_variables(args: argparse.Namespace, small: bool = False):
   small: a depth-2, 4-feature U-Net with random weights instead (the fast RSS runs).
   """
   from configs import unet2d  # pylint: disable=g-import-not-at-top
-  from unet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import UNet, abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import checkpoint  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import abstract_variables, build_model, UNet  # pylint: disable=g-import-not-at-top
   config = unet2d.get_config("vnc")
   config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
   config.eval.blend = "gaussian"
@@ -88,7 +88,7 @@ def random_variables(model, seed: int = 0) -> dict:
 
 def read_slices(path: str, count: int) -> np.ndarray:
   """The first `count` slices of `path`, f32[Z, H, W] in [0, 1]."""
-  from unet_jax import stacks  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import stacks  # pylint: disable=g-import-not-at-top
   with stacks.StackReader(path) as reader:
     return np.stack([reader[z] for z in range(min(count, len(reader)))])
 
@@ -99,7 +99,7 @@ def throughput(args: argparse.Namespace) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
   from benchmarks.torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
-  from unet_jax import inference  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference import windows  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(2)
   config, model, variables = config_and_variables(args)
@@ -109,11 +109,11 @@ def throughput(args: argparse.Namespace) -> None:
   print(f"data {args.data}: {z} x {h} x {w}; U-Net depth {model.depth}, {model.base_features} features, "
         f"{model.norm} norm, {model.upsample} upsampling; weights: {args.workdir or 'random'}")
   print(f"windows {window}, overlap {args.overlap}, gaussian, batch {args.batch}: "
-        f"{len(inference.window_grid((h, w), window, args.overlap))} windows per slice; "
+        f"{len(windows.window_grid((h, w), window, args.overlap))} windows per slice; "
         f"jax {jax.__version__} on {len(jax.local_devices())} {jax.devices()[0].platform} device(s), torch {torch.__version__} (2 threads)")
 
-  predict = inference.predictor(model)
-  ours = lambda image: np.asarray(inference.sliding_window_predict(
+  predict = windows.predictor(model)
+  ours = lambda image: np.asarray(windows.sliding_window_predict(
       predict, variables, image, window, args.overlap, "gaussian", args.batch))
   net = copy_flax_variables(TorchUNet(model.depth, model.base_features, model.norm, model.upsample), variables).eval()
 
@@ -144,7 +144,7 @@ def throughput(args: argparse.Namespace) -> None:
   print(f"max |ours - MONAI| probability on slice 0: {np.abs(first - reference).max():.2e} "
         f"(the Gaussian maps differ: MONAI's is pixel-integrated and centred on w/2, ours sampled at (w-1)/2)")
   crop = slices[0, :2 * args.window, :2 * args.window]
-  constant = inference.sliding_window_predict(predict, variables, crop, window, args.overlap, "constant", args.batch)
+  constant = windows.sliding_window_predict(predict, variables, crop, window, args.overlap, "constant", args.batch)
   print(f"max |ours - MONAI| with constant blending on a {crop.shape[0]}^2 crop: "
         f"{np.abs(np.asarray(constant) - monai(crop, channels_last, 'constant')).max():.2e}")
 
@@ -164,7 +164,7 @@ def throughput(args: argparse.Namespace) -> None:
         f"{cpu['monai'].sum() / cpu['ours'].sum():.2f}x in CPU time")
 
   n = min(args.whole_slices, z)
-  whole = lambda image: np.asarray(inference.sliding_window_predict(predict, variables, image, (h, w), 0.0,
+  whole = lambda image: np.asarray(windows.sliding_window_predict(predict, variables, image, (h, w), 0.0,
                                                                     "constant", 1))
   whole(slices[0])  # compile
   def torch_whole(image: np.ndarray) -> np.ndarray:
@@ -186,7 +186,8 @@ def throughput(args: argparse.Namespace) -> None:
 
 def child(args: argparse.Namespace) -> None:
   """One RSS run: segment args.input streaming (or in memory) and print the peak RSS in MiB."""
-  from unet_jax import inference, segment, stacks  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference import segment, windows  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import stacks
   config, model, variables = config_and_variables(args, small=args.rss_model == "small")
   out = tempfile.mkdtemp(prefix="rss_")
   start = time.perf_counter()
@@ -194,7 +195,7 @@ def child(args: argparse.Namespace) -> None:
     with stacks.StackReader(args.input) as reader:
       segment.segment_stack(model, variables, reader, out, config.eval, progress=False)
   else:
-    probs = inference.predict_stack(model, variables, stacks.normalize_image(stacks.read_stack(args.input)), config.eval)
+    probs = windows.predict_stack(model, variables, stacks.normalize_image(stacks.read_stack(args.input)), config.eval)
     stacks.write_stack(os.path.join(out, "segmentation.tif"), (probs >= 0.5).astype(np.uint8) * 255)
   print(f"{peak_rss_mib():.0f} {time.perf_counter() - start:.1f}")
 
@@ -240,7 +241,7 @@ def peak_rss(args: argparse.Namespace) -> None:
 def main() -> None:
   args = parse_args()
   if not args.ynnpack:
-    from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+    from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
     parallel.use_inference_kernels()  # before JAX starts its backends; child processes inherit it
   if args.child:
     child(args)

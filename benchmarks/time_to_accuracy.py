@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py:vnc", "Config file (file.py:variant).")
@@ -36,8 +36,11 @@ def main(argv: list[str]) -> None:
   del argv
   parallel.use_host_devices(FLAGS.config.host_devices)
   parallel.use_inference_kernels()  # scoring only runs the network forward, as in evaluate.py
-  from unet_jax import checkpoint, data, inference, metrics, runlog, trainer  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference import windows
+  from unet_jax.io import checkpoint, data, runlog  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.scores import metrics
+  from unet_jax.training import trainer
   config = FLAGS.config
   splits = data.load_splits(config.data)
   split = splits[FLAGS.split]
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> None:
       threshold = config.eval.threshold
       if config.eval.select_threshold:
         threshold = trainer.score_split(model, variables, splits["val"], config.eval)[0]["threshold"]
-      probs = inference.predict_stack(model, variables, split.image, config.eval)
+      probs = windows.predict_stack(model, variables, split.image, config.eval)
       scores = metrics.pixel_scores(probs >= threshold, split.mask)
       row = {"workdir": workdir, "step": step, "minutes": minutes.get(step, float("nan")), "threshold": threshold,
              **{k: scores[k] for k in ("dice", "precision", "recall")}}

@@ -13,7 +13,7 @@ foreground pixel) inside the Dataset, so the sampling costs both sides the same;
 JSON line: images per second over --steps steps after --warmup, and the share of that wall time
 blocked in next(DataLoader iterator).
 
-How MONAI 1.6 reproduces our `full` preset (unet_jax/augment.py):
+How MONAI 1.6 reproduces our `full` preset (unet_jax/training/augment.py):
 - same transforms, probabilities and ranges, in the same order: dihedral (RandRotate90 p=0.75 k in
   1..3 then RandFlip p=0.5: each of the 8 with probability 1/8), rotation, zoom, shear, elastic,
   then gamma, contrast about the mean, brightness, blur, noise, clip to [0, 1]; elastic displacement
@@ -46,7 +46,7 @@ from absl import app, flags
 import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 
 FLAGS = common.define_config("configs/unet2d.py:vnc")
-flags.DEFINE_enum("aug", "full", ["full", "flips", "none"], "Augmentation preset (unet_jax/augment.py PRESETS).")
+flags.DEFINE_enum("aug", "full", ["full", "flips", "none"], "Augmentation preset (unet_jax/training/augment.py PRESETS).")
 flags.DEFINE_integer("workers", 0, "DataLoader worker processes (0: augment in the training process).")
 flags.DEFINE_integer("threads", 0, "Intra-op threads of the training process (0: one per core).")
 flags.DEFINE_integer("steps", 20, "Timed training steps.")
@@ -114,7 +114,8 @@ class PatchDataset:
 def make_loader(config: Any, workers: int, steps: int) -> Iterator[dict[str, Any]]:
   """An iterator over `steps` batches {'image', 'mask'} f32[B, C, H, W] from the config's training split."""
   import monai.data  # pylint: disable=g-import-not-at-top
-  from unet_jax import data, sampling, trainer  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import data  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import sampling, trainer
   monai.data.set_track_meta(False)  # plain tensors: no metadata bookkeeping, faster
   split = data.load_splits(config.data)["train"]
   sampler = sampling.PatchSampler.create(split, trainer.patch_shape(config), config.train.fg_fraction,
@@ -144,7 +145,7 @@ def main(argv: list[str]) -> None:
   del argv
   import json  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from unet_jax import augment  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import augment  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   if config.model.ndim != 2 or config.train.loss != "log_dice":
     sys.exit(f"error: the peer is 2D with train.loss='log_dice'; got model.ndim={config.model.ndim}, "

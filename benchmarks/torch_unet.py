@@ -1,4 +1,4 @@
-"""The PyTorch twin of `unet_jax.model.UNet`, for like-for-like benchmarks against PyTorch tools.
+"""The PyTorch twin of `unet_jax.network.model.UNet`, for like-for-like benchmarks against PyTorch tools.
 
 Same layers in the same order: two (conv 3^N, norm, ReLU) per block, max-pool 2, and either a
 transposed conv 2^N / stride 2 or a 1x1 conv followed by (bi/tri)linear x2 upsampling, skip
@@ -122,7 +122,7 @@ def copy_flax_variables(net: TorchUNet, variables: dict[str, Any]) -> TorchUNet:
 
 
 def log_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-  """-ln(soft Dice) of the batch sums, as unet_jax.losses.log_dice_loss."""
+  """-ln(soft Dice) of the batch sums, as unet_jax.training.losses.log_dice_loss."""
   probs = torch.sigmoid(logits)
   return -torch.log((2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth))
 

@@ -8,7 +8,7 @@
 the config's augmentation included, over `host_devices` XLA host devices) on batches from the
 config's own training data and sampler: compile seconds, median step, patches and voxels per second.
 --mode=predict segments the whole test stack with freshly initialised weights as evaluate.py does
-(`inference.predict_stack`, the eval.* settings, XLA's inference convolutions): seconds per test
+(`windows.predict_stack`, the eval.* settings, XLA's inference convolutions): seconds per test
 volume, the second of two passes (compile excluded). Both print the peak resident memory of the
 process (ru_maxrss) in one JSON line; run each config and mode in its own process, so the peak is its own.
 """
@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet3d.py", "Config file (file.py:variant).")
@@ -46,8 +46,11 @@ def main(argv: list[str]) -> None:
     parallel.use_inference_kernels()  # as evaluate.py
   import jax
   import numpy as np
-  from unet_jax import config_check, data, inference, sampling, trainer
-  from unet_jax.model import build_model
+  from unet_jax.config import check as config_check
+  from unet_jax.inference import windows
+  from unet_jax.io import data
+  from unet_jax.network.model import build_model
+  from unet_jax.training import sampling, trainer
 
   config_check.validate(config)
   mesh = parallel.make_mesh()
@@ -66,9 +69,9 @@ def main(argv: list[str]) -> None:
     seconds = []
     for _ in range(2):
       start = time.perf_counter()
-      inference.predict_stack(model, variables, test, config.eval)
+      windows.predict_stack(model, variables, test, config.eval)
       seconds.append(time.perf_counter() - start)
-    window = inference.window_settings(config.eval, config.model.ndim)["window"]
+    window = windows.window_settings(config.eval, config.model.ndim)["window"]
     print(json.dumps(result | {"test_shape": list(test.shape), "window": list(window), "overlap": config.eval.overlap,
                                "predict_s_per_volume": round(seconds[1], 2), "first_call_s": round(seconds[0], 2),
                                "peak_rss_mib": round(peak_rss_mib())}))

@@ -114,13 +114,13 @@ def torch_conv_ms(batch: int, size: int, cin: int, cout: int) -> float:
 
 def main(argv: list[str]) -> None:
   del argv
-  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   parallel.use_host_devices(1)  # train.py's XLA flags, on one device; before JAX starts its backends
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from unet_jax import losses, trainer  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import losses, trainer  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   model = build_model(config.model)
   shape = (FLAGS.batch, *trainer.patch_shape(config), 1)

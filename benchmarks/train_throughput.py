@@ -7,7 +7,7 @@
 Ours is `trainer.make_parallel_train_step` (the jitted shard_map step that train.py runs) on one
 batch of `train.batch_size` synthetic patches of `train.patch_size`, compiled before timing. The peer
 is `benchmarks/torch_unet.py` (same layers) with the same loss (log-Dice of the batch sums, see
-unet_jax/losses.py), AdamW with the same hyper-parameters and global-norm clipping, channels_last
+unet_jax/training/losses.py), AdamW with the same hyper-parameters and global-norm clipping, channels_last
 (its fastest layout here), eager (torch.compile was no faster here; --peer_compile to try it), run
 twice: with one intra-op thread per core and with one thread (more efficient per CPU second, and
 much faster when other jobs load the machine); ratios are against the better of the two.
@@ -32,7 +32,7 @@ from absl import app, flags
 
 import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 FLAGS = common.define_config("configs/unet2d.py")
 flags.DEFINE_integer("rounds", 5, "Alternating rounds (ours, then the peer).")
@@ -60,7 +60,7 @@ def median_times(samples: list[tuple[float, float]]) -> tuple[float, float]:
 
 def without_augmentation(config: Any) -> Any:
   """A copy of `config` whose augmentation block does nothing (and costs nothing)."""
-  from unet_jax import augment
+  from unet_jax.training import augment
   config = config.copy_and_resolve_references()
   config.augment.flips = False
   for name in augment.PROB_FIELDS:
@@ -85,8 +85,8 @@ def matmul_peak(size: int, repeats: int = 3) -> tuple[float, float]:
 def jax_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
   """Our compiled train step (and, with --parts, forward and forward+backward) as timers."""
   import jax
-  from unet_jax import losses, trainer
-  from unet_jax.model import build_model
+  from unet_jax.network.model import build_model
+  from unet_jax.training import losses, trainer
   mesh = parallel.make_mesh()
   state = parallel.replicate(mesh, trainer.create_train_state(
       config, build_model(config.model, parallel.AXIS), jax.random.PRNGKey(0)))
@@ -139,7 +139,7 @@ def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, An
                             weight_decay=config.optim.weight_decay, eps=1e-8)
   smooth = config.train.smooth
 
-  def loss() -> torch.Tensor:  # log-Dice of the batch sums, as unet_jax.losses.log_dice_loss
+  def loss() -> torch.Tensor:  # log-Dice of the batch sums, as unet_jax.training.losses.log_dice_loss
     probs = torch.sigmoid(model(image))
     return -torch.log((2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth))
 
@@ -172,7 +172,8 @@ def main(argv: list[str]) -> None:
   parallel.use_host_devices(config.host_devices)  # before JAX starts its backends
   import jax
   import numpy as np
-  from unet_jax import data, synthetic, trainer
+  from unet_jax.io import data, synthetic
+  from unet_jax.training import trainer
 
   if config.model.ndim != 2:
     sys.exit(f"error: this benchmark builds 2D batches; got model.ndim={config.model.ndim}")

@@ -37,13 +37,15 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
   args = parse_args()
-  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.use_host_devices(0)  # before JAX starts its backends, as evaluate.py (unet_jax/cli.py)
+  from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
+  parallel.use_host_devices(0)  # before JAX starts its backends, as evaluate.py (unet_jax/cli/common.py)
   parallel.use_inference_kernels()
   import jax  # pylint: disable=g-import-not-at-top
   from configs import unet2d  # pylint: disable=g-import-not-at-top
-  from unet_jax import checkpoint, data, engines, inference, metrics, stacks  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference import engines, windows as inference
+  from unet_jax.io import checkpoint, data, stacks  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.scores import metrics
 
   config = unet2d.get_config("vnc")
   config.data.root = os.path.join(common.ROOT, "..", "shared", "data", "vnc")
@@ -65,11 +67,11 @@ def main() -> None:
   for setting in args.windows.split(","):
     size, overlap = int(setting.split(":")[0]), float(setting.split(":")[1])
     window = (size, size)
-    count = len(inference.window_grid(val.image.shape[1:], window, overlap))
+    count = len(windows.window_grid(val.image.shape[1:], window, overlap))
     for engine in engines.ENGINES:
-      runs[size, overlap, engine] = (count, lambda image, p=inference.predictor(model, "none", engine), w=window, o=overlap,
+      runs[size, overlap, engine] = (count, lambda image, p=windows.predictor(model, "none", engine), w=window, o=overlap,
                                      b=min(args.batch, count): np.asarray(
-                                         inference.sliding_window_predict(p, variables, image, w, o, "gaussian", b)))
+                                         windows.sliding_window_predict(p, variables, image, w, o, "gaussian", b)))
   for _, predict in runs.values():
     predict(warm_slice)
   keys = list(runs)

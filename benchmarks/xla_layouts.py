@@ -26,7 +26,7 @@ from absl import app, flags
 
 import common  # pylint: disable=unused-import,wrong-import-position  (benchmarks/common.py: the repository on sys.path)
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 
 class Variant(NamedTuple):
@@ -60,7 +60,7 @@ flags.DEFINE_string("worker", "", "Internal: run as the worker of this variant."
 def step_config() -> Any:
   """configs/unet2d.py:vnc without augmentation."""
   from configs import unet2d
-  from unet_jax import augment
+  from unet_jax.training import augment
   config = unet2d.get_config("vnc")
   config.augment.flips = False
   for name in augment.PROB_FIELDS:
@@ -128,8 +128,9 @@ def worker(name: str) -> None:
     jax.lax.conv_general_dilated = rows_weight_grad(jax.lax.conv_general_dilated)  # flax looks it up per call
   import numpy as np
   import train_profile
-  from unet_jax import data, synthetic, trainer
-  from unet_jax.model import build_model
+  from unet_jax.io import data, synthetic
+  from unet_jax.network.model import build_model
+  from unet_jax.training import trainer
   mesh = parallel.make_mesh()
   patch = trainer.patch_shape(config)
   split = data.make_split(*synthetic.make_stack(0, config.train.batch_size, patch))

@@ -7,12 +7,12 @@
   python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none
 
 Override any field on the command line, e.g. --config.train.steps=500 --config.data.root=/data.
-Every field is checked before anything runs (unet_jax/config_check.py).
+Every field is checked before anything runs (unet_jax/config/check.py).
 """
 
 import ml_collections
 
-from unet_jax import augment
+from unet_jax.training import augment
 
 VARIANTS = ("lucchi", "vnc", "synthetic", "tiny")
 
@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.host_devices = 0  # CPU only: number of XLA host devices for data parallelism (0: one per core)
 
-  # Several processes/hosts as one system (unet_jax/distributed.py); every process gets the same
+  # Several processes/hosts as one system (unet_jax/training/distributed.py); every process gets the same
   # flags except process_id.
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""  # "host:port" of process 0; "auto": from SLURM/MPI/...; "": one process
@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "lucchi"  # lucchi (downloads when missing) | folder (any folder with the four files) | synthetic
   c.data.root = "data/lucchi"  # folder of training.tif, training_groundtruth.tif, testing.tif, testing_groundtruth.tif
-  c.data.url = ""  # where to download Lucchi from; "": the official EPFL address (unet_jax/download.py)
+  c.data.url = ""  # where to download Lucchi from; "": the official EPFL address (unet_jax/io/download.py)
   c.data.val_fraction = 0.2  # last slices of the training stack, for validation and tuning
   c.data.final_fit = False  # True: the val slices go back into training (the final fit of a tuned recipe); val
   # scores become in-sample, so evaluate the latest checkpoint at a threshold chosen on a tuning run's val split
@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.norm = "batch"  # batch | group | none
   c.model.upsample = "resize"  # resize (1x1 conv + linear resize; faster on CPU) | transpose
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-  # Per-level kernels and pooling (unet_jax/anisotropy.py): () = derived from the voxel size (3 and 2
+  # Per-level kernels and pooling (unet_jax/network/anisotropy.py): () = derived from the voxel size (3 and 2
   # on every axis for isotropic voxels), else depth + 1 kernels / depth factors, one tuple per level.
   c.model.voxel_size_nm = c.data.get_ref("voxel_size_nm")  # follows data.voxel_size_nm
   c.model.kernel_sizes = ()  # e.g. ((1, 3, 3),) * 3 + ((3, 3, 3),) * 2 for VNC in 3D
@@ -105,7 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.final_lr_fraction = 0.01
   c.optim.grad_clip = 1.0  # global-norm clipping; 0 = off
 
-  # Per-example augmentation in the jitted train step (unet_jax/augment.py). Each transform fires
+  # Per-example augmentation in the jitted train step (unet_jax/training/augment.py). Each transform fires
   # with its *_prob; 0 = off. Presets (augment.PRESETS) via the config argument: VARIANT,aug=flips.
   c.augment = ml_collections.ConfigDict()
   c.augment.flips = True  # one of the 8 dihedral flips/90-degree rotations, uniformly
@@ -128,7 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.noise_std = 0.03
   c.augment.blur_prob = 0.2  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
   c.augment.blur_sigma = 1.0
-  # 3D patches only (unet_jax/sections.py): EM section artefacts; off here, on in configs/unet3d.py.
+  # 3D patches only (unet_jax/training/sections.py): EM section artefacts; off here, on in configs/unet3d.py.
   c.augment.elastic_z = True  # elastic displacement along z too; False keeps anisotropic sections unmixed
   c.augment.misalign_prob = 0.0  # shift the sections from a random one on (or it alone) in-plane, mask too
   c.augment.misalign_pixels = 4  # largest shift per axis, pixels
@@ -148,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.chunk = (32, 1024, 1024)  # (z, y, x) voxels per block of chunked OME-Zarr segmentation; memory grows with it, not the volume
   c.eval.threshold = 0.5
   c.eval.checkpoint = "best"  # best | latest
-  # evaluate.py's report (unet_jax/evaluation.py):
+  # evaluate.py's report (unet_jax/reports/evaluation.py):
   c.eval.select_threshold = False  # True: use the candidate of best Dice on the val split (never test)
   c.eval.threshold_candidates = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
   c.eval.min_size = 100  # drop predicted components < this many voxels
@@ -164,7 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.uncertainty = "none"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
   c.eval.review_top_k = 20  # length of the review list of least confident predicted mitochondria
 
-  # explain.py (unet_jax/explanation.py): how the network arrived at each object, which filters did it.
+  # explain.py (unet_jax/explain/explanation.py): how the network arrived at each object, which filters did it.
   c.explain = ml_collections.ConfigDict()
   c.explain.seed = 0
   c.explain.crop = 0  # side of the crop around each object, pixels (0: eval.window); grown to cover the object
@@ -218,7 +218,7 @@ def vnc_data(c: ml_collections.ConfigDict) -> None:
 
 
 def synthetic(c: ml_collections.ConfigDict) -> None:
-  """Generated EM-like slices (unet_jax/synthetic.py): no data needed, minutes on a CPU."""
+  """Generated EM-like slices (unet_jax/io/synthetic.py): no data needed, minutes on a CPU."""
   c.data.name = "synthetic"
   c.data.root = ""
   c.train.steps = 500

@@ -9,7 +9,7 @@
 
 The argument is VARIANT[,mode=3d|2.5d|2d][,aug=full|flips|none]. The training stack is the volume
 (its last data.val_fraction slices validate, as in 2D) and the test stack the test volume. Kernels
-and pooling per level are derived from data.voxel_size_nm (unet_jax/anisotropy.py, printed at the
+and pooling per level are derived from data.voxel_size_nm (unet_jax/network/anisotropy.py, printed at the
 start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling until its voxels are
 within 2x of isotropic. Override with --config.model.kernel_sizes / --config.model.pool_factors.
 mode=2d and mode=2.5d keep the data, budget and evaluation and swap in the 2D network (2.5D: the
@@ -80,7 +80,7 @@ def volume(c: ml_collections.ConfigDict) -> None:
 
 
 def synthetic(c: ml_collections.ConfigDict) -> None:
-  """An isotropic generated volume (unet_jax/synthetic.py): 96 + 48 slices of 160^2, minutes on a CPU."""
+  """An isotropic generated volume (unet_jax/io/synthetic.py): 96 + 48 slices of 160^2, minutes on a CPU."""
   volume(c)
   c.data.synthetic.shape = (160, 160)
   c.data.synthetic.train_slices = 96  # the last 20 validate

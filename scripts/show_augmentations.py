@@ -4,7 +4,7 @@
   python scripts/show_augmentations.py --config=configs/unet2d.py:vnc --out=/tmp/vnc_aug.png  # real data
 
 Each row is one patch drawn by the training sampler: the original first, then `--columns`
-augmentations by `unet_jax.augment.augment_batch` with the config's `augment` settings (override
+augmentations by `unet_jax.training.augment.augment_batch` with the config's `augment` settings (override
 them as for training, e.g. --config.augment.elastic_prob=1).
 """
 
@@ -23,8 +23,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from unet_jax import augment, data, sampling, trainer
 from unet_jax.errors import InputError
+from unet_jax.io import data
+from unet_jax.training import augment, sampling, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py:synthetic", "Config file (file.py:variant).")

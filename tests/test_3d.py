@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 
 from configs import unet2d, unet3d
-from unet_jax import checkpoint, context, data, evaluation, inference, parallel, sampling, synthetic, trainer, volumes
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, abstract_variables, build_model
+from unet_jax.inference import context, windows as inference
+from unet_jax.io import checkpoint, data, synthetic
+from unet_jax.network import volumes
+from unet_jax.network.model import abstract_variables, build_model, UNet
+from unet_jax.reports import evaluation
+from unet_jax.training import parallel, sampling, trainer
 
 
 @pytest.fixture
@@ -94,7 +98,7 @@ def test_3d_sliding_window_covers_sizes_not_divisible_by_the_window(shape, windo
   """An identity network returns the image exactly: every voxel covered, weights normalised."""
   image = np.random.default_rng(0).uniform(size=shape).astype(np.float32)
   identity = lambda variables, patches: patches
-  out = inference.sliding_window_predict(identity, None, image, window, overlap=0.5)
+  out = windows.sliding_window_predict(identity, None, image, window, overlap=0.5)
   np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-6)
 
 
@@ -104,7 +108,7 @@ def test_anisotropic_model_windows_pad_per_axis():
                pool_factors=((1, 2, 2),) * 3 + ((2, 2, 2),))
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 16, 16, 1)))
   image = np.random.default_rng(1).uniform(size=(5, 41, 23)).astype(np.float32)
-  probs = inference.sliding_window_predict(inference.predictor(model), variables, image, (3, 20, 20))
+  probs = windows.sliding_window_predict(windows.predictor(model), variables, image, (3, 20, 20))
   assert probs.shape == image.shape and np.all((probs > 0) & (probs < 1))
 
 
@@ -136,7 +140,7 @@ def test_2p5d_stack_prediction_equals_the_model_on_stacked_slices():
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   stack = np.random.default_rng(2).uniform(size=(3, 32, 32)).astype(np.float32)
   c.eval.overlap, c.eval.blend = 0.0, "constant"  # one 32^2 window per slice
-  probs = inference.predict_stack(model, variables, stack, c.eval)
+  probs = windows.predict_stack(model, variables, stack, c.eval)
   for z in range(3):
     x = np.moveaxis(stack[context.neighbour_slices(z, 3, 1)], 0, -1)[None]
     expected = jax.nn.sigmoid(model.apply(variables, x))[0, ..., 0]

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from configs import unet2d, unet3d
-from unet_jax import anisotropy, config_check
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, build_model, init_variables, max_pool2
+from unet_jax.network import anisotropy
+from unet_jax.network.model import build_model, init_variables, max_pool2, UNet
 
 VNC_3D = anisotropy.Plan(kernel_sizes=((1, 3, 3), (1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)),
                          pool_factors=((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from configs import unet2d
-from unet_jax import attribution, probe, sanity
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, init_variables
+from unet_jax.explain import attribution, probe, sanity
+from unet_jax.network.model import init_variables, UNet
 
 REGION = (slice(8, 16), slice(20, 30))
 

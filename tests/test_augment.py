@@ -11,8 +11,10 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import unet2d
-from unet_jax import augment, config_check, synthetic
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
+from unet_jax.io import synthetic
+from unet_jax.training import augment
 
 CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "unet2d.py")
 GEOMETRIC = ("rotate_prob", "scale_prob", "shear_prob", "elastic_prob")

@@ -11,7 +11,7 @@ import sys
 import pytest
 import tifffile
 
-from unet_jax import synthetic
+from unet_jax.io import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=configs/unet2d.py:tiny,aug=full"

@@ -7,8 +7,10 @@ import optax
 import pytest
 
 from configs import unet2d
-from unet_jax import checkpoint, config_check, optim, runlog, trainer
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
+from unet_jax.io import checkpoint, runlog
+from unet_jax.training import optim, trainer
 
 
 def test_schedule_equals_optax_warmup_cosine():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import special
 
-from unet_jax import calibration
 from unet_jax.errors import InputError
+from unet_jax.scores import calibration
 
 
 def _draw(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from configs import unet2d
-from unet_jax import config_check
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

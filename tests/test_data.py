@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import data, sampling, stacks, synthetic
 from unet_jax.errors import InputError
+from unet_jax.io import data, stacks, synthetic
+from unet_jax.training import sampling
 
 
 def _write_pair(tmp_path, name, image, mask):
@@ -107,7 +108,7 @@ def test_tiff_folder_loads_without_the_zarr_stack(tmp_path):
   """A TIFF folder needs neither zarr nor dask (machines without them train on TIFFs)."""
   image = np.random.default_rng(0).integers(0, 255, (2, 16, 16), dtype=np.uint8)
   root = _folder(tmp_path, image, (image > 128).astype(np.uint8) * 255)
-  code = ("import sys; from unet_jax import data; data.load_folder(sys.argv[1]); "
+  code = ("import sys; from unet_jax.io import data; data.load_folder(sys.argv[1]); "
           "print(sorted(m for m in ('zarr', 'dask', 'ome_zarr') if m in sys.modules))")
   done = subprocess.run([sys.executable, "-c", code, root], capture_output=True, text=True, check=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,7 +1,7 @@
 """Multi-process training: two processes on loopback, one CPU device each, form one JAX system.
 
 The test starts this file twice as a worker (`python tests/test_distributed.py ...`); each worker joins
-through `unet_jax.distributed`, trains 2 steps of the tiny config on its part of the global batch
+through `unet_jax.training.distributed`, trains 2 steps of the tiny config on its part of the global batch
 over the global mesh, and saves its parameters. Both must hold the same parameters, equal to those
 of one process training on the whole global batch. Then both run `trainer.train_and_evaluate` in one
 shared workdir (validation, checkpoint and log with two processes) and must report the same scores.
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import unet2d
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 STEPS = 2
 
@@ -36,8 +36,9 @@ def _config(coordinator: str = "", process_id: int = 0):
 def _train(config) -> dict[str, np.ndarray]:
   """STEPS train steps over all devices of all processes; this process's copy of the parameters."""
   import jax
-  from unet_jax import data, sampling, trainer
-  from unet_jax.model import build_model
+  from unet_jax.io import data
+  from unet_jax.network.model import build_model
+  from unet_jax.training import sampling, trainer
   mesh = parallel.make_mesh()
   splits = data.load_splits(config.data)
   sampler = sampling.PatchSampler.create(splits["train"], trainer.patch_shape(config), config.train.fg_fraction)
@@ -89,8 +90,8 @@ def test_two_processes_train_like_one(tmp_path):
 
 
 def test_bad_distributed_config():
-  from unet_jax import distributed
   from unet_jax.errors import InputError
+  from unet_jax.training import distributed
   with pytest.raises(InputError, match="host:port"):
     distributed.initialize(_config(coordinator="localhost"))
   config = _config(coordinator="127.0.0.1:1234", process_id=2)
@@ -101,7 +102,7 @@ def test_bad_distributed_config():
 if __name__ == "__main__":  # worker: coordinator process_id output.npz workdir
   parallel.use_host_devices(1)
   worker_config = _config(sys.argv[1], int(sys.argv[2]))
-  from unet_jax import distributed, trainer
+  from unet_jax.training import distributed, trainer
   distributed.initialize(worker_config)
   worker_params = _train(worker_config)
   worker_config.train.steps = STEPS

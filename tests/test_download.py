@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import data, download
 from unet_jax.errors import InputError
+from unet_jax.io import data, download
 
 SHAPE = (3, 8, 10)
 

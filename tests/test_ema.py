@@ -5,8 +5,9 @@ import jax
 import numpy as np
 import pytest
 
-from unet_jax import checkpoint, data, parallel, trainer
-from unet_jax.model import abstract_variables, build_model
+from unet_jax.io import checkpoint, data
+from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.training import parallel, trainer
 from tests.test_train import _batch, _state
 
 

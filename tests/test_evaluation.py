@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 
 from configs import unet2d
-from unet_jax import calibration, data, evaluation, inference, metrics, stacks, trainer
 from unet_jax.errors import InputError
+from unet_jax.inference import windows
+from unet_jax.io import data, stacks
+from unet_jax.reports import evaluation
+from unet_jax.scores import calibration, metrics
+from unet_jax.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +138,7 @@ def test_threshold_selection_never_uses_test_split(trained, tmp_path, monkeypatc
   config.eval.select_threshold = True
   real = data.load_splits(config.data)
   predicted, selected_on = [], []
-  predict_stack, best_dice_threshold = inference.predict_stack, metrics.best_dice_threshold
+  predict_stack, best_dice_threshold = windows.predict_stack, metrics.best_dice_threshold
 
   def spy_predict(model, variables, image, eval_config):
     probs = predict_stack(model, variables, image, eval_config)

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 
 from configs import unet2d
-from unet_jax import checkpoint
-from unet_jax.model import build_model, init_variables
+from unet_jax.io import checkpoint
+from unet_jax.network.model import build_model, init_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHEAP = ["--config.explain.ig_steps=8", "--config.explain.sanity_steps=2", "--config.explain.actmax_steps=2",

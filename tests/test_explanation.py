@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from unet_jax import explanation
 from unet_jax.errors import InputError
+from unet_jax.explain import explanation
 
 
 def _slice():

@@ -1,4 +1,4 @@
-"""The bioimage.io package (export.py, unet_jax/bioimage.py): validates, round-trips, ONNX equals JAX."""
+"""The bioimage.io package (export.py, unet_jax/export/bioimage.py): validates, round-trips, ONNX equals JAX."""
 
 import json
 import os
@@ -11,9 +11,12 @@ import pytest
 import tifffile
 
 from configs import unet2d
-from unet_jax import bioimage, checkpoint, engines, figures, onnx_export
 from unet_jax.errors import InputError
-from unet_jax.model import build_model
+from unet_jax.export import bioimage
+from unet_jax.inference import engines, onnx_export
+from unet_jax.io import checkpoint
+from unet_jax.network.model import build_model
+from unet_jax.reports import figures
 
 from test_onnx_engine import spread_variables, textured  # pylint: disable=g-bad-import-order
 

@@ -13,9 +13,11 @@ import orbax.checkpoint as ocp
 import pytest
 import tifffile
 
-from unet_jax import checkpoint, cli, data, download, losses, outputs, runlog, trainer
+from unet_jax.cli import common as cli
 from unet_jax.errors import InputError
-from unet_jax.model import abstract_variables, build_model
+from unet_jax.io import checkpoint, data, download, outputs, runlog
+from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.training import losses, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +47,7 @@ def test_nan_never_reaches_a_checkpoint(tiny_config, tmp_path, monkeypatch):
 
 
 def test_a_nan_step_changes_nothing_but_the_step(tiny_config, monkeypatch):
-  from unet_jax import parallel  # pylint: disable=g-import-not-at-top
+  from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
   state = parallel.replicate(mesh, trainer.create_train_state(tiny_config, build_model(tiny_config.model, parallel.AXIS),
                                                               jax.random.PRNGKey(0)))

@@ -6,8 +6,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from unet_jax import figures, runlog
 from unet_jax.errors import InputError
+from unet_jax.io import runlog
+from unet_jax.reports import figures
 
 
 def _case():

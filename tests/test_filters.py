@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import filters, probe
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, init_variables
+from unet_jax.explain import filters, probe
+from unet_jax.network.model import init_variables, UNet
 
 SIGNAL = 2  # the one live channel of enc0 in the constructed model
 

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import checkpoint, data, inference, metrics, segment, stacks, synthetic, trainer
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, build_model
+from unet_jax.inference import segment, windows
+from unet_jax.io import checkpoint, data, stacks, synthetic
+from unet_jax.network.model import build_model, UNet
+from unet_jax.scores import metrics
+from unet_jax.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,10 +66,10 @@ def reference(model, variables, image, window, overlap, blend):
   shape = image.shape
   padded = np.pad(image, [(0, max(0, w - s)) for s, w in zip(shape, window)], mode="reflect")
   factor = 2 ** model.depth
-  weights = inference.blend_weights(window, blend)
+  weights = windows.blend_weights(window, blend)
   apply = jax.jit(model.apply)
   total, norm = np.zeros(padded.shape), np.zeros(padded.shape)
-  for start in inference.window_grid(padded.shape, window, overlap):
+  for start in windows.window_grid(padded.shape, window, overlap):
     region = tuple(slice(s, s + w) for s, w in zip(start, window))
     patch = np.pad(padded[region], [(0, -w % factor) for w in window], mode="reflect")
     logits = np.asarray(apply(variables, patch[None, ..., None]))[0, ..., 0]
@@ -77,19 +80,19 @@ def reference(model, variables, image, window, overlap, blend):
 
 
 def test_window_starts_hand_computed():
-  np.testing.assert_array_equal(inference.window_starts(1024, 256, 0.5), [0, 128, 256, 384, 512, 640, 768])
+  np.testing.assert_array_equal(windows.window_starts(1024, 256, 0.5), [0, 128, 256, 384, 512, 640, 768])
   # stride 16 -> ceil(68 / 16) + 1 = 6 origins spread evenly over [0, 68]
-  np.testing.assert_array_equal(inference.window_starts(100, 32, 0.5), [0, 14, 27, 41, 54, 68])
-  np.testing.assert_array_equal(inference.window_starts(64, 16, 0.0), [0, 16, 32, 48])
-  np.testing.assert_array_equal(inference.window_starts(10, 32, 0.5), [0])
+  np.testing.assert_array_equal(windows.window_starts(100, 32, 0.5), [0, 14, 27, 41, 54, 68])
+  np.testing.assert_array_equal(windows.window_starts(64, 16, 0.0), [0, 16, 32, 48])
+  np.testing.assert_array_equal(windows.window_starts(10, 32, 0.5), [0])
 
 
-@pytest.mark.parametrize("blend", inference.BLENDS)
+@pytest.mark.parametrize("blend", windows.BLENDS)
 @pytest.mark.parametrize("shape,window", [((50, 70), (16, 16)), ((5, 7), (16, 16)), ((1, 9), (4, 4)),
                                           ((13, 20, 17), (8, 8, 8))])
 def test_identity_model_returns_input(blend, shape, window):
   image = np.random.default_rng(0).random(shape, np.float32)
-  out = inference.sliding_window_predict(identity, None, image, window, 0.5, blend, batch_size=3)
+  out = windows.sliding_window_predict(identity, None, image, window, 0.5, blend, batch_size=3)
   assert out.shape == shape
   np.testing.assert_allclose(np.asarray(out), image, atol=1e-6)
 
@@ -97,27 +100,27 @@ def test_identity_model_returns_input(blend, shape, window):
 def test_constant_and_gaussian_agree_without_overlap():
   model, variables = tiny_unet()
   image = np.random.default_rng(1).random((32, 48), np.float32)
-  predict = inference.predictor(model)
-  const, gauss = (inference.sliding_window_predict(predict, variables, image, (16, 16), 0.0, b, 4)
-                  for b in inference.BLENDS)
+  predict = windows.predictor(model)
+  const, gauss = (windows.sliding_window_predict(predict, variables, image, (16, 16), 0.0, b, 4)
+                  for b in windows.BLENDS)
   np.testing.assert_allclose(np.asarray(const), np.asarray(gauss), atol=1e-6)
 
 
-@pytest.mark.parametrize("blend", inference.BLENDS)
+@pytest.mark.parametrize("blend", windows.BLENDS)
 @pytest.mark.parametrize("shape,window", [((40, 52), (16, 16)),  # 4 x 6 windows, 24 in 5 batches of 5
                                           ((21, 30), (18, 14)),  # odd image and windows not divisible by 4
                                           ((7, 5), (16, 16))])   # image smaller than the window
 def test_matches_numpy_reference(blend, shape, window):
   model, variables = tiny_unet()
   image = np.random.default_rng(2).random(shape, np.float32)
-  out = inference.sliding_window_predict(inference.predictor(model), variables, image, window, 0.5, blend, 5)
+  out = windows.sliding_window_predict(windows.predictor(model), variables, image, window, 0.5, blend, 5)
   np.testing.assert_allclose(np.asarray(out), reference(model, variables, image, window, 0.5, blend), atol=2e-5)
 
 
 def test_3d_matches_numpy_reference():
   model, variables = tiny_unet(ndim=3)
   image = np.random.default_rng(3).random((10, 14, 12), np.float32)
-  out = inference.sliding_window_predict(inference.predictor(model), variables, image, (8, 8, 8), 0.5, "gaussian", 4)
+  out = windows.sliding_window_predict(windows.predictor(model), variables, image, (8, 8, 8), 0.5, "gaussian", 4)
   np.testing.assert_allclose(np.asarray(out), reference(model, variables, image, (8, 8, 8), 0.5, "gaussian"),
                              atol=2e-5)
 
@@ -125,8 +128,8 @@ def test_3d_matches_numpy_reference():
 @pytest.mark.parametrize("tta", ["flips", "dihedral"])
 def test_tta_of_equivariant_model_equals_no_tta(tta):
   image = np.random.default_rng(4).random((30, 41), np.float32)
-  plain = inference.sliding_window_predict(blur, None, image, (16, 16), 0.5, "gaussian", 4)
-  augmented = inference.sliding_window_predict(inference.test_time_augmented(blur, tta), None, image,
+  plain = windows.sliding_window_predict(blur, None, image, (16, 16), 0.5, "gaussian", 4)
+  augmented = windows.sliding_window_predict(windows.test_time_augmented(blur, tta), None, image,
                                                (16, 16), 0.5, "gaussian", 4)
   np.testing.assert_allclose(np.asarray(augmented), np.asarray(plain), atol=1e-6)
 
@@ -135,26 +138,26 @@ def test_tta_of_equivariant_model_equals_no_tta(tta):
 def test_tta_inverts_each_transform(tta):
   """ramp(x) = x * r with r a 0..1 ramp; averaging r over the group's transforms gives 0.5 everywhere."""
   patches = jnp.asarray(np.random.default_rng(5).random((2, 8, 8, 1), np.float32))
-  out = inference.test_time_augmented(ramp, tta)(None, patches)
+  out = windows.test_time_augmented(ramp, tta)(None, patches)
   np.testing.assert_allclose(np.asarray(out), 0.5 * np.asarray(patches), atol=1e-6)
-  np.testing.assert_allclose(np.asarray(inference.test_time_augmented(ramp, "none")(None, patches)),
+  np.testing.assert_allclose(np.asarray(windows.test_time_augmented(ramp, "none")(None, patches)),
                              np.asarray(ramp(None, patches)))
 
 
 def test_tta_on_3d_patches_and_errors():
   volume = jnp.asarray(np.random.default_rng(6).random((1, 3, 8, 8, 1), np.float32))
-  np.testing.assert_allclose(np.asarray(inference.test_time_augmented(identity, "dihedral")(None, volume)),
+  np.testing.assert_allclose(np.asarray(windows.test_time_augmented(identity, "dihedral")(None, volume)),
                              np.asarray(volume), atol=1e-6)
   with pytest.raises(InputError, match="square"):
-    inference.test_time_augmented(identity, "dihedral")(None, jnp.zeros((1, 8, 6, 1)))
+    windows.test_time_augmented(identity, "dihedral")(None, jnp.zeros((1, 8, 6, 1)))
   with pytest.raises(InputError, match="tta"):
-    inference.test_time_augmented(identity, "all")
+    windows.test_time_augmented(identity, "all")
 
 
 def test_predictor_tta_runs_a_unet():
   model, variables = tiny_unet()
   image = np.random.default_rng(7).random((20, 20), np.float32)
-  out = inference.sliding_window_predict(inference.predictor(model, "flips"), variables, image, (16, 16))
+  out = windows.sliding_window_predict(windows.predictor(model, "flips"), variables, image, (16, 16))
   assert out.shape == (20, 20) and np.all((np.asarray(out) > 0) & (np.asarray(out) < 1))
 
 
@@ -163,14 +166,14 @@ def test_predictor_tta_runs_a_unet():
 def test_bad_arguments_raise_input_error(kwargs, match):
   args = {"window": (8, 8), "overlap": 0.5, "blend": "gaussian", "batch_size": 2, **kwargs}
   with pytest.raises(InputError, match=match):
-    inference.sliding_window_predict(identity, None, np.zeros((10, 10), np.float32), **args)
+    windows.sliding_window_predict(identity, None, np.zeros((10, 10), np.float32), **args)
 
 
 def test_stream_3d_equals_whole_volume():
   model, variables = tiny_unet(ndim=3)
   volume = np.random.default_rng(8).random((21, 12, 10), np.float32)  # z origins 0, 3, 6, 10, 13
-  predict = inference.predictor(model)
-  whole = np.asarray(inference.sliding_window_predict(predict, variables, volume, (8, 8, 8), 0.5, "gaussian", 4))
+  predict = windows.predictor(model)
+  whole = np.asarray(windows.sliding_window_predict(predict, variables, volume, (8, 8, 8), 0.5, "gaussian", 4))
   streamed = np.stack(list(segment.stream_probabilities(predict, variables, volume.__getitem__, volume.shape,
                                                         (8, 8, 8), 0.5, "gaussian", 4)))
   np.testing.assert_allclose(streamed, whole, atol=1e-6)
@@ -206,7 +209,7 @@ def test_streaming_writer_equals_in_memory(tmp_path, probability_dtype):
        stacks.StackReader(str(tmp_path / "mask.tif")) as truth:
     summary = segment.segment_stack(model, variables, reader, str(tmp_path / "out"), config, truth,
                                     probability_dtype, progress=False)
-  expected = inference.predict_stack(model, variables, stack / np.float32(255), config)
+  expected = windows.predict_stack(model, variables, stack / np.float32(255), config)
   probs = tifffile.imread(summary["probabilities"])
   seg = tifffile.imread(summary["segmentation"])
   assert probs.dtype == np.dtype(probability_dtype) and probs.shape == stack.shape
@@ -284,7 +287,7 @@ def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   with open(tmp_path / "out" / "summary.json") as f:
     summary = json.load(f)
   assert summary["step"] == 3 and summary["shape"] == [2, 40, 50]
-  expected = inference.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
+  expected = windows.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
                                      tiny_config.eval)
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "segmentation.tif"),
                                 (expected >= 0.5).astype(np.uint8) * 255)
@@ -307,7 +310,7 @@ def test_cli_input_uses_the_val_chosen_threshold_under_select_threshold(tiny_con
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
   val = data.load_splits(tiny_config.data)["val"]
-  val_probs = inference.predict_stack(build_model(tiny_config.model), variables, val.image, tiny_config.eval)
+  val_probs = windows.predict_stack(build_model(tiny_config.model), variables, val.image, tiny_config.eval)
   chosen, _ = metrics.best_dice_threshold(val_probs, val.mask, tiny_config.eval.threshold_candidates)
   with open(tmp_path / "out" / "summary.json") as f:
     assert json.load(f)["threshold"] == pytest.approx(chosen)
@@ -329,11 +332,11 @@ def monai_starts(size, window, overlap):
 def test_window_grid_equals_monai_where_the_stride_divides(size, window, overlap):
   """The README's claim 'equals MONAI with constant blending' holds where the two grids coincide."""
   assert (size - window) % int(window * (1 - overlap)) == 0
-  np.testing.assert_array_equal(inference.window_starts(size, window, overlap), monai_starts(size, window, overlap))
+  np.testing.assert_array_equal(windows.window_starts(size, window, overlap), monai_starts(size, window, overlap))
 
 
 def test_window_grid_differs_from_monai_otherwise():
-  ours, theirs = inference.window_starts(1000, 256, 0.5), monai_starts(1000, 256, 0.5)
+  ours, theirs = windows.window_starts(1000, 256, 0.5), monai_starts(1000, 256, 0.5)
   assert ours[0] == theirs[0] == 0 and ours[-1] == theirs[-1] == 744 and len(ours) == len(theirs)
   assert not np.array_equal(ours, theirs)  # ours spread evenly, MONAI's last step shortened
   assert np.ptp(np.diff(ours)) <= 1 and np.ptp(np.diff(theirs)) > 1

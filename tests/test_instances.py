@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from unet_jax import instances
 from unet_jax.errors import InputError
+from unet_jax.scores import instances
 
 
 def _scores(true_mask, pred_mask, thresholds=(0.5, 0.75), dims=2):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from unet_jax import intervals
 from unet_jax.errors import InputError
+from unet_jax.scores import intervals
 
 
 @pytest.mark.parametrize("k,n,low,high", [  # Newcombe (1998), Stat. Med. 17:857, Table II, method 3

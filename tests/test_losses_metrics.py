@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import losses, metrics
 from unet_jax.errors import InputError
+from unet_jax.scores import metrics
+from unet_jax.training import losses
 
 BIG = 50.0  # a logit whose sigmoid is 1 to float32 precision
 

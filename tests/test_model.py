@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from unet_jax.errors import InputError
-from unet_jax.model import UNet
+from unet_jax.network.model import UNet
 
 
 @pytest.mark.parametrize("size,depth", [(32, 2), (48, 3), (64, 4), (40, 3)])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax.model import max_pool2
+from unet_jax.network.model import max_pool2
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 6, 3), (1, 2, 4, 6, 2)])

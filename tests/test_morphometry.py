@@ -7,8 +7,9 @@ import pytest
 from skimage import draw
 
 from configs import unet2d
-from unet_jax import data, instances, morphometry
 from unet_jax.errors import InputError
+from unet_jax.io import data
+from unet_jax.scores import instances, morphometry
 
 
 def test_ellipsoid_volume():

@@ -15,9 +15,10 @@ import zarr
 from ome_zarr import writer
 from scipy import ndimage
 
-from unet_jax import chunked, data, inference, ngff, segment, tiling
 from unet_jax.errors import InputError
-from unet_jax.model import UNet
+from unet_jax.inference import chunked, segment, tiling, windows as inference
+from unet_jax.io import data, ngff
+from unet_jax.network.model import UNet
 
 from test_inference import random_like, save_random_checkpoint  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
 
@@ -86,7 +87,7 @@ def test_chunked_equals_in_memory(tmp_path, ndim, k, window, chunk):
   with ngff.ZarrStack(str(tmp_path / "v.ome.zarr")) as stack:
     summary = chunked.segment_volume(model, variables, stack, str(tmp_path / "out"), config,
                                      probability_dtype="float32", progress=False)
-  expected = inference.predict_stack(model, variables, volume / np.float32(255), config)
+  expected = windows.predict_stack(model, variables, volume / np.float32(255), config)
   out = tmp_path / "out" / chunked.OUTPUT
   probs, axes, voxel = ngff.read_image(str(out))
   np.testing.assert_allclose(probs, expected, atol=2e-5)
@@ -104,9 +105,9 @@ def test_tiff_stream_equals_in_memory_2d_and_25d(tmp_path, k):
   volume = np.random.default_rng(3).random((5, 21, 26)).astype(np.float32)
   config = eval_config(16, (2, 64, 64))
   streamed = np.stack(list(segment.stream_probabilities(
-      inference.predictor(model), variables, volume.__getitem__, volume.shape, (16, 16), 0.5, "gaussian", 3,
+      windows.predictor(model), variables, volume.__getitem__, volume.shape, (16, 16), 0.5, "gaussian", 3,
       context_slices=k, block_depth=2)))
-  np.testing.assert_allclose(streamed, inference.predict_stack(model, variables, volume, config), atol=2e-5)
+  np.testing.assert_allclose(streamed, windows.predict_stack(model, variables, volume, config), atol=2e-5)
 
 
 def identity_volume(monkeypatch, tmp_path, volume, chunk):
@@ -209,8 +210,8 @@ def test_bad_inputs_are_one_line_errors_before_any_output(tmp_path):
 
 def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   """evaluate.py --input=vol.ome.zarr --mask=truth.ome.zarr: outputs match in-memory inference, voxel size kept."""
-  from unet_jax import metrics  # pylint: disable=g-import-not-at-top
-  from unet_jax.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import build_model  # pylint: disable=g-import-not-at-top
+  from unet_jax.scores import metrics  # pylint: disable=g-import-not-at-top
   variables = save_random_checkpoint(tiny_config, str(tmp_path / "run"))
   image, truth = np.random.default_rng(7).integers(0, 256, (3, 40, 50)).astype(np.uint8), blobs((3, 40, 50))
   ngff.write_image(str(tmp_path / "vol.ome.zarr"), image, VOXEL, chunks=(1, 32, 32))
@@ -223,7 +224,7 @@ def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   assert result.returncode == 0, result.stderr
   summary = json.load(open(tmp_path / "out" / chunked.SUMMARY))
   assert summary["step"] == 3 and summary["chunks"] == 2 * 2 * 2 and summary["voxel_size_nm"] == list(VOXEL)
-  expected = inference.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
+  expected = windows.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
                                      tiny_config.eval)
   probs, axes, voxel = ngff.read_image(str(tmp_path / "out" / chunked.OUTPUT))
   assert probs.dtype == np.float16 and axes == ("z", "y", "x") and voxel == pytest.approx(VOXEL)

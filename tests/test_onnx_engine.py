@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import checkpoint, engines, inference, onnx_export
 from unet_jax.errors import InputError
-from unet_jax.model import UNet, abstract_variables
+from unet_jax.inference import engines, onnx_export, windows as inference
+from unet_jax.io import checkpoint
+from unet_jax.network.model import abstract_variables, UNet
 
 
 def spread_variables(model: UNet, seed: int = 0) -> dict:
@@ -44,7 +45,7 @@ def test_engines_agree_on_random_weights_through_the_sliding_window(tiny):
   model, variables = tiny
   image = textured((45, 70), 1)  # windows overlap; the last batch is padded
   for tta in ("none", "flips"):
-    run = {engine: np.asarray(inference.sliding_window_predict(inference.predictor(model, tta, engine), variables,
+    run = {engine: np.asarray(windows.sliding_window_predict(windows.predictor(model, tta, engine), variables,
                                                                image, (32, 32), 0.5, "gaussian", 3))
            for engine in engines.ENGINES}
     assert run["xla"].std() > 0.05, "probabilities too flat for the comparison to mean anything"
@@ -54,7 +55,7 @@ def test_engines_agree_on_random_weights_through_the_sliding_window(tiny):
 def test_engine_follows_new_weights_and_odd_windows(tiny):
   model, variables = tiny
   images = np.stack([textured((20, 28), 2), textured((20, 28), 3)])[..., None]
-  predict = {engine: jax.jit(inference.predictor(model, "none", engine)) for engine in engines.ENGINES}
+  predict = {engine: jax.jit(windows.predictor(model, "none", engine)) for engine in engines.ENGINES}
   for seed in (3, 4):  # the same compiled function with other weights: a new session, not stale results
     other = spread_variables(model, seed)
     np.testing.assert_allclose(np.asarray(predict["onnx"](other, images)), np.asarray(predict["xla"](other, images)),
@@ -73,7 +74,7 @@ def test_engines_agree_on_a_restored_checkpoint(tiny, tmp_path):
   restored, step = checkpoint.restore_variables(str(tmp_path), abstract_variables(model), "best")
   assert step == 7
   image = textured((64, 64), 5)
-  run = {engine: np.asarray(inference.sliding_window_predict(inference.predictor(model, "none", engine), restored,
+  run = {engine: np.asarray(windows.sliding_window_predict(windows.predictor(model, "none", engine), restored,
                                                              image, (64, 64), 0.0, "constant", 1))
          for engine in engines.ENGINES}
   np.testing.assert_allclose(run["onnx"], run["xla"], atol=1e-4)

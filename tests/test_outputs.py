@@ -11,9 +11,10 @@ import pytest
 import tifffile
 
 from configs import unet2d
-from unet_jax import checkpoint, outputs, segment
 from unet_jax.errors import InputError
-from unet_jax.model import build_model, init_variables
+from unet_jax.inference import segment
+from unet_jax.io import checkpoint, outputs
+from unet_jax.network.model import build_model, init_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,8 +35,8 @@ def _digest(folder):
 
 
 def test_inference_modules_import_neither_trainer_nor_optax():
-  code = ("import sys; import unet_jax.segment, unet_jax.evaluation; "
-          "print(sorted(m for m in ('unet_jax.trainer', 'optax') if m in sys.modules))")
+  code = ("import sys; import unet_jax.inference.segment, unet_jax.reports.evaluation; "
+          "print(sorted(m for m in ('unet_jax.training.trainer', 'optax') if m in sys.modules))")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
   assert result.stdout.strip() == "[]"
 

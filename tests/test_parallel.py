@@ -1,6 +1,6 @@
 """XLA_FLAGS set-up for CPU devices and inference kernels."""
 
-from unet_jax import parallel
+from unet_jax.training import parallel
 
 
 def test_host_devices_replace_an_earlier_count(monkeypatch):

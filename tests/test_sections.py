@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unet_jax import augment, sections, synthetic
+from unet_jax.io import synthetic
+from unet_jax.training import augment, sections
 
 from test_augment import off_config  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
 

@@ -1,11 +1,11 @@
-"""unet_jax/stacks.py: one reader for training and inference, colour, bit depths, truncated files."""
+"""unet_jax/io/stacks.py: one reader for training and inference, colour, bit depths, truncated files."""
 
 import numpy as np
 import pytest
 import tifffile
 
-from unet_jax import data, stacks
 from unet_jax.errors import InputError
+from unet_jax.io import data, stacks
 
 
 def _pages(reader):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 
-from unet_jax import summaries, trainer
+from unet_jax.training import summaries, trainer
 
 
 def _accumulator(workdir):

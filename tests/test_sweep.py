@@ -13,8 +13,10 @@ import optuna
 import pytest
 
 from configs import unet2d
-from unet_jax import data, inference, runlog, search_space, sweep_report, sweeps
 from unet_jax.errors import InputError
+from unet_jax.inference import windows
+from unet_jax.io import data, runlog
+from unet_jax.tuning import search_space, sweep_report, sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SPACE = os.path.join(ROOT, "configs", "sweeps", "tiny.py")
@@ -40,7 +42,7 @@ def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, mon
   config, workdir = _config(), str(tmp_path / "sweep")
   test_image = data.load_splits(config.data)["test"].image
   predicted = []
-  predict = inference.predict_stack
+  predict = windows.predict_stack
   monkeypatch.setattr(inference, "predict_stack", lambda m, v, image, e: predicted.append(image) or predict(m, v, image, e))
   study = sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), workdir, trials=2)
   assert _states(study) == ["COMPLETE", "COMPLETE"] and predicted

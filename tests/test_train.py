@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from unet_jax import checkpoint, data, metrics, parallel, synthetic, trainer
 from unet_jax.errors import InputError
-from unet_jax.model import abstract_variables, build_model
+from unet_jax.io import checkpoint, data, synthetic
+from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.scores import metrics
+from unet_jax.training import parallel, trainer
 
 
 def _batch(n=4, size=32, seed=0):

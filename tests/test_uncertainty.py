@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from unet_jax import inference, uncertainty
 from unet_jax.errors import InputError
-from unet_jax.model import UNet
+from unet_jax.inference import windows
+from unet_jax.network.model import UNet
+from unet_jax.reports import uncertainty
 from tests.test_inference import random_like
 
 
@@ -30,10 +31,10 @@ def test_transform_maps_average_to_the_tta_prediction(unet):
   image = np.random.default_rng(0).random((2, 24, 24), np.float32)
   probs, unc = uncertainty.tta_probabilities(model, variables, image, _eval_config(tta="dihedral"))
   for z in range(2):
-    expected = inference.sliding_window_predict(inference.predictor(model, "dihedral"), variables, image[z], (16, 16))
+    expected = windows.sliding_window_predict(windows.predictor(model, "dihedral"), variables, image[z], (16, 16))
     np.testing.assert_allclose(probs[z], np.asarray(expected), atol=1e-5)
   plain, _ = uncertainty.tta_probabilities(model, variables, image, _eval_config(tta="none"))
-  np.testing.assert_allclose(plain, inference.predict_stack(model, variables, image, _eval_config()), atol=1e-6)
+  np.testing.assert_allclose(plain, windows.predict_stack(model, variables, image, _eval_config()), atol=1e-6)
   assert unc.shape == (2, 24, 24) and 0 < unc.mean() and unc.max() <= 0.5
   # Equivariance: the maps of a rotated image are the rotated maps (windows placed symmetrically).
   turned, turned_unc = uncertainty.tta_probabilities(model, variables, np.rot90(image, 1, (1, 2)).copy(),
@@ -43,11 +44,11 @@ def test_transform_maps_average_to_the_tta_prediction(unet):
 
 
 def test_transform_subset_and_group():
-  assert inference.transform_subset("dihedral", "none") == [0]
-  assert inference.transform_subset("dihedral", "flips") == [0, 1, 4, 5]
-  assert inference.transform_subset("flips", "flips") == [0, 1, 2, 3]
+  assert windows.transform_subset("dihedral", "none") == [0]
+  assert windows.transform_subset("dihedral", "flips") == [0, 1, 4, 5]
+  assert windows.transform_subset("flips", "flips") == [0, 1, 2, 3]
   with pytest.raises(InputError, match="not part of"):
-    inference.transform_subset("flips", "dihedral")
+    windows.transform_subset("flips", "dihedral")
   assert uncertainty.tta_group(_eval_config(16)) == "dihedral"
   assert uncertainty.tta_group(_eval_config((16, 32))) == "flips"
 

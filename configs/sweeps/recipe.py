@@ -5,7 +5,7 @@
 
 Validations run on XLA (GroupNorm trials have no ONNX export) without test-time augmentation
 (cheaper; `eval.tta` is an inference choice, made afterwards on val). Each trial trains for the
-budget (its step count measured and logged, unet_jax/trainer.py) and is scored by its best
+budget (its step count measured and logged, unet_jax/training/trainer.py) and is scored by its best
 validation Dice, each validation at the decision threshold that is best on the val split
 (`eval.select_threshold`, set in the `vnc` variant): the threshold is chosen on validation in every
 trial, as evaluate.py then chooses it, rather than sampled. Batch sizes are multiples of the 2

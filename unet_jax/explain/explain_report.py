@@ -1,0 +1,254 @@
+"""The explanation report: one PNG panel per object, filter pictures, CSV rankings, explain.json, explain.md.
+
+Pictures use matplotlib's object API (no GUI, no global state) at a low resolution, so a report
+folder stays small enough to commit. Attribution maps are drawn with a diverging colour map
+centred on 0 (red: raises the object's score, blue: lowers it), each scaled to its own 99th
+percentile of magnitude; Grad-CAM maps (>= 0) with a sequential one. The object's outline is
+drawn on the input.
+"""
+
+import io
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+
+from unet_jax.explain import probe
+from unet_jax.network.model import UNet
+from unet_jax.scores import morphometry
+
+DPI = 60
+
+
+def _save(fig: Figure, path: str) -> None:
+  """Writes `fig` as a 256-colour PNG (a third of the size of matplotlib's RGBA PNG)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=DPI, format="png")
+  buffer.seek(0)
+  Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
+
+
+def _show(ax: Any, picture: np.ndarray, title: str, kind: str = "grey", outline: np.ndarray | None = None) -> None:
+  """Draws a map on `ax`: 'grey' (image in [0, 1]), 'prob' ([0, 1]), 'signed' (centred on 0) or 'positive'."""
+  if kind == "signed":
+    limit = float(np.percentile(np.abs(picture), 99)) or 1.0
+    ax.imshow(picture, cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
+  elif kind == "positive":
+    ax.imshow(picture, cmap="inferno", vmin=0, vmax=float(picture.max()) or 1.0, interpolation="nearest")
+  else:
+    ax.imshow(picture, cmap="gray" if kind == "grey" else "viridis", vmin=0, vmax=1, interpolation="nearest")
+  if outline is not None and outline.any():
+    ax.contour(outline.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+  ax.set_title(title, fontsize=8)
+  ax.axis("off")
+
+
+def save_object_panel(path: str, title: str, crop: dict[str, np.ndarray], result: dict[str, Any]) -> None:
+  """One object's panel: input, probability, truth, the attribution maps, deletion curves, randomisation."""
+  maps = result["maps"]
+  first = [(crop["image"], "input", "grey"), (crop["prob"], "probability", "prob")]
+  if crop.get("truth") is not None:
+    first.append((crop["truth"].astype(float), "ground truth", "prob"))
+  first += [(maps[k], {"ig_black": "IG, black baseline", "ig_blurred": "IG, blurred baseline",
+                       "smoothgrad": "SmoothGrad"}.get(k, f"Grad-CAM {k[4:]}"),
+             "positive" if k.startswith("cam_") else "signed") for k in maps]
+  stages = result.get("randomisation_maps", {})
+  columns = max(len(first) + 1, len(stages) + 1)
+  rows = 2 if stages else 1
+  fig = Figure(figsize=(2.1 * columns, 2.3 * rows + 0.3))
+  axes = fig.subplots(rows, columns, squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, (picture, name, kind) in zip(axes[0], first):
+    _show(ax, picture, name, kind, crop["object"] if name == "input" else None)
+  ax = axes[0, len(first)]
+  ax.axis("on")
+  deletion = result["deletion"]
+  for name, curve in deletion["curves"].items():
+    ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{name} ({deletion['auc'][name]:.3g})")
+  ax.set_title("deletion curve", fontsize=8)
+  ax.set_xlabel("fraction removed", fontsize=7)
+  ax.tick_params(labelsize=6)
+  ax.legend(fontsize=6)
+  if stages:
+    _show(axes[1, 0], maps["ig_blurred"], "trained", "signed")
+    spearman = {r["stage"]: r["spearman"] for r in result["randomisation"]}
+    for ax, (stage, picture) in zip(axes[1, 1:], stages.items()):
+      _show(ax, picture, f"random to {stage}\nSpearman {spearman[stage]:.2f}", "signed")
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def save_kernels(path: str, kernels: np.ndarray) -> None:
+  """The first layer's kernels f32[C, k, k] as a row of small images (one shared grey scale per kernel)."""
+  fig = Figure(figsize=(0.6 * len(kernels) + 0.2, 0.9))
+  axes = fig.subplots(1, len(kernels), squeeze=False)[0]
+  for c, (ax, kernel) in enumerate(zip(axes, kernels)):
+    limit = float(np.abs(kernel).max()) or 1.0
+    ax.imshow(kernel, cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
+    ax.set_title(str(c), fontsize=7)
+    ax.axis("off")
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def save_gallery(path: str, pictures: dict[str, Any]) -> None:
+  """Per top filter of each gallery layer: its maximising image, then its most activating patches."""
+  rows = [(layer, int(c), info["maximising"][i], info["patches"][i], info["activations"][i])
+          for layer, info in pictures["layers"].items() for i, c in enumerate(info["channels"])]
+  columns = 1 + max(len(r[3]) for r in rows)
+  fig = Figure(figsize=(1.1 * columns, 1.2 * len(rows)))
+  axes = fig.subplots(len(rows), columns, squeeze=False)
+  for (layer, channel, image, patches, values), row in zip(rows, axes):
+    _show(row[0], image, f"{layer}/{channel}")
+    for ax, patch, value in zip(row[1:], patches, values):
+      _show(ax, patch, f"{value:.2g}")
+    for ax in row[1 + len(patches):]:
+      ax.axis("off")
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def _filter_tables(model: UNet, results: Sequence[tuple[Any, dict[str, Any]]], dataset: dict[str, Any]
+                   ) -> dict[str, dict[str, np.ndarray]]:
+  """{block: columns}: channel, val Dice drop (when ranked), each object's exact and estimated score drop."""
+  tables = {}
+  for layer in probe.block_names(model):
+    table = {"channel": np.arange(probe.block_channels(model, layer))}
+    if "dice" in dataset:
+      table["val_dice_drop"] = np.asarray(dataset["dice"]["layers"][layer])
+    for target, result in results:
+      table[f"{target.name}_score_drop"] = result["filters"][layer]["exact"]
+      table[f"{target.name}_estimate"] = result["filters"][layer]["estimate"]
+    tables[layer] = table
+  return tables
+
+
+def _top_filters(model: UNet, result: dict[str, Any], k: int) -> list[dict[str, Any]]:
+  """The k filters of the whole network whose zeroing lowers the object score most."""
+  rows = [{"layer": layer, "channel": c, "score_drop": float(f["exact"][c]), "estimate": float(f["estimate"][c])}
+          for layer, f in result["filters"].items() for c in range(len(f["exact"]))]
+  return sorted(rows, key=lambda r: -r["score_drop"])[:k]
+
+
+def _number(value: Any) -> str:
+  return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+  """explain.md from the explain.json document."""
+  lines = ["# How the network arrived at each mitochondrion", "",
+           f"Model `{doc['workdir']}` (step {doc['step']}), {doc['source']}, threshold {doc['threshold']:g}. "
+           f"Command: `{doc['command']}`", "",
+           "Each object's score is the sum of its pixels' logits; every map explains that number on a crop "
+           "centred on the object. Red: raises the score, blue: lowers it.", ""]
+  lines += ["## Objects", "", "| object | status | pixels | crop (y0, x0, y1, x1) | score | IG completeness error "
+            "(black / blurred; steps) | deletion AUC (attribution / random) | deletion check |", "|---|---|---|---|---|---|---|---|"]
+  for o in doc["objects"]:
+    d = o["deletion"]
+    lines.append(f"| [{o['title']}]({o['panel']}) | {o['status'] or '-'} | {o['pixels']} | {tuple(o['crop'])} | "
+                 f"{o['score']:.4g} | {o['ig_black']['completeness_error']:.2%} / "
+                 f"{o['ig_blurred']['completeness_error']:.2%}; {o['ig_black']['steps']} / {o['ig_blurred']['steps']} | "
+                 f"{d['auc']['attribution']:.4g} / "
+                 f"{d['auc']['random']:.4g} | {'passed' if d['passed'] else 'FAILED'} |")
+  with_sanity = [o for o in doc["objects"] if "randomisation" in o]
+  if with_sanity:
+    stages = [r["stage"] for r in with_sanity[0]["randomisation"]]
+    lines += ["", "## Sanity check: cascading randomisation (Adebayo et al. 2018)", "",
+              "Spearman rank correlation between the trained model's IG map (blurred baseline) and the map "
+              "after re-initialising the weights from the head down to each stage, of the signed maps / of "
+              "their magnitudes. It should fall towards 0.", "",
+              "| object | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+    for o in with_sanity:
+      lines.append(f"| {o['name']} | " + " | ".join(f"{r['spearman']:.2f} / {r['spearman_abs']:.2f}"
+                                                  for r in o["randomisation"]) + " |")
+  with_filters = [o for o in doc["objects"] if "top_filters" in o]
+  if with_filters:
+    lines += ["", "## Which filters did it", "",
+              "Exact: the drop in the object score when the channel is zeroed; estimate: gradient x "
+              "activation summed over the block's output (first-order). Spearman: rank correlation of the "
+              "two over a block's channels. Full tables: `filters_<block>.csv`.", ""]
+    for o in with_filters:
+      lines += [f"### {o['title']}", "", "| block | channel | exact drop | estimate |", "|---|---|---|---|"]
+      lines += [f"| {r['layer']} | {r['channel']} | {r['score_drop']:.4g} | {r['estimate']:.4g} |"
+                for r in o["top_filters"]]
+      lines += ["", "Spearman (exact vs estimate) per block: " + ", ".join(
+          f"{k} {v:.2f}" for k, v in o["filter_spearman"].items()), ""]
+  dataset = doc.get("dataset", {})
+  if "dice" in dataset:
+    dice = dataset["dice"]
+    lines += [f"### Validation Dice ({dice['source']}, {dice['tiles']} tiles of {dice['tile_px']} px: "
+              f"Dice {dice['dice']:.4f})", "", "Top filters per block by the drop in Dice when zeroed:", "",
+              "| block | top filters (channel: Dice drop) |", "|---|---|"]
+    lines += [f"| {layer} | " + ", ".join(f"{c['channel']}: {c['dice_drop']:.4f}" for c in top) + " |"
+              for layer, top in dice["top"].items()]
+  if "pictures" in dataset:
+    lines += ["", "## What the top filters see", "",
+              f"First-layer kernels: ![kernels]({dataset['pictures']['kernels']})", "",
+              f"Top filters (by {dataset['ranking_by']}) of {', '.join(dataset['pictures']['layers'])}: the image "
+              "that maximises each (gradient ascent with jitter and blur), then the patches where it fires most "
+              f"(with the activation): ![gallery]({dataset['pictures']['gallery']})"]
+  lines += ["", "## Cost", "", "Seconds on this run's machine (compilation included):", "",
+            "| method | seconds per object |", "|---|---|"]
+  lines += [f"| {k} | {v:.1f} |" for k, v in doc["seconds"]["per_object"].items()]
+  lines += [f"| {k} (once per run) | {v:.1f} |" for k, v in doc["seconds"]["per_run"].items()]
+  return "\n".join(lines) + "\n"
+
+
+def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, source: str, image: np.ndarray,
+          probs: np.ndarray, truth: np.ndarray | None, threshold: float,
+          results: Sequence[tuple[Any, dict[str, Any]]], dataset: dict[str, Any], run_seconds: dict[str, float],
+          command: str | None) -> dict[str, Any]:
+  """Writes the panels, pictures, CSVs, explain.json and explain.md; returns the JSON document."""
+  os.makedirs(output_dir, exist_ok=True)
+  k = config.explain.top_k
+  doc: dict[str, Any] = {"workdir": workdir, "step": int(step), "source": source, "threshold": threshold,
+                         "command": command or "", "objects": [], "dataset": {}}
+  for target, result in results:
+    y0, x0, y1, x1 = target.box
+    crop = {"image": image[y0:y1, x0:x1], "prob": probs[y0:y1, x0:x1], "object": target.pixels[y0:y1, x0:x1],
+            "truth": None if truth is None else truth[y0:y1, x0:x1]}
+    panel = f"panel_{target.name}.png"
+    save_object_panel(os.path.join(output_dir, panel), target.title, crop, result)
+    entry = {"name": target.name, "title": target.title, "status": target.status, "panel": panel,
+             "pixels": int(target.pixels.sum()), "crop": [y0, x0, y1, x1], "score": result["score"],
+             "ig_black": result["ig_black"], "ig_blurred": result["ig_blurred"],
+             "deletion": result["deletion"], "seconds": result["seconds"]}
+    if "randomisation" in result:
+      entry["randomisation"] = result["randomisation"]
+    if "filters" in result:
+      entry["top_filters"] = _top_filters(model, result, k)
+      entry["filter_spearman"] = {layer: f["spearman"] for layer, f in result["filters"].items()}
+    doc["objects"].append(entry)
+  if "dice" in dataset:
+    dice = dataset["dice"]
+    doc["dataset"]["dice"] = {
+        "source": dice["source"], "tiles": dice["tiles"], "tile_px": dice["tile_px"], "dice": dice["dice"],
+        "top": {layer: [{"channel": int(c), "dice_drop": float(drops[c])}
+                        for c in np.argsort(-drops, kind="stable")[:k]]
+                for layer, drops in dice["layers"].items()}}
+  if "pictures" in dataset:
+    pictures = dataset["pictures"]
+    save_kernels(os.path.join(output_dir, "kernels.png"), pictures["kernels"])
+    save_gallery(os.path.join(output_dir, "gallery.png"), pictures)
+    doc["dataset"]["ranking_by"] = dataset["ranking_by"]
+    doc["dataset"]["pictures"] = {"kernels": "kernels.png", "gallery": "gallery.png", "layers": {
+        layer: {"channels": info["channels"].tolist(), "activations": info["activations"].tolist()}
+        for layer, info in pictures["layers"].items()}}
+  if results and "filters" in results[0][1]:
+    for layer, table in _filter_tables(model, results, dataset).items():
+      morphometry.write_csv(os.path.join(output_dir, f"filters_{layer}.csv"), table)
+  per_object: dict[str, float] = {}
+  for _, result in results:
+    for name, seconds in result["seconds"].items():
+      per_object[name] = per_object.get(name, 0.0) + seconds / len(results)
+  doc["seconds"] = {"per_object": per_object, "per_run": dict(run_seconds)}
+  with open(os.path.join(output_dir, "explain.json"), "w") as f:
+    json.dump(doc, f, indent=1, default=float)
+  with open(os.path.join(output_dir, "explain.md"), "w") as f:
+    f.write(_markdown(doc))
+  return doc

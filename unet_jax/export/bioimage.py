@@ -1,0 +1,226 @@
+"""A trained U-Net as a bioimage.io model package (spec 0.5), for Fiji/deepImageJ, ilastik, napari, ...
+
+The package holds the network as ONNX weights (`onnx_export`, sigmoid included), its input and
+output axes with the pixel size in nanometres, the preprocessing that maps the raw EM values to
+[0, 1] as training did (`stacks` normalisation, e.g. uint8 / 255), a test input
+(a window of a raw EM slice) with the JAX model's output on it, a cover from the evaluation
+report, and a README with the training data and the report's scores. The ONNX weights are checked
+against JAX before packaging, and `validate_package` runs bioimageio.core's model test (offline).
+
+  summary = build_package(config, "runs/vnc", "vnc_unet.zip")
+"""
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+import tifffile
+
+from unet_jax.errors import InputError
+from unet_jax.inference import engines, onnx_export, windows as inference
+from unet_jax.io import checkpoint, stacks
+from unet_jax.network.model import abstract_variables, build_model
+
+TOLERANCE = 1e-4  # max |ONNX Runtime - JAX| probability on the test input, checked before packaging
+INPUT_ID, OUTPUT_ID = "raw", "mitochondria"
+INSTALL = "pip install bioimageio.core==0.11.0 bioimageio.spec==0.5.12.0"
+LICENSES = {"../shared/data/vnc": "CC-BY-NC-SA-3.0"}  # weights trained on share-alike data keep its licence
+CITATIONS = (
+    ("Ronneberger, Fischer, Brox (2015). U-Net: Convolutional networks for biomedical image segmentation. "
+     "MICCAI.", "10.1007/978-3-319-24574-4_28"),
+)
+
+
+def read_report(report_path: str, step: int) -> dict[str, Any]:
+  """The evaluate.py report at `report_path` (report.json), checked to score checkpoint `step`."""
+  if not os.path.isfile(report_path):
+    raise InputError(f"no evaluation report at {report_path}; run evaluate.py with the same --config and --workdir "
+                     "first (or pass --report=path/to/report.json)")
+  with open(report_path) as f:
+    report = json.load(f)
+  runs = [r for r in report.get("runs", []) if r.get("step") == step]
+  if not runs:
+    steps = sorted({r.get("step") for r in report.get("runs", [])})
+    raise InputError(f"{report_path} scores checkpoint step(s) {steps}, not the exported step {step}; rerun evaluate.py")
+  return {**report, "runs": runs}
+
+
+def test_window(image_path: str, window: tuple[int, int]) -> tuple[np.ndarray, float, float]:
+  """(the centre `window` of the first slice of `image_path` as stored, offset, scale).
+
+  (raw - offset) / scale is the [0, 1] image the model was trained on (`stacks` normalisation of the
+  whole stack, e.g. uint8 / 255), which the package states as its preprocessing.
+  """
+  with stacks.StackReader(image_path) as reader:
+    page = reader.raw(0)
+    offset, scale = stacks.scaling(reader.dtype, *stacks.value_range(reader.read_raw(), image_path),
+                                   reader.stored_bits)
+  if any(s < w for s, w in zip(page.shape, window)):
+    raise InputError(f"{image_path}: slice {page.shape} is smaller than the export window {window}; "
+                     "use a larger image or a smaller --config.eval.window")
+  top, left = ((s - w) // 2 for s, w in zip(page.shape, window))
+  return page[top:top + window[0], left:left + window[1]], offset, scale
+
+
+def _require_bioimageio() -> tuple[Any, Any]:
+  """(bioimageio.spec, bioimageio.spec.model.v0_5), or a one-line InputError saying how to install them."""
+  try:
+    import bioimageio.spec as spec  # pylint: disable=g-import-not-at-top
+    from bioimageio.spec.model import v0_5  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise InputError(f"exporting a bioimage.io package needs bioimageio.spec and bioimageio.core: {INSTALL}") from e
+  return spec, v0_5
+
+
+def data_label(data_config: Any) -> str:
+  """A short name of the training data: data.name, or the folder's name for data.name='folder'."""
+  return os.path.basename(os.path.normpath(data_config.root)) if data_config.name == "folder" else data_config.name
+
+
+def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, int], threshold: float) -> str:
+  """README.md of the package: what the model does, its training data, its scores, how to validate it."""
+  voxel = tuple(config.data.voxel_size_nm)
+  rows = [f"| {r['split']} | {r['pixel']['dice']:.4f} | {r['pixel']['iou']:.4f} | {r['pixel']['precision']:.4f} | "
+          f"{r['pixel']['recall']:.4f} | {r['threshold']['value']:g} |" for r in report["runs"]]
+  return "\n".join([
+      "# Mitochondria U-Net (unet-jax)", "",
+      "Segments mitochondria in electron microscopy, one 2D slice at a time: the output is the probability of",
+      f"mitochondrion per pixel; threshold it at {threshold:g} for a mask.", "",
+      "## Training data", "",
+      f"- data: `{data_label(config.data)}` from `{config.data.root or 'generated (synthetic)'}`",
+      f"- pixel size (z, y, x): {voxel[0]:g} x {voxel[1]:g} x {voxel[2]:g} nm; inputs at another pixel size should be "
+      "resampled to this one first",
+      f"- checkpoint of training step {step} (`eval.checkpoint={config.eval.checkpoint}`), batches of "
+      f"{config.train.batch_size} patches of {config.train.patch_size} px",
+      f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
+      f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px", "",
+      "## Validation", "",
+      f"Pixel scores of this checkpoint from evaluate.py ({report.get('created', '')}), sliding windows with Gaussian "
+      "blending:", "",
+      "| split | Dice | IoU | precision | recall | threshold |", "|---|---|---|---|---|---|", *rows, "",
+      "To validate on your own annotated stack: segment it with this model, threshold the probabilities, and",
+      "compute Dice and IoU against your mask (unet-jax: `python evaluate.py --input=stack.tif --mask=mask.tif`).", "",
+      "## Preprocessing", "",
+      "Raw values are mapped to [0, 1] as in training (`scale_linear` in rdf.yaml, e.g. uint8 / 255).", "",
+  ])
+
+
+def build_package(config: Any, workdir: str, output: str, image_path: str | None = None,
+                  report_path: str | None = None, author: str = "unet-jax",
+                  license_id: str | None = None) -> dict[str, Any]:
+  """Writes the bioimage.io package of `workdir`'s checkpoint (`eval.checkpoint`) to `output` (.zip).
+
+  The test input is the centre `eval.window` of the first slice of `image_path` (default: the
+  config's data.root/testing.tif); the report defaults to workdir/report/report.json; the licence
+  (an SPDX id) to the training data's (`LICENSES`) or CC-BY-4.0. Returns a
+  summary with the ONNX-vs-JAX difference on the test input.
+  """
+  spec, v0_5 = _require_bioimageio()
+  if config.model.ndim != 2:
+    raise InputError(f"bioimage.io export supports 2D models (model.ndim=2), got model.ndim={config.model.ndim}")
+  if not output.endswith(".zip"):
+    raise InputError(f"--output must be a .zip file, got {output!r}")
+  model = build_model(config.model)
+  onnx_export.check_exportable(model, "bioimage.io export")
+  if model.in_channels != 1:
+    raise InputError("bioimage.io export supports single-slice models; set model.context_slices=0")
+  window = windows.window_settings(config.eval, 2)["window"]
+  model.check_input((1, *window, 1))
+  variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
+  report_path = report_path or os.path.join(workdir, "report", "report.json")
+  report = read_report(report_path, step)
+  covers = [os.path.join(os.path.dirname(report_path), p) for r in report["runs"] for p in r["files"]["overlays"]]
+  if not covers or not os.path.isfile(covers[0]):
+    raise InputError(f"{report_path} lists no overlay picture to use as the cover; rerun evaluate.py")
+  image_path = image_path or os.path.join(config.data.root, "testing.tif")
+  if not os.path.isfile(image_path):
+    raise InputError(f"no test image at {image_path}; pass --input=slice.tif (raw EM of the training kind)")
+
+  raw, offset, scale = test_window(image_path, window)
+  image = ((raw.astype(np.float32) - np.float32(offset)) / np.float32(scale))[None, ..., None]  # f32[1, H, W, 1]
+  expected = np.asarray(jax.jit(engines.forward(model, "xla"))(variables, image))
+  proto = onnx_export.export_onnx(model, variables, image.shape)
+  ort = onnx_export.require("onnxruntime", "bioimage.io export")
+  onnx_output = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+      None, {onnx_export.INPUT_NAME: image})[0]
+  difference = float(np.abs(onnx_output - expected).max())
+  if difference > TOLERANCE:
+    raise InputError(f"ONNX Runtime differs from JAX by {difference:.2e} > {TOLERANCE} on the test input; "
+                     "the conversion is wrong for this model, do not ship it")
+
+  threshold = report["runs"][0]["threshold"]["value"]
+  with tempfile.TemporaryDirectory() as tmp:
+    path = lambda name: os.path.join(tmp, name)
+    with open(path("weights.onnx"), "wb") as f:
+      f.write(proto.SerializeToString())
+    np.save(path("test_input.npy"), raw[None, ..., None])
+    np.save(path("test_output.npy"), expected)
+    tifffile.imwrite(path("sample_input.tif"), raw)  # the same window, as pictures for the website
+    tifffile.imwrite(path("sample_output.tif"), expected[0, ..., 0])
+    shutil.copy(covers[0], path("cover.png"))
+    with open(path("README.md"), "w") as f:
+      f.write(readme(config, report, step, window, threshold))
+    license_id = license_id or LICENSES.get(os.path.normpath(config.data.root), "CC-BY-4.0")
+    descr = _describe(v0_5, config, report, step, window, raw.dtype, (offset, scale), threshold, author,
+                      license_id, path)
+    spec.save_bioimageio_package(descr, output_path=output)
+  return {"output": output, "workdir": workdir, "step": int(step), "window": list(window),
+          "test_input": image_path, "input_dtype": str(raw.dtype), "license": license_id,
+          "max_abs_onnx_minus_jax": difference, "tolerance": TOLERANCE}
+
+
+def _describe(v0_5: Any, config: Any, report: dict[str, Any], step: int, window: tuple[int, int],
+              dtype: np.dtype, normalization: tuple[float, float], threshold: float, author: str,
+              license_id: str, path: Any) -> Any:
+  """The v0.5 ModelDescr of the files under `path(name)`."""
+  voxel_y, voxel_x = (float(v) for v in tuple(config.data.voxel_size_nm)[1:])
+  space = lambda axis_id, size, scale, cls: cls(id=v0_5.AxisId(axis_id), size=size, scale=scale, unit="nanometer")
+  offset, scale = normalization
+  to_float = v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32"))
+  preprocessing = [to_float, v0_5.ScaleLinearDescr(kwargs=v0_5.ScaleLinearKwargs(gain=1.0 / scale,
+                                                                                  offset=-offset / scale)), to_float]
+  ref = lambda axis_id: v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(axis_id))
+  inputs = [v0_5.InputTensorDescr(
+      id=v0_5.TensorId(INPUT_ID), description="raw EM slice, one channel",
+      axes=[v0_5.BatchAxis(size=1), space("y", window[0], voxel_y, v0_5.SpaceInputAxis),
+            space("x", window[1], voxel_x, v0_5.SpaceInputAxis), v0_5.ChannelAxis(channel_names=["em"])],
+      test_tensor=v0_5.FileDescr(source=path("test_input.npy")),
+      sample_tensor=v0_5.FileDescr(source=path("sample_input.tif")),
+      data=v0_5.IntervalOrRatioDataDescr(type=str(dtype)), preprocessing=preprocessing)]
+  outputs = [v0_5.OutputTensorDescr(
+      id=v0_5.TensorId(OUTPUT_ID), description=f"mitochondrion probability; threshold at {threshold:g}",
+      axes=[v0_5.BatchAxis(size=1), space("y", ref("y"), voxel_y, v0_5.SpaceOutputAxis),
+            space("x", ref("x"), voxel_x, v0_5.SpaceOutputAxis), v0_5.ChannelAxis(channel_names=["mitochondria"])],
+      test_tensor=v0_5.FileDescr(source=path("test_output.npy")),
+      sample_tensor=v0_5.FileDescr(source=path("sample_output.tif")),
+      data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
+  scores = "; ".join(f"{r['split']} Dice {r['pixel']['dice']:.3f}, IoU {r['pixel']['iou']:.3f}" for r in report["runs"])
+  return v0_5.ModelDescr(
+      name=f"unet-jax mitochondria {data_label(config.data)}",
+      description=(f"2D U-Net for mitochondria in EM, trained on {data_label(config.data)} "
+                   f"({voxel_y:g} nm pixels), checkpoint step {step}: {scores}.")[:1024],
+      authors=[v0_5.Author(name=author)],
+      cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
+      license=v0_5.LicenseId(license_id),
+      documentation=v0_5.FileDescr(source=path("README.md")), covers=[v0_5.FileDescr(source=path("cover.png"))],
+      tags=["mitochondria", "electron-microscopy", "semantic-segmentation", "unet", "2d", "jax", "onnx"],
+      inputs=inputs, outputs=outputs,
+      weights=v0_5.WeightsDescr(onnx=v0_5.OnnxWeightsDescr(source=path("weights.onnx"),
+                                                           opset_version=onnx_export.OPSET)),
+      version="0.1.0",
+      config={"unet_jax": {"step": int(step), "window": list(window),
+                           "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}})
+
+
+def validate_package(package: str) -> dict[str, Any]:
+  """bioimageio.core's model test of `package` (runs the test input through ONNX Runtime): {status, details}."""
+  _require_bioimageio()
+  from bioimageio.core import test_model  # pylint: disable=g-import-not-at-top
+  summary = test_model(package)
+  failed = [d.name for d in summary.details if d.status == "failed"]
+  return {"status": summary.status, "failed_checks": failed}

@@ -1,0 +1,114 @@
+"""Labelled data: image/mask pairs, validation, and train/val/test splits.
+
+Images are read and normalised to [0, 1] by unet_jax/io/stacks.py (TIFF) or unet_jax/io/ngff.py (OME-Zarr),
+the readers inference uses. A data folder holds each stack of STACK_FILES as that TIFF or as an
+OME-Zarr image of the same stem (training.ome.zarr for training.tif). Masks may hold {0, 1} or
+{0, 255}; anything else is an error naming the values found.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from unet_jax.errors import InputError
+from unet_jax.io import download, stacks, synthetic
+from unet_jax.io.download import STACK_FILES
+
+DATASETS = ("lucchi", "folder", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One labelled stack: image f32[Z, H, W] in [0, 1], mask u8[Z, H, W] in {0, 1}."""
+  image: np.ndarray
+  mask: np.ndarray
+
+
+def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+  """Maps a {0, 1} or {0, 255} mask to uint8 {0, 1}; other values are an error."""
+  if np.issubdtype(mask.dtype, np.floating) and not np.all(np.isfinite(mask)):
+    raise InputError(f"{name} contains NaN or infinite values; masks must be 0/1 or 0/255")
+  values = np.unique(mask)
+  if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
+    shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+    raise InputError(f"{name} is not binary: found values {{{shown}}}; masks must hold only 0/1 or 0/255")
+  return (mask > 0).astype(np.uint8)
+
+
+def make_split(image: np.ndarray, mask: np.ndarray, name: str = "stack") -> Split:
+  """Validates an (image, mask) pair and returns it normalised."""
+  if image.shape != mask.shape:
+    raise InputError(f"{name}: image shape {image.shape} != mask shape {mask.shape}; "
+                     "they must match voxel for voxel")
+  return Split(stacks.normalize_image(image, f"{name} image"), binarize_mask(mask, f"{name} mask"))
+
+
+def stack_path(root: str, name: str) -> str | None:
+  """The stack `name` (a TIFF name of STACK_FILES) in `root`: that TIFF, else its OME-Zarr twin, else None."""
+  stem = os.path.join(root, os.path.splitext(name)[0])
+  return next((p for p in (os.path.join(root, name), stem + ".ome.zarr", stem + ".zarr") if os.path.exists(p)), None)
+
+
+def _read(path: str, normalized: bool) -> np.ndarray:
+  """A TIFF or OME-Zarr stack (Z, H, W): as stored, or normalised to f32 in [0, 1]."""
+  if not stacks.is_zarr(path):
+    return stacks.read_normalized(path) if normalized else stacks.read_stack(path)
+  from unet_jax.io import ngff  # pylint: disable=g-import-not-at-top  (zarr only when used)
+  with ngff.ZarrStack(path) as stack:
+    return stack.read((slice(None),) * 3) if normalized else stack.read_raw()
+
+
+def load_pair(image_path: str, mask_path: str) -> Split:
+  """Reads and validates an image and its mask (TIFF or OME-Zarr)."""
+  return make_split(_read(image_path, True), _read(mask_path, False), os.path.basename(image_path))
+
+
+def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:
+  """Splits the last ceil(fraction * Z) slices off `split` as validation; returns (train, val)."""
+  z = split.image.shape[0]
+  n_val = int(np.ceil(fraction * z))
+  if not 0 < n_val < z:
+    raise InputError(f"data.val_fraction={fraction} leaves no training or no validation slices "
+                     f"from a stack of {z}; choose 0 < val_fraction < 1 with at least 2 slices")
+  return (Split(split.image[:-n_val], split.mask[:-n_val]),
+          Split(split.image[-n_val:], split.mask[-n_val:]))
+
+
+def load_folder(root: str) -> dict[str, Split]:
+  """Loads training and testing stacks from `root` (the Lucchi/VNC file names, TIFF or OME-Zarr)."""
+  missing = [f for pair in STACK_FILES.values() for f in pair if stack_path(root, f) is None]
+  if missing:
+    raise InputError(f"data folder {root!r} lacks {', '.join(missing)}; set --config.data.root "
+                     f"to a folder holding {', '.join(f for p in STACK_FILES.values() for f in p)} "
+                     "(or OME-Zarr images named like them, e.g. training.ome.zarr)")
+  return {k: load_pair(stack_path(root, a), stack_path(root, b)) for k, (a, b) in STACK_FILES.items()}
+
+
+def warn_if_empty(splits: dict[str, Split]) -> None:
+  """Warns (absl logging) about splits whose masks hold no foreground: training or scoring them says little."""
+  for name, split in splits.items():
+    if not split.mask.any():
+      logging.warning("the %s split's mask has no foreground: %s", name,
+                      "the network learns only background" if name == "train" else
+                      "its Dice is 1 only for an empty prediction, and val-based choices see no mitochondria")
+
+
+def load_splits(data_config: Any) -> dict[str, Split]:
+  """Returns {'train', 'val', 'test'} splits for `config.data` (one of DATASETS)."""
+  name = data_config.name
+  if name == "synthetic":
+    stacks = {k: make_split(*pair, name=f"synthetic {k}") for k, pair in synthetic.make_dataset(data_config.synthetic).items()}
+  elif name == "lucchi":
+    download.ensure_lucchi(data_config.root, data_config.url or download.LUCCHI_URL)
+    stacks = load_folder(data_config.root)
+  elif name == "folder":
+    stacks = load_folder(data_config.root)
+  else:
+    raise InputError(f"data.name must be one of {DATASETS}, got {name!r}")
+  train, val = carve_validation(stacks["train"], data_config.val_fraction)
+  if data_config.final_fit:  # the val slices train too; they stay the (in-sample) val split
+    train = stacks["train"]
+  return {"train": train, "val": val, "test": stacks["test"]}

@@ -1,0 +1,167 @@
+"""Report pictures (PNG): prediction-vs-truth overlays, a montage, intensity histograms, training curves,
+reliability diagrams and uncertainty maps.
+
+Overlay colours (the seed's): true positives green, false positives red, false negatives blue,
+blended over the grey EM image; true negatives keep their grey. Pictures are downscaled so that
+their longest side is at most `max_px` pixels, which keeps a report folder small enough to commit.
+Plots use matplotlib's object API (Figure.savefig), not pyplot: no GUI backend, no global state.
+"""
+
+import math
+import os
+from typing import Any, Sequence
+
+import matplotlib.image
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from skimage import transform
+
+from unet_jax.errors import InputError
+from unet_jax.io import runlog
+
+TP_RGB = (0, 255, 0)
+FP_RGB = (255, 0, 0)
+FN_RGB = (0, 0, 255)
+LEGEND = (("true positive", TP_RGB), ("false positive", FP_RGB), ("false negative", FN_RGB))
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """RGB u8[H, W, 3]: grey `image` f32[H, W] in [0, 1] with TP/FP/FN pixels tinted by `alpha`."""
+  if not image.shape == pred.shape == truth.shape or image.ndim != 2:
+    raise InputError(f"overlay needs 2D image, prediction and truth of one shape, got "
+                     f"{image.shape}, {pred.shape}, {truth.shape}")
+  pred, truth = pred.astype(bool), truth.astype(bool)
+  grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None] * 255.0, 3, axis=-1)
+  colour = np.zeros_like(grey)
+  colour[pred & truth] = TP_RGB
+  colour[pred & ~truth] = FP_RGB
+  colour[~pred & truth] = FN_RGB
+  tinted = np.where((pred | truth)[..., None], (1.0 - alpha) * grey + alpha * colour, grey)
+  return np.round(tinted).astype(np.uint8)
+
+
+def downscale(picture: np.ndarray, max_px: int) -> np.ndarray:
+  """`picture` [H, W(, C)] resized (anti-aliased) so that max(H, W) <= max_px; same dtype."""
+  h, w = picture.shape[:2]
+  factor = max(h, w) / max_px
+  if factor <= 1:
+    return picture
+  shape = (max(1, round(h / factor)), max(1, round(w / factor))) + picture.shape[2:]
+  resized = transform.resize(picture.astype(np.float32), shape, anti_aliasing=True, preserve_range=True)
+  return np.round(resized).astype(picture.dtype) if np.issubdtype(picture.dtype, np.integer) else resized
+
+
+def save_image(path: str, rgb: np.ndarray) -> None:
+  """Writes an RGB u8[H, W, 3] picture as PNG, pixel for pixel."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  matplotlib.image.imsave(path, rgb)
+
+
+def _legend(fig: Figure) -> None:
+  fig.legend(handles=[Patch(color=np.array(c) / 255, label=n) for n, c in LEGEND],
+             loc="lower center", ncol=3, frameon=False)
+
+
+def save_montage(path: str, panels: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4) -> None:
+  """A grid of RGB panels with titles and the overlay colour legend, as one PNG."""
+  if not panels:
+    raise InputError("a montage needs at least one panel")
+  columns = min(columns, len(panels))
+  rows = math.ceil(len(panels) / columns)
+  fig = Figure(figsize=(3.2 * columns, 3.4 * rows + 0.4))
+  axes = fig.subplots(rows, columns, squeeze=False).ravel()
+  for ax in axes:
+    ax.axis("off")
+  for ax, panel, title in zip(axes, panels, titles):
+    ax.imshow(panel, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+  _legend(fig)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
+  fig.savefig(path, dpi=100)
+
+
+def save_intensity_histogram(path: str, image: np.ndarray, mask: np.ndarray, bins: int = 64) -> None:
+  """Normalised intensity histograms of mitochondria (mask) vs the rest of `image` in [0, 1]."""
+  image, mask = np.asarray(image), np.asarray(mask).astype(bool)
+  fig = Figure(figsize=(6, 3.5))
+  ax = fig.subplots()
+  edges = np.linspace(0.0, 1.0, bins + 1)
+  for values, name, colour in ((image[mask], "mitochondria", "tab:orange"), (image[~mask], "rest", "tab:gray")):
+    if values.size:
+      ax.hist(values, edges, density=True, histtype="step", linewidth=1.5, color=colour,
+              label=f"{name} ({values.size:,} px, mean {values.mean():.3f})")
+  ax.set_xlabel("normalised intensity")
+  ax.set_ylabel("density")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def save_reliability_diagram(path: str, curves: dict[str, dict[str, Any]], title: str = "") -> None:
+  """Observed foreground fraction against mean probability per bin, one line per curve, and pixel counts.
+
+  `curves` maps a legend label (e.g. 'before, ECE 0.031') to reliability bins with 'mean_prob',
+  'fraction' and 'count' per bin (calibration.reliability_bins or its JSON lists; empty bins None/NaN).
+  """
+  fig = Figure(figsize=(5, 6))
+  top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  top.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+  for label, bins in curves.items():
+    mean = np.array(bins["mean_prob"], np.float64)
+    fraction = np.array(bins["fraction"], np.float64)
+    full = np.asarray(bins["count"]) > 0
+    top.plot(mean[full], fraction[full], marker="o", markersize=3, label=label)
+    bottom.plot(mean[full], np.asarray(bins["count"])[full], marker="o", markersize=3)
+  top.set_ylabel("observed fraction of mitochondrion")
+  top.set_xlim(0, 1)
+  top.set_ylim(0, 1)
+  top.legend(fontsize=8, loc="upper left")
+  top.grid(alpha=0.3)
+  top.set_title(title, fontsize=9)
+  bottom.set_yscale("log")
+  bottom.set_xlabel("predicted probability (bin mean)")
+  bottom.set_ylabel("pixels")
+  bottom.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def save_uncertainty_panels(path: str, overlay_rgb: np.ndarray, maps: Sequence[tuple[str, np.ndarray]],
+                            max_px: int, vmax: float = 0.25) -> None:
+  """The error overlay u8[H, W, 3] next to uncertainty maps f32[H, W] (colour bar 0 to `vmax`), as one PNG.
+
+  `maps` pairs a title with a map; every panel is downscaled to at most `max_px` on its longest side.
+  One fixed scale for every slice and run, so pictures compare; values above `vmax` show its colour.
+  """
+  panels = 1 + len(maps)
+  fig = Figure(figsize=(3.6 * panels, 3.9))
+  axes = fig.subplots(1, panels, squeeze=False).ravel()
+  axes[0].imshow(downscale(overlay_rgb, max_px), interpolation="nearest")
+  axes[0].set_title("errors (TP green, FP red, FN blue)", fontsize=9)
+  for ax, (title, values) in zip(axes[1:], maps):
+    shown = ax.imshow(downscale(np.asarray(values, np.float32), max_px), cmap="magma", vmin=0.0, vmax=vmax,
+                      interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, extend="max")
+  for ax in axes:
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def save_training_curves(path: str, log_path: str) -> None:
+  """Loss and validation Dice against step and against training minutes, as one PNG."""
+  train, val = runlog.read(log_path)
+  fig = Figure(figsize=(9, 6))
+  axes = fig.subplots(2, 2, sharey="row")
+  for row, (records, key, name) in enumerate(((train, "loss", "training loss"), (val, "val_dice", "val Dice"))):
+    for col, x in enumerate(("step", "minutes")):
+      ax = axes[row, col]
+      ax.plot([r[x] for r in records], [r[key] for r in records], marker="." if row else None)
+      ax.set_xlabel("step" if x == "step" else "training minutes")
+      ax.set_ylabel(name)
+      ax.grid(alpha=0.3)
+  fig.suptitle(os.path.basename(os.path.dirname(os.path.abspath(log_path))))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)

@@ -1,0 +1,276 @@
+"""Training: train state, the pure data-parallel train step, validation, and the loop."""
+
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from flax.training import train_state
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from unet_jax.config import check as config_check
+from unet_jax.errors import InputError
+from unet_jax.inference import windows
+from unet_jax.io import checkpoint, data, outputs, runlog
+from unet_jax.network import anisotropy, volumes
+from unet_jax.network.model import build_model, UNet
+from unet_jax.scores import metrics
+from unet_jax.training import augment, losses, optim, parallel, sampling, summaries
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm running statistics and, with train.ema_decay > 0, optax.ema's state
+  of the parameters (None otherwise) and its decay."""
+  batch_stats: Any
+  ema: Any = None
+  ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+
+OnEval = Callable[[int, dict[str, float]], bool]  # (step, validation scores) -> stop the run now
+
+
+def averaged_params(state: TrainState) -> Any:
+  """The weights to validate, checkpoint and run: with an EMA, its bias-corrected average of the
+  parameters over the steps taken (count >= 1), else the parameters."""
+  if state.ema is None:
+    return state.params
+  return optax.tree_utils.tree_bias_correction(state.ema.ema, state.ema_decay, state.ema.count)
+
+
+def patch_shape(config: Any) -> tuple[int, ...]:
+  """The training patch shape: patch_size repeated model.ndim times (or given per axis)."""
+  size = config.train.patch_size
+  return tuple(size) if isinstance(size, (tuple, list)) else (size,) * config.model.ndim
+
+
+def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
+  """Initialises parameters from `key` for patches of the configured shape."""
+  dummy = jnp.zeros((1, *patch_shape(config), model.in_channels), jnp.float32)
+  variables = jax.jit(build_model(config.model).init, static_argnames="train")(key, dummy, train=False)
+  decay = config.train.ema_decay
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}),
+                           tx=optim.make_optimizer(config.optim, 0 if config.train.budget_minutes else config.train.steps),
+                           ema=optax.ema(decay).init(variables["params"]) if decay else None, ema_decay=decay)
+
+
+def state_tree(state: TrainState) -> dict[str, Any]:
+  """The checkpointed part of a TrainState. 'params' are always the weights to run (what
+  checkpoint.restore_variables reads): with an EMA, its average, the trained ones then in 'train_params'."""
+  tree = {"params": state.params, "batch_stats": state.batch_stats, "opt_state": state.opt_state, "step": state.step}
+  if state.ema is not None:
+    tree.update(params=averaged_params(state), train_params=state.params, ema=state.ema)
+  return tree
+
+
+def from_state_tree(state: TrainState, tree: dict[str, Any]) -> TrainState:
+  """`state` with the values of a restored `state_tree`."""
+  tree = dict(tree)
+  tree["params"] = tree.pop("train_params", tree["params"])
+  return state.replace(**tree)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, *,
+               config: Any, axis_name: str | None = parallel.AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser step on the global batch, of which this device holds a shard.
+
+  batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation).
+  The loss is a function of batch sums (unet_jax/training/losses.py): the shards' sums are added over
+  `axis_name`, and the gradient is the sum over devices of each shard's vector-Jacobian product
+  with d loss / d sums, i.e. exactly the single-device gradient of the global batch.
+  """
+  image, mask = augment.augment_batch(keys, batch["image"], batch["mask"], config.augment)
+  loss_fn = losses.get_loss(config.train.loss)
+
+  def shard_sums(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
+                                     train=True, mutable=["batch_stats"])
+    return losses.batch_sums(logits, mask), updates
+
+  sums, pullback, updates = jax.vjp(shard_sums, state.params, has_aux=True)
+  batch_stats = updates.get("batch_stats", {})
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  loss, dloss_dsums = jax.value_and_grad(loss_fn)(sums, config.train.smooth)
+  (grads,) = pullback(dloss_dsums)
+  if axis_name is not None:
+    grads = jax.lax.psum(grads, axis_name)
+    batch_stats = jax.lax.pmean(batch_stats, axis_name)  # equal already (synchronised BatchNorm)
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if state.ema is not None:
+    updated = updated.replace(ema=optax.ema(state.ema_decay).update(updated.params, state.ema)[1])
+  finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # A non-finite step changes nothing but the step count, so no NaN ever reaches a saved state.
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.replace(step=updated.step))
+  return state, {"loss": loss, "nonfinite": 1 - finite.astype(jnp.int32)}
+
+
+def make_parallel_train_step(mesh: Any, config: Any):
+  """`train_step` under shard_map over the mesh's 'batch' axis, jitted, state donated.
+
+  Per-example augmentation keys are split from one key over the global batch, so results do
+  not depend on the number of devices.
+  """
+  body = functools.partial(train_step, config=config)
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS)),
+                          out_specs=(P(), P()), check_vma=False)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
+    keys = jax.random.split(key, batch["image"].shape[0])
+    return sharded(state, batch, keys)
+  return step
+
+
+def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: Any) -> dict[str, float]:
+  """Pixel scores of the thresholded prediction of a whole split."""
+  return score_split(model, variables, split, eval_config)[0]
+
+
+def score_split(model: UNet, variables: Any, split: data.Split,
+                eval_config: Any) -> tuple[dict[str, float], np.ndarray]:
+  """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split. With
+  `eval.select_threshold` the threshold is the candidate of best Dice on this split (the val split: checkpoints
+  are then chosen as evaluate.py scores them), and the scores hold it as 'threshold'."""
+  probs = windows.predict_stack(model, variables, split.image, eval_config)
+  threshold = eval_config.threshold
+  if eval_config.select_threshold:
+    threshold, _ = metrics.best_dice_threshold(probs, split.mask, eval_config.threshold_candidates)
+  scores = metrics.pixel_scores(probs >= threshold, split.mask)
+  return ({**scores, "threshold": threshold} if eval_config.select_threshold else scores), probs
+
+
+def budget_steps(train_config: Any, done: int, minutes_used: float, seconds_per_step: float,
+                 seconds_per_validation: float) -> int:
+  """The run's total steps under `train.budget_minutes`: as many as the time left allows, validations included."""
+  left = 60.0 * (train_config.budget_minutes - minutes_used)
+  per_step = seconds_per_step + seconds_per_validation / train_config.eval_every
+  return done + max(0, int(left / per_step))
+
+
+def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, workdir: str) -> None:
+  """Stops the run, saving nothing more, once any step had a non-finite loss or gradient."""
+  if nonfinite_steps:
+    last = ckpt.latest.latest_step()
+    resume = f"it resumes from the last saved (finite) step {last}" if last else "it starts again"
+    raise InputError(f"the loss or its gradient became NaN or infinite ({nonfinite_steps} step(s) up to step {step} "
+                     f"were skipped, nothing non-finite was saved); lower optim.learning_rate (or raise "
+                     f"train.smooth) and rerun with --workdir={workdir}: {resume}")
+
+
+def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, minutes: float, eval_model: UNet,
+               val: data.Split) -> int:
+  """The total steps that fit train.budget_minutes, from the step time since `measured_from` and one timed
+  validation; decided by process 0 and shared, so every process stops at the same step."""
+  jax.block_until_ready(state)
+  seconds_per_step = (time.time() - measured_from) / (config.train.budget_measure_steps - 1)
+  start = time.time()
+  evaluate_split(eval_model, parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats}),
+                 val, config.eval)
+  seconds_per_validation = time.time() - start
+  total = budget_steps(config.train, done, minutes + seconds_per_validation / 60.0, seconds_per_step,
+                       seconds_per_validation)
+  return int(multihost_utils.broadcast_one_to_all(np.int32(total))) if jax.process_count() > 1 else total
+
+
+def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None) -> dict[str, Any]:
+  """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores.
+
+  `on_eval(step, scores)` is called after each validation (and its checkpoint); True stops the run
+  there (a sweep's pruner, unet_jax/tuning/sweeps.py).
+  """
+  config_check.validate(config)
+  print(anisotropy.describe(build_model(config.model).plan(), config.data.voxel_size_nm))
+  mesh = parallel.make_mesh()
+  if config.train.batch_size % mesh.size:
+    raise InputError(f"train.batch_size={config.train.batch_size} must be a multiple of the {mesh.size} "
+                     "devices; change it or --config.host_devices")
+  outputs.check_writable(workdir, "work folder")
+  lock = outputs.lock_workdir(workdir) if jax.process_index() == 0 else None  # held until the process ends
+  splits = data.load_splits(config.data)
+  data.warn_if_empty(splits)
+  volumes.check_splits(config, splits)
+  sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction,
+                                         config.model.context_slices)
+  eval_model = build_model(config.model)
+  init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)
+  ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(state_tree(state))
+  if restored is not None:
+    state = from_state_tree(state, restored)
+  start = int(state.step)
+  primary = jax.process_index() == 0  # with several processes, process 0 logs
+  log = runlog.MetricLog(workdir, enabled=primary)
+  tensorboard = summaries.Summaries(workdir, enabled=primary and config.train.tensorboard)
+  log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
+             "minutes": log.minutes})
+  if not config.train.budget_minutes:  # step-count training: train.steps (a resumed run may be extended)
+    state = state.replace(opt_state=optim.set_total_steps(state.opt_state, config.train.steps))
+  total = optim.total_steps(state.opt_state)  # 0 until a budgeted run has measured its speed
+  state = parallel.replicate(mesh, state)
+  step_fn = make_parallel_train_step(mesh, config)
+  batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start,
+                                               jax.process_index(), jax.process_count()),
+                              config.train.prefetch)
+  t0, minutes0, scores, nonfinite = time.time(), log.minutes, {}, 0
+  elapsed = lambda: minutes0 + (time.time() - t0) / 60.0
+  bar = tqdm(initial=start, total=total or None, desc="train", disable=not primary)
+  measured_from, step = None, start
+  while not total or step < total:
+    batch = parallel.shard_batch(mesh, next(batches))
+    state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
+    nonfinite = nonfinite + step_metrics["nonfinite"]  # summed on the device; read at log and save steps
+    done, step = step + 1, step + 1
+    bar.update()
+    if not total and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
+      jax.block_until_ready(state)
+      measured_from = time.time()
+    if not total and done == start + config.train.budget_measure_steps:
+      total = fix_budget(config, state, measured_from, done, elapsed(), eval_model, splits["val"])
+      state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
+      log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed()})
+      bar.total = total
+      bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all (logged; a resumed "
+                "run keeps them)")
+    out_of_time = bool(config.train.max_minutes and elapsed() >= config.train.max_minutes)
+    if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
+      out_of_time = done % config.train.log_every == 0 and bool(
+          multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
+    last = done == total or out_of_time
+    saving = done % config.train.eval_every == 0 or done % config.train.checkpoint_every == 0 or last
+    if done % config.train.log_every == 0 or saving:
+      check_finite(int(nonfinite), done, ckpt, workdir)
+    if done % config.train.log_every == 0 or last:
+      loss = float(step_metrics["loss"])
+      bar.set_postfix(loss=f"{loss:.4f}")
+      log.write({"step": done, "loss": loss, "minutes": elapsed()})
+      tensorboard.scalars(done, {"loss": loss, "learning_rate": optim.learning_rate(config.optim, done - 1, total)},
+                          "train")
+    if done % config.train.eval_every == 0 or last:
+      variables = parallel.local_replica({"params": averaged_params(state), "batch_stats": state.batch_stats})
+      scores, probs = score_split(eval_model, variables, splits["val"], config.eval)
+      log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
+      tensorboard.scalars(done, scores, "val")
+      tensorboard.slices(done, splits["val"].image, splits["val"].mask, probs)
+      bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
+      ckpt.save(done, state_tree(state), scores["dice"])
+      if on_eval is not None and on_eval(done, scores):
+        bar.write(f"stopping at step {done}: asked to after this validation")
+        break
+    elif done % config.train.checkpoint_every == 0:
+      ckpt.save(done, state_tree(state))
+    if out_of_time:
+      bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
+      break
+  bar.close()
+  tensorboard.close()
+  ckpt.close()
+  del lock
+  return {"step": int(state.step), **scores}

@@ -1,0 +1,172 @@
+"""A sweep's search space: a config file of config overrides given as distributions (sweep.py --space).
+
+The file's `get_config()` returns an ml_collections ConfigDict shaped like the training config,
+whose leaves are distributions of the fields they replace:
+
+    space.optim.learning_rate = ("log_float", 1e-4, 3e-3)   # log-uniform
+    space.optim.warmup_steps = ("int", 10, 300)             # ("int", low, high[, step]); "log_int" too
+    space.train.fg_fraction = ("float", 0.3, 0.9)           # ("float", low, high[, step])
+    space.model.base_features = ("categorical", (16, 24, 32))
+    space.augment.preset = ("categorical", ("flips", "full"))  # augment.PRESETS, applied before the others
+
+Choices are None, bool, int, float or str (Optuna's rule). Everything is checked before any trial:
+the file loads, every name is a field of the config (or augment.preset), every distribution is
+well formed, and each choice and each bound is, alone, a valid config (`config_check.validate`).
+"""
+
+import copy
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from unet_jax.config import check as config_check
+from unet_jax.errors import InputError
+from unet_jax.training import augment
+
+PRESET = "augment.preset"  # not a field: the augmentation preset (augment.PRESETS), applied before the fields
+KINDS = ("float", "log_float", "int", "log_int", "categorical")
+Space = dict[str, BaseDistribution]
+
+
+def _distribution(spec: Any) -> BaseDistribution:
+  """An Optuna distribution from a spec tuple (see the module docstring); ValueError when malformed."""
+  if not isinstance(spec, (tuple, list)) or not spec or spec[0] not in KINDS:
+    raise ValueError(f"it must be a tuple (KIND, ...) with KIND one of {KINDS}")
+  kind, *args = spec
+  if kind == "categorical":
+    if len(args) != 1 or not isinstance(args[0], (tuple, list)) or not args[0]:
+      raise ValueError("it must be ('categorical', (choice, ...)) with at least one choice")
+    return CategoricalDistribution(tuple(args[0]))
+  log = kind.startswith("log_")
+  if len(args) not in (2, 3) or (log and len(args) == 3):
+    raise ValueError(f"it must be ({kind!r}, low, high{'' if log else '[, step]'})")
+  if kind.endswith("int"):
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+      raise ValueError("an int distribution's bounds and step must be integers")
+    return IntDistribution(*args[:2], log=log, step=args[2] if len(args) == 3 else 1)
+  if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+    raise ValueError("a float distribution's bounds and step must be numbers")
+  return FloatDistribution(*map(float, args[:2]), log=log, step=float(args[2]) if len(args) == 3 else None)
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+  """{'section.field': spec} of a nested ConfigDict of specs."""
+  leaves = {}
+  for name, value in node.items():
+    path = f"{prefix}{name}"
+    leaves.update(_leaves(value, path + ".") if isinstance(value, ml_collections.ConfigDict) else {path: value})
+  return leaves
+
+
+def configure(config: ml_collections.ConfigDict, params: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with the sampled `params` ({'section.field': value}) set, the preset first."""
+  config = copy.deepcopy(config)
+  if PRESET in params:
+    augment.apply_preset(config, params[PRESET])
+  for path, value in params.items():
+    if path == PRESET:
+      continue
+    *parents, name = path.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    try:
+      node[name] = value
+    except TypeError as e:
+      raise InputError(f"config field {path}={value!r} is invalid: {e}") from None
+  return config
+
+
+def _probes(distribution: BaseDistribution) -> tuple[Any, ...]:
+  """The values whose configs are checked: every choice, or both bounds."""
+  if isinstance(distribution, CategoricalDistribution):
+    return distribution.choices
+  return distribution.low, distribution.high
+
+
+def _is_field(config: ml_collections.ConfigDict, path: str) -> bool:
+  node = config
+  for name in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      return False
+    node = node[name]
+  return not isinstance(node, ml_collections.ConfigDict)
+
+
+def _read(path: str) -> ml_collections.ConfigDict:
+  """The ConfigDict returned by `get_config()` of the file at `path`."""
+  if not os.path.isfile(path):
+    raise InputError(f"search space file {path} not found; give --space=configs/sweeps/NAME.py")
+  try:
+    spec = importlib.util.spec_from_file_location(f"search_space_{os.path.splitext(os.path.basename(path))[0]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    space = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (whatever a user's file raises: one line)
+    where = f" (line {e.lineno})" if isinstance(e, SyntaxError) else ""
+    raise InputError(f"search space file {path} could not be read{where}: {type(e).__name__}: "
+                     f"{' '.join(str(e).split())}") from None
+  if not isinstance(space, ml_collections.ConfigDict):
+    raise InputError(f"search space file {path}: get_config() must return an ml_collections.ConfigDict, "
+                     f"got {type(space).__name__}")
+  return space
+
+
+def load(path: str, config: ml_collections.ConfigDict) -> Space:
+  """{'section.field': distribution} of the space file at `path`, checked against `config`."""
+  leaves = _leaves(_read(path))
+  if not leaves:
+    raise InputError(f"search space file {path} names no field; add e.g. space.optim.learning_rate = "
+                     "('log_float', 1e-4, 3e-3)")
+  space = {}
+  for name, spec in leaves.items():
+    if name != PRESET and not _is_field(config, name):
+      raise InputError(f"search space file {path}: {name} is not a field of the config; names are "
+                       f"section.field as in the config file (or {PRESET})")
+    try:
+      space[name] = _distribution(spec)
+    except ValueError as e:
+      raise InputError(f"search space file {path}: {name}={spec!r} is not a distribution: {e}") from None
+    for value in _probes(space[name]):
+      try:
+        config_check.validate(configure(config, {name: value}))
+      except InputError as e:
+        raise InputError(f"search space file {path}: {name} value {value!r} is not allowed: {e}") from None
+  return space
+
+
+def base_params(config: ml_collections.ConfigDict, space: Space) -> dict[str, Any]:
+  """The base config's own value of every name in `space` (the preset: the one whose fields it matches), so
+  a sweep can try the incumbent recipe first; an error when the base lies outside the space."""
+  params = {}
+  for name, d in space.items():
+    if name == PRESET:
+      value = next((p for p in d.choices if configure(config, {PRESET: p}).augment == config.augment), None)
+    else:
+      value = config
+      for part in name.split("."):
+        value = value[part]
+    inside = (value in d.choices if isinstance(d, CategoricalDistribution)
+              else value is not None and d.low <= value <= d.high)
+    if not inside:
+      raise InputError(f"the base config's {name}={value!r} is outside the search space ({d}); widen the space "
+                       "or drop --enqueue_base")
+    params[name] = value
+  return params
+
+
+def suggest(trial: optuna.Trial, space: Space) -> dict[str, Any]:
+  """The trial's values of every name in `space` (fixed ones, e.g. of a retried trial, kept)."""
+  params = {}
+  for name, d in space.items():
+    if isinstance(d, CategoricalDistribution):
+      params[name] = trial.suggest_categorical(name, d.choices)
+    elif isinstance(d, IntDistribution):
+      params[name] = trial.suggest_int(name, d.low, d.high, step=d.step, log=d.log)
+    else:
+      params[name] = trial.suggest_float(name, d.low, d.high, step=d.step, log=d.log)
+  return params
