@@ -67,7 +67,7 @@ def main() -> None:
   import onnxruntime  # pylint: disable=g-import-not-at-top
   from benchmarks.inference_throughput import random_variables  # pylint: disable=g-import-not-at-top
   from configs import unet2d  # pylint: disable=g-import-not-at-top
-  from unet_jax.inference import engines, windows as inference
+  from unet_jax.inference import engines, windows
   from unet_jax.io import checkpoint, stacks  # pylint: disable=g-import-not-at-top
   from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
 

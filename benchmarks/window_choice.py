@@ -42,7 +42,7 @@ def main() -> None:
   parallel.use_inference_kernels()
   import jax  # pylint: disable=g-import-not-at-top
   from configs import unet2d  # pylint: disable=g-import-not-at-top
-  from unet_jax.inference import engines, windows as inference
+  from unet_jax.inference import engines, windows
   from unet_jax.io import checkpoint, data, stacks  # pylint: disable=g-import-not-at-top
   from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
   from unet_jax.scores import metrics

@@ -10,7 +10,7 @@ import pytest
 
 from configs import unet2d, unet3d
 from unet_jax.errors import InputError
-from unet_jax.inference import context, windows as inference
+from unet_jax.inference import context, windows
 from unet_jax.io import checkpoint, data, synthetic
 from unet_jax.network import volumes
 from unet_jax.network.model import abstract_variables, build_model, UNet

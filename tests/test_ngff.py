@@ -16,7 +16,7 @@ from ome_zarr import writer
 from scipy import ndimage
 
 from unet_jax.errors import InputError
-from unet_jax.inference import chunked, segment, tiling, windows as inference
+from unet_jax.inference import chunked, segment, tiling, windows
 from unet_jax.io import data, ngff
 from unet_jax.network.model import UNet
 

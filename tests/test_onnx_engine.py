@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unet_jax.errors import InputError
-from unet_jax.inference import engines, onnx_export, windows as inference
+from unet_jax.inference import engines, onnx_export, windows
 from unet_jax.io import checkpoint
 from unet_jax.network.model import abstract_variables, UNet
 

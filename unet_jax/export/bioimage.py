@@ -22,7 +22,7 @@ import numpy as np
 import tifffile
 
 from unet_jax.errors import InputError
-from unet_jax.inference import engines, onnx_export, windows as inference
+from unet_jax.inference import engines, onnx_export, windows
 from unet_jax.io import checkpoint, stacks
 from unet_jax.network.model import abstract_variables, build_model
 
