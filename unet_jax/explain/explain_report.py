@@ -135,10 +135,6 @@ def _top_filters(model: UNet, result: dict[str, Any], k: int) -> list[dict[str, 
   return sorted(rows, key=lambda r: -r["score_drop"])[:k]
 
 
-def _number(value: Any) -> str:
-  return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _markdown(doc: dict[str, Any]) -> str:
   """explain.md from the explain.json document."""
   lines = ["# How the network arrived at each mitochondrion", "",

@@ -103,10 +103,3 @@ def describe(plan: Plan, voxel_size_nm: Sequence[float] | None = None) -> str:
     lines.append(line)
   return "\n".join(lines)
 
-
-def check_divisible(shape: Sequence[int], plan: Plan, what: str) -> None:
-  """Raises InputError unless every size of `shape` divides by the plan's per-axis size factor."""
-  factors = plan.size_factors
-  if len(shape) != len(factors) or any(s % f for s, f in zip(shape, factors)):
-    raise InputError(f"{what}={tuple(shape)} must have {len(factors)} sizes divisible by "
-                     f"{'x'.join(map(str, factors))} (the model's poolings per axis; see model.pool_factors)")
