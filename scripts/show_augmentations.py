@@ -5,7 +5,8 @@
 
 Each row is one patch drawn by the training sampler: the original first, then `--columns`
 augmentations by `unet_jax.training.augment.augment_batch` with the config's `augment` settings (override
-them as for training, e.g. --config.augment.elastic_prob=1).
+them as for training, e.g. --config.augment.elastic_prob=1). It imports the installed `unet_jax`
+(`pip install -e .`; or run it from the repository root as `python -m scripts.show_augmentations ...`).
 """
 
 import io
@@ -21,8 +22,6 @@ from matplotlib import pyplot as plt
 from ml_collections import config_flags
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from unet_jax.errors import InputError
 from unet_jax.io import data
 from unet_jax.training import augment, sampling, trainer

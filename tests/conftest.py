@@ -1,16 +1,14 @@
 """Shared fixtures. Forces 2 XLA host devices so multi-device code is tested on CPU."""
 
 import os
-import sys
 
 os.environ["XLA_FLAGS"] = " ".join(
     [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     + ["--xla_force_host_platform_device_count=2"])
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from configs import unet2d  # pylint: disable=g-import-not-at-top
+from configs import unet2d  # pylint: disable=g-import-not-at-top  (the repository root: pythonpath in pyproject.toml)
 
 VNC_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "vnc")
 

@@ -15,12 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import unet2d
 from unet_jax.training import parallel
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2
 
 
@@ -61,7 +59,8 @@ def _free_port() -> int:
 def test_two_processes_train_like_one(tmp_path):
   import jax
   coordinator = f"127.0.0.1:{_free_port()}"
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # configs, unet_jax for the workers
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
   workers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), coordinator, str(p),
                                str(tmp_path / f"params{p}.npz"), str(tmp_path / "run")], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for p in range(2)]

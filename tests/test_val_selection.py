@@ -1,6 +1,5 @@
 """benchmarks/val_selection.py: the policies' choices on hand-made counts, and a run on the tiny config."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,11 +7,9 @@ import sys
 
 import numpy as np
 
+from benchmarks import val_selection  # the repository root is on pytest's pythonpath (pyproject.toml)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-spec = importlib.util.spec_from_file_location("val_selection", os.path.join(ROOT, "benchmarks", "val_selection.py"))
-val_selection = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(val_selection)
 
 
 def counts_for(dice_table: np.ndarray) -> np.ndarray:

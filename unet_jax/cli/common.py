@@ -1,10 +1,11 @@
-"""What every entry point (train.py, evaluate.py, explain.py, export.py) does the same way.
+"""What every entry point (train, evaluate, explain, export, sweep) does the same way.
 
-Flags parsed with bad `--config.*` names or values turned into one line; the config checked and the
-devices set before JAX starts; and whatever stops the run (bad input, Ctrl-C, a full disk) reported
-as one `error: ...` line with a non-zero exit, never a traceback.
+Flags parsed with a missing config file or bad `--config.*` names or values turned into one line; the
+config checked and the devices set before JAX starts; and whatever stops the run (bad input, Ctrl-C, a
+full disk) reported as one `error: ...` line with a non-zero exit, never a traceback.
 """
 
+import os
 import sys
 from typing import Any, Callable, Sequence
 
@@ -13,6 +14,8 @@ from absl import flags, logging
 from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 from unet_jax.training import parallel
+
+program = ""  # how this process was started, "python train.py" or "unet-jax train" (set by main.run_command)
 
 
 def _one_line(e: BaseException) -> str:
@@ -23,12 +26,22 @@ def _one_line(e: BaseException) -> str:
   return " ".join(text.split()).strip("'\"")
 
 
+def command_line() -> str:
+  """This process's command as the user typed it (`python evaluate.py --workdir=...`), for reports."""
+  return " ".join([program or f"python {sys.argv[0]}", *sys.argv[1:]])
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with an unknown or mistyped `--config.x=...` reported in one line."""
+  """absl's flag parsing, with a missing config file or an unknown or mistyped `--config.x=...` in one line."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     sys.exit(f"error: bad command line: {_one_line(e)}; check the flag or --config.* name against the config file")
+  path = flags.FLAGS["config"].config_filename.split(":", 1)[0] if "config" in flags.FLAGS else ""
+  if path and not os.path.isfile(path):  # ml_collections would only fail at the config's first use
+    where = "" if os.path.isabs(path) else f" (relative to the current folder {os.getcwd()})"
+    sys.exit(f"error: config file {path} not found{where}; pass --config=path/to/config.py[:variant]")
+  return rest
 
 
 def prepare(config: Any, sections: Sequence[str], forward_only: bool) -> None:

@@ -1,0 +1,88 @@
+r"""Scores trained U-Nets on labelled stacks and writes a report (report.json, report.md, PNGs, CSVs):
+
+  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc_flips --split=val,test \
+      --report_dir=docs/example_report
+
+Several checkpoints and splits in one run: --workdir=runs/a,runs/b --split=val,test. Choose the
+threshold on the val split (never test): --config.eval.select_threshold=True. What is measured:
+unet_jax/reports/evaluation.py; the definitions are listed at the end of report.md.
+
+Segment any TIFF stack (2D image or Z pages), streamed page by page, with or without ground truth:
+
+  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=stack.tif \
+      --output_dir=out/ [--mask=truth.tif] [--config.eval.tta=flips]
+
+writes out/probabilities.tif (float16; --probabilities=float32|uint8), out/segmentation.tif (u8 0/255,
+exactly the stored probabilities >= the threshold a report uses: unet_jax/inference/predictor.py) and
+out/summary.json, each atomically.
+
+Segment an OME-Zarr volume larger than memory, chunk by chunk (eval.chunk voxels; resumable: rerun the
+same command after an interruption), into out/segmentation.ome.zarr (probabilities, labels/mask,
+labels/instances, with the input's axes and voxel size; unet_jax/inference/chunked.py):
+
+  python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=vol.ome.zarr --output_dir=out/
+"""
+
+import json
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from unet_jax.cli import common as cli
+from unet_jax.config import check as config_check
+from unet_jax.errors import InputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
+flags.DEFINE_list("workdir", None, "Training directories holding the checkpoints (comma-separated).")
+flags.DEFINE_list("split", ["test"], "Splits to score (comma-separated): test, val, train.")
+flags.DEFINE_string("report_dir", None, "Where to write the report (default <first workdir>/report).")
+flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction as prediction.tif (u8 0/255).")
+flags.DEFINE_string("input", None, "Segment this TIFF stack (unet_jax/inference/segment.py) or OME-Zarr volume "
+                    "(*.zarr, unet_jax/inference/chunked.py) instead of scoring splits.")
+flags.DEFINE_string("mask", None, "With --input: its ground-truth mask (TIFF or OME-Zarr), to score the segmentation.")
+flags.DEFINE_string("output_dir", None, "With --input: output folder (default <workdir>/segment_<input name>).")
+flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
+                  "With --input: probability dtype (the mask = these stored values >= eval.threshold).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def segment(config) -> None:
+  """evaluate.py --input: one TIFF stack streamed page by page, or an OME-Zarr volume chunk by chunk."""
+  from unet_jax.inference import chunked, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.io import stacks
+  segmenter = chunked if stacks.is_zarr(FLAGS.input) else streamed
+  name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
+  summary = segmenter.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
+  print(json.dumps(summary, indent=2))
+
+
+def score(config) -> None:
+  """evaluate.py: the report of every workdir on every split."""
+  from unet_jax.reports import evaluation  # pylint: disable=g-import-not-at-top  (after the device flags)
+  report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
+  report = evaluation.evaluate(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,
+                               cli.command_line())
+  level = f"{100 * config.eval.confidence_level:g} %"
+  for run in report["runs"]:
+    interval = lambda k: (f" [{run['pixel_intervals'][k]['low']:.4f}, {run['pixel_intervals'][k]['high']:.4f}]"
+                          if k in run.get("pixel_intervals", {}) else "")
+    print(f"{run['run']} {run['split']} (step {run['step']}, threshold {run['threshold']['value']:g}, {level} "
+          f"intervals over {run['shape'][0]} slices): "
+          + ", ".join(f"{k} {run['pixel'][k]:.4f}{interval(k)}" for k in ("dice", "iou", "precision", "recall")))
+  print(f"report: {os.path.join(report_dir, 'report.md')}")
+
+
+def evaluate(config) -> None:
+  if FLAGS.mask and not FLAGS.input:
+    raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
+  cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)
+  (segment if FLAGS.input else score)(config)
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  cli.run(lambda: evaluate(FLAGS.config), "earlier results are kept as they were")
+
