@@ -119,7 +119,8 @@ def test_report_end_to_end(trained, tmp_path):
   truth = data.load_splits(config.data)["test"].mask
   expected = {**metrics.confusion_counts(saved, truth), **metrics.pixel_scores(saved, truth)}
   assert {k: test["pixel"][k] for k in expected} == pytest.approx(expected)  # scores of the saved prediction
-  assert sum(s["tp"] for s in test["slices"]) == test["pixel"]["tp"]
+  by_hand = [(int(np.sum(p & t)), int(np.sum(p & ~t)), int(np.sum(~p & t))) for p, t in zip(saved, truth > 0)]
+  assert [(s["tp"], s["fp"], s["fn"]) for s in test["slices"]] == by_hand  # each slice's counts, in order
   assert [r["iou_threshold"] for r in test["instances"]["3d"]] == [0.5, 0.75]
   files = test["files"]
   for key in ("slices_csv", "mitochondria_true_2d_csv", "mitochondria_pred_3d_csv", "intensity_histogram",
@@ -226,7 +227,10 @@ def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
   assert val["calibration"]["log_loss_after"] <= val["calibration"]["log_loss_before"] + 1e-9  # fitted on val
   for r in (val, test):
     assert r["pixel_intervals"]["dice"]["n"] == r["shape"][0] and r["pixel_intervals"]["dice"]["resamples"] == 1000
-    assert r["uncertainty"]["source"] == "tta" and 0 <= r["uncertainty"]["mean"] <= 0.5
+    u, wrong = r["uncertainty"], (r["pixel"]["fp"] + r["pixel"]["fn"]) / np.prod(r["shape"])
+    assert u["source"] == "tta" and u["mean"] > 0  # the 8 transforms of a 4-step model disagree
+    assert 0 < wrong < 1 and u["mean"] == pytest.approx(  # the mean splits into errors and correct pixels
+        wrong * u["mean_on_errors"] + (1 - wrong) * u["mean_on_correct"], rel=1e-4)
     assert set(r["review"]) == {"2d", "3d"} and len(r["review"]["2d"]["list"]) == r["review"]["2d"]["top_k"]
     for key in ("reliability_diagram", "review_2d_csv", "mitochondria_pred_3d_csv"):
       assert os.path.isfile(os.path.join(report_dir, r["files"][key])), key
