@@ -11,6 +11,7 @@ import pytest
 from configs import unet2d, unet3d
 from unet_jax.errors import InputError
 from unet_jax.inference import context, windows
+from unet_jax.inference.predictor import Predictor
 from unet_jax.io import checkpoint, data, synthetic
 from unet_jax.network import volumes
 from unet_jax.network.model import abstract_variables, build_model, UNet
@@ -140,7 +141,7 @@ def test_2p5d_stack_prediction_equals_the_model_on_stacked_slices():
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   stack = np.random.default_rng(2).uniform(size=(3, 32, 32)).astype(np.float32)
   c.eval.overlap, c.eval.blend = 0.0, "constant"  # one 32^2 window per slice
-  probs = windows.predict_stack(model, variables, stack, c.eval)
+  probs = Predictor.create(model, variables, c.eval).raw_probabilities(stack)
   for z in range(3):
     x = np.moveaxis(stack[context.neighbour_slices(z, 3, 1)], 0, -1)[None]
     expected = jax.nn.sigmoid(model.apply(variables, x))[0, ..., 0]

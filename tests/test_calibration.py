@@ -70,18 +70,19 @@ def test_apply_temperature():
 
 
 def test_store_and_load_temperature_by_step(tmp_path):
-  with pytest.raises(InputError, match="no temperature for checkpoint step 5"):
-    calibration.load_temperature(str(tmp_path), 5)
+  assert calibration.stored_record(str(tmp_path), 5) is None
   calibration.save_temperature(str(tmp_path), {"step": 5, "temperature": 1.3, "fitted_on": "val"})
   calibration.save_temperature(str(tmp_path), {"step": 9, "temperature": 0.8, "fitted_on": "val"})
-  assert calibration.load_temperature(str(tmp_path), 5) == 1.3 and calibration.load_temperature(str(tmp_path), 9) == 0.8
+  assert calibration.stored_record(str(tmp_path), 5)["temperature"] == 1.3
+  assert calibration.stored_record(str(tmp_path), 9)["temperature"] == 0.8
+  assert calibration.stored_record(str(tmp_path), 7) is None
   with open(tmp_path / calibration.FILE) as f:
     assert json.load(f)["5"]["fitted_on"] == "val"
   with pytest.raises(InputError, match="cannot store"):
     calibration.save_temperature(str(tmp_path / "absent"), {"step": 1, "temperature": 1.0})
   (tmp_path / calibration.FILE).write_text("{not json")
   with pytest.raises(InputError, match="cannot read"):
-    calibration.load_temperature(str(tmp_path), 5)
+    calibration.stored_record(str(tmp_path), 5)
 
 
 def test_bad_calibration_input():

@@ -12,7 +12,7 @@ import pytest
 
 from configs import unet2d
 from unet_jax.errors import InputError
-from unet_jax.inference import windows
+from unet_jax.inference.predictor import choose_threshold, Predictor
 from unet_jax.io import data, stacks
 from unet_jax.reports import evaluation
 from unet_jax.scores import calibration, metrics
@@ -54,13 +54,13 @@ def test_best_dice_threshold():
 
 def test_choose_threshold():
   config = unet2d.get_config("tiny").eval
-  assert evaluation.choose_threshold(config) == {"value": 0.5, "source": "config eval.threshold"}
+  assert choose_threshold(config) == {"value": 0.5, "source": "config eval.threshold"}
   config.select_threshold = True
   config.threshold_candidates = (0.3, 0.5, 0.8)
-  chosen = evaluation.choose_threshold(config, np.array([[0.9, 0.6, 0.4, 0.1]]), np.array([[1, 1, 0, 0]]))
+  chosen = choose_threshold(config, np.array([[0.9, 0.6, 0.4, 0.1]]), np.array([[1, 1, 0, 0]]))
   assert chosen["value"] == 0.5 and chosen["val_dice"] == 1.0 and "val split" in chosen["source"]
   with pytest.raises(InputError, match="val split"):
-    evaluation.choose_threshold(config)
+    choose_threshold(config)
 
 
 def test_stack_scores_by_hand():
@@ -139,10 +139,10 @@ def test_threshold_selection_never_uses_test_split(trained, tmp_path, monkeypatc
   config.eval.select_threshold = True
   real = data.load_splits(config.data)
   predicted, selected_on = [], []
-  predict_stack, best_dice_threshold = windows.predict_stack, metrics.best_dice_threshold
+  raw_probabilities, best_dice_threshold = Predictor.raw_probabilities, metrics.best_dice_threshold
 
-  def spy_predict(model, variables, image, eval_config):
-    probs = predict_stack(model, variables, image, eval_config)
+  def spy_predict(self, image):
+    probs = raw_probabilities(self, image)
     predicted.append((image, probs))
     return probs
 
@@ -150,7 +150,7 @@ def test_threshold_selection_never_uses_test_split(trained, tmp_path, monkeypatc
     selected_on.append((probs, truth))
     return best_dice_threshold(probs, truth, thresholds)
 
-  monkeypatch.setattr(inference, "predict_stack", spy_predict)
+  monkeypatch.setattr(Predictor, "raw_probabilities", spy_predict)
   monkeypatch.setattr(metrics, "best_dice_threshold", spy_select)
   chosen = evaluation.evaluate(config, [workdir], str(tmp_path / "a"), ["test"])["runs"][0]["threshold"]
   assert len(selected_on) == 1
@@ -221,7 +221,7 @@ def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
   report_dir = str(tmp_path / "report")
   report = evaluation.evaluate(config, [workdir, workdir], report_dir, ["val", "test"])
   val, test = report["runs"][:2]
-  stored = calibration.load_temperature(workdir, test["step"])
+  stored = calibration.stored_record(workdir, test["step"])["temperature"]
   assert test["calibration"]["temperature"] == stored and test["calibration"]["applied"]
   assert val["calibration"]["in_sample"] and not test["calibration"]["in_sample"]
   assert val["calibration"]["log_loss_after"] <= val["calibration"]["log_loss_before"] + 1e-9  # fitted on val

@@ -13,7 +13,9 @@ import pytest
 import tifffile
 
 from unet_jax.errors import InputError
+from references import sliding_window_stack
 from unet_jax.inference import segment, windows
+from unet_jax.inference.predictor import Predictor
 from unet_jax.io import checkpoint, data, stacks, synthetic
 from unet_jax.network.model import build_model, UNet
 from unet_jax.scores import metrics
@@ -174,13 +176,14 @@ def test_stream_3d_equals_whole_volume():
   volume = np.random.default_rng(8).random((21, 12, 10), np.float32)  # z origins 0, 3, 6, 10, 13
   predict = windows.predictor(model)
   whole = np.asarray(windows.sliding_window_predict(predict, variables, volume, (8, 8, 8), 0.5, "gaussian", 4))
-  streamed = np.stack(list(segment.stream_probabilities(predict, variables, volume.__getitem__, volume.shape,
-                                                        (8, 8, 8), 0.5, "gaussian", 4)))
+  predictor = Predictor.create(model, variables, eval_config(window=8, batch_size=4))
+  streamed = np.stack(list(predictor.stream(volume.__getitem__, volume.shape)))
   np.testing.assert_allclose(streamed, whole, atol=1e-6)
+  np.testing.assert_allclose(predictor.raw_probabilities(volume), whole, atol=1e-6)
   small = volume[:5]  # thinner than the window: one reflect-padded slab
-  np.testing.assert_allclose(
-      np.stack(list(segment.stream_probabilities(identity, None, small.__getitem__, small.shape, (8, 8, 8)))),
-      small, atol=1e-6)
+  np.testing.assert_allclose(np.stack(list(predictor.stream(small.__getitem__, small.shape))),
+                             np.asarray(windows.sliding_window_predict(predict, variables, small, (8, 8, 8), 0.5,
+                                                                       "gaussian", 4)), atol=1e-6)
 
 
 def eval_config(**overrides):
@@ -207,9 +210,9 @@ def test_streaming_writer_equals_in_memory(tmp_path, probability_dtype):
   config = eval_config(tta="flips")
   with stacks.StackReader(str(tmp_path / "stack.tif")) as reader, \
        stacks.StackReader(str(tmp_path / "mask.tif")) as truth:
-    summary = segment.segment_stack(model, variables, reader, str(tmp_path / "out"), config, truth,
-                                    probability_dtype, progress=False)
-  expected = windows.predict_stack(model, variables, stack / np.float32(255), config)
+    summary = segment.segment_stack(Predictor.create(model, variables, config), reader, str(tmp_path / "out"),
+                                    truth, probability_dtype, progress=False)
+  expected = sliding_window_stack(model, variables, stack / np.float32(255), config)
   probs = tifffile.imread(summary["probabilities"])
   seg = tifffile.imread(summary["segmentation"])
   assert probs.dtype == np.dtype(probability_dtype) and probs.shape == stack.shape
@@ -287,8 +290,8 @@ def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   with open(tmp_path / "out" / "summary.json") as f:
     summary = json.load(f)
   assert summary["step"] == 3 and summary["shape"] == [2, 40, 50]
-  expected = windows.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
-                                     tiny_config.eval)
+  expected = sliding_window_stack(build_model(tiny_config.model), variables, image / np.float32(255),
+                                  tiny_config.eval)
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "segmentation.tif"),
                                 (expected >= 0.5).astype(np.uint8) * 255)
   np.testing.assert_allclose(tifffile.imread(tmp_path / "out" / "probabilities.tif"), expected * 255, atol=0.51)
@@ -310,11 +313,11 @@ def test_cli_input_uses_the_val_chosen_threshold_under_select_threshold(tiny_con
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
   val = data.load_splits(tiny_config.data)["val"]
-  val_probs = windows.predict_stack(build_model(tiny_config.model), variables, val.image, tiny_config.eval)
+  val_probs = sliding_window_stack(build_model(tiny_config.model), variables, val.image, tiny_config.eval)
   chosen, _ = metrics.best_dice_threshold(val_probs, val.mask, tiny_config.eval.threshold_candidates)
   with open(tmp_path / "out" / "summary.json") as f:
-    assert json.load(f)["threshold"] == pytest.approx(chosen)
-  assert f"threshold {chosen:g}: best Dice on the val split" in result.stdout
+    summary = json.load(f)
+  assert summary["threshold"] == pytest.approx(chosen) and "best Dice on the val split" in summary["threshold_source"]
 
 
 def monai_starts(size, window, overlap):

@@ -16,7 +16,9 @@ from ome_zarr import writer
 from scipy import ndimage
 
 from unet_jax.errors import InputError
+from references import sliding_window_stack
 from unet_jax.inference import chunked, segment, tiling, windows
+from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff
 from unet_jax.network.model import UNet
 
@@ -85,9 +87,9 @@ def test_chunked_equals_in_memory(tmp_path, ndim, k, window, chunk):
   ngff.write_image(str(tmp_path / "v.ome.zarr"), volume, VOXEL, chunks=(2, 16, 16))
   config = eval_config(window, chunk)
   with ngff.ZarrStack(str(tmp_path / "v.ome.zarr")) as stack:
-    summary = chunked.segment_volume(model, variables, stack, str(tmp_path / "out"), config,
-                                     probability_dtype="float32", progress=False)
-  expected = windows.predict_stack(model, variables, volume / np.float32(255), config)
+    summary = chunked.segment_volume(Predictor.create(model, variables, config), stack, str(tmp_path / "out"),
+                                     config.chunk, probability_dtype="float32", progress=False)
+  expected = sliding_window_stack(model, variables, volume / np.float32(255), config)
   out = tmp_path / "out" / chunked.OUTPUT
   probs, axes, voxel = ngff.read_image(str(out))
   np.testing.assert_allclose(probs, expected, atol=2e-5)
@@ -104,10 +106,11 @@ def test_tiff_stream_equals_in_memory_2d_and_25d(tmp_path, k):
   model, variables = unet(2, 2 * k + 1)
   volume = np.random.default_rng(3).random((5, 21, 26)).astype(np.float32)
   config = eval_config(16, (2, 64, 64))
-  streamed = np.stack(list(segment.stream_probabilities(
-      windows.predictor(model), variables, volume.__getitem__, volume.shape, (16, 16), 0.5, "gaussian", 3,
-      context_slices=k, block_depth=2)))
-  np.testing.assert_allclose(streamed, windows.predict_stack(model, variables, volume, config), atol=2e-5)
+  predictor = Predictor.create(model, variables, config)
+  streamed = np.stack(list(predictor.stream(volume.__getitem__, volume.shape, block_depth=2)))
+  expected = sliding_window_stack(model, variables, volume, config)
+  np.testing.assert_allclose(streamed, expected, atol=2e-5)
+  np.testing.assert_allclose(predictor.raw_probabilities(volume), expected, atol=2e-5)
 
 
 def identity_volume(monkeypatch, tmp_path, volume, chunk):
@@ -116,7 +119,8 @@ def identity_volume(monkeypatch, tmp_path, volume, chunk):
   ngff.write_image(str(tmp_path / "v.ome.zarr"), volume, VOXEL[1:] if volume.ndim == 2 else VOXEL)
   model, _ = unet(2)
   with ngff.ZarrStack(str(tmp_path / "v.ome.zarr")) as stack:
-    return chunked.segment_volume(model, None, stack, str(tmp_path / "out"), eval_config(8, chunk),
+    config = eval_config(8, chunk)
+    return chunked.segment_volume(Predictor.create(model, None, config), stack, str(tmp_path / "out"), config.chunk,
                                   probability_dtype="uint8", progress=False)
 
 
@@ -224,8 +228,8 @@ def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   assert result.returncode == 0, result.stderr
   summary = json.load(open(tmp_path / "out" / chunked.SUMMARY))
   assert summary["step"] == 3 and summary["chunks"] == 2 * 2 * 2 and summary["voxel_size_nm"] == list(VOXEL)
-  expected = windows.predict_stack(build_model(tiny_config.model), variables, image / np.float32(255),
-                                     tiny_config.eval)
+  expected = sliding_window_stack(build_model(tiny_config.model), variables, image / np.float32(255),
+                                  tiny_config.eval)
   probs, axes, voxel = ngff.read_image(str(tmp_path / "out" / chunked.OUTPUT))
   assert probs.dtype == np.float16 and axes == ("z", "y", "x") and voxel == pytest.approx(VOXEL)
   np.testing.assert_allclose(probs.astype(np.float32), expected, atol=1e-3)

@@ -14,7 +14,7 @@ import pytest
 
 from configs import unet2d
 from unet_jax.errors import InputError
-from unet_jax.inference import windows
+from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, runlog
 from unet_jax.tuning import search_space, sweep_report, sweeps
 
@@ -42,8 +42,8 @@ def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, mon
   config, workdir = _config(), str(tmp_path / "sweep")
   test_image = data.load_splits(config.data)["test"].image
   predicted = []
-  predict = windows.predict_stack
-  monkeypatch.setattr(inference, "predict_stack", lambda m, v, image, e: predicted.append(image) or predict(m, v, image, e))
+  predict = Predictor.raw_probabilities
+  monkeypatch.setattr(Predictor, "raw_probabilities", lambda self, image: predicted.append(image) or predict(self, image))
   study = sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), workdir, trials=2)
   assert _states(study) == ["COMPLETE", "COMPLETE"] and predicted
   assert not any(image.shape == test_image.shape and np.array_equal(image, test_image) for image in predicted)

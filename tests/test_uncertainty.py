@@ -9,6 +9,7 @@ from scipy import stats
 
 from unet_jax.errors import InputError
 from unet_jax.inference import windows
+from unet_jax.inference.predictor import Predictor
 from unet_jax.network.model import UNet
 from unet_jax.reports import uncertainty
 from tests.test_inference import random_like
@@ -16,7 +17,7 @@ from tests.test_inference import random_like
 
 def _eval_config(window: int = 16, tta: str = "none") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"window": window, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,
-                                    "batch_size": 4, "tta": tta, "engine": "xla"})
+                                    "batch_size": 4, "tta": tta, "engine": "xla", "threshold": 0.5})
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +30,16 @@ def unet():
 def test_transform_maps_average_to_the_tta_prediction(unet):
   model, variables = unet
   image = np.random.default_rng(0).random((2, 24, 24), np.float32)
-  probs, unc = uncertainty.tta_probabilities(model, variables, image, _eval_config(tta="dihedral"))
+  predictor = lambda **c: Predictor.create(model, variables, _eval_config(**c))
+  probs, unc = uncertainty.tta_probabilities(predictor(tta="dihedral"), image)
   for z in range(2):
     expected = windows.sliding_window_predict(windows.predictor(model, "dihedral"), variables, image[z], (16, 16))
     np.testing.assert_allclose(probs[z], np.asarray(expected), atol=1e-5)
-  plain, _ = uncertainty.tta_probabilities(model, variables, image, _eval_config(tta="none"))
-  np.testing.assert_allclose(plain, windows.predict_stack(model, variables, image, _eval_config()), atol=1e-6)
+  plain, _ = uncertainty.tta_probabilities(predictor(tta="none"), image)
+  np.testing.assert_allclose(plain, predictor().raw_probabilities(image), atol=1e-6)
   assert unc.shape == (2, 24, 24) and 0 < unc.mean() and unc.max() <= 0.5
   # Equivariance: the maps of a rotated image are the rotated maps (windows placed symmetrically).
-  turned, turned_unc = uncertainty.tta_probabilities(model, variables, np.rot90(image, 1, (1, 2)).copy(),
-                                                     _eval_config(tta="dihedral"))
+  turned, turned_unc = uncertainty.tta_probabilities(predictor(tta="dihedral"), np.rot90(image, 1, (1, 2)).copy())
   np.testing.assert_allclose(turned, np.rot90(probs, 1, (1, 2)), atol=1e-5)
   np.testing.assert_allclose(turned_unc, np.rot90(unc, 1, (1, 2)), atol=1e-5)
 
@@ -49,8 +50,8 @@ def test_transform_subset_and_group():
   assert windows.transform_subset("flips", "flips") == [0, 1, 2, 3]
   with pytest.raises(InputError, match="not part of"):
     windows.transform_subset("flips", "dihedral")
-  assert uncertainty.tta_group(_eval_config(16)) == "dihedral"
-  assert uncertainty.tta_group(_eval_config((16, 32))) == "flips"
+  assert uncertainty.tta_group((16, 16)) == "dihedral"
+  assert uncertainty.tta_group((16, 32)) == "flips"
 
 
 def test_ensemble_disagreement():

@@ -35,8 +35,10 @@ import numpy as np
 from unet_jax.errors import InputError
 from unet_jax.explain import attribution, explain_report, filters, probe, sanity
 from unet_jax.inference import windows
-from unet_jax.io import checkpoint, data, stacks
-from unet_jax.network.model import abstract_variables, build_model, UNet
+from unet_jax.inference.predictor import Predictor
+from unet_jax.io import data, stacks
+from unet_jax.io.stacks import StackReader
+from unet_jax.network.model import build_model, UNet
 from unet_jax.scores import instances
 
 STATUSES = ("true positive", "false positive", "false negative")
@@ -291,7 +293,6 @@ def load_slice(config: Any, split: str, z: int, input_path: str | None, mask_pat
   TIFF `input_path` (with `mask_path` its truth, which then also serves for the Dice ranking).
   """
   if input_path:
-    from unet_jax.inference.segment import StackReader  # pylint: disable=g-import-not-at-top
     with StackReader(input_path) as reader:
       if not 0 <= z < len(reader):
         raise InputError(f"--slice={z} is outside {input_path}; valid slices 0..{len(reader) - 1}")
@@ -323,11 +324,12 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
   ex = config.explain
   check_explain_config(model, ex)
   image, truth, val, source = load_slice(config, split, z, input_path, mask_path)
-  variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
-  probs = np.asarray(windows.stack_predictor(model, config.eval)(variables, image))
-  threshold = float(config.eval.threshold)
-  objects = slice_objects(probs >= threshold, truth, config.eval.min_size, config.eval.iou_thresholds[0])
-  crop = ex.crop or windows.window_settings(config.eval, 2)["window"][0]
+  predictor = Predictor.load(config, workdir)
+  variables, step = predictor.variables, predictor.step
+  probs = predictor.probabilities(image)
+  threshold = predictor.threshold_value  # on calibrated probabilities; the network's own: raw_threshold
+  objects = slice_objects(predictor.segment(probs), truth, config.eval.min_size, config.eval.iou_thresholds[0])
+  crop = ex.crop or predictor.settings["window"][0]
   targets = parse_objects(object_spec, objects, crop)
   key = jax.random.PRNGKey(ex.seed)
   results = []
@@ -342,7 +344,8 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
     if val is not None:
       tiles, masks = validation_tiles(val["image"], val["mask"], crop, ex.dice_tiles)
       dataset["dice"] = {"source": val["source"], "tiles": int(len(tiles)), "tile_px": int(tiles.shape[1]),
-                         **rank_filters_on_validation(model, variables, tiles, masks, threshold, ex, run_timings)}
+                         **rank_filters_on_validation(model, variables, tiles, masks, predictor.raw_threshold, ex,
+                                                    run_timings)}
       gallery_tiles, ranking = tiles, dataset["dice"]["layers"]
     else:  # no truth anywhere: rank by the objects' summed score drops, patches from this slice
       gallery_tiles = validation_tiles(image[None], np.zeros((1, *image.shape)), crop, ex.dice_tiles)[0]

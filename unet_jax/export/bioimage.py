@@ -17,14 +17,16 @@ import shutil
 import tempfile
 from typing import Any
 
+import flax.serialization
 import jax
 import numpy as np
 import tifffile
 
 from unet_jax.errors import InputError
-from unet_jax.inference import engines, onnx_export, windows
-from unet_jax.io import checkpoint, stacks
-from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.inference import engines, onnx_export, predictor as predictor_lib
+from unet_jax.inference.predictor import Predictor
+from unet_jax.io import stacks
+from unet_jax.network.model import build_model
 
 TOLERANCE = 1e-4  # max |ONNX Runtime - JAX| probability on the test input, checked before packaging
 INPUT_ID, OUTPUT_ID = "raw", "mitochondria"
@@ -129,9 +131,10 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
   onnx_export.check_exportable(model, "bioimage.io export")
   if model.in_channels != 1:
     raise InputError("bioimage.io export supports single-slice models; set model.context_slices=0")
-  window = windows.window_settings(config.eval, 2)["window"]
+  predictor = Predictor.load(config, workdir)
+  window = predictor.settings["window"]
   model.check_input((1, *window, 1))
-  variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
+  variables, step = predictor.variables, predictor.step
   report_path = report_path or os.path.join(workdir, "report", "report.json")
   report = read_report(report_path, step)
   covers = [os.path.join(os.path.dirname(report_path), p) for r in report["runs"] for p in r["files"]["overlays"]]
@@ -153,7 +156,7 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     raise InputError(f"ONNX Runtime differs from JAX by {difference:.2e} > {TOLERANCE} on the test input; "
                      "the conversion is wrong for this model, do not ship it")
 
-  threshold = report["runs"][0]["threshold"]["value"]
+  threshold = predictor.raw_threshold  # the package outputs the network's own (uncalibrated) probabilities
   with tempfile.TemporaryDirectory() as tmp:
     path = lambda name: os.path.join(tmp, name)
     with open(path("weights.onnx"), "wb") as f:
@@ -163,6 +166,10 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     tifffile.imwrite(path("sample_input.tif"), raw)  # the same window, as pictures for the website
     tifffile.imwrite(path("sample_output.tif"), expected[0, ..., 0])
     shutil.copy(covers[0], path("cover.png"))
+    with open(path(predictor_lib.PACKAGE_VARIABLES), "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
+    with open(path(predictor_lib.PACKAGE_SETTINGS), "w") as f:
+      json.dump(predictor.package_record(config), f, indent=1)
     with open(path("README.md"), "w") as f:
       f.write(readme(config, report, step, window, threshold))
     license_id = license_id or LICENSES.get(os.path.normpath(config.data.root), "CC-BY-4.0")
@@ -171,7 +178,8 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     spec.save_bioimageio_package(descr, output_path=output)
   return {"output": output, "workdir": workdir, "step": int(step), "window": list(window),
           "test_input": image_path, "input_dtype": str(raw.dtype), "license": license_id,
-          "max_abs_onnx_minus_jax": difference, "tolerance": TOLERANCE}
+          "max_abs_onnx_minus_jax": difference, "tolerance": TOLERANCE, "threshold": predictor.threshold,
+          "temperature": predictor.temperature, "raw_threshold": threshold}
 
 
 def _describe(v0_5: Any, config: Any, report: dict[str, Any], step: int, window: tuple[int, int],
@@ -210,6 +218,8 @@ def _describe(v0_5: Any, config: Any, report: dict[str, Any], step: int, window:
       documentation=v0_5.FileDescr(source=path("README.md")), covers=[v0_5.FileDescr(source=path("cover.png"))],
       tags=["mitochondria", "electron-microscopy", "semantic-segmentation", "unet", "2d", "jax", "onnx"],
       inputs=inputs, outputs=outputs,
+      attachments=[v0_5.FileDescr(source=path(predictor_lib.PACKAGE_VARIABLES)),
+                   v0_5.FileDescr(source=path(predictor_lib.PACKAGE_SETTINGS))],
       weights=v0_5.WeightsDescr(onnx=v0_5.OnnxWeightsDescr(source=path("weights.onnx"),
                                                            opset_version=onnx_export.OPSET)),
       version="0.1.0",

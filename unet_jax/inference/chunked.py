@@ -3,7 +3,7 @@
   python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=vol.ome.zarr --output_dir=out/
 
 writes out/segmentation.ome.zarr: an NGFF image of the probabilities (`--probabilities` dtype) with two
-NGFF label images, labels/mask (u8, 1 = mitochondrion: the stored probabilities >= eval.threshold, as
+NGFF label images, labels/mask (u8, 1 = mitochondrion: the stored probabilities >= the predictor's threshold, as
 for TIFFs) and labels/instances (u32 connected components, 0 background), all with the input's axes
 and voxel size; and out/summary.json.
 
@@ -31,10 +31,10 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from unet_jax.errors import InputError
-from unet_jax.inference import segment, tiling, windows
+from unet_jax.inference import segment, tiling
+from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff, outputs
-from unet_jax.network.model import UNet
-from unet_jax.scores import calibration, metrics
+from unet_jax.scores import metrics
 
 OUTPUT = "segmentation.ome.zarr"
 SUMMARY = "summary.json"
@@ -122,10 +122,10 @@ def _number_instances(work: str, tiles: tiling.Tiling, counts: np.ndarray, drop:
   return int(lut.max())
 
 
-def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_dir: str, eval_config: Any,
+def segment_volume(predictor: Predictor, stack: ngff.ZarrStack, output_dir: str, chunk: tuple[int, ...],
                    mask: ngff.ZarrStack | None = None, probability_dtype: str = "float16", progress: bool = True,
-                   temperature: float = 1.0, run: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Segments `stack` block by block into output_dir/segmentation.ome.zarr (see the module docstring).
+                   run: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Segments `stack` in blocks of `chunk` voxels into output_dir/segmentation.ome.zarr (module docstring).
 
   `run` (JSON) identifies the run for resuming: a work folder holding another `run` is started afresh.
   """
@@ -133,18 +133,14 @@ def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_di
     raise InputError(f"probability dtype must be one of {segment.PROBABILITY_DTYPES}, got {probability_dtype!r}")
   if mask is not None and mask.shape != stack.shape:
     raise InputError(f"mask shape {mask.shape} != image shape {stack.shape}; they must match voxel for voxel")
-  settings = windows.window_settings(eval_config, model.ndim)
-  tiles = tiling.plan(stack.shape, tiling.volume_window(model, eval_config), settings["overlap"],
-                      tuple(eval_config.chunk), (model.in_channels - 1) // 2)
-  predict = tiling.volume_predictor(model, eval_config.tta, eval_config.engine)
+  tiles = predictor.plan(stack.shape, tuple(chunk))
   final = os.path.join(output_dir, OUTPUT)
   work = final + ".partial"
   outputs.check_writable(output_dir, "output folder")
   drop = int(len(stack.axes) == 2)  # a 2D image: arrays (y, x), blocks (1, dy, dx)
-  block = tuple(min(c, s) for c, s in zip(eval_config.chunk, stack.shape))
+  block = tuple(min(c, s) for c, s in zip(chunk, stack.shape))
   run = {**(run or {}), "shape": list(stack.shape), "chunk": list(block), "probability_dtype": probability_dtype,
-         "threshold": eval_config.threshold, "temperature": temperature, "tta": eval_config.tta,
-         "engine": eval_config.engine, **settings, "window": list(settings["window"])}
+         **predictor.summary()}
   resumed = _start(work, run, stack.shape[drop:], block, stack.axes, stack.voxel_size_nm, probability_dtype)
   outs = [zarr.open_array(os.path.join(work, p), mode="r+")
           for p in (ngff.DATASET, f"labels/{LABELS[0]}/{ngff.DATASET}", _LOCAL)]
@@ -152,10 +148,9 @@ def segment_volume(model: UNet, variables: Any, stack: ngff.ZarrStack, output_di
   if resumed and progress:
     print(f"note: resuming {work}: {len(tiles.blocks) - len(todo)} of {len(tiles.blocks)} chunks already done")
   for b in tqdm.tqdm(todo, unit="chunk", desc="segment", disable=not progress):
-    prob = tiling.block_probabilities(predict, variables, stack.read, tiles, b, settings["blend"],
-                                      settings["batch_size"], settings["sigma"])
-    stored = segment.stored_probabilities(calibration.apply_temperature(prob, temperature), probability_dtype)
-    pred = segment.stored_as_float(stored) >= eval_config.threshold
+    prob = predictor.block_probabilities(stack.read, tiles, b)
+    stored = segment.stored_probabilities(predictor.calibrate(prob), probability_dtype)
+    pred = predictor.segment(segment.stored_as_float(stored))
     labels, count = ndimage.label(pred)
     record = {"objects": int(count)}
     if mask is not None:
@@ -191,18 +186,18 @@ def check_paths(input_path: str, mask_path: str | None, output_dir: str) -> None
 
 def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, mask_path: str | None = None,
                  probability_dtype: str = "float16", progress: bool = True) -> dict[str, Any]:
-  """Segments the OME-Zarr `input_path` with `workdir`'s checkpoint into `output_dir` (see the module doc)."""
+  """Segments the OME-Zarr `input_path` with `workdir`'s predictor (`Predictor.load`) into `output_dir` (see the module doc)."""
   check_paths(input_path, mask_path, output_dir)
   stack = ngff.ZarrStack(input_path)
   mask = ngff.ZarrStack(mask_path) if mask_path else None
   if mask is not None:
     data.binarize_mask(mask.unique_values(), f"mask {mask_path}")
   outputs.check_writable(output_dir, "output folder")
-  model, variables, step, temperature = segment.restore_network(config, workdir)
-  run = {"workdir": os.path.realpath(workdir), "checkpoint": config.eval.checkpoint, "step": step,
+  predictor = Predictor.load(config, workdir)
+  run = {"workdir": os.path.realpath(workdir), "checkpoint": config.eval.checkpoint,
          "input": os.path.realpath(input_path), "mask": mask_path and os.path.realpath(mask_path)}
-  summary = segment_volume(model, variables, stack, output_dir, config.eval, mask, probability_dtype, progress,
-                           temperature, run)
+  summary = segment_volume(predictor, stack, output_dir, tuple(config.eval.chunk), mask, probability_dtype,
+                           progress, run)
   summary = {"notes": stack.notes, **summary}
   outputs.write_json(os.path.join(output_dir, SUMMARY), summary)
   return summary

@@ -47,22 +47,20 @@ class Tiling:
   context_slices: int
 
 
-def volume_window(model: UNet, eval_config: Any) -> tuple[int, int, int]:
-  """The model's window as a 3D window: (1, h, w) for 2D and 2.5D models."""
-  window = windows.window_settings(eval_config, model.ndim)["window"]
-  return tuple(window) if model.ndim == 3 else (1, *window)
-
-
 @functools.lru_cache(maxsize=None)
 def on_slices(predict: windows.Predict) -> windows.Predict:
   """A 2D `predict` (f32[B, h, w, C]) as one on (1, h, w) windows, f32[B, 1, h, w, C] -> f32[B, 1, h, w, 1]."""
   return lambda variables, patches: predict(variables, patches[:, 0])[:, None]
 
 
+def on_volume(predict: windows.Predict, ndim: int) -> windows.Predict:
+  """A `predict` of an `ndim`-D model on 3D windows f32[B, *window, C] (2D models: (1, h, w) windows)."""
+  return predict if ndim == 3 else on_slices(predict)
+
+
 def volume_predictor(model: UNet, tta: str = "none", engine: str = "xla") -> windows.Predict:
   """`windows.predictor` on 3D windows f32[B, *window, C] (C = 2k + 1 for 2.5D, else 1)."""
-  predict = windows.predictor(model, tta, engine)
-  return predict if model.ndim == 3 else on_slices(predict)
+  return on_volume(windows.predictor(model, tta, engine), model.ndim)
 
 
 def _axis_blocks(size: int, window: int, overlap: float, block: int) -> list[tuple[slice, slice, tuple[int, ...]]]:

@@ -158,7 +158,7 @@ def sliding_window_predict(predict: Predict, variables: Any, image: np.ndarray |
   return total / norm
 
 
-def _tta_transforms(tta: str) -> tuple[tuple[int, bool], ...]:
+def tta_transforms(tta: str) -> tuple[tuple[int, bool], ...]:
   """(quarter turns, flip W) pairs of the TTA group; each maps x -> flip(rot90(x, k))."""
   if tta not in TTAS:
     raise InputError(f"eval.tta must be one of {TTAS}, got {tta!r}")
@@ -166,23 +166,31 @@ def _tta_transforms(tta: str) -> tuple[tuple[int, bool], ...]:
   return tuple((k, flip) for k in turns for flip in ((False,) if tta == "none" else (False, True)))
 
 
+def _transformed(predict: Predict, k: int, flip: bool) -> Predict:
+  """`predict` on windows turned by k quarter turns (then flipped along W), its output turned back."""
+  def run(variables: Any, patches: jax.Array) -> jax.Array:
+    plane = (patches.ndim - 3, patches.ndim - 2)
+    x = jnp.rot90(patches, k, plane)
+    y = predict(variables, jnp.flip(x, plane[1]) if flip else x)
+    return jnp.rot90(jnp.flip(y, plane[1]) if flip else y, -k, plane)
+  return run
+
+
+def _check_square(tta: str, patches: jax.Array) -> None:
+  if tta == "dihedral" and patches.shape[-3] != patches.shape[-2]:
+    raise InputError(f"dihedral TTA needs square (H, W) windows, got {patches.shape[1:-1]}; "
+                     "use eval.tta='flips' or a square window")
+
+
 @functools.lru_cache(maxsize=None)
 def test_time_augmented(predict: Predict, tta: str) -> Predict:
   """`predict` averaged over the `tta` transforms of the (H, W) plane, each inverted before averaging."""
-  transforms = _tta_transforms(tta)
+  transforms = [_transformed(predict, k, flip) for k, flip in tta_transforms(tta)]
   if len(transforms) == 1:
     return predict
   def augmented(variables: Any, patches: jax.Array) -> jax.Array:
-    plane = (patches.ndim - 3, patches.ndim - 2)
-    if tta == "dihedral" and patches.shape[plane[0]] != patches.shape[plane[1]]:
-      raise InputError(f"dihedral TTA needs square (H, W) windows, got {patches.shape[1:-1]}; "
-                       "use eval.tta='flips' or a square window")
-    total = 0.0
-    for k, flip in transforms:
-      x = jnp.rot90(patches, k, plane)
-      y = predict(variables, jnp.flip(x, plane[1]) if flip else x)
-      total = total + jnp.rot90(jnp.flip(y, plane[1]) if flip else y, -k, plane)
-    return total / len(transforms)
+    _check_square(tta, patches)
+    return sum(t(variables, patches) for t in transforms) / len(transforms)
   return augmented
 
 
@@ -218,63 +226,25 @@ def window_settings(eval_config: Any, ndim: int) -> dict[str, Any]:
           "batch_size": eval_config.batch_size, "sigma": eval_config.sigma}
 
 
-def stack_predictor(model: UNet, eval_config: Any) -> Callable[[np.ndarray | jax.Array], jax.Array]:
-  """(variables, image) -> probabilities: `sliding_window_predict` with the model and `config.eval`."""
-  return functools.partial(sliding_window_predict, predictor(model, eval_config.tta, eval_config.engine),
-                           **window_settings(eval_config, model.ndim))
-
-
-def predict_stack(model: UNet, variables: Any, image: np.ndarray, eval_config: Any) -> np.ndarray:
-  """Probabilities f32[Z, H, W] for a stack held in memory: slice by slice (2D model) or whole (3D)."""
-  if model.in_channels > 1:  # 2.5D: each slice with its neighbours as channels
-    from unet_jax.inference import context  # pylint: disable=g-import-not-at-top  (context uses this module)
-    return context.predict_stack(model, variables, image, eval_config)
-  run = stack_predictor(model, eval_config)
-  if model.ndim == 3:
-    return np.asarray(run(variables, image))
-  return np.stack([np.asarray(run(variables, image[z])) for z in range(image.shape[0])])
-
-
 @functools.lru_cache(maxsize=None)
 def transform_predictor(model: UNet, tta: str, engine: str = "xla") -> Predict:
   """((variables, index i32[]), windows f32[B, *window, 1]) -> probabilities of the index-th `tta` transform.
 
-  The transform (quarter turns, flip; `_tta_transforms`) is applied to the windows and inverted on the
+  The transform (quarter turns, flip; `tta_transforms`) is applied to the windows and inverted on the
   output, chosen by a traced index (`lax.switch`), so every transform runs under one compilation.
   """
-  base = predictor(model, "none", engine)
-  def branch(k: int, flip: bool) -> Callable[[Any, jax.Array], jax.Array]:
-    def run(variables: Any, patches: jax.Array) -> jax.Array:
-      plane = (patches.ndim - 3, patches.ndim - 2)
-      x = jnp.rot90(patches, k, plane)
-      y = base(variables, jnp.flip(x, plane[1]) if flip else x)
-      return jnp.rot90(jnp.flip(y, plane[1]) if flip else y, -k, plane)
-    return run
-  branches = [branch(k, flip) for k, flip in _tta_transforms(tta)]
+  branches = [_transformed(predictor(model, "none", engine), k, flip) for k, flip in tta_transforms(tta)]
   def predict(variables_and_index: tuple[Any, jax.Array], patches: jax.Array) -> jax.Array:
     variables, index = variables_and_index
-    if tta == "dihedral" and patches.shape[-3] != patches.shape[-2]:
-      raise InputError(f"dihedral TTA needs square (H, W) windows, got {patches.shape[1:-1]}; "
-                       "use a square eval.window")
+    _check_square(tta, patches)
     return jax.lax.switch(index, branches, variables, patches)
   return predict
 
 
-def predict_transforms(model: UNet, variables: Any, image: np.ndarray | jax.Array, eval_config: Any,
-                       tta: str = "dihedral") -> np.ndarray:
-  """Probabilities f32[T, *image.shape] of `image` f32[H, W] (or [D, H, W]) under each of the T `tta` transforms.
-
-  Sliding windows as `stack_predictor` with the `eval` settings; the mean over T is the `tta` prediction.
-  """
-  run = functools.partial(sliding_window_predict, transform_predictor(model, tta, eval_config.engine),
-                          **window_settings(eval_config, model.ndim))
-  return np.stack([np.asarray(run((variables, jnp.int32(i)), image)) for i in range(len(_tta_transforms(tta)))])
-
-
 def transform_subset(group: str, tta: str) -> list[int]:
   """Indices, among the `group` TTA transforms, of the `tta` transforms (e.g. the 4 flips within dihedral)."""
-  members = _tta_transforms(group)
-  missing = [t for t in _tta_transforms(tta) if t not in members]
+  members = tta_transforms(group)
+  missing = [t for t in tta_transforms(tta) if t not in members]
   if missing:
     raise InputError(f"eval.tta={tta!r} is not part of the {group!r} transforms; use eval.tta='{group}' or less")
-  return [members.index(t) for t in _tta_transforms(tta)]
+  return [members.index(t) for t in tta_transforms(tta)]

@@ -1,9 +1,10 @@
 """Evaluation of trained checkpoints on labelled stacks: scores, morphometry, pictures, a report.
 
 For each workdir (a trained model, its `config.eval.checkpoint`) and each split:
-- probabilities by sliding-window inference (unet_jax.inference.windows, on the accelerator);
-- a threshold: `eval.threshold`, or with `eval.select_threshold` the candidate of best Dice on the
-  val split (the last training slices). Selection sees only the val split, never the test split;
+- probabilities from the workdir's predictor (unet_jax.inference.predictor, on the accelerator);
+- a threshold: the predictor's policy (`eval.threshold`, or with `eval.select_threshold` the candidate
+  of best Dice on the val split, the last training slices; stored in workdir/threshold.json, where
+  every other tool reads it). Selection sees only the val split, never the test split;
 - pixel scores over the stack and per slice (unet_jax.scores.metrics, counted under jit on the device);
 - instance scores for 2D and 3D components and morphometry of true and predicted mitochondria
   (unet_jax.scores.instances, unet_jax.scores.morphometry, on the host: see instances' docstring for why);
@@ -25,37 +26,18 @@ columns, and the `eval.review_top_k` least confident form a review list whose ca
 detections, and the AUROC of each score, are reported (unet_jax.reports.uncertainty).
 """
 
-import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from unet_jax.errors import InputError
-from unet_jax.inference import windows
-from unet_jax.io import checkpoint, data, outputs, stacks
-from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.inference.predictor import choose_threshold, Predictor
+from unet_jax.io import data, outputs, stacks
 from unet_jax.reports import figures, report, uncertainty
 from unet_jax.scores import calibration, instances, intervals, metrics, morphometry
 
 SPLITS = ("train", "val", "test")
-
-
-def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
-                     val_mask: np.ndarray | None = None) -> dict[str, Any]:
-  """{'value', 'source', ...}: `eval.threshold`, or the best-Dice candidate on the val split.
-
-  With eval.select_threshold, `val_probs` f32[Z, H, W] and `val_mask` must be the val split's;
-  the result then lists every candidate with its val Dice.
-  """
-  if not eval_config.select_threshold:
-    return {"value": float(eval_config.threshold), "source": "config eval.threshold"}
-  if val_probs is None or val_mask is None:
-    raise InputError("eval.select_threshold needs the val split's probabilities and mask")
-  candidates = [float(t) for t in eval_config.threshold_candidates]
-  best, dice = metrics.best_dice_threshold(val_probs, val_mask, candidates)
-  return {"value": best, "source": f"best Dice on the val split over {len(candidates)} candidates",
-          "val_dice": float(max(dice)), "candidates": candidates, "candidate_val_dice": dice}
 
 
 def stack_scores(probs: np.ndarray, mask: np.ndarray, threshold: float, eval_config: Any,
@@ -168,21 +150,6 @@ def write_stack_files(report_dir: str, folder: str, split: data.Split, pred: np.
   return files
 
 
-def fit_and_store_temperature(workdir: str, step: int, val_probs: np.ndarray, val_mask: np.ndarray,
-                              eval_config: Any) -> dict[str, Any]:
-  """Fits the temperature on the val split's probabilities, stores it in workdir/calibration.json; the record."""
-  record = {"step": step, "temperature": calibration.fit_temperature(val_probs, val_mask), "fitted_on": "val",
-            "pixels": int(val_mask.size), "checkpoint": eval_config.checkpoint, "tta": eval_config.tta,
-            "window": eval_config.window, "overlap": eval_config.overlap, "blend": eval_config.blend}
-  calibration.save_temperature(workdir, record)
-  return record
-
-
-def calibrated(probs: np.ndarray, temperature: dict[str, Any], eval_config: Any) -> np.ndarray:
-  """`probs` rescaled by the fitted temperature when `eval.calibrate`, else unchanged."""
-  return calibration.apply_temperature(probs, temperature["temperature"]) if eval_config.calibrate else probs
-
-
 def uncertainty_summary(uncertainty_map: np.ndarray | None, pred: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
   """Mean per-pixel uncertainty over the stack, on wrong pixels (FP or FN) and on right ones."""
   if uncertainty_map is None:
@@ -194,13 +161,14 @@ def uncertainty_summary(uncertainty_map: np.ndarray | None, pred: np.ndarray, ma
 
 
 def write_ensemble(report_dir: str, split: data.Split, split_name: str, probs: Sequence[np.ndarray],
-                   eval_config: Any) -> dict[str, Any]:
+                   eval_config: Any, threshold: dict[str, Any]) -> dict[str, Any]:
   """Disagreement of several checkpoints on one split: summary and pictures under report_dir/ensemble/<split>.
 
-  The ensemble's prediction is the mean of the checkpoints' maps thresholded at `eval.threshold`.
+  The ensemble's prediction is the mean of the checkpoints' (calibrated) maps at `threshold`, the
+  `choose_threshold` policy applied to the ensemble's val map.
   """
   mean, spread = uncertainty.ensemble(probs)
-  pred = mean >= eval_config.threshold
+  pred = mean >= threshold["value"]
   folder = os.path.join("ensemble", split_name)
   os.makedirs(os.path.join(report_dir, folder), exist_ok=True)
   z = split.image.shape[0]
@@ -211,7 +179,7 @@ def write_ensemble(report_dir: str, split: data.Split, split_name: str, probs: S
         os.path.join(report_dir, maps[-1]),
         figures.downscale(figures.overlay(split.image[i], pred[i], split.mask[i]), eval_config.figure_px),
         [(f"disagreement of {len(probs)} checkpoints (std)", spread[i])], eval_config.figure_px)
-  return {"split": split_name, "checkpoints": len(probs), "threshold": float(eval_config.threshold),
+  return {"split": split_name, "checkpoints": len(probs), "threshold": threshold,
           "pixel": metrics.pixel_scores(pred, split.mask), "uncertainty": {
               **uncertainty_summary(spread, pred, split.mask), "source": "ensemble",
               "measure": f"std of the probabilities of {len(probs)} checkpoints"}, "uncertainty_maps": maps}
@@ -241,20 +209,18 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
   voxel_size = tuple(config.data.voxel_size_nm)
   outputs.check_writable(report_dir, "report folder")
   splits = data.load_splits(config.data)
-  model = build_model(config.model)
   if config.eval.uncertainty not in uncertainty.SOURCES:
     raise InputError(f"eval.uncertainty={config.eval.uncertainty!r} must be one of {uncertainty.SOURCES}")
-  runs, ensemble_inputs = [], {}
+  runs, ensemble_inputs, ensemble_val = [], {}, []
+  tta_map = config.eval.uncertainty == "tta"
   for name, workdir in zip(run_names(workdirs), workdirs):
-    variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
-    predict = lambda image, tta_map: (uncertainty.tta_probabilities(model, variables, image, config.eval) if tta_map
-                                      else (windows.predict_stack(model, variables, image, config.eval), None))
-    tta_map = config.eval.uncertainty == "tta"
+    predictor = Predictor.restore(config, workdir)
+    raw_and_map = lambda image, with_map, p=predictor: (uncertainty.tta_probabilities(p, image) if with_map
+                                                        else (p.raw_probabilities(image), None))
     val = splits["val"]
-    val_raw, val_uncertainty = predict(val.image, tta_map and "val" in split_names)
-    temperature = fit_and_store_temperature(workdir, int(step), val_raw, val.mask, config.eval)
-    val_probs = calibrated(val_raw, temperature, config.eval)
-    threshold = choose_threshold(config.eval, val_probs, val.mask)
+    val_raw, val_uncertainty = raw_and_map(val.image, tta_map and "val" in split_names)
+    predictor = predictor.decide(config, workdir, val_raw, val.mask)
+    threshold = predictor.threshold
     curves = None
     if os.path.isfile(os.path.join(workdir, "log.jsonl")):
       curves = os.path.join(name, "training_curves.png")
@@ -265,22 +231,26 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
       if split_name == "val":
         raw, unc = val_raw, val_uncertainty
       else:
-        raw, unc = predict(split.image, tta_map)
-      probs = calibrated(raw, temperature, config.eval)
-      calib = calibration.calibration_summary(raw, split.mask, temperature["temperature"],
+        raw, unc = raw_and_map(split.image, tta_map)
+      probs = predictor.calibrate(raw)
+      calib = calibration.calibration_summary(raw, split.mask, predictor.fitted_temperature,
                                               config.eval.calibration_bins)
-      calib.update(applied=bool(config.eval.calibrate), fitted_on=temperature["fitted_on"],
-                   in_sample=split_name == "val")
+      calib.update(applied=bool(config.eval.calibrate), fitted_on="val", in_sample=split_name == "val")
       scores, tables = stack_scores(probs, split.mask, threshold["value"], config.eval, voxel_size, unc)
-      files = write_stack_files(report_dir, os.path.join(name, split_name), split, probs >= threshold["value"],
+      files = write_stack_files(report_dir, os.path.join(name, split_name), split, predictor.segment(probs),
                                 scores, tables, config.eval, save_predictions, unc, calib)
       runs.append({"run": name, "workdir": workdir, "checkpoint": config.eval.checkpoint,
-                   "step": int(step), "split": split_name, "shape": list(split.image.shape),
+                   "step": predictor.step, "split": split_name, "shape": list(split.image.shape),
                    "threshold": threshold, "training_curves": curves, "files": files, "calibration": calib,
-                   "uncertainty": uncertainty_summary(unc, probs >= threshold["value"], split.mask), **scores})
+                   "uncertainty": uncertainty_summary(unc, predictor.segment(probs), split.mask), **scores})
       if tta_map and len(workdirs) > 1:
         ensemble_inputs.setdefault(split_name, []).append(probs)
-  ensembles = [write_ensemble(report_dir, splits[n], n, probs, config.eval) for n, probs in ensemble_inputs.items()]
+    ensemble_val.append(predictor.calibrate(val_raw))
+  ensembles = []
+  if ensemble_inputs:
+    threshold = choose_threshold(config.eval, np.mean(ensemble_val, 0), splits["val"].mask)
+    ensembles = [write_ensemble(report_dir, splits[n], n, probs, config.eval, threshold)
+                 for n, probs in ensemble_inputs.items()]
   result = report.build(config, runs, command, ensembles)
   report.write(report_dir, result)
   return result

@@ -197,7 +197,7 @@ def _uncertainty_section(report: dict[str, Any]) -> list[str]:
                    for run, split, u in rows])
   for e in report.get("ensembles", []):
     lines += ["", f"Ensemble of {e['checkpoints']} checkpoints on {e['split']} (mean map at threshold "
-              f"{e['threshold']:g}: Dice {e['pixel']['dice']:.4f}):", ""]
+              f"{_threshold_note(e['threshold'])}: Dice {e['pixel']['dice']:.4f}):", ""]
     lines += [f"![{os.path.basename(p)}]({p})" for p in e["uncertainty_maps"]]
   return lines
 

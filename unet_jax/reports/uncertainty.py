@@ -26,36 +26,30 @@ from scipy import ndimage, sparse
 
 from unet_jax.errors import InputError
 from unet_jax.inference import windows
+from unet_jax.inference.predictor import Predictor
 from unet_jax.scores import intervals
 
 SOURCES = ("none", "tta")  # eval.uncertainty
 SCORES = ("confidence", "mean_prob", "certainty", "boundary_sharpness")  # higher = more likely correct
 
 
-def tta_group(eval_config: Any) -> str:
-  """'dihedral' for square windows, else 'flips' (rotations need square windows)."""
-  window = eval_config.window
-  return "flips" if isinstance(window, (tuple, list)) and window[-1] != window[-2] else "dihedral"
+def tta_group(window: Sequence[int]) -> str:
+  """'dihedral' for square (H, W) windows, else 'flips' (rotations need square windows)."""
+  return "flips" if window[-1] != window[-2] else "dihedral"
 
 
-def tta_probabilities(model: Any, variables: Any, image: np.ndarray, eval_config: Any) -> tuple[np.ndarray, np.ndarray]:
-  """(probabilities, uncertainty), both f32[Z, H, W], for a stack `image` f32[Z, H, W].
+def tta_probabilities(predictor: Predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(raw probabilities, uncertainty), both f32[Z, H, W], of a stack `image` f32[Z, H, W].
 
-  Probabilities are the mean over the `eval.tta` transforms (as `windows.predict_stack`);
-  uncertainty is the standard deviation over all transforms of `tta_group`.
+  Probabilities are the mean over the predictor's TTA transforms (its `raw_probabilities` up to
+  float rounding); uncertainty is the standard deviation over all transforms of `tta_group`.
   """
-  if getattr(model, "in_channels", 1) != 1:
+  if predictor.model.in_channels != 1:
     raise InputError("eval.uncertainty='tta' needs a single-slice model (model.context_slices=0); "
                      "set --config.eval.uncertainty=none")
-  group = tta_group(eval_config)
-  subset = windows.transform_subset(group, eval_config.get("tta", "none"))
-  def reduce(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return stack[subset].mean(0), stack.std(0)
-  if model.ndim == 3:
-    return reduce(windows.predict_transforms(model, variables, image, eval_config, group))
-  parts = [reduce(windows.predict_transforms(model, variables, image[z], eval_config, group))
-           for z in range(image.shape[0])]
-  return np.stack([p for p, _ in parts]), np.stack([u for _, u in parts])
+  group = tta_group(predictor.settings["window"])
+  transforms = predictor.transform_probabilities(image, group)
+  return transforms[windows.transform_subset(group, predictor.tta)].mean(0), transforms.std(0)
 
 
 def ensemble(probs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ LOGIT_BINS fine bins, each represented by its mean logit (the loss is smooth in 
 error is second order in the bin width, 0.01); the fit is a bounded 1-D search over log T.
 
 The fitted T is stored with the checkpoint: `workdir/calibration.json`, one record per
-checkpoint step (`save_temperature`, `load_temperature`), applied at inference when
+checkpoint step (`save_temperature`, `stored_record`), applied at inference when
 `eval.calibrate` is set.
 """
 
@@ -155,14 +155,14 @@ def _read(path: str) -> dict[str, Any]:
   return records
 
 
-def load_temperature(workdir: str, step: int) -> float:
-  """The temperature stored for checkpoint `step` in workdir/calibration.json; InputError when absent."""
+def stored_record(workdir: str, step: int) -> dict[str, Any] | None:
+  """The record stored for checkpoint `step` in workdir/calibration.json, or None; InputError when damaged."""
   path = os.path.join(workdir, FILE)
   record = _read(path).get(str(int(step))) if os.path.isfile(path) else None
   if record is None:
-    raise InputError(f"no temperature for checkpoint step {step} in {path}; fit one on the val split with "
-                     f"evaluate.py --workdir={workdir} (it stores it), or set eval.calibrate=False")
+    return None
   temperature = record.get("temperature")
   if not isinstance(temperature, (int, float)) or not temperature > 0:
-    raise InputError(f"{path} step {step}: temperature {temperature!r} is not a positive number; rerun evaluate.py")
-  return float(temperature)
+    raise InputError(f"{path} step {step}: temperature {temperature!r} is not a positive number; delete the file "
+                     "and rerun (it is fitted again on the val split)")
+  return record

@@ -14,9 +14,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
-from unet_jax.inference import windows
+from unet_jax.inference.predictor import choose_threshold, Predictor
 from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network import anisotropy, volumes
 from unet_jax.network.model import build_model, UNet
@@ -135,13 +134,12 @@ def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: 
 
 def score_split(model: UNet, variables: Any, split: data.Split,
                 eval_config: Any) -> tuple[dict[str, float], np.ndarray]:
-  """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split. With
-  `eval.select_threshold` the threshold is the candidate of best Dice on this split (the val split: checkpoints
-  are then chosen as evaluate.py scores them), and the scores hold it as 'threshold'."""
-  probs = windows.predict_stack(model, variables, split.image, eval_config)
-  threshold = eval_config.threshold
-  if eval_config.select_threshold:
-    threshold, _ = metrics.best_dice_threshold(probs, split.mask, eval_config.threshold_candidates)
+  """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split, through the
+  predictor evaluation uses (`Predictor.create`). With `eval.select_threshold` the threshold is the
+  candidate of best Dice on this split (the val split: checkpoints are then chosen as evaluate.py scores
+  them), and the scores hold it as 'threshold'."""
+  probs = Predictor.create(model, variables, eval_config).raw_probabilities(split.image)
+  threshold = choose_threshold(eval_config, probs, split.mask)["value"]
   scores = metrics.pixel_scores(probs >= threshold, split.mask)
   return ({**scores, "threshold": threshold} if eval_config.select_threshold else scores), probs
 
@@ -185,7 +183,6 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   `on_eval(step, scores)` is called after each validation (and its checkpoint); True stops the run
   there (a sweep's pruner, unet_jax/tuning/sweeps.py).
   """
-  config_check.validate(config)
   print(anisotropy.describe(build_model(config.model).plan(), config.data.voxel_size_nm))
   mesh = parallel.make_mesh()
   if config.train.batch_size % mesh.size:

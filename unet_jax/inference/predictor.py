@@ -1,0 +1,310 @@
+"""A trained model ready to predict: the one seam every tool that runs a network goes through.
+
+A `Predictor` holds a network and its variables (a checkpoint of a workdir, or live training
+variables), the sliding-window settings of `config.eval` (window, overlap, blend, batch size,
+sigma, test-time augmentation, engine), the calibration temperature and the decision threshold.
+Evaluation reports, validation during training, streamed TIFF and chunked OME-Zarr segmentation,
+explanations, ensembles, export and the benchmarks all take one, so for one config they predict,
+calibrate and threshold alike.
+
+`load(config, workdir)` restores `eval.checkpoint` once and settles the two decisions:
+- temperature: with `eval.calibrate`, the one fitted on the val split for this checkpoint and these
+  settings (workdir/calibration.json; fitted and stored when missing), else 1;
+- threshold: with `eval.select_threshold`, the `eval.threshold_candidates` value of best Dice on the
+  (calibrated) val probabilities (workdir/threshold.json; chosen and stored when missing or made
+  under other settings), else `eval.threshold`.
+The val split is read only when a decision is not stored; the test split never decides anything.
+
+Every prediction runs the block-wise path of unet_jax/inference/tiling.py on the volume's global
+window grid: 2D models slice by slice, 2.5D ones with their neighbouring slices as channels, 3D ones
+on their windows. In memory, streamed page by page or chunk by chunk, the result is the same up to
+float rounding.
+"""
+
+import dataclasses
+import json
+import os
+import zipfile
+from typing import Any, Callable, Iterator
+
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+
+from unet_jax.errors import InputError
+from unet_jax.inference import tiling, windows
+from unet_jax.io import checkpoint, data, outputs
+from unet_jax.network.model import abstract_variables, build_model, UNet
+from unet_jax.scores import calibration, metrics
+
+THRESHOLD_FILE = "threshold.json"
+PACKAGE_VARIABLES, PACKAGE_SETTINGS = "unet_jax_variables.msgpack", "unet_jax_predictor.json"  # in exported packages
+
+Pages = Callable[[int], np.ndarray]  # z -> slice z f32[H, W], normalised
+
+
+def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
+                     val_mask: np.ndarray | None = None) -> dict[str, Any]:
+  """The threshold policy of `config.eval`: {'value', 'source', ...}.
+
+  `eval.threshold` as given, or with `eval.select_threshold` the candidate of best Dice on the
+  val probabilities and mask (never the test split's); the result then lists every candidate
+  with its val Dice.
+  """
+  if not eval_config.select_threshold:
+    return fixed_threshold(eval_config)
+  if val_probs is None or val_mask is None:
+    raise InputError("eval.select_threshold needs the val split's probabilities and mask")
+  candidates = [float(t) for t in eval_config.threshold_candidates]
+  best, dice = metrics.best_dice_threshold(val_probs, val_mask, candidates)
+  return {"value": float(best), "source": f"best Dice on the val split over {len(candidates)} candidates",
+          "val_dice": float(max(dice)), "candidates": candidates, "candidate_val_dice": [float(d) for d in dice]}
+
+
+def fixed_threshold(eval_config: Any) -> dict[str, Any]:
+  """`eval.threshold` as the threshold record."""
+  return {"value": float(eval_config.threshold), "source": "config eval.threshold"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+  """A network, its variables, its inference settings and its decisions (temperature, threshold)."""
+  model: UNet
+  variables: Any
+  settings: dict[str, Any]  # windows.window_settings: window, overlap, blend, batch_size, sigma
+  tta: str = "none"
+  engine: str = "xla"
+  step: int = 0
+  temperature: float = 1.0
+  threshold: dict[str, Any] = dataclasses.field(default_factory=lambda: {"value": 0.5, "source": "default"})
+  fitted_temperature: float | None = None  # fitted on val by `decide`, applied only with eval.calibrate
+
+  @classmethod
+  def create(cls, model: UNet, variables: Any, eval_config: Any, step: int = 0) -> "Predictor":
+    """A predictor of `variables` with the `config.eval` settings, threshold `eval.threshold`, no calibration."""
+    return cls(model, variables, windows.window_settings(eval_config, model.ndim), eval_config.tta,
+               eval_config.engine, int(step), 1.0, fixed_threshold(eval_config))
+
+  @classmethod
+  def restore(cls, config: Any, workdir: str) -> "Predictor":
+    """`workdir`'s `eval.checkpoint` with the `config.eval` settings, before any decision (temperature 1,
+    threshold `eval.threshold`): what evaluation reports start from."""
+    model = build_model(config.model)
+    variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
+    return cls.create(model, variables, config.eval, int(step))
+
+  @classmethod
+  def load(cls, config: Any, workdir: str, val: data.Split | None = None) -> "Predictor":
+    """`workdir`'s `eval.checkpoint`, calibrated and thresholded as `config.eval` says (module docstring);
+    given a package exported by export.py instead of a workdir, the predictor it carries (`from_package`).
+
+    `val` is the val split when the caller has it; otherwise it is read from `config.data` only if a
+    decision is not stored.
+    """
+    if os.path.isfile(workdir) and zipfile.is_zipfile(workdir):
+      return cls.from_package(workdir)
+    predictor = cls.restore(config, workdir)
+    e = config.eval
+    if not e.calibrate and not e.select_threshold:
+      return predictor
+    record = _decision_record(config, predictor)
+    temperature = _stored_temperature(workdir, predictor.step, record) if e.calibrate else 1.0
+    threshold = _stored_threshold(workdir, predictor.step, record, temperature) if e.select_threshold else None
+    if (e.calibrate and temperature is None) or (e.select_threshold and threshold is None):
+      val = val if val is not None else _val_split(config)
+      raw = predictor.raw_probabilities(val.image)
+      return predictor.decide(config, workdir, raw, val.mask)
+    return dataclasses.replace(predictor, temperature=temperature, threshold=threshold or choose_threshold(e))
+
+  @classmethod
+  def from_package(cls, path: str) -> "Predictor":
+    """The predictor a bioimage.io package exported by export.py carries (its JAX variables and settings,
+    temperature and threshold as they were at export), so tools run it exactly as the workdir's."""
+    try:
+      with zipfile.ZipFile(path) as package:
+        names = {os.path.basename(n): n for n in package.namelist()}
+        if PACKAGE_VARIABLES not in names or PACKAGE_SETTINGS not in names:
+          raise InputError(f"{path} is a package without unet-jax's {PACKAGE_VARIABLES} and {PACKAGE_SETTINGS}; "
+                           "use a package made by export.py, or the workdir it was exported from")
+        record = json.loads(package.read(names[PACKAGE_SETTINGS]))
+        variables = flax.serialization.msgpack_restore(package.read(names[PACKAGE_VARIABLES]))
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+      raise InputError(f"cannot read the model package {path} ({e}); give a .zip made by export.py") from None
+    model = build_model(ml_collections.ConfigDict(record["model"]))
+    expected = jax.tree.map(lambda a: a.shape, abstract_variables(model))
+    if jax.tree.map(np.shape, variables) != expected:
+      raise InputError(f"{path}: its variables do not fit the model it describes; export it again")
+    eval_config = ml_collections.ConfigDict(record["eval"])
+    return cls(model, variables, windows.window_settings(eval_config, model.ndim), eval_config.tta,
+               eval_config.engine, int(record["step"]), float(record["temperature"]), record["threshold"])
+
+  def package_record(self, config: Any) -> dict[str, Any]:
+    """What `from_package` needs besides the variables: the model and eval settings and the decisions."""
+    return {"model": config.model.to_dict(), "eval": config.eval.to_dict(), "step": self.step,
+            "temperature": float(self.temperature), "threshold": self.threshold}
+
+  def decide(self, config: Any, workdir: str | None, val_raw: np.ndarray, val_mask: np.ndarray,
+             ) -> "Predictor":
+    """This predictor with its decisions made on the val split's raw probabilities `val_raw` f32[Z, H, W]
+    and mask: the temperature fitted (stored in `workdir`/calibration.json, applied with `eval.calibrate`),
+    the threshold chosen on the probabilities as calibrated (stored with `eval.select_threshold`)."""
+    e = config.eval
+    record = _decision_record(config, self)
+    fitted = float(calibration.fit_temperature(val_raw, val_mask))
+    if workdir:
+      calibration.save_temperature(workdir, {"step": self.step, "temperature": fitted, "fitted_on": "val",
+                                             "pixels": int(val_mask.size), **record})
+    temperature = fitted if e.calibrate else 1.0
+    threshold = choose_threshold(e, calibration.apply_temperature(val_raw, temperature), val_mask)
+    if e.select_threshold and workdir:
+      _store_threshold(workdir, self.step, {**record, "temperature": temperature, **threshold})
+    return dataclasses.replace(self, temperature=temperature, threshold=threshold, fitted_temperature=fitted)
+
+  @property
+  def threshold_value(self) -> float:
+    return float(self.threshold["value"])
+
+  @property
+  def raw_threshold(self) -> float:
+    """The threshold on raw network probabilities equivalent to the threshold on calibrated ones:
+    sigmoid(logit(p) / T) >= t exactly when p >= sigmoid(T logit(t))."""
+    t = self.threshold_value
+    if self.temperature == 1.0 or not 0.0 < t < 1.0:
+      return t
+    return float(1.0 / (1.0 + np.exp(-self.temperature * np.log(t / (1.0 - t)))))
+
+  @property
+  def context_slices(self) -> int:
+    return (self.model.in_channels - 1) // 2
+
+  def volume_window(self) -> tuple[int, int, int]:
+    """The window as a 3D window: (1, h, w) for 2D and 2.5D models."""
+    window = tuple(self.settings["window"])
+    return window if self.model.ndim == 3 else (1, *window)
+
+  def plan(self, shape: tuple[int, int, int], block: tuple[int, int, int] | None = None) -> tiling.Tiling:
+    """The blocks of a volume f32[`shape`] on the global window grid; default blocks: 8 whole slices, or
+    twice a 3D window's depth, so that few windows run twice."""
+    window = self.volume_window()
+    block = block or (max(8, 2 * window[0]), shape[1], shape[2])
+    return tiling.plan(shape, window, self.settings["overlap"], block, self.context_slices)
+
+  def block_probabilities(self, read: tiling.Read, tiles: tiling.Tiling, block: tiling.Block) -> np.ndarray:
+    """Raw (uncalibrated) probabilities f32[*block shape] of one block of `tiles`, read through `read`."""
+    s = self.settings
+    predict = tiling.volume_predictor(self.model, self.tta, self.engine)
+    return tiling.block_probabilities(predict, self.variables, read, tiles, block, s["blend"], s["batch_size"],
+                                      s["sigma"])
+
+  def stream(self, pages: Pages, shape: tuple[int, int, int], block_depth: int | None = None,
+             ) -> Iterator[np.ndarray]:
+    """Raw probabilities f32[H, W] for z = 0, 1, ... of a stack of `shape` (Z, H, W) given by `pages(z)`."""
+    tiles = self.plan(shape, (block_depth, shape[1], shape[2]) if block_depth else None)
+    read = lambda box: np.stack([pages(z)[box[1:]] for z in range(box[0].start, box[0].stop)])
+    for block in tiles.blocks:
+      yield from self.block_probabilities(read, tiles, block)
+
+  def raw_probabilities(self, image: np.ndarray) -> np.ndarray:
+    """Network probabilities, before calibration, of a stack f32[Z, H, W] in memory (or one slice f32[H, W]
+    for 2D models): f32 of the same shape."""
+    if image.ndim == 2:
+      if self.model.ndim == 3:
+        raise InputError(f"a 3D model needs a stack (Z, H, W), got one slice of shape {image.shape}")
+      return self.raw_probabilities(image[None])[0]
+    stack = np.asarray(image, np.float32)
+    tiles = self.plan(stack.shape)
+    read = lambda box: stack[box]
+    return np.concatenate([self.block_probabilities(read, tiles, block) for block in tiles.blocks])
+
+  def transform_probabilities(self, image: np.ndarray, group: str = "dihedral") -> np.ndarray:
+    """Raw probabilities f32[T, Z, H, W] of a stack under each of the T transforms of the TTA `group`
+    (their mean over the predictor's own `tta` subset is `raw_probabilities`, up to float rounding)."""
+    stack = np.asarray(image, np.float32)
+    tiles = self.plan(stack.shape)
+    s = self.settings
+    predict = tiling.on_volume(windows.transform_predictor(self.model, group, self.engine), self.model.ndim)
+    read = lambda box: stack[box]
+    return np.stack([np.concatenate([
+        tiling.block_probabilities(predict, (self.variables, np.int32(i)), read, tiles, block, s["blend"],
+                                   s["batch_size"], s["sigma"]) for block in tiles.blocks])
+        for i in range(len(windows.tta_transforms(group)))])
+
+  def calibrate(self, raw: np.ndarray) -> np.ndarray:
+    """Raw probabilities rescaled by this predictor's temperature (unchanged at 1)."""
+    return calibration.apply_temperature(raw, self.temperature)
+
+  def probabilities(self, image: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities f32 of a stack f32[Z, H, W] (or a 2D model's slice f32[H, W])."""
+    return self.calibrate(self.raw_probabilities(image))
+
+  def segment(self, probabilities: np.ndarray) -> np.ndarray:
+    """The mask bool[...] of calibrated probabilities: probabilities >= the threshold."""
+    return probabilities >= self.threshold_value
+
+  def summary(self) -> dict[str, Any]:
+    """What decides this predictor's output, as JSON values (for summaries and reports)."""
+    return {"step": self.step, **self.settings, "window": list(self.settings["window"]), "tta": self.tta,
+            "engine": self.engine, "temperature": float(self.temperature), "threshold": self.threshold_value,
+            "threshold_source": self.threshold["source"]}
+
+
+def _val_split(config: Any) -> data.Split:
+  try:
+    return data.load_splits(config.data)["val"]
+  except InputError as e:
+    raise InputError(f"eval.select_threshold and eval.calibrate decide on the val split, which could not be read "
+                     f"({e}); give --config.eval.select_threshold=False --config.eval.calibrate=False "
+                     "--config.eval.threshold=T") from None
+
+
+def _decision_record(config: Any, predictor: Predictor) -> dict[str, Any]:
+  """What a stored decision depends on besides the checkpoint step: the inference settings and the val split."""
+  d = config.data
+  return {"checkpoint": config.eval.checkpoint, "tta": predictor.tta, **predictor.settings,
+          "window": list(predictor.settings["window"]), "engine": predictor.engine,
+          "val": {"name": d.name, "root": str(d.get("root", "")), "val_fraction": float(d.val_fraction),
+                  "final_fit": bool(d.get("final_fit", False))}}
+
+
+def _same(stored: dict[str, Any], record: dict[str, Any]) -> bool:
+  return all(json.loads(json.dumps(stored.get(k))) == json.loads(json.dumps(v)) for k, v in record.items()
+             if k not in ("batch_size", "engine"))  # neither changes the probabilities beyond rounding
+
+
+def _stored_temperature(workdir: str, step: int, record: dict[str, Any]) -> float | None:
+  """The temperature stored for checkpoint `step` under the same settings, else None."""
+  stored = calibration.stored_record(workdir, step)
+  return float(stored["temperature"]) if stored and _same(stored, record) else None
+
+
+def _stored_threshold(workdir: str, step: int, record: dict[str, Any], temperature: float) -> dict[str, Any] | None:
+  """The threshold stored for checkpoint `step` under the same settings and temperature, else None."""
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      stored = json.load(f).get(str(int(step)))
+  except (OSError, ValueError, AttributeError):
+    return None  # unreadable: chosen again and rewritten
+  if not stored or not _same(stored, {**record, "temperature": float(temperature)}):
+    return None
+  keys = ("value", "source", "val_dice", "candidates", "candidate_val_dice")
+  return {k: stored[k] for k in keys if k in stored}
+
+
+def _store_threshold(workdir: str, step: int, record: dict[str, Any]) -> None:
+  """Stores the chosen threshold for checkpoint `step` in workdir/threshold.json (a note when it cannot)."""
+  path = os.path.join(workdir, THRESHOLD_FILE)
+  try:
+    with open(path) as f:
+      records = json.load(f)
+    records = records if isinstance(records, dict) else {}
+  except (OSError, ValueError):
+    records = {}
+  records[str(int(step))] = record
+  try:
+    outputs.write_json(path, records)
+  except OSError as e:
+    print(f"note: the chosen threshold could not be stored in {path} ({e.strerror}); it is chosen again next time")
