@@ -191,7 +191,7 @@ def base_config() -> ml_collections.ConfigDict:
 def vnc(c: ml_collections.ConfigDict) -> None:
   """Drosophila VNC ssTEM (../shared/data/vnc): 10 + 4 slices of 1024^2, anisotropic voxels."""
   vnc_data(c)
-  # The recipe the sweep chose by val Dice (README, Default recipe: configs/sweeps/recipe_local.py, trial 3;
+  # The recipe the sweep chose by val Dice (docs/results/default-recipe.md: configs/sweeps/recipe_local.py, trial 3;
   # with DEFAULT_PRESET's flips-only augmentation): BCE + Dice, more foreground-centred patches, a higher
   # learning rate with a shorter warm-up.
   c.train.loss = "bce_dice"
@@ -206,15 +206,15 @@ def vnc_data(c: ml_collections.ConfigDict) -> None:
   c.data.root = "../shared/data/vnc"
   c.data.voxel_size_nm = (50.0, 4.6, 4.6)
   c.train.budget_minutes = 45.0  # the run's length is fitted to 45 minutes on whatever machine runs it
-  # The fastest inference at equal val Dice on 1024^2 slices (README, Inference speed): one window per
+  # The fastest inference at equal val Dice on 1024^2 slices (docs/results/inference.md): one window per
   # slice, ONNX Runtime; benchmarks/window_choice.py.
   c.eval.window = 1024
   c.eval.overlap = 0.0
   c.eval.engine = "onnx"
   c.eval.select_threshold = True  # validations and evaluate.py score at the val split's best threshold
-  # (0.25 for the 20-minute run of README "Default recipe"; 0.95 for the old log-Dice recipe, which over-segments)
-  c.eval.tta = "dihedral"  # mean of the 8 flips/rotations: val Dice 0.9345 vs 0.9292 for the 20-minute run
-  # (README, Default recipe); 8x the forward, about 2 s per 1024^2 slice with ONNX Runtime
+  # (the thresholds runs chose, and why: docs/results/default-recipe.md, docs/results/accuracy.md)
+  c.eval.tta = "dihedral"  # mean of the 8 flips/rotations, chosen on val: docs/results/default-recipe.md;
+  # 8x the forward (timings: docs/results/inference.md)
 
 
 def synthetic(c: ml_collections.ConfigDict) -> None:

@@ -14,7 +14,7 @@ start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling un
 within 2x of isotropic. Override with --config.model.kernel_sizes / --config.model.pool_factors.
 mode=2d and mode=2.5d keep the data, budget and evaluation and swap in the 2D network (2.5D: the
 `context_slices` neighbours on each side as input channels, with the 3D section artefacts applied to
-those sections), for the README's 2D vs 2.5D vs 3D table.
+those sections), for the 2D vs 2.5D vs 3D comparison (docs/results/dimensions.md).
 """
 
 import ml_collections
@@ -49,7 +49,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
 
 def flat_config(variant: str, aug: str | None = None) -> ml_collections.ConfigDict:
   """The 2D config a variant starts from. VNC: its data and evaluation with the base training recipe (the
-  one the README's 2D vs 2.5D vs 3D table was measured with), not the 2D VNC recipe its sweep chose."""
+  one docs/results/dimensions.md was measured with), not the 2D VNC recipe its sweep chose."""
   suffix = f",aug={aug}" if aug else ""
   if variant != "vnc":
     return unet2d.get_config(variant + suffix)
