@@ -17,9 +17,17 @@ mode=2d and mode=2.5d keep the data, budget and evaluation and swap in the 2D ne
 those sections), for the 2D vs 2.5D vs 3D comparison (docs/results/dimensions.md).
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
-from configs import unet2d
+try:
+  from configs import unet2d
+except ModuleNotFoundError:  # loaded by path from another folder (unet-jax --config=/path/configs/unet3d.py)
+  _spec = importlib.util.spec_from_file_location("unet2d", os.path.join(os.path.dirname(__file__), "unet2d.py"))
+  unet2d = importlib.util.module_from_spec(_spec)
+  _spec.loader.exec_module(unet2d)
 
 VARIANTS = ("synthetic", "vnc", "lucchi", "tiny")
 MODES = ("3d", "2.5d", "2d")
