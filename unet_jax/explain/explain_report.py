@@ -196,13 +196,18 @@ def _markdown(doc: dict[str, Any]) -> str:
 
 
 def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, source: str, image: np.ndarray,
-          probs: np.ndarray, truth: np.ndarray | None, threshold: float,
+          probs: np.ndarray, truth: np.ndarray | None, decisions: dict[str, Any],
           results: Sequence[tuple[Any, dict[str, Any]]], dataset: dict[str, Any], run_seconds: dict[str, float],
           command: str | None) -> dict[str, Any]:
-  """Writes the panels, pictures, CSVs, explain.json and explain.md; returns the JSON document."""
+  """Writes the panels, pictures, CSVs, explain.json and explain.md; returns the JSON document.
+
+  `decisions` is the predictor's `summary()`: its threshold, where it came from, and its temperature.
+  """
   os.makedirs(output_dir, exist_ok=True)
   k = config.explain.top_k
-  doc: dict[str, Any] = {"workdir": workdir, "step": int(step), "source": source, "threshold": threshold,
+  doc: dict[str, Any] = {"workdir": workdir, "step": int(step), "source": source,
+                         "threshold": decisions["threshold"], "threshold_source": decisions["threshold_source"],
+                         "temperature": decisions["temperature"],
                          "command": command or "", "objects": [], "dataset": {}}
   for target, result in results:
     y0, x0, y1, x1 = target.box

@@ -327,7 +327,6 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
   predictor = Predictor.load(config, workdir)
   variables, step = predictor.variables, predictor.step
   probs = predictor.probabilities(image)
-  threshold = predictor.threshold_value  # on calibrated probabilities; the network's own: raw_threshold
   objects = slice_objects(predictor.segment(probs), truth, config.eval.min_size, config.eval.iou_thresholds[0])
   crop = ex.crop or predictor.settings["window"][0]
   targets = parse_objects(object_spec, objects, crop)
@@ -353,5 +352,5 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
     dataset["ranking_by"] = "validation Dice drop" if val is not None else "summed object score drop"
     dataset["pictures"] = filter_pictures(model, variables, gallery_tiles, ranking, ex,
                                           jax.random.fold_in(key, 1), run_timings)
-  return explain_report.write(output_dir, model, config, workdir, step, source, image, probs, truth, threshold,
-                              results, dataset, run_timings, command)
+  return explain_report.write(output_dir, model, config, workdir, step, source, image, probs, truth,
+                              predictor.summary(), results, dataset, run_timings, command)

@@ -110,7 +110,9 @@ class Predictor:
       return predictor
     record = _decision_record(config, predictor)
     temperature = _stored_temperature(workdir, predictor.step, record) if e.calibrate else 1.0
-    threshold = _stored_threshold(workdir, predictor.step, record, temperature) if e.select_threshold else None
+    threshold = None
+    if e.select_threshold and temperature is not None:
+      threshold = _stored_threshold(workdir, predictor.step, record, temperature)
     if (e.calibrate and temperature is None) or (e.select_threshold and threshold is None):
       val = val if val is not None else _val_split(config)
       raw = predictor.raw_probabilities(val.image)

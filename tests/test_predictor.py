@@ -1,0 +1,146 @@
+"""One predictor for every tool: the report, --input (TIFF and OME-Zarr), explanations, ensembles and
+export use the same checkpoint, temperature and threshold for one config, under the `vnc` variant's
+decision policy (threshold chosen on val among its candidates, 8-transform TTA, best checkpoint)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from configs import unet2d
+from test_inference import save_random_checkpoint
+from unet_jax.errors import InputError
+from unet_jax.explain import explanation
+from unet_jax.export import bioimage
+from unet_jax.inference import chunked, segment
+from unet_jax.inference.predictor import Predictor, THRESHOLD_FILE
+from unet_jax.io import data, ngff, synthetic
+from unet_jax.reports import evaluation
+from unet_jax.scores import calibration, metrics
+
+
+def vnc_policy(calibrate: bool):
+  """The tiny model and synthetic data with the `vnc` variant's eval decisions (and calibration or not)."""
+  config = unet2d.get_config("tiny")
+  vnc = unet2d.get_config("vnc").eval
+  for field in ("select_threshold", "threshold_candidates", "tta", "checkpoint", "threshold", "overlap", "blend"):
+    config.eval[field] = vnc[field]
+  config.eval.calibrate = calibrate
+  config.eval.report_slices = 1
+  return config
+
+
+@pytest.fixture(params=[False, True], ids=["uncalibrated", "calibrated"])
+def reported(request, tmp_path):
+  """(config, workdir, the report's run on test) of a random checkpoint."""
+  config = vnc_policy(request.param)
+  workdir = str(tmp_path / "run")
+  save_random_checkpoint(config, workdir, step=4)
+  run = evaluation.evaluate(config, [workdir], str(tmp_path / "report"), ["test"])["runs"][0]
+  return config, workdir, run
+
+
+def applied_temperature(config, run) -> float:
+  return run["calibration"]["temperature"] if config.eval.calibrate else 1.0
+
+
+def test_the_report_decides_on_val_and_stores_its_decisions(reported):
+  config, workdir, run = reported
+  val = data.load_splits(config.data)["val"]
+  predictor = Predictor.restore(config, workdir)
+  probs = calibration.apply_temperature(predictor.raw_probabilities(val.image), applied_temperature(config, run))
+  chosen, _ = metrics.best_dice_threshold(probs, val.mask, config.eval.threshold_candidates)
+  assert run["threshold"]["value"] == pytest.approx(chosen) and "val split" in run["threshold"]["source"]
+  assert run["step"] == 4 and run["checkpoint"] == "best"
+  with open(os.path.join(workdir, THRESHOLD_FILE)) as f:
+    assert json.load(f)["4"]["value"] == pytest.approx(chosen)
+
+
+def test_load_reads_the_stored_decisions_without_the_val_split(reported, monkeypatch):
+  config, workdir, run = reported
+  monkeypatch.setattr(data, "load_splits", lambda *a: pytest.fail("the val split was read again"))
+  predictor = Predictor.load(config, workdir)
+  assert predictor.threshold_value == pytest.approx(run["threshold"]["value"])
+  assert predictor.temperature == pytest.approx(applied_temperature(config, run)) and predictor.step == run["step"]
+
+
+def test_other_settings_decide_again(reported):
+  config, workdir, run = reported
+  other = config.copy_and_resolve_references()
+  other.eval.tta = "none"
+  predictor = Predictor.load(other, workdir)  # not the stored record: chosen again on val with these settings
+  val = data.load_splits(other.data)["val"]
+  probs = predictor.calibrate(predictor.raw_probabilities(val.image))
+  assert predictor.threshold_value == pytest.approx(
+      metrics.best_dice_threshold(probs, val.mask, other.eval.threshold_candidates)[0])
+  assert Predictor.load(config, workdir).threshold_value == pytest.approx(run["threshold"]["value"])
+
+
+def test_input_tiff_and_ome_zarr_use_the_report_decisions(reported, tmp_path):
+  config, workdir, run = reported
+  image, _ = synthetic.make_stack(7, 2, (48, 40))
+  tifffile.imwrite(tmp_path / "stack.tif", image)
+  ngff.write_image(str(tmp_path / "stack.ome.zarr"), image, (50.0, 4.6, 4.6))
+  tiff = segment.segment_file(config, workdir, str(tmp_path / "stack.tif"), str(tmp_path / "tiff"), progress=False)
+  zarr = chunked.segment_file(config, workdir, str(tmp_path / "stack.ome.zarr"), str(tmp_path / "zarr"),
+                              progress=False)
+  for summary in (tiff, zarr):
+    assert summary["threshold"] == pytest.approx(run["threshold"]["value"]) and summary["step"] == run["step"]
+    assert summary["temperature"] == pytest.approx(applied_temperature(config, run))
+  probs = tifffile.imread(tiff["probabilities"]).astype(np.float32)
+  np.testing.assert_array_equal(tifffile.imread(tiff["segmentation"]) > 0, probs >= run["threshold"]["value"])
+
+
+def test_explain_uses_the_report_decisions(reported, tmp_path):
+  config, workdir, run = reported
+  config = config.copy_and_resolve_references()
+  config.explain.crop = 32
+  doc = explanation.explain(config, workdir, str(tmp_path / "why"), "0,0,16,16", split="test",
+                            rank_filters=False, sanity_checks=False)
+  assert doc["threshold"] == pytest.approx(run["threshold"]["value"]) and doc["step"] == run["step"]
+  assert doc["temperature"] == pytest.approx(applied_temperature(config, run))
+  assert doc["threshold_source"] == run["threshold"]["source"]
+
+
+def test_ensemble_threshold_follows_the_same_policy(reported, tmp_path):
+  config, workdir, run = reported
+  config = config.copy_and_resolve_references()
+  config.eval.uncertainty = "tta"
+  report = evaluation.evaluate(config, [workdir, workdir], str(tmp_path / "ensemble"), ["test"])
+  (ensemble,) = report["ensembles"]
+  # Two copies of one checkpoint: the ensemble's val map is the member's, so is its threshold.
+  assert ensemble["threshold"]["value"] == pytest.approx(run["threshold"]["value"])
+  assert "val split" in ensemble["threshold"]["source"]
+  assert [r["threshold"]["value"] for r in report["runs"]] == pytest.approx([run["threshold"]["value"]] * 2)
+
+
+def test_export_carries_the_report_decisions(reported, tmp_path):
+  config, workdir, run = reported
+  image, _ = synthetic.make_stack(3, 1, (64, 64))
+  tifffile.imwrite(tmp_path / "slice.tif", image[0])
+  package = str(tmp_path / "unet.zip")
+  summary = bioimage.build_package(config, workdir, package, str(tmp_path / "slice.tif"),
+                                   str(tmp_path / "report" / "report.json"))
+  assert summary["threshold"]["value"] == pytest.approx(run["threshold"]["value"]) and summary["step"] == run["step"]
+  assert summary["temperature"] == pytest.approx(applied_temperature(config, run))
+  carried = Predictor.from_package(package)
+  loaded = Predictor.load(config, workdir)
+  assert (carried.step, carried.threshold, carried.temperature) == (loaded.step, loaded.threshold, loaded.temperature)
+  assert Predictor.load(config, package).threshold == loaded.threshold  # a package where a workdir goes
+  stack = synthetic.make_stack(5, 2, (48, 48))[0] / np.float32(255)
+  np.testing.assert_allclose(carried.probabilities(stack), loaded.probabilities(stack), atol=1e-6)
+
+
+def test_a_raw_threshold_is_the_calibrated_one_on_raw_probabilities():
+  p = np.linspace(0.01, 0.99, 99, dtype=np.float32)
+  for temperature, threshold in ((1.7, 0.3), (0.6, 0.55), (1.0, 0.4)):
+    predictor = Predictor(None, None, {}, temperature=temperature, threshold={"value": threshold, "source": "test"})
+    np.testing.assert_array_equal(calibration.apply_temperature(p, temperature) >= threshold,
+                                  p >= predictor.raw_threshold)
+
+
+def test_a_package_without_a_predictor_is_one_line(tmp_path):
+  with pytest.raises(InputError, match="cannot read the model package"):
+    Predictor.from_package(str(tmp_path / "missing.zip"))
