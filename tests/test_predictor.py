@@ -3,6 +3,7 @@ export use the same checkpoint, temperature and threshold for one config, under 
 decision policy (threshold chosen on val among its candidates, 8-transform TTA, best checkpoint)."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -144,3 +145,11 @@ def test_a_raw_threshold_is_the_calibrated_one_on_raw_probabilities():
 def test_a_package_without_a_predictor_is_one_line(tmp_path):
   with pytest.raises(InputError, match="cannot read the model package"):
     Predictor.from_package(str(tmp_path / "missing.zip"))
+
+
+def test_restoring_says_nothing_about_read_only_managers(tmp_path, caplog):
+  config = unet2d.get_config("tiny")
+  save_random_checkpoint(config, str(tmp_path / "run"))
+  with caplog.at_level(logging.INFO, logger="absl"):
+    Predictor.load(config, str(tmp_path / "run"))
+  assert not [r for r in caplog.records if "read only" in r.getMessage() or "read_only" in r.getMessage()]

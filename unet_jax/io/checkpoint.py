@@ -5,6 +5,7 @@ run the network (segmentation, evaluation, explanation, export) restore the mode
 with `restore_variables`, a partial restore that needs neither the optimiser nor the trainer.
 """
 
+import logging
 import os
 from typing import Any
 
@@ -61,6 +62,18 @@ class Checkpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+class _ReadOnlyNotes(logging.Filter):
+  """Drops orbax's warnings that a read-only manager is read only (and so neither saves nor creates):
+  restoring is all such a manager is for, so the notes only clutter evaluate/explain/export output."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("read_only=True" in message or "directory is read only" in message)
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotes())
 
 
 def _read_only(workdir: str, which: str) -> ocp.CheckpointManager:
