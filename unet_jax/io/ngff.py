@@ -55,6 +55,20 @@ def _multiscale(path: str) -> tuple[dict[str, Any], ngff_io.ZarrLocation]:
   return multiscales[0], location
 
 
+def _scale_values(path: str, scale: Any, names: tuple[str, ...]) -> list[float]:
+  """The numbers of a `scale` transform, one per axis; InputError naming the store and the field otherwise."""
+  field = "'scale' of multiscales[0] (coordinateTransformations)"
+  if not isinstance(scale, (list, tuple)) or len(scale) != len(names):
+    count = f"{len(scale)} value(s)" if isinstance(scale, (list, tuple)) else repr(scale)
+    raise InputError(f"{path}: the {field} has {count} for {len(names)} axes {names}; the NGFF metadata needs "
+                     "one number per axis (rewrite it, e.g. with unet_jax.io.ngff.write_image)")
+  try:
+    return [float(v) for v in scale]
+  except (TypeError, ValueError):
+    raise InputError(f"{path}: the {field} {scale!r} holds a value that is not a number; the NGFF metadata "
+                     "needs one number per axis (rewrite it, e.g. with unet_jax.io.ngff.write_image)") from None
+
+
 def _layout(path: str, meta: dict[str, Any], shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[float, ...], list[str]]:
   """(indices of the spatial axes, voxel size in nm per spatial axis, notes) of an image's metadata."""
   axes = meta.get("axes") or [{"name": n} for n in "tczyx"[-len(shape):]]  # NGFF < 0.3: implicit tczyx
@@ -76,7 +90,7 @@ def _layout(path: str, meta: dict[str, Any], shape: tuple[int, ...]) -> tuple[tu
   scale = [1.0] * len(names)
   for transform in meta["datasets"][0].get("coordinateTransformations") or meta.get("coordinateTransformations") or []:
     if transform.get("type") == "scale" and "scale" in transform:
-      scale = [float(s) for s in transform["scale"]]
+      scale = _scale_values(path, transform["scale"], names)
   units = [axes[i].get("unit") for i in spatial]
   unknown = [u for u in units if u and u not in UNIT_NM]
   if unknown:
@@ -97,7 +111,10 @@ class ZarrStack:
   def __init__(self, path: str):
     meta, location = _multiscale(path)
     self.path = path
-    dataset = meta["datasets"][0]["path"]
+    dataset = meta["datasets"][0].get("path") if isinstance(meta["datasets"][0], dict) else None
+    if not isinstance(dataset, str) or not dataset:
+      raise InputError(f"{path}: multiscales[0].datasets[0] has no 'path' (the array of the full-resolution level, "
+                       "e.g. 's0' or '0'); the NGFF metadata must name each level's array")
     try:
       array = location.load(dataset)
     except Exception as e:  # zarr raises many types for missing or corrupt arrays

@@ -9,17 +9,27 @@ whose leaves are distributions of the fields they replace:
     space.model.base_features = ("categorical", (16, 24, 32))
     space.augment.preset = ("categorical", ("flips", "full"))  # augment.PRESETS, applied before the others
 
-Choices are None, bool, int, float or str (Optuna's rule). Everything is checked before any trial:
-the file loads, every name is a field of the config (or augment.preset), every distribution is
-well formed, and each choice and each bound is, alone, a valid config (`config_check.validate`).
+Choices are None, bool, int, float, str, or tuples of them (e.g. augment.scale_range); tuples are
+held as lists, the form Optuna's storage gives back, so a resumed study compares equal to its file.
+Everything is checked before any trial: the file loads, every name is a field of the config (or
+augment.preset), every distribution is well formed, and every value a sampler can draw is, alone, a
+valid config (`config_check.validate`, the model's size rules included): each choice, each value of
+an int or stepped float range (the SUPPORT_LIMIT smallest and the high bound when there are more:
+they cover every rule periodic in 2**model.depth), both bounds of a continuous one. Then combinations
+of the parameters' values (all of them, or JOINT_LIMIT drawn with a fixed seed when there are more)
+are checked together, so values that only fail in company are refused too.
 """
 
 import copy
 import importlib.util
+import itertools
+import math
 import os
-from typing import Any
+import warnings
+from typing import Any, Sequence
 
 import ml_collections
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -29,7 +39,22 @@ from unet_jax.training import augment
 
 PRESET = "augment.preset"  # not a field: the augmentation preset (augment.PRESETS), applied before the fields
 KINDS = ("float", "log_float", "int", "log_int", "categorical")
+SUPPORT_LIMIT = 256  # values of one parameter checked one by one (2**model.depth <= 256)
+JOINT_LIMIT = 256  # combinations of the parameters' values checked together
 Space = dict[str, BaseDistribution]
+
+
+def stored(value: Any) -> Any:
+  """`value` as Optuna's storage gives it back (JSON): tuples, at any depth, as lists."""
+  return [stored(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def categorical(choices: Sequence[Any]) -> CategoricalDistribution:
+  """Optuna's categorical distribution of `choices`, tuples held as lists (`stored`); Optuna's warning
+  that such choices are not plain values is silenced: they are stored and read back exactly."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution")
+    return CategoricalDistribution(tuple(stored(list(choices))))
 
 
 def _distribution(spec: Any) -> BaseDistribution:
@@ -40,7 +65,7 @@ def _distribution(spec: Any) -> BaseDistribution:
   if kind == "categorical":
     if len(args) != 1 or not isinstance(args[0], (tuple, list)) or not args[0]:
       raise ValueError("it must be ('categorical', (choice, ...)) with at least one choice")
-    return CategoricalDistribution(tuple(args[0]))
+    return categorical(args[0])
   log = kind.startswith("log_")
   if len(args) not in (2, 3) or (log and len(args) == 3):
     raise ValueError(f"it must be ({kind!r}, low, high{'' if log else '[, step]'})")
@@ -81,11 +106,83 @@ def configure(config: ml_collections.ConfigDict, params: dict[str, Any]) -> ml_c
   return config
 
 
-def _probes(distribution: BaseDistribution) -> tuple[Any, ...]:
-  """The values whose configs are checked: every choice, or both bounds."""
+def support(distribution: BaseDistribution) -> tuple[Any, ...]:
+  """The values of `distribution` whose configs are checked: every choice; every value of an int or
+  stepped float range (the SUPPORT_LIMIT smallest and the high bound when there are more); both
+  bounds of a continuous range (the config's rules on floats are intervals)."""
   if isinstance(distribution, CategoricalDistribution):
     return distribution.choices
+  if isinstance(distribution, IntDistribution) or distribution.step is not None:
+    low, high, step = distribution.low, distribution.high, distribution.step
+    count = int(round((high - low) / step)) + 1
+    values = [low + i * step for i in range(min(count, SUPPORT_LIMIT))] + [high]
+    if isinstance(distribution, FloatDistribution):
+      values = [float(np.round(v, 12)) for v in values]
+    return tuple(dict.fromkeys(values))
   return distribution.low, distribution.high
+
+
+def _listing(values: Sequence[Any], limit: int = 8) -> str:
+  """'33-35, 37-39' for runs of consecutive integers, else the values' reprs; at most `limit` items."""
+  items, i = [], 0
+  while i < len(values):
+    j = i
+    while (isinstance(values[i], int) and j + 1 < len(values) and isinstance(values[j + 1], int)
+           and values[j + 1] == values[j] + 1):
+      j += 1
+    items.append(f"{values[i]}-{values[j]}" if j > i + 1 else ", ".join(map(repr, values[i:j + 1])))
+    i = j + 1
+  text = ", ".join(items[:limit])
+  return text + (", ..." if len(items) > limit else "")
+
+
+def _refusal(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str | None:
+  """Why `config` with `params` set is not a valid config, or None."""
+  try:
+    config_check.validate(configure(config, params))
+  except InputError as e:
+    return str(e)
+  return None
+
+
+def _check_support(path: str, config: ml_collections.ConfigDict, name: str, distribution: BaseDistribution) -> None:
+  """Raises InputError naming every value of `name` that the sampler can draw and the config refuses."""
+  refused = [(value, _refusal(config, {name: value})) for value in support(distribution)]
+  bad = [(value, reason) for value, reason in refused if reason]
+  if bad:
+    more = (f" (refused: {_listing([v for v, _ in bad])} of the values it can draw; narrow the space"
+            f"{' or give the range a step' if not isinstance(distribution, CategoricalDistribution) else ''} "
+            "so that every value is allowed)") if len(bad) > 1 else ""
+    raise InputError(f"search space file {path}: {name} value {bad[0][0]!r} is not allowed: {bad[0][1]}{more}")
+
+
+def _check_combinations(path: str, config: ml_collections.ConfigDict, space: Space) -> None:
+  """Raises InputError for a combination of allowed values that the config refuses, naming the fewest
+  parameters that still fail together (the others at the base config's values)."""
+  names = list(space)
+  if len(names) < 2:
+    return
+  values = [support(space[n]) for n in names]
+  total = math.prod(len(v) for v in values)
+  if total <= JOINT_LIMIT:
+    combinations = itertools.product(*values)
+  else:
+    rng = np.random.default_rng(0)
+    combinations = ([v[i] for v, i in zip(values, rng.integers(0, [len(v) for v in values]))]
+                    for _ in range(JOINT_LIMIT))
+  for combination in combinations:
+    params = dict(zip(names, combination))
+    reason = _refusal(config, params)
+    if reason is None:
+      continue
+    for name in list(params):  # drop each parameter that is not needed for the failure
+      fewer = {k: v for k, v in params.items() if k != name}
+      fewer_reason = _refusal(config, fewer)
+      if fewer_reason is not None:
+        params, reason = fewer, fewer_reason
+    shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    raise InputError(f"search space file {path}: the combination {shown} is not allowed: {reason} (each value "
+                     "alone is); narrow the space so that every combination of its values is allowed")
 
 
 def _is_field(config: ml_collections.ConfigDict, path: str) -> bool:
@@ -131,11 +228,8 @@ def load(path: str, config: ml_collections.ConfigDict) -> Space:
       space[name] = _distribution(spec)
     except ValueError as e:
       raise InputError(f"search space file {path}: {name}={spec!r} is not a distribution: {e}") from None
-    for value in _probes(space[name]):
-      try:
-        config_check.validate(configure(config, {name: value}))
-      except InputError as e:
-        raise InputError(f"search space file {path}: {name} value {value!r} is not allowed: {e}") from None
+    _check_support(path, config, name, space[name])
+  _check_combinations(path, config, space)
   return space
 
 
@@ -150,6 +244,7 @@ def base_params(config: ml_collections.ConfigDict, space: Space) -> dict[str, An
       value = config
       for part in name.split("."):
         value = value[part]
+    value = stored(value)
     inside = (value in d.choices if isinstance(d, CategoricalDistribution)
               else value is not None and d.low <= value <= d.high)
     if not inside:
