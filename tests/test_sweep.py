@@ -2,7 +2,9 @@
 storage, the test split never seen, and one-line errors for bad search-space files."""
 
 import csv
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,3 +212,188 @@ def test_enqueue_base_runs_the_incumbent_recipe_first(tmp_path):
   config.model.base_features = 16
   with pytest.raises(InputError, match="base config's model.base_features=16 is outside the search space"):
     search_space.base_params(config, space)
+
+
+# Nothing silent, nothing lost: storage, the space's whole support, tuple choices, the budget across processes.
+
+def _quick_objective(config, space, workdir, study):
+  """A trial without training: the sampled config checked, a value from the parameters."""
+  del workdir, study
+
+  def run_trial(trial):
+    params = search_space.suggest(trial, space)
+    search_space.configure(config, params).lock()
+    return float(len(repr(sorted(params.items()))) % 7) / 7
+  return run_trial
+
+
+def _digest(folder):
+  digests = {}
+  for base, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(base, name)
+      digests[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return digests
+
+
+@pytest.fixture
+def finished_sweep(tmp_path, monkeypatch):
+  """A sweep folder holding a study of two finished (quick) trials, its table and its database."""
+  monkeypatch.setattr(sweeps, "objective", _quick_objective)
+  config, workdir = _config(), str(tmp_path / "sweep")
+  sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), workdir, trials=2)
+  return workdir
+
+
+def _spoil_storage(workdir, kind):
+  """The sweep's study.db spoiled as `kind`, or the --storage URL that names the problem."""
+  db = os.path.join(workdir, "study.db")
+  data_ = open(db, "rb").read()
+  if kind == "garbage_header":
+    open(db, "wb").write(b"not an SQLite file at all" + data_[25:])
+  elif kind == "truncated":
+    open(db, "wb").write(data_[:int(0.6 * len(data_))])
+  elif kind == "folder":
+    os.remove(db)
+    os.makedirs(os.path.join(db, "inside"))
+  elif kind == "unknown_scheme":
+    return "memcache://localhost/study"
+  elif kind == "missing_folder":
+    return f"sqlite:///{os.path.join(workdir, 'no_such_folder', 'study.db')}"
+  return ""
+
+
+STORAGE_MESSAGES = {
+    "garbage_header": r"study\.db is not a sound SQLite database \(file is not a database\); it was left as it is",
+    "truncated": r"study\.db is not a sound SQLite database \(.*malformed.*\); it was left as it is",
+    "folder": r"study\.db is a folder, not an SQLite database file; move it away",
+    "unknown_scheme": r"storage memcache://localhost/study is not a database URL SQLAlchemy can open \(.*memcache",
+    "missing_folder": r"folder .*no_such_folder does not exist; create it or give another --storage",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STORAGE_MESSAGES))
+def test_a_storage_that_cannot_serve_is_refused_and_nothing_is_touched(finished_sweep, kind):
+  storage = _spoil_storage(finished_sweep, kind)
+  before = _digest(finished_sweep)
+  config = _config()
+  with pytest.raises(InputError, match=STORAGE_MESSAGES[kind]):
+    sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), finished_sweep, trials=3, storage=storage)
+  assert _digest(finished_sweep) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(STORAGE_MESSAGES))
+def test_sweep_py_on_a_storage_that_cannot_serve_says_one_line(finished_sweep, kind):
+  storage = _spoil_storage(finished_sweep, kind)
+  before = _digest(finished_sweep)
+  result = subprocess.run([sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={TINY_SPACE}",
+                           f"--workdir={finished_sweep}", "--trials=3", "--study_name=sweep",
+                           *([f"--storage={storage}"] if storage else [])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+  assert re.match(f"error: storage .*{STORAGE_MESSAGES[kind]}", result.stderr), result.stderr
+  assert _digest(finished_sweep) == before
+
+
+INSIDE_SPACES = {  # bounds (or each value alone) allowed, values inside not
+    "inside.py": ("{'train': {'patch_size': ('int', 32, 40)}}",
+                  r"train.patch_size value 33 is not allowed: .*divisible by 2\*\*model.depth=4.* \(refused: 33-35, "
+                  r"37-39 of the values it can draw; narrow the space or give the range a step"),
+    "inside_log.py": ("{'train': {'patch_size': ('log_int', 16, 24)}}", r"patch_size value 17 is not allowed.*"
+                      r"refused: 17-19, 21-23"),
+    "together.py": ("{'train': {'patch_size': ('categorical', (32, 36))}, 'model': {'depth': ('categorical', (2, 3))}}",
+                    r"the combination (train.patch_size=36, model.depth=3|model.depth=3, train.patch_size=36) is not "
+                    r"allowed: .*\(each value alone is\)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INSIDE_SPACES))
+def test_a_space_whose_inside_is_invalid_is_refused_naming_the_values(tmp_path, name):
+  body, message = INSIDE_SPACES[name]
+  with pytest.raises(InputError, match=message):
+    search_space.load(_write_space(tmp_path, name, body), _config())
+  stepped = _write_space(tmp_path, "stepped.py", "{'train': {'patch_size': ('int', 32, 40, 4)}}")
+  assert search_space.support(search_space.load(stepped, _config())["train.patch_size"]) == (32, 36, 40)
+
+
+@pytest.mark.slow
+def test_sweep_py_refuses_an_invalid_inside_before_any_trial(tmp_path):
+  path = _write_space(tmp_path, "inside.py", INSIDE_SPACES["inside.py"][0])
+  result = subprocess.run([sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={path}",
+                           f"--workdir={tmp_path / 'sweep'}", "--trials=3"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+  assert re.match(r"error: search space file .*train.patch_size value 33 is not allowed", result.stderr)
+  assert "Traceback" not in result.stdout + result.stderr and not os.path.exists(tmp_path / "sweep")
+
+
+def test_a_failed_trial_is_logged_without_a_traceback(tmp_path, capfd):
+  space = {"train.batch_size": optuna.distributions.CategoricalDistribution((3,))}  # not a multiple of 2 devices
+  with pytest.raises(InputError, match="3 trials in a row failed"):
+    sweeps.run_sweep(_config(), space, str(tmp_path / "sweep"), trials=5)
+  err = capfd.readouterr().err
+  assert "Traceback" not in err and err.count("failed with parameters") == 3
+
+
+def test_tuple_choices_resume_with_more_trials(tmp_path, monkeypatch):
+  monkeypatch.setattr(sweeps, "objective", _quick_objective)
+  config, workdir = _config(), str(tmp_path / "sweep")
+  path = _write_space(tmp_path, "scale.py", "{'augment': {'scale_range': ('categorical', ((0.8, 1.2), (0.9, 1.1)))}, "
+                      "'model': {'base_features': ('categorical', (4, 8))}}")
+  assert search_space.load(path, config)["augment.scale_range"].choices == ("(0.8, 1.2)", "(0.9, 1.1)")
+  sweeps.run_sweep(config, search_space.load(path, config), workdir, trials=3)
+  study = sweeps.run_sweep(config, search_space.load(path, config), workdir, trials=12)  # TPE past its 10 starts
+  assert _states(study) == ["COMPLETE"] * 12
+  assert {t.params["augment.scale_range"] for t in study.trials} == {"(0.8, 1.2)", "(0.9, 1.1)"}
+  configured = search_space.configure(config, study.trials[-1].params).augment.scale_range
+  assert configured in ((0.8, 1.2), (0.9, 1.1)) and isinstance(configured, tuple)
+  config.augment.scale_range = (0.9, 1.1)
+  assert search_space.base_params(config, search_space.load(path, config))["augment.scale_range"] == "(0.9, 1.1)"
+
+
+def test_running_trials_elsewhere_count_against_the_budget(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(sweeps, "objective", _quick_objective)
+  config, workdir = _config(), str(tmp_path / "sweep")
+  space = search_space.load(TINY_SPACE, config)
+  os.makedirs(workdir)
+  elsewhere = sweeps.open_study(sweeps.default_storage(workdir), "sweep", 0, optuna.pruners.NopPruner(), 120)
+  elsewhere.ask()  # another process's trial, running (its heartbeat never goes stale here)
+  study = sweeps.run_sweep(config, space, workdir, trials=2)
+  assert _states(study) == ["RUNNING", "COMPLETE"]
+  capsys.readouterr()
+  study = sweeps.run_sweep(config, space, workdir, trials=2)
+  assert _states(study) == ["RUNNING", "COMPLETE"]
+  assert "note: the study holds 1 finished and 1 running trial(s)" in capsys.readouterr().out
+  assert os.path.isfile(os.path.join(workdir, ".study.db.lock"))
+
+
+CONCURRENT = """
+import sys, time
+from configs import unet2d
+from unet_jax.tuning import search_space, sweeps
+def slow_objective(config, space, workdir, study):
+  def run_trial(trial):
+    search_space.suggest(trial, space)
+    time.sleep(1.5)
+    return 0.5
+  return run_trial
+sweeps.objective = slow_objective
+config = unet2d.get_config("tiny")
+sweeps.run_sweep(config, search_space.load(sys.argv[2], config), sys.argv[1], trials=3)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_folder_hold_the_trial_budget(tmp_path):
+  workdir = str(tmp_path / "sweep")
+  script = tmp_path / "concurrent.py"
+  script.write_text(CONCURRENT)
+  processes = [subprocess.Popen([sys.executable, str(script), workdir, TINY_SPACE], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  results = [p.communicate(timeout=300) for p in processes]
+  assert all(p.returncode == 0 for p in processes), results
+  study = optuna.load_study(study_name="sweep", storage=sweeps.default_storage(workdir))
+  assert _states(study) == ["COMPLETE"] * 3
+  params = [t.params for t in study.trials]
+  assert all(params.count(p) == 1 for p in params)  # the two processes draw different samples

@@ -9,8 +9,11 @@ whose leaves are distributions of the fields they replace:
     space.model.base_features = ("categorical", (16, 24, 32))
     space.augment.preset = ("categorical", ("flips", "full"))  # augment.PRESETS, applied before the others
 
-Choices are None, bool, int, float, str, or tuples of them (e.g. augment.scale_range); tuples are
-held as lists, the form Optuna's storage gives back, so a resumed study compares equal to its file.
+Choices are None, bool, int, float, str, or tuples of them for tuple fields (e.g. augment.scale_range:
+("categorical", ((0.8, 1.2), (0.9, 1.1)))). Optuna keeps only plain values (its storage gives tuples back
+as lists, which no longer equal the file's choices, and its importances hash them), so a tuple choice is
+handed to Optuna as its text, '(0.8, 1.2)', and turned back into the tuple when a config is made
+(`configure`); a resumed study then compares equal to its unchanged file.
 Everything is checked before any trial: the file loads, every name is a field of the config (or
 augment.preset), every distribution is well formed, and every value a sampler can draw is, alone, a
 valid config (`config_check.validate`, the model's size rules included): each choice, each value of
@@ -20,12 +23,12 @@ of the parameters' values (all of them, or JOINT_LIMIT drawn with a fixed seed w
 are checked together, so values that only fail in company are refused too.
 """
 
+import ast
 import copy
 import importlib.util
 import itertools
 import math
 import os
-import warnings
 from typing import Any, Sequence
 
 import ml_collections
@@ -44,17 +47,19 @@ JOINT_LIMIT = 256  # combinations of the parameters' values checked together
 Space = dict[str, BaseDistribution]
 
 
-def stored(value: Any) -> Any:
-  """`value` as Optuna's storage gives it back (JSON): tuples, at any depth, as lists."""
-  return [stored(v) for v in value] if isinstance(value, (tuple, list)) else value
+def plain(choice: Any) -> Any:
+  """A choice as Optuna keeps it: a tuple (or list) as its text '(0.8, 1.2)', anything else as it is."""
+  return repr(tuple(choice)) if isinstance(choice, (tuple, list)) else choice
 
 
-def categorical(choices: Sequence[Any]) -> CategoricalDistribution:
-  """Optuna's categorical distribution of `choices`, tuples held as lists (`stored`); Optuna's warning
-  that such choices are not plain values is silenced: they are stored and read back exactly."""
-  with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message="Choices for a categorical distribution")
-    return CategoricalDistribution(tuple(stored(list(choices))))
+def field_value(value: Any, current: Any) -> Any:
+  """A sampled `value` for a field now holding `current`: a tuple field's choice text back as the tuple."""
+  if isinstance(value, str) and isinstance(current, (tuple, list)):
+    try:
+      return tuple(ast.literal_eval(value))
+    except (ValueError, SyntaxError, TypeError):
+      return value  # the config check names the field and what it takes
+  return value
 
 
 def _distribution(spec: Any) -> BaseDistribution:
@@ -65,7 +70,7 @@ def _distribution(spec: Any) -> BaseDistribution:
   if kind == "categorical":
     if len(args) != 1 or not isinstance(args[0], (tuple, list)) or not args[0]:
       raise ValueError("it must be ('categorical', (choice, ...)) with at least one choice")
-    return categorical(args[0])
+    return CategoricalDistribution(tuple(plain(c) for c in args[0]))
   log = kind.startswith("log_")
   if len(args) not in (2, 3) or (log and len(args) == 3):
     raise ValueError(f"it must be ({kind!r}, low, high{'' if log else '[, step]'})")
@@ -100,7 +105,7 @@ def configure(config: ml_collections.ConfigDict, params: dict[str, Any]) -> ml_c
     for parent in parents:
       node = node[parent]
     try:
-      node[name] = value
+      node[name] = field_value(value, node.get(name))
     except TypeError as e:
       raise InputError(f"config field {path}={value!r} is invalid: {e}") from None
   return config
@@ -244,7 +249,8 @@ def base_params(config: ml_collections.ConfigDict, space: Space) -> dict[str, An
       value = config
       for part in name.split("."):
         value = value[part]
-    value = stored(value)
+    if isinstance(d, CategoricalDistribution):  # the choice itself (a tuple's text)
+      value = next((c for c in d.choices if field_value(c, value) == value), value)
     inside = (value in d.choices if isinstance(d, CategoricalDistribution)
               else value is not None and d.low <= value <= d.high)
     if not inside:
