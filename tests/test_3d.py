@@ -66,6 +66,7 @@ def trained_3d(tmp_path_factory):
   return c, workdir, first, second
 
 
+@pytest.mark.slow
 def test_3d_checkpoint_resumes(trained_3d):
   c, workdir, first, second = trained_3d
   assert first["step"] == 3 and second["step"] == 6
@@ -77,6 +78,7 @@ def test_3d_checkpoint_resumes(trained_3d):
   assert step == 6 and variables["params"]["enc0"]["conv0"]["kernel"].shape == (3, 3, 1, 4)  # in-plane
 
 
+@pytest.mark.slow
 def test_3d_evaluation_reports_3d_instances_and_nm3(trained_3d, tmp_path):
   c, workdir, _, _ = trained_3d
   report = evaluation.evaluate(c, [workdir], str(tmp_path), ("test",))
@@ -86,6 +88,7 @@ def test_3d_evaluation_reports_3d_instances_and_nm3(trained_3d, tmp_path):
   assert os.path.isfile(tmp_path / "report.md")
 
 
+@pytest.mark.slow
 def test_2d_config_refuses_a_3d_checkpoint(trained_3d):
   _, workdir, _, _ = trained_3d
   model2d = build_model(unet2d.get_config("tiny").model)

@@ -35,12 +35,14 @@ def positive(*values: float) -> bool:
   return all(math.isfinite(v) and v > 0 for v in values)
 
 
+@pytest.mark.slow
 def test_pipeline_with_a_worker():
   (result,) = json_lines(run("torch_pipeline.py", TINY, "--workers=1", "--steps=2", "--warmup=1"))
   assert (result["side"], result["aug"], result["workers"], result["steps"]) == ("peer", "full", 1, 2)
   assert positive(result["img_per_s"], result["seconds"]) and 0 <= result["data_wait"] < 1
 
 
+@pytest.mark.slow
 def test_end_to_end_table():
   out = run("end_to_end.py", TINY, "--steps=2", "--warmup=1", "--workers=0", "--infer_slices=0")
   results = json_lines(out)
@@ -51,6 +53,7 @@ def test_end_to_end_table():
   assert len(ratios) == 2 and all(positive(float(line.split("**")[3].rstrip("x"))) for line in ratios)
 
 
+@pytest.mark.slow
 def test_train_script(tmp_path):
   for name, seed, slices in (("training", 0, 3), ("testing", 1, 2)):
     image, mask = synthetic.make_stack(seed, slices, (64, 64))
@@ -64,5 +67,6 @@ def test_train_script(tmp_path):
   assert "test Dice" in out.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_train_script_skips_without_data(tmp_path):
   assert run("torch_train.py", f"--data={tmp_path}").startswith("skipped:")

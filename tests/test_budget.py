@@ -56,6 +56,7 @@ def test_budget_needs_the_measured_steps_inside_the_warmup():
     config_check.validate(config)
 
 
+@pytest.mark.slow
 def test_budgeted_run_logs_its_length_keeps_it_and_is_reproducible(tiny_config, tmp_path):
   tiny_config.train.budget_minutes = 0.4
   tiny_config.train.budget_measure_steps = 3

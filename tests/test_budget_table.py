@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,6 +16,7 @@ def budget_table(*args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, check=False, timeout=900)
 
 
+@pytest.mark.slow
 def test_a_named_variant_carries_its_overrides_to_every_script(tmp_path):
   out = tmp_path / "table"
   done = budget_table("--minutes=0.1", f"--out={out}", "--parts=ours", "--config=configs/unet2d.py:tiny",
@@ -30,6 +33,7 @@ def test_a_named_variant_carries_its_overrides_to_every_script(tmp_path):
   assert not (out / "table.md").exists()
 
 
+@pytest.mark.slow
 def test_overrides_without_a_name_are_refused(tmp_path):
   done = budget_table("--minutes=1", f"--out={tmp_path}", "--config.eval.threshold=0.3")
   assert done.returncode != 0 and "own --name" in done.stderr

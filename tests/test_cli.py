@@ -21,6 +21,7 @@ def _error_line(result):
   return lines[-1] if lines else ""
 
 
+@pytest.mark.slow
 def test_lucchi_offline_fails_fast_with_one_line(tmp_path):
   # An unreachable (closed loopback) URL stands in for the offline machine.
   result = _run("train.py", "--config=configs/unet2d.py", f"--workdir={tmp_path}/w",
@@ -30,17 +31,20 @@ def test_lucchi_offline_fails_fast_with_one_line(tmp_path):
   assert line.startswith("error: Lucchi file training.tif is not in") and ":synthetic" in line
 
 
+@pytest.mark.slow
 def test_bad_config_value_is_one_line(tmp_path):
   result = _run("train.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}/w", "--config.train.loss=focal")
   assert result.returncode != 0 and _error_line(result).startswith("error: config field train.loss='focal' is invalid")
 
 
+@pytest.mark.slow
 def test_missing_data_folder_is_one_line(tmp_path):
   result = _run("train.py", "--config=configs/unet2d.py:vnc", f"--workdir={tmp_path}/w",
                 f"--config.data.root={tmp_path}/nothing")
   assert result.returncode != 0 and "lacks training.tif" in _error_line(result)
 
 
+@pytest.mark.slow
 def test_evaluate_without_checkpoint_keeps_workdir(tmp_path):
   (tmp_path / "w").mkdir()
   (tmp_path / "w" / "keep.txt").write_text("results")
@@ -49,6 +53,7 @@ def test_evaluate_without_checkpoint_keeps_workdir(tmp_path):
   assert (tmp_path / "w" / "keep.txt").read_text() == "results"
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_and_evaluate(tmp_path):
   workdir = tmp_path / "w"
   args = ["train.py", "--config=configs/unet2d.py:tiny", f"--workdir={workdir}", "--config.train.steps=400",

@@ -121,6 +121,7 @@ def test_config_argument_and_presets():
       unet2d.get_config(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["train.py", "evaluate.py"])
 @pytest.mark.parametrize("section", config_check.SECTIONS)
 def test_entry_points_fail_before_loading_data(entry, section, tmp_path):

@@ -104,6 +104,7 @@ def test_load_folder_and_validation_carve(tmp_path, tiny_config):
   np.testing.assert_array_equal(final["val"].mask, splits["val"].mask)
 
 
+@pytest.mark.slow
 def test_tiff_folder_loads_without_the_zarr_stack(tmp_path):
   """A TIFF folder needs neither zarr nor dask (machines without them train on TIFFs)."""
   image = np.random.default_rng(0).integers(0, 255, (2, 16, 16), dtype=np.uint8)

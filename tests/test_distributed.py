@@ -56,6 +56,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
   import jax
   coordinator = f"127.0.0.1:{_free_port()}"

@@ -27,6 +27,7 @@ def test_the_average_is_the_bias_corrected_mean_of_the_steps(tiny_config):
   assert trainer.averaged_params(state.replace(ema=None)) is state.params
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_average_and_resume_keeps_it(tiny_config, tmp_path):
   tiny_config.train.ema_decay = 0.9
   tiny_config.train.steps = 10

@@ -97,6 +97,7 @@ def trained(tmp_path_factory):
   return config, workdir
 
 
+@pytest.mark.slow
 def test_report_end_to_end(trained, tmp_path):
   config, workdir = trained
   config = config.copy_and_resolve_references()
@@ -133,6 +134,7 @@ def test_report_end_to_end(trained, tmp_path):
       range(2), key=lambda i: test["slices"][i]["dice"])
 
 
+@pytest.mark.slow
 def test_threshold_selection_never_uses_test_split(trained, tmp_path, monkeypatch):
   config, workdir = trained
   config = config.copy_and_resolve_references()
@@ -174,6 +176,7 @@ def test_bad_split_name_and_missing_checkpoint(tiny_config, tmp_path):
     evaluation.evaluate(tiny_config, [str(tmp_path / "none")], str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_two_checkpoints(trained, tmp_path):
   _, workdir = trained
   result = subprocess.run(
@@ -213,6 +216,7 @@ def test_stack_scores_intervals_and_confidence_by_hand():
   assert review["auroc"]["confidence"]["estimate"] == 1.0 and review["auroc"]["mean_prob"]["estimate"] == 1.0
 
 
+@pytest.mark.slow
 def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
   config, workdir = trained
   config = config.copy_and_resolve_references()
@@ -250,6 +254,7 @@ def test_report_intervals_calibration_uncertainty_review(trained, tmp_path):
     assert os.path.isfile(os.path.join(report_dir, link)), link
 
 
+@pytest.mark.slow
 def test_temperature_never_sees_the_test_split(trained, tmp_path, monkeypatch):
   config, workdir = trained
   config = config.copy_and_resolve_references()

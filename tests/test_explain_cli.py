@@ -36,6 +36,7 @@ def _explain(workdir, *args):
                          *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_box_on_a_split_writes_panels_rankings_json_and_markdown(workdir, tmp_path):
   out = tmp_path / "out"
   result = _explain(workdir, "--split=test", "--slice=1", "--object=8,8,24,30", f"--output_dir={out}", *CHEAP)
@@ -53,6 +54,7 @@ def test_box_on_a_split_writes_panels_rankings_json_and_markdown(workdir, tmp_pa
   assert "IG completeness error" in markdown and "cascading randomisation" in markdown and "seconds per object" in markdown
 
 
+@pytest.mark.slow
 def test_any_tiff_with_input(workdir, tmp_path):
   stack = (np.random.default_rng(0).random((2, 40, 44)) * 255).astype(np.uint8)
   tifffile.imwrite(tmp_path / "stack.tif", stack)
@@ -64,6 +66,7 @@ def test_any_tiff_with_input(workdir, tmp_path):
   assert doc["source"].endswith("stack.tif slice 1") and doc["objects"][0]["crop"] == [0, 0, 40, 44]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, expected", [
     (["--object=70,3"], "error: pixel (70, 3) is outside the slice; valid y in 0..63, x in 0..63"),
     (["--object=1,1", "--config.explain.cam_layers=enc9"], "error: unknown layer 'enc9'; valid layers of this "

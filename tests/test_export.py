@@ -52,6 +52,7 @@ def exported(tmp_path_factory):
   return config, model, variables, workdir, package, summary
 
 
+@pytest.mark.slow
 def test_package_validates_offline_and_onnx_equals_jax(exported):
   config, model, variables, _, package, summary = exported
   assert summary["step"] == STEP and summary["max_abs_onnx_minus_jax"] <= 1e-4
@@ -73,6 +74,7 @@ def test_package_validates_offline_and_onnx_equals_jax(exported):
   assert "## Validation" in readme and "0.9000" in readme and "synthetic" in readme
 
 
+@pytest.mark.slow
 def test_package_round_trips_through_bioimageio(exported):
   from bioimageio.core import predict  # pylint: disable=g-import-not-at-top
   from bioimageio.spec import load_model_description  # pylint: disable=g-import-not-at-top
@@ -90,6 +92,7 @@ def test_package_round_trips_through_bioimageio(exported):
   np.testing.assert_allclose(probabilities, jax_output, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bad_exports_are_one_line(exported, tmp_path):
   config, _, _, workdir, _, _ = exported
   image = os.path.join(workdir, "slice.tif")
@@ -113,6 +116,7 @@ def test_bad_exports_are_one_line(exported, tmp_path):
     bioimage.build_package(big, workdir, str(tmp_path / "unet.zip"), image)
 
 
+@pytest.mark.slow
 def test_export_cli_without_checkpoint_is_one_line(tmp_path):
   result = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--config=configs/unet2d.py:tiny",
                            f"--workdir={tmp_path}", f"--output={tmp_path / 'x.zip'}"],

@@ -30,6 +30,7 @@ def _finite(tree):
   return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_nan_never_reaches_a_checkpoint(tiny_config, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   tiny_config.train.steps = 10
@@ -60,6 +61,7 @@ def test_a_nan_step_changes_nothing_but_the_step(tiny_config, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(new.params), params)
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_two_saves_keeps_the_right_best(tiny_config, tmp_path, monkeypatch):
   """Killed right after the first of the two saves at the final step, the rerun still selects the best."""
   workdir = str(tmp_path / "run")
@@ -86,6 +88,7 @@ def test_a_kill_between_the_two_saves_keeps_the_right_best(tiny_config, tmp_path
   assert checkpoint.saved_steps(workdir)[-1] == 20
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_locked_workdir_is_refused(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
@@ -105,6 +108,7 @@ def test_work_folder_that_is_a_file(tiny_config, tmp_path):
     trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_one_line(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
   tiny_config.train.steps = 2
@@ -137,6 +141,7 @@ def test_what_stops_a_run_is_one_line(error, expected):
   assert str(stop.value.code).startswith(expected)
 
 
+@pytest.mark.slow
 def test_unknown_config_key_and_mask_without_input_are_one_line(tmp_path):
   result = _run("train.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}", "--config.train.stepz=5")
   assert result.returncode != 0 and "Traceback" not in result.stderr

@@ -276,6 +276,7 @@ def save_random_checkpoint(config: ml_collections.ConfigDict, workdir: str, step
   return {"params": state["params"], "batch_stats": state["batch_stats"]}
 
 
+@pytest.mark.slow
 def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   """evaluate.py --input: a checkpoint segments a stack; the files match in-memory inference."""
   variables = save_random_checkpoint(tiny_config, str(tmp_path / "run"))
@@ -302,6 +303,7 @@ def test_cli_segments_a_tiff_with_ground_truth(tiny_config, tmp_path):
   assert bad.returncode != 0 and "error: file not found" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_input_uses_the_val_chosen_threshold_under_select_threshold(tiny_config, tmp_path):
   """--input with eval.select_threshold thresholds at the val split's best candidate, as the reports do."""
   variables = save_random_checkpoint(tiny_config, str(tmp_path / "run"))

@@ -165,6 +165,7 @@ def test_resume_skips_finished_chunks(monkeypatch, tmp_path):
   assert len(calls) == 2 * 2 * 2
 
 
+@pytest.mark.slow
 def test_zarr_data_folder_loads_like_tiffs(tmp_path):
   rng = np.random.default_rng(5)
   tiffs, zarrs = tmp_path / "tif", tmp_path / "zarr"
@@ -212,6 +213,7 @@ def test_bad_inputs_are_one_line_errors_before_any_output(tmp_path):
     ngff.ZarrStack(str(tmp_path / "v.ome.zarr"))
 
 
+@pytest.mark.slow
 def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   """evaluate.py --input=vol.ome.zarr --mask=truth.ome.zarr: outputs match in-memory inference, voxel size kept."""
   from unet_jax.network.model import build_model  # pylint: disable=g-import-not-at-top

@@ -34,6 +34,7 @@ def _digest(folder):
           for name in sorted(os.listdir(folder))}
 
 
+@pytest.mark.slow
 def test_inference_modules_import_neither_trainer_nor_optax():
   code = ("import sys; import unet_jax.inference.segment, unet_jax.reports.evaluation; "
           "print(sorted(m for m in ('unet_jax.training.trainer', 'optax') if m in sys.modules))")
@@ -81,6 +82,7 @@ def test_output_never_replaces_the_input(tmp_path):
   assert _digest(out) == before
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_is_one_line(tmp_path):
   (tmp_path / "a_file").write_text("x")
   with pytest.raises(InputError, match="is a file, not a folder"):

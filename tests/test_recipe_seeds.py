@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -14,6 +16,7 @@ def recipe_seeds(*args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, check=False, timeout=900)
 
 
+@pytest.mark.slow
 def test_seeds_and_final_fits_are_scored_and_resumed(tmp_path):
   args = ["--config=configs/unet2d.py:tiny", "--arms=default", "--seeds=3", "--steps=10", "--final_fit",
           "--jobs=2", f"--out={tmp_path}", "--config.eval.select_threshold=True"]
@@ -34,6 +37,7 @@ def test_seeds_and_final_fits_are_scored_and_resumed(tmp_path):
   assert len(open(tmp_path / "results.jsonl").readlines()) == 2
 
 
+@pytest.mark.slow
 def test_an_unknown_arm_is_refused(tmp_path):
   done = recipe_seeds("--arms=nope", f"--out={tmp_path}")
   assert done.returncode != 0 and "--arms takes names from" in done.stderr

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from unet_jax.training import summaries, trainer
@@ -15,6 +16,7 @@ def _accumulator(workdir):
   return acc
 
 
+@pytest.mark.slow
 def test_a_tiny_run_writes_scalars_and_images(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
   result = trainer.train_and_evaluate(tiny_config, workdir)
@@ -39,6 +41,7 @@ def test_picture_strides_large_slices_and_keeps_range():
   assert row.shape == (1, 200, 500) and row.max() == 1.0 and row.min() == 0.0  # stride 3: 600 -> 200
 
 
+@pytest.mark.slow
 def test_switched_off(tiny_config, tmp_path):
   tiny_config.train.tensorboard = False
   tiny_config.train.steps = 10

@@ -40,6 +40,7 @@ def _states(study):
   return [t.state.name for t in study.trials]
 
 
+@pytest.mark.slow
 def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, monkeypatch):
   config, workdir = _config(), str(tmp_path / "sweep")
   test_image = data.load_splits(config.data)["test"].image
@@ -70,6 +71,7 @@ def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, mon
 STOPPED_STEPS = 1000  # long enough that the signal lands mid-trial even on a fast machine (200 once finished first)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])  # a crash (heartbeat goes stale), Ctrl-C
 def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   workdir = str(tmp_path / "sweep")
@@ -104,6 +106,7 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   assert retry.user_attrs["steps"] == STOPPED_STEPS and not os.path.exists(os.path.join(workdir, "trial_2"))
 
 
+@pytest.mark.slow
 def test_the_median_pruner_stops_a_trial_below_the_median_at_its_first_validation(tmp_path):
   config, workdir = _config(steps=20), str(tmp_path / "sweep")
   space = search_space.load(TINY_SPACE, config)
@@ -119,6 +122,7 @@ def test_the_median_pruner_stops_a_trial_below_the_median_at_its_first_validatio
   assert "PRUNED" in open(os.path.join(workdir, sweep_report.TABLE_MD)).read()
 
 
+@pytest.mark.slow
 def test_two_invocations_share_one_storage(tmp_path):
   config, url = _config(), f"sqlite:///{tmp_path / 'shared.db'}"
   space = search_space.load(TINY_SPACE, config)
@@ -137,6 +141,7 @@ def test_two_invocations_share_one_storage(tmp_path):
                      second, trials=3, storage=url)
 
 
+@pytest.mark.slow
 def test_trials_failing_on_their_input_are_recorded_and_three_in_a_row_stop(tmp_path):
   space = {"train.batch_size": optuna.distributions.CategoricalDistribution((3,))}  # not a multiple of 2 devices
   workdir = str(tmp_path / "sweep")
@@ -182,6 +187,7 @@ def test_a_bad_space_file_is_refused_naming_the_problem(tmp_path, name):
     search_space.load(_write_space(tmp_path, name, body), _config())
 
 
+@pytest.mark.slow
 def test_a_bad_space_file_stops_sweep_py_in_one_line(tmp_path):
   path = _write_space(tmp_path, "unknown.py", BAD_SPACES["unknown.py"][0])
   result = subprocess.run([sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={path}",
@@ -201,6 +207,7 @@ def test_the_shipped_spaces_load():
     search_space.load(os.path.join(ROOT, "configs", "sweeps", "recipe.py"), unet2d.get_config("vnc"))
 
 
+@pytest.mark.slow
 def test_enqueue_base_runs_the_incumbent_recipe_first(tmp_path):
   config = _config()
   space = search_space.load(TINY_SPACE, config)

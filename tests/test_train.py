@@ -94,6 +94,7 @@ def test_restore_without_checkpoint(tiny_config, tmp_path):
     checkpoint.restore(str(tmp_path), {}, "best")
 
 
+@pytest.mark.slow
 def test_end_to_end_and_resume(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
   tiny_config.train.steps = 10

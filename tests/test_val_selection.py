@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from benchmarks import val_selection  # the repository root is on pytest's pythonpath (pyproject.toml)
 
@@ -31,6 +32,7 @@ def test_each_policy_judges_its_own_choice_on_the_other_slice():
   assert result == {"best+chosen": 0.8, "best@fixed": 0.8, "latest+chosen": 0.8, "latest@fixed": 0.8}
 
 
+@pytest.mark.slow
 def test_runs_on_a_tiny_training_run(tmp_path):
   flags = ["--config=configs/unet2d.py:tiny", "--config.data.val_fraction=0.4"]
   run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
