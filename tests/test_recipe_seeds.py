@@ -1,5 +1,6 @@
 """benchmarks/recipe_seeds.py on the tiny config: every arm-seed chain runs, its final fit is scored at the
-threshold its 8-slice twin chose on val, a rerun resumes from the reports, and a bad arm is refused."""
+threshold its 8-slice twin chose on val, a rerun resumes from the reports, and a bad arm is refused. And
+`report.load`, which reads the scores back, in one line when the report is missing or unreadable."""
 
 import json
 import os
@@ -7,6 +8,9 @@ import subprocess
 import sys
 
 import pytest
+
+from unet_jax.errors import InputError
+from unet_jax.reports import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,3 +46,17 @@ def test_an_unknown_arm_is_refused(tmp_path):
   done = recipe_seeds("--arms=nope", f"--out={tmp_path}")
   assert done.returncode != 0 and "--arms takes names from" in done.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_report_load_reads_a_folder_or_file_and_refuses_in_one_line(tmp_path):
+  (tmp_path / "report.json").write_text(json.dumps({"runs": [{"split": "test"}]}))
+  assert report.load(str(tmp_path)) == report.load(str(tmp_path / "report.json")) == {"runs": [{"split": "test"}]}
+  for text, error in ((None, "cannot read the report"), ("{cut", "not a readable report"),
+                      ("[]", "not an evaluation report")):
+    folder = tmp_path / f"case{len(text or '')}"
+    folder.mkdir()
+    if text is not None:
+      (folder / "report.json").write_text(text)
+    with pytest.raises(InputError, match=error) as e:
+      report.load(str(folder))
+    assert "\n" not in str(e.value) and str(folder / "report.json") in str(e.value)

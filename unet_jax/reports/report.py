@@ -10,7 +10,10 @@ import json
 import os
 from typing import Any
 
+from unet_jax.errors import InputError
 from unet_jax.scores import intervals
+
+FILE_NAME = "report.json"
 
 DEFINITIONS = {
     "dice": "Dice coefficient = F1 of foreground pixels = 2 TP / (2 TP + FP + FN)",
@@ -263,7 +266,23 @@ def markdown(report: dict[str, Any], max_slice_rows: int = 32) -> str:
 def write(report_dir: str, report: dict[str, Any]) -> None:
   """Writes report.json and report.md into `report_dir`."""
   os.makedirs(report_dir, exist_ok=True)
-  with open(os.path.join(report_dir, "report.json"), "w") as f:
+  with open(os.path.join(report_dir, FILE_NAME), "w") as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(report_dir, "report.md"), "w") as f:
     f.write(markdown(report))
+
+
+def load(path_or_dir: str) -> dict[str, Any]:
+  """The report document of a report.json, or of the report folder holding one; InputError when missing or
+  unreadable."""
+  path = os.path.join(path_or_dir, FILE_NAME) if os.path.isdir(path_or_dir) else path_or_dir
+  try:
+    with open(path) as f:
+      document = json.load(f)
+  except OSError as e:
+    raise InputError(f"cannot read the report {path} ({e.strerror}); run evaluate.py to write it") from e
+  except ValueError as e:
+    raise InputError(f"{path} is not a readable report ({e}); run evaluate.py again to rewrite it") from e
+  if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
+    raise InputError(f"{path} is not an evaluation report (no 'runs' list); run evaluate.py again to rewrite it")
+  return document
