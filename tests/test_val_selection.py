@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 
 from benchmarks import val_selection  # the repository root is on pytest's pythonpath (pyproject.toml)
+from configs import unet2d
+from unet_jax.inference.predictor import Predictor
+from unet_jax.io import checkpoint, data
+from unet_jax.network.model import abstract_variables, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +47,21 @@ def test_runs_on_a_tiny_training_run(tmp_path):
   done = run("benchmarks/val_selection.py", *flags, f"--workdir={tmp_path / 'run'}", f"--json_out={out}")
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.load(open(out))
-  assert result["steps"] == [10, 20] and len(result["folds"]) == 2
-  for fold in result["folds"]:
-    assert all(0.0 <= fold[p] <= 1.0 for p in val_selection.POLICIES)
+  assert result["steps"] == [10, 20] and [(f["choosing"], f["judging"]) for f in result["folds"]] == [([0], [1]),
+                                                                                                      ([1], [0])]
   assert "| latest@fixed |" in done.stdout
+  # The fixed-threshold policies again, from each checkpoint's own val probabilities and Dice by hand.
+  config = unet2d.get_config("tiny")
+  config.data.val_fraction = 0.4
+  val = data.load_splits(config.data)["val"]
+  model = build_model(config.model)
+  restore = lambda step: checkpoint.restore_variables(str(tmp_path / "run"), abstract_variables(model), step=step)[0]
+  preds = [Predictor.create(model, restore(step), config.eval).raw_probabilities(val.image) >= config.eval.threshold
+           for step in (10, 20)]
+  truth = val.mask > 0
+  dice = np.array([[2 * np.sum(p & t) / (2 * np.sum(p & t) + np.sum(p ^ t)) for p, t in zip(pred, truth)]
+                   for pred in preds])  # [checkpoint, slice]
+  for fold in result["folds"]:
+    (choosing,), (judging,) = fold["choosing"], fold["judging"]
+    assert fold["latest@fixed"] == pytest.approx(dice[-1, judging], abs=1e-6)
+    assert fold["best@fixed"] == pytest.approx(dice[np.argmax(dice[:, choosing]), judging], abs=1e-6)
