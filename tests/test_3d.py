@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import unet2d, unet3d
+from train_steps import assert_one_and_two_devices_agree
 from unet_jax.errors import InputError
 from unet_jax.inference import context, windows
 from unet_jax.inference.predictor import Predictor
@@ -16,7 +17,7 @@ from unet_jax.io import checkpoint, data, synthetic
 from unet_jax.network import volumes
 from unet_jax.network.model import abstract_variables, build_model, UNet
 from unet_jax.reports import evaluation
-from unet_jax.training import parallel, sampling, trainer
+from unet_jax.training import sampling, trainer
 
 
 @pytest.fixture
@@ -36,21 +37,8 @@ def _volume_batch(n=2, shape=(8, 16, 16), seed=0):
 
 
 def test_3d_train_step_on_two_devices_equals_one(tiny3d):
-  assert jax.device_count() == 2, "conftest forces 2 host devices"
   assert tiny3d.augment.missing_section_prob > 0 and tiny3d.augment.misalign_prob > 0
-  batch = _volume_batch()
-  results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    mesh = parallel.make_mesh(devices)
-    model = build_model(tiny3d.model, parallel.AXIS)
-    state = parallel.replicate(mesh, trainer.create_train_state(tiny3d, model, jax.random.PRNGKey(0)))
-    step = trainer.make_parallel_train_step(mesh, tiny3d)
-    for i in range(2):
-      state, m = step(state, parallel.shard_batch(mesh, batch), jax.random.PRNGKey(i))
-    results.append((jax.device_get(state.params), jax.device_get(state.batch_stats), float(m["loss"])))
-  (p1, s1, l1), (p2, s2, l2) = results
-  assert l1 == pytest.approx(l2, rel=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (p1, s1), (p2, s2))
+  assert_one_and_two_devices_agree(tiny3d, _volume_batch(), steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,16 @@ import jax
 import numpy as np
 import pytest
 
+from train_steps import batch_2d, train_states
 from unet_jax.io import checkpoint, data
 from unet_jax.network.model import abstract_variables, build_model
-from unet_jax.training import parallel, trainer
-from tests.test_train import _batch, _state
+from unet_jax.training import trainer
 
 
 def test_the_average_is_the_bias_corrected_mean_of_the_steps(tiny_config):
   tiny_config.train.ema_decay = d = 0.8
-  mesh = parallel.make_mesh()
-  state, step = _state(tiny_config, mesh), trainer.make_parallel_train_step(mesh, tiny_config)
-  batch = parallel.shard_batch(mesh, _batch())
   seen = []
-  for i in range(3):
-    state, _ = step(state, batch, jax.random.PRNGKey(i))
+  for state, _ in train_states(tiny_config, batch_2d(), 3):
     seen.append(jax.device_get(state.params))
   # (1 - d)(d^2 p1 + d p2 + p3) / (1 - d^3): weights summing to 1, the latest step weighted most.
   expected = jax.tree.map(lambda a, b, c: (1 - d) * (d * d * a + d * b + c) / (1 - d ** 3), *seen)

@@ -7,49 +7,22 @@ import jax
 import numpy as np
 import pytest
 
+from train_steps import assert_one_and_two_devices_agree, batch_2d, fresh_state, train_states
 from unet_jax.errors import InputError
-from unet_jax.io import checkpoint, data, synthetic
+from unet_jax.io import checkpoint, data
 from unet_jax.network.model import abstract_variables, build_model
 from unet_jax.scores import metrics
 from unet_jax.training import parallel, trainer
 
 
-def _batch(n=4, size=32, seed=0):
-  image, mask = synthetic.make_stack(seed, n, (size, size))
-  split = data.make_split(image, mask)
-  return {"image": split.image[..., None], "mask": split.mask[..., None].astype(np.float32)}
-
-
-def _state(config, mesh):
-  model = build_model(config.model, parallel.AXIS)
-  return parallel.replicate(mesh, trainer.create_train_state(config, model, jax.random.PRNGKey(0)))
-
-
 def test_train_step_lowers_the_loss(tiny_config):
   tiny_config.augment.flips = False
-  mesh = parallel.make_mesh()
-  state, step = _state(tiny_config, mesh), trainer.make_parallel_train_step(mesh, tiny_config)
-  batch = parallel.shard_batch(mesh, _batch())
-  losses = []
-  for i in range(15):
-    state, m = step(state, batch, jax.random.PRNGKey(i))
-    losses.append(float(m["loss"]))
+  losses = [float(m["loss"]) for _, m in train_states(tiny_config, batch_2d(), 15)]
   assert losses[-1] < losses[0] - 0.05
 
 
 def test_two_devices_match_one(tiny_config):
-  assert jax.device_count() == 2, "conftest forces 2 host devices"
-  batch = _batch()
-  results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    mesh = parallel.make_mesh(devices)
-    state, step = _state(tiny_config, mesh), trainer.make_parallel_train_step(mesh, tiny_config)
-    for i in range(3):
-      state, m = step(state, parallel.shard_batch(mesh, batch), jax.random.PRNGKey(i))
-    results.append((jax.device_get(state.params), jax.device_get(state.batch_stats), float(m["loss"])))
-  (p1, s1, l1), (p2, s2, l2) = results
-  assert l1 == pytest.approx(l2, rel=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), (p1, s1), (p2, s2))
+  assert_one_and_two_devices_agree(tiny_config, batch_2d(), steps=3)
 
 
 def test_batch_must_divide_devices(tiny_config, tmp_path):
@@ -60,13 +33,13 @@ def test_batch_must_divide_devices(tiny_config, tmp_path):
 
 def test_checkpoint_round_trip(tiny_config, tmp_path):
   mesh = parallel.make_mesh()
-  state = _state(tiny_config, mesh)
-  state, _ = trainer.make_parallel_train_step(mesh, tiny_config)(state, parallel.shard_batch(mesh, _batch()),
+  state = fresh_state(tiny_config, mesh)
+  state, _ = trainer.make_parallel_train_step(mesh, tiny_config)(state, parallel.shard_batch(mesh, batch_2d()),
                                                                  jax.random.PRNGKey(0))
   ckpt = checkpoint.Checkpoints(str(tmp_path), keep=2)
   ckpt.save(1, trainer.state_tree(state), val_dice=0.5)
   ckpt.close()
-  fresh = trainer.state_tree(_state(tiny_config, mesh))
+  fresh = trainer.state_tree(fresh_state(tiny_config, mesh))
   restored, step = checkpoint.restore(str(tmp_path), fresh, "best")
   assert step == 1
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(trainer.state_tree(state)))
@@ -74,7 +47,7 @@ def test_checkpoint_round_trip(tiny_config, tmp_path):
 
 def test_restore_a_given_step(tiny_config, tmp_path):
   mesh = parallel.make_mesh()
-  states = {1: trainer.state_tree(_state(tiny_config, mesh)), 2: trainer.state_tree(_state(tiny_config, mesh))}
+  states = {n: trainer.state_tree(fresh_state(tiny_config, mesh)) for n in (1, 2)}
   states[2]["params"] = jax.tree.map(lambda p: p + 1.0, states[2]["params"])
   ckpt = checkpoint.Checkpoints(str(tmp_path), keep=5)
   for step, state in states.items():
