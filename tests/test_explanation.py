@@ -1,10 +1,13 @@
-"""Choosing what to explain: objects from ids, pixels, boxes and cases; crops; one-line errors."""
+"""Choosing what to explain: objects from ids, pixels, boxes and cases; crops; one-line errors; legible panels."""
 
+import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from unet_jax.errors import InputError
-from unet_jax.explain import explanation
+from unet_jax.explain import explain_report, explanation
 
 
 def _slice():
@@ -69,3 +72,53 @@ def test_cases_need_ground_truth():
   objects = explanation.slice_objects(np.eye(8, dtype=bool) | np.eye(8, k=1, dtype=bool), None, 0, 0.5)
   with pytest.raises(InputError, match="needs ground truth"):
     explanation.parse_objects("cases", objects, crop=8)
+
+
+def _panel_inputs(h, w, stages=("head", "dec0", "bottleneck")):
+  """A crop f32[h, w] and an explanation result shaped as `explanation.explain_object` returns it."""
+  rng = np.random.default_rng(0)
+  crop = {"image": rng.uniform(size=(h, w)), "prob": rng.uniform(size=(h, w)), "truth": rng.uniform(size=(h, w)) > 0.5,
+          "object": np.pad(np.ones((h // 2, w // 2), bool), ((h // 4, h - h // 4 - h // 2), (w // 4, w - w // 4 - w // 2)))}
+  curve = list(np.linspace(2.0, -1.0, 21))
+  result = {"maps": {"ig_black": rng.normal(size=(h, w)), "ig_blurred": rng.normal(size=(h, w)),
+                     "cam_bottleneck": rng.uniform(size=(h, w))},
+            "deletion": {"curves": {"attribution": curve, "random": curve[::-1]},
+                         "auc": {"attribution": 0.1234, "random": 0.5678}},
+            "randomisation_maps": {s: rng.normal(size=(h, w)) for s in stages},
+            "randomisation": [{"stage": s, "spearman": 0.25} for s in stages]}
+  return crop, result
+
+
+def _overlap(a, b) -> bool:
+  return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (40, 24), (300, 260)])
+def test_object_panel_is_legible(shape, tmp_path):
+  h, w = shape
+  crop, result = _panel_inputs(h, w)
+  fig = explain_report.object_panel("object 3 (found, IoU 0.81)", crop, result)
+  FigureCanvasAgg(fig).draw()
+  renderer = fig.canvas.get_renderer()
+  maps = [ax for ax in fig.axes if ax.images]
+  assert len(maps) == 3 + 3 + 1 + 3  # input, probability, truth, three maps; trained and three random stages
+  for ax in maps:  # each crop pixel on a whole number >= 1 of screen pixels, the same on both axes
+    box = ax.get_window_extent(renderer)
+    zoom = box.width / w
+    assert zoom >= 1 and zoom == pytest.approx(round(zoom), abs=0.01) and box.height / h == pytest.approx(zoom, abs=0.01)
+  texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+  assert {"deletion curve", "fraction removed", "object score", "random to head\nSpearman 0.25"} <= {
+      t.get_text() for t in texts}
+  assert min(t.get_fontsize() for t in texts) >= 9, sorted((t.get_fontsize(), t.get_text()) for t in texts)[:3]
+  [legend] = fig.legends
+  legend_box = legend.get_window_extent(renderer)
+  assert [t.get_text() for t in legend.get_texts()] == ["attribution (AUC 0.123)", "random (AUC 0.568)"]
+  assert not any(_overlap(legend_box, ax.get_window_extent(renderer)) for ax in fig.axes)  # maps and the plot
+  titles = [t for t in texts if t not in legend.get_texts() and not any(t in ax.get_xticklabels() + ax.get_yticklabels()
+                                                                        for ax in fig.axes)]
+  boxes = [t.get_window_extent(renderer) for t in titles]
+  assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+  explain_report.save_object_panel(str(tmp_path / "panel.png"), "object 3", crop, result)
+  png = matplotlib.image.imread(tmp_path / "panel.png")
+  assert png.shape[:2] == (round(fig.get_figheight() * fig.dpi), round(fig.get_figwidth() * fig.dpi))
+  assert png.shape[0] >= 2 * h and png.shape[1] >= 7 * w  # two rows of maps; six maps and the plot in the first

@@ -1,14 +1,17 @@
 """The explanation report: one PNG panel per object, filter pictures, CSV rankings, explain.json, explain.md.
 
-Pictures use matplotlib's object API (no GUI, no global state) at a low resolution, so a report
-folder stays small enough to commit. Attribution maps are drawn with a diverging colour map
-centred on 0 (red: raises the object's score, blue: lowers it), each scaled to its own 99th
-percentile of magnitude; Grad-CAM maps (>= 0) with a sequential one. The object's outline is
+Pictures use matplotlib's object API (no GUI, no global state), saved as 256-colour PNGs. A panel is
+laid out in pixels from the crop's size: every map shows each crop pixel on at least one screen pixel
+(small crops enlarged by a whole factor to MIN_MAP_PX), all text is FONT_PT points or more, and the
+deletion curves' legend sits below their plot, clear of every map. Attribution maps are drawn with a
+diverging colour map centred on 0 (red: raises the object's score, blue: lowers it), each scaled to its
+own 99th percentile of magnitude; Grad-CAM maps (>= 0) with a sequential one. The object's outline is
 drawn on the input.
 """
 
 import io
 import json
+import math
 import os
 from typing import Any, Sequence
 
@@ -20,7 +23,12 @@ from unet_jax.explain import probe
 from unet_jax.network.model import UNet
 from unet_jax.scores import morphometry
 
-DPI = 60
+DPI = 100  # pixels per inch of the saved PNGs; panel sizes below are in these pixels
+FONT_PT = 9  # the smallest text size of every picture (titles, ticks, labels, legend)
+MIN_MAP_PX = 180  # a map's shorter on-screen side at least (whole-factor enlargement of small crops)
+LINE_PX = math.ceil(1.4 * FONT_PT * DPI / 72)  # one line of FONT_PT text
+GAP_PX, MARGIN_PX = 16, 10  # between cells, around the panel
+PLOT_PX = {"width": 340, "height": 150, "left": 80, "bottom": 2 * LINE_PX + 12}  # the deletion plot's cell
 
 
 def _save(fig: Figure, path: str) -> None:
@@ -42,12 +50,21 @@ def _show(ax: Any, picture: np.ndarray, title: str, kind: str = "grey", outline:
     ax.imshow(picture, cmap="gray" if kind == "grey" else "viridis", vmin=0, vmax=1, interpolation="nearest")
   if outline is not None and outline.any():
     ax.contour(outline.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
-  ax.set_title(title, fontsize=8)
+  ax.set_title(title, fontsize=FONT_PT)
   ax.axis("off")
 
 
 def save_object_panel(path: str, title: str, crop: dict[str, np.ndarray], result: dict[str, Any]) -> None:
-  """One object's panel: input, probability, truth, the attribution maps, deletion curves, randomisation."""
+  """One object's panel (`object_panel`) as a PNG."""
+  _save(object_panel(title, crop, result), path)
+
+
+def object_panel(title: str, crop: dict[str, np.ndarray], result: dict[str, Any]) -> Figure:
+  """One object's panel: input, probability, truth, the attribution maps, deletion curves, randomisation.
+
+  Laid out in pixels (module docstring): maps of the crop f32[h, w] at a whole zoom >= 1, titles above
+  them, the deletion plot with its axis labels and, below it, its legend.
+  """
   maps = result["maps"]
   first = [(crop["image"], "input", "grey"), (crop["prob"], "probability", "prob")]
   if crop.get("truth") is not None:
@@ -56,31 +73,40 @@ def save_object_panel(path: str, title: str, crop: dict[str, np.ndarray], result
                        "smoothgrad": "SmoothGrad"}.get(k, f"Grad-CAM {k[4:]}"),
              "positive" if k.startswith("cam_") else "signed") for k in maps]
   stages = result.get("randomisation_maps", {})
-  columns = max(len(first) + 1, len(stages) + 1)
-  rows = 2 if stages else 1
-  fig = Figure(figsize=(2.1 * columns, 2.3 * rows + 0.3))
-  axes = fig.subplots(rows, columns, squeeze=False)
-  for ax in axes.ravel():
-    ax.axis("off")
-  for ax, (picture, name, kind) in zip(axes[0], first):
-    _show(ax, picture, name, kind, crop["object"] if name == "input" else None)
-  ax = axes[0, len(first)]
-  ax.axis("on")
   deletion = result["deletion"]
+  h, w = crop["image"].shape
+  zoom = max(1, math.ceil(MIN_MAP_PX / min(h, w)))
+  map_w, map_h, title_h = w * zoom, h * zoom, 2 * LINE_PX + 6
+  legend_h = len(deletion["curves"]) * LINE_PX + 12
+  plot_w = max(map_w, PLOT_PX["width"])
+  rows = [max(map_h, PLOT_PX["height"] + PLOT_PX["bottom"] + legend_h)] + ([map_h] if stages else [])
+  top = MARGIN_PX + 2 * LINE_PX  # below the panel's title
+  width = 2 * MARGIN_PX + max(len(first) * (map_w + GAP_PX) + plot_w, (len(stages) + 1) * (map_w + GAP_PX) - GAP_PX)
+  height = top + sum(title_h + r + GAP_PX for r in rows) - GAP_PX + MARGIN_PX
+  fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+  box = lambda x, y, w_px, h_px: fig.add_axes((x / width, 1 - (y + h_px) / height, w_px / width, h_px / height))
+  map_box = lambda column, y: box(MARGIN_PX + column * (map_w + GAP_PX), y, map_w, map_h)
+  for column, (picture, name, kind) in enumerate(first):
+    _show(map_box(column, top + title_h), picture, name, kind, crop["object"] if name == "input" else None)
+  x = MARGIN_PX + len(first) * (map_w + GAP_PX)
+  plot_h = rows[0] - PLOT_PX["bottom"] - legend_h
+  ax = box(x + PLOT_PX["left"], top + title_h, plot_w - PLOT_PX["left"], plot_h)
   for name, curve in deletion["curves"].items():
-    ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{name} ({deletion['auc'][name]:.3g})")
-  ax.set_title("deletion curve", fontsize=8)
-  ax.set_xlabel("fraction removed", fontsize=7)
-  ax.tick_params(labelsize=6)
-  ax.legend(fontsize=6)
+    ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"{name} (AUC {deletion['auc'][name]:.3g})")
+  ax.set_title("deletion curve", fontsize=FONT_PT)
+  ax.set_xlabel("fraction removed", fontsize=FONT_PT)
+  ax.set_ylabel("object score", fontsize=FONT_PT)
+  ax.tick_params(labelsize=FONT_PT)
+  fig.legend(*ax.get_legend_handles_labels(), loc="upper left", fontsize=FONT_PT, frameon=False,
+             bbox_to_anchor=(x / width, 1 - (top + title_h + plot_h + PLOT_PX["bottom"]) / height))
   if stages:
-    _show(axes[1, 0], maps["ig_blurred"], "trained", "signed")
+    y = top + title_h + rows[0] + GAP_PX + title_h
+    _show(map_box(0, y), maps["ig_blurred"], "trained", "signed")
     spearman = {r["stage"]: r["spearman"] for r in result["randomisation"]}
-    for ax, (stage, picture) in zip(axes[1, 1:], stages.items()):
-      _show(ax, picture, f"random to {stage}\nSpearman {spearman[stage]:.2f}", "signed")
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  _save(fig, path)
+    for column, (stage, picture) in enumerate(stages.items(), 1):
+      _show(map_box(column, y), picture, f"random to {stage}\nSpearman {spearman[stage]:.2f}", "signed")
+  fig.suptitle(title, fontsize=FONT_PT + 2, y=1 - MARGIN_PX / height, va="top")
+  return fig
 
 
 def save_kernels(path: str, kernels: np.ndarray) -> None:
@@ -90,7 +116,7 @@ def save_kernels(path: str, kernels: np.ndarray) -> None:
   for c, (ax, kernel) in enumerate(zip(axes, kernels)):
     limit = float(np.abs(kernel).max()) or 1.0
     ax.imshow(kernel, cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
-    ax.set_title(str(c), fontsize=7)
+    ax.set_title(str(c), fontsize=FONT_PT)
     ax.axis("off")
   fig.tight_layout()
   _save(fig, path)
@@ -101,7 +127,9 @@ def save_gallery(path: str, pictures: dict[str, Any]) -> None:
   rows = [(layer, int(c), info["maximising"][i], info["patches"][i], info["activations"][i])
           for layer, info in pictures["layers"].items() for i, c in enumerate(info["channels"])]
   columns = 1 + max(len(r[3]) for r in rows)
-  fig = Figure(figsize=(1.1 * columns, 1.2 * len(rows)))
+  side = max(max(len(r[2]), *(len(p) for p in r[3])) for r in rows)  # the largest picture, pixels
+  cell = (max(side, 96) + LINE_PX + GAP_PX) / DPI  # inches: every picture at >= 1 pixel per pixel
+  fig = Figure(figsize=(cell * columns, cell * len(rows)))
   axes = fig.subplots(len(rows), columns, squeeze=False)
   for (layer, channel, image, patches, values), row in zip(rows, axes):
     _show(row[0], image, f"{layer}/{channel}")
