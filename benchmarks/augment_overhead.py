@@ -10,26 +10,24 @@ batch, outside the step), a figure less blurred by background load. Under vmap a
 outcomes are computed and one is selected), so "full" is also the worst case.
 """
 
-import os
 import statistics
 import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 from unet_jax.training import parallel
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (file.py:variant).")
+FLAGS = common.define_config("configs/unet2d.py")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_integer("repeats", 10, "Timed steps per preset (the median is reported).")
 
 
 def main(argv: list[str]) -> None:
   del argv
   parallel.use_host_devices(FLAGS.config.host_devices)  # before JAX starts its backends
+  # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
   from unet_jax.io import synthetic

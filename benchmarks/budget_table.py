@@ -19,35 +19,35 @@ and time_to_accuracy.py; give such a variant its own --name, e.g. the final fit 
       --config.eval.select_threshold=False --config.eval.checkpoint=latest --config.eval.threshold=0.35
 """
 
-import argparse
 import json
 import os
 import sys
 
-from common import run_logged
+from absl import app, flags
 
+import common
+from unet_jax.reports import report
 
-def parse_args() -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--minutes", default="10,20,40", help="budgets, comma-separated")
-  parser.add_argument("--out", default="runs/budget_table")
-  parser.add_argument("--config", default="configs/unet2d.py:vnc")
-  parser.add_argument("--parts", default="ours,peer", help="which sides to run: ours, peer or both")
-  parser.add_argument("--rerun", action="store_true", help="run parts whose output exists again")
-  parser.add_argument("--name", default="ours", help="our runs' name: OUT/NAME_M (a variant with --config.x=v)")
-  return parser.parse_known_args()
+flags.DEFINE_string("minutes", "10,20,40", "Budgets, comma-separated.")
+flags.DEFINE_string("out", "runs/budget_table", "Folder of the runs, their logs and the table.")
+flags.DEFINE_string("config", "configs/unet2d.py:vnc", "Config of our runs (file.py:variant), given to train.py, "
+                    "evaluate.py and time_to_accuracy.py.")
+flags.DEFINE_string("parts", "ours,peer", "Which sides to run: ours, peer or both.")
+flags.DEFINE_bool("rerun", False, "Run parts whose output exists again.")
+flags.DEFINE_string("name", "ours", "Our runs' name: OUT/NAME_M (a variant with --config.x=v).")
+FLAGS = flags.FLAGS
 
 
 def run(command: list[str], log: str) -> None:
   """Prints `command`, then runs it (common.run_logged); stops the table on failure."""
   print("$", " ".join(command), flush=True)
   try:
-    run_logged(command, log)
+    common.run_logged(command, log)
   except RuntimeError as e:
     sys.exit(str(e))
 
 
-def ours(args: argparse.Namespace, extra: list[str], minutes: float) -> None:
+def ours(args: flags.FlagValues, extra: list[str], minutes: float) -> None:
   """Trains, evaluates and scores every checkpoint of our run at `minutes`."""
   workdir = os.path.join(args.out, f"{args.name}_{minutes:g}")
   config = [f"--config={args.config}", f"--workdir={workdir}", *extra]
@@ -61,7 +61,7 @@ def ours(args: argparse.Namespace, extra: list[str], minutes: float) -> None:
     run([sys.executable, "benchmarks/time_to_accuracy.py", *config, f"--json_out={curve}"], log)
 
 
-def peer(args: argparse.Namespace, minutes: float) -> None:
+def peer(args: flags.FlagValues, minutes: float) -> None:
   """Trains the PyTorch script for `minutes`; its JSON lines go to OUT/peer_M.jsonl."""
   path = os.path.join(args.out, f"peer_{minutes:g}.jsonl")
   if args.rerun or not os.path.isfile(path):
@@ -76,17 +76,17 @@ def lines(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def table(args: argparse.Namespace, budgets: list[float]) -> str:
+def table(args: flags.FlagValues, budgets: list[float]) -> str:
   """The Markdown table of whatever parts have finished."""
   rows = [f"| budget (min) | {args.name}: Dice / precision / recall (steps) | PyTorch script: Dice / precision / "
           f"recall (steps) | {args.name}: minutes to the script's Dice |", "|---|---|---|---|"]
   for m in budgets:
-    report, curve = (os.path.join(args.out, f"{args.name}_{m:g}", "report", "report.json"),
-                     os.path.join(args.out, f"{args.name}_{m:g}_curve.jsonl"))
+    report_dir, curve = (os.path.join(args.out, f"{args.name}_{m:g}", "report"),
+                         os.path.join(args.out, f"{args.name}_{m:g}_curve.jsonl"))
     peer_path = os.path.join(args.out, f"peer_{m:g}.jsonl")
     ours_cell = peer_cell = reach = "not run"
-    if os.path.isfile(report):
-      test = next(r for r in json.load(open(report))["runs"] if r["split"] == "test")
+    if os.path.isfile(os.path.join(report_dir, "report.json")):
+      test = next(r for r in report.load(report_dir)["runs"] if r["split"] == "test")
       p = test["pixel"]
       ours_cell = (f"{p['dice']:.4f} / {p['precision']:.3f} / {p['recall']:.3f} (step {test['step']}, "
                    f"threshold {test['threshold']['value']:.2f})")
@@ -100,8 +100,8 @@ def table(args: argparse.Namespace, budgets: list[float]) -> str:
   return "\n".join(rows)
 
 
-def main() -> None:
-  args, extra = parse_args()
+def main(argv: list[str]) -> None:
+  args, extra = FLAGS, argv[1:]
   budgets = [float(m) for m in args.minutes.split(",")]
   parts = args.parts.split(",")
   if set(parts) - {"ours", "peer"} or any(not e.startswith("--config.") for e in extra):
@@ -120,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main, flags_parser=common.parse_known_flags)

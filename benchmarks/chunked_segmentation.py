@@ -9,7 +9,6 @@ is a 2D U-Net with random weights (its size set by the flags): the figures measu
 (reading, windows, writing, instance merging) around a network of that cost, compilation included.
 """
 
-import argparse
 import json
 import os
 import resource
@@ -18,10 +17,17 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from absl import app, flags
+from scipy import ndimage
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-from scipy import ndimage  # pylint: disable=g-import-not-at-top
+flags.DEFINE_list("chunk", ["16", "512", "512"], "Chunk (z, y, x) voxels: the block segmented at a time.")
+flags.DEFINE_integer("window", 128, "Sliding window (square), pixels.")
+flags.DEFINE_integer("features", 4, "Base features of the random 2D U-Net.")
+flags.DEFINE_integer("depth", 2, "Depth of the random 2D U-Net.")
+flags.DEFINE_list("multiples", ["1", "4", "8"], "Volume sizes in chunks (1, 2, 4, 8 or 16).")
+flags.DEFINE_string("one", None, "Internal: the volume a child process segments.")
+FLAGS = flags.FLAGS
 
 VOXEL_NM = (50.0, 4.6, 4.6)
 
@@ -38,55 +44,51 @@ def write_volume(path: str, shape: tuple[int, int, int], chunk: tuple[int, int, 
     array[z:z + len(slab)] = np.clip(128 + 1500 * slab, 0, 255).astype(np.uint8)
 
 
-def run_one(args: argparse.Namespace) -> None:
-  """In a fresh process: segment one volume, print {voxels, seconds, peak_rss_mb} as JSON."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from unet_jax.inference import chunked  # pylint: disable=g-import-not-at-top
+def run_one(chunk: tuple[int, int, int]) -> None:
+  """In a fresh process: segment one volume (--one), print {voxels, seconds, peak_rss_mb} as JSON."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from unet_jax.inference import chunked
+  from unet_jax.inference.predictor import Predictor
   from unet_jax.io import ngff
-  from unet_jax.network.model import UNet  # pylint: disable=g-import-not-at-top
-  model = UNet(ndim=2, depth=args.depth, base_features=args.features, norm="batch", upsample="resize")
+  from unet_jax.network.model import UNet
+  model = UNet(ndim=2, depth=FLAGS.depth, base_features=FLAGS.features, norm="batch", upsample="resize")
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)), train=False)
-  config = ml_collections.ConfigDict({"window": args.window, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,
-                                      "batch_size": 4, "threshold": 0.5, "tta": "none", "engine": "xla",
-                                      "chunk": tuple(args.chunk)})
-  with ngff.ZarrStack(args.one) as stack:
+  config = ml_collections.ConfigDict({"window": FLAGS.window, "overlap": 0.5, "blend": "gaussian", "sigma": 0.125,
+                                      "batch_size": 4, "threshold": 0.5, "tta": "none", "engine": "xla"})
+  predictor = Predictor.create(model, variables, config)
+  with ngff.ZarrStack(FLAGS.one) as stack:
     start = time.perf_counter()
-    summary = chunked.segment_volume(model, variables, stack, args.one + ".out", config, progress=False)
+    summary = chunked.segment_volume(predictor, stack, FLAGS.one + ".out", chunk, progress=False)
     seconds = time.perf_counter() - start
   print(json.dumps({"voxels": int(np.prod(stack.shape)), "seconds": seconds, "chunks": summary["chunks"],
                     "instances": summary["instances"],
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--chunk", type=lambda s: tuple(int(v) for v in s.split(",")), default=(16, 512, 512))
-  parser.add_argument("--window", type=int, default=128)
-  parser.add_argument("--features", type=int, default=4)
-  parser.add_argument("--depth", type=int, default=2)
-  parser.add_argument("--multiples", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4, 8])
-  parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: the volume a child process segments
-  args = parser.parse_args()
-  if args.one:
-    return run_one(args)
-  cz, cy, cx = args.chunk
+def main(argv: list[str]) -> None:
+  del argv
+  chunk = tuple(int(v) for v in FLAGS.chunk)
+  if FLAGS.one:
+    return run_one(chunk)
+  cz, cy, cx = chunk
   shapes = {1: (cz, cy, cx), 2: (cz, cy, 2 * cx), 4: (cz, 2 * cy, 2 * cx), 8: (2 * cz, 2 * cy, 2 * cx),
             16: (4 * cz, 2 * cy, 2 * cx)}
-  print(f"chunk {args.chunk} ({np.prod(args.chunk) / 1e6:.1f} Mvoxel), window {args.window}, 2D U-Net depth "
-        f"{args.depth}, {args.features} base features, random weights; {os.cpu_count()} cores, load average "
+  print(f"chunk {chunk} ({np.prod(chunk) / 1e6:.1f} Mvoxel), window {FLAGS.window}, 2D U-Net depth "
+        f"{FLAGS.depth}, {FLAGS.features} base features, random weights; {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f}")
   print("| volume | x chunk | Mvoxel | float32 volume (MB) | chunks | seconds | Mvoxel/s | peak RSS (MB) |")
   print("|---|---|---|---|---|---|---|---|")
   with tempfile.TemporaryDirectory() as tmp:
-    for multiple in args.multiples:
+    for multiple in (int(m) for m in FLAGS.multiples):
       shape = shapes[multiple]
       path = os.path.join(tmp, f"v{multiple}.ome.zarr")
-      write_volume(path, shape, args.chunk)
-      flags = [f"--chunk={','.join(map(str, args.chunk))}", f"--window={args.window}", f"--features={args.features}",
-               f"--depth={args.depth}", f"--one={path}"]
-      out = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True, check=True)
+      write_volume(path, shape, chunk)
+      child = [f"--chunk={','.join(map(str, chunk))}", f"--window={FLAGS.window}", f"--features={FLAGS.features}",
+               f"--depth={FLAGS.depth}", f"--one={path}"]
+      out = subprocess.run([sys.executable, __file__, *child], capture_output=True, text=True, check=True)
       r = json.loads(out.stdout.strip().splitlines()[-1])
       print(f"| {'x'.join(map(str, shape))} | {multiple} | {r['voxels'] / 1e6:.1f} | {4 * r['voxels'] / 1e6:.0f} | "
             f"{r['chunks']} | {r['seconds']:.1f} | {r['voxels'] / 1e6 / r['seconds']:.2f} | {r['peak_rss_mb']:.0f} |",
@@ -95,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,19 +1,24 @@
-"""What the benchmark scripts share: the repository on sys.path, the config flag, the inference arguments,
-the timing of a training loop, running the entry points with a log."""
+"""What the benchmark scripts share: the config flag, a config file read by path, the inference flags, seeded
+random U-Net weights, the timing of a training loop, running the entry points with a log.
 
-import argparse
+A script run as `python benchmarks/NAME.py` has benchmarks/ on sys.path (so `import common`); the library
+comes from the installed package (`pip install -e .`).
+"""
+
+import importlib.util
 import os
 import subprocess
-import sys
 import time
 from typing import Any, Callable, Iterator
 
+import ml_collections
+import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # run from anywhere: `python benchmarks/NAME.py`
-DATA = os.path.join(ROOT, "..", "shared", "data", "vnc", "unlabeled.tif")
+VNC = os.path.join(ROOT, "..", "shared", "data", "vnc")
+DATA = os.path.join(VNC, "unlabeled.tif")
 
 
 def define_config(default: str) -> flags.FlagValues:
@@ -22,15 +27,46 @@ def define_config(default: str) -> flags.FlagValues:
   return flags.FLAGS
 
 
-def inference_parser(doc: str, slices: int) -> argparse.ArgumentParser:
-  """The arguments every inference benchmark takes: --data, --slices, --batch, --workdir, --ynnpack."""
-  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-  parser.add_argument("--data", default=DATA, help="TIFF stack to segment")
-  parser.add_argument("--slices", type=int, default=slices, help="timed slices (per setting and engine)")
-  parser.add_argument("--batch", type=int, default=8, help="windows per batch (MONAI sw_batch_size)")
-  parser.add_argument("--workdir", default=None, help="use this training run's checkpoint (default: random weights)")
-  parser.add_argument("--ynnpack", action="store_true", help="keep XLA's default YNNPACK convolutions")
-  return parser
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config `file.py[:argument]` (a path relative to the repository root), as --config reads it."""
+  path, _, argument = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("benchmark_config", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(argument) if argument else module.get_config()
+
+
+def define_inference_flags(slices: int) -> flags.FlagValues:
+  """The flags every inference benchmark takes: --data, --slices, --batch, --workdir, --ynnpack; returns FLAGS."""
+  flags.DEFINE_string("data", DATA, "TIFF stack to segment.")
+  flags.DEFINE_integer("slices", slices, "Timed slices (per setting and engine).")
+  flags.DEFINE_integer("batch", 8, "Windows per batch (MONAI sw_batch_size).")
+  flags.DEFINE_string("workdir", None, "Use this training run's checkpoint (default: random weights).")
+  flags.DEFINE_bool("ynnpack", False, "Keep XLA's default YNNPACK convolutions.")
+  return flags.FLAGS
+
+
+def parse_known_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser for app.run that leaves unknown flags (--config.x=v overrides for the entry points
+  a script runs) in the argv that main receives."""
+  return flags.FLAGS(argv, known_only=True)
+
+
+def random_variables(model: Any, seed: int = 0) -> dict:
+  """Seeded random U-Net variables: kernels N(0, 1/fan-in) (flax's lecun default, untruncated),
+  zero biases and means, unit scales and variances. (Filled with NumPy from `jax.eval_shape`:
+  compiling flax's initialisers takes minutes on a busy CPU.)"""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "kernel" in name:
+      return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if "scale" in name or "var" in name else 0.0, np.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1,) + (2 ** model.depth,) * model.ndim + (1,),
+                                                                       np.float32))
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def time_steps(batches: Iterator[Any], step: Callable[[Any], None], finish: Callable[[], None], warmup: int,

@@ -32,6 +32,10 @@ import sys
 
 from absl import app, flags
 
+import common
+from unet_jax.io import runlog
+from unet_jax.reports import report as report_doc
+
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("data", "synthetic", ["synthetic", "vnc", "lucchi", "tiny"], "configs/unet3d.py variant (tiny: a smoke test).")
 flags.DEFINE_float("minutes", 5.0, "Training budget per mode, wall minutes.")
@@ -41,14 +45,13 @@ flags.DEFINE_string("quiet_speed", None, "JSON lines of --speed_only from a quie
 flags.DEFINE_bool("speed_only", False, "Only time each mode's train step and test-volume inference; print JSON lines.")
 flags.mark_flags_as_required(["out"])
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
 
 
 def run(args: list[str]) -> str:
   """Runs `python args...` from the repository root; returns stdout (raises on failure)."""
   print("$ python " + " ".join(args), flush=True)
-  done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+  done = subprocess.run([sys.executable, *args], cwd=common.ROOT, capture_output=True, text=True, check=False)
   if done.returncode:
     sys.exit(f"failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
   return done.stdout
@@ -94,12 +97,11 @@ def main(argv: list[str]) -> None:
          f"--config.train.checkpoint_every={max(5, steps // 5)}",
          f"--config.optim.warmup_steps={max(11, steps // 10)}", *extra])
     run(["evaluate.py", config, f"--workdir={workdir}", "--split=val,test", *EVAL_OVERRIDES, *extra])
-    report = json.load(open(os.path.join(ROOT, workdir, "report", "report.json")))
+    report = report_doc.load(os.path.join(common.ROOT, workdir, "report"))
     test = next(r for r in report["runs"] if r["split"] == "test")
     f1 = next(s["f1"] for s in test["instances"]["3d"] if abs(s["iou_threshold"] - 0.5) < 1e-9)
-    log = [json.loads(line) for line in open(os.path.join(ROOT, workdir, "log.jsonl"))]
-    minutes = max(r.get("minutes", 0.0) for r in log)
-    trained = max(r.get("step", 0) for r in log)
+    minutes_by_step = runlog.minutes_by_step(runlog.log_path(os.path.join(common.ROOT, workdir)))
+    minutes, trained = max(minutes_by_step.values()), max(minutes_by_step)
     rows.append([mode, f"{test['pixel']['dice']:.4f}", f"{test['pixel']['iou']:.4f}", f"{f1:.3f}",
                  f"{test['threshold']['value']:g}", f"{minutes:.1f}", f"{trained}",
                  f"{(speed['compile_s'] + trained * speed['step_s']) / 60:.1f}",

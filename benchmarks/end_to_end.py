@@ -29,9 +29,10 @@ from typing import Any
 
 from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
 
 FLAGS = common.define_config("configs/unet2d.py:vnc")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_enum("side", "all", ["all", "ours"], "all: run everything in subprocesses; ours: one measurement of ours.")
 flags.DEFINE_enum("aug", "full", ["full", "flips", "none"], "With --side=ours: the augmentation preset.")
 flags.DEFINE_integer("steps", 12, "Timed training steps per measurement.")

@@ -15,19 +15,15 @@ per-object confidence with the review list and AUROC intervals, and their pictur
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-from absl import app, flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
+from absl import app, flags
 from scipy import ndimage
 
-from configs import unet2d
-from unet_jax.inference import windows
+import common
+from unet_jax.inference.predictor import Predictor
 from unet_jax.io import checkpoint, data, synthetic
 from unet_jax.network.model import abstract_variables, build_model
 from unet_jax.reports import evaluation, figures, uncertainty
@@ -40,7 +36,7 @@ flags.DEFINE_integer("size", 1024, "Height and width of the synthetic stack.")
 flags.DEFINE_integer("repeats", 3, "Timed runs per part (the median is printed).")
 flags.DEFINE_string("workdir", None, "Also time inference with and without TTA uncertainty with this model.")
 
-VNC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "vnc")
+VNC = common.VNC
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -66,7 +62,7 @@ def main(argv: list[str]) -> None:
   blurred = ndimage.gaussian_filter(split.mask.astype(np.float32), (0, 4, 4))
   blobs = ndimage.gaussian_filter(rng.standard_normal(split.mask.shape).astype(np.float32), (0, 12, 12))
   probs = np.clip(blurred + 0.25 * blobs / blobs.std(), 0, 1)
-  config = unet2d.get_config("vnc").eval
+  config = common.load_config("configs/unet2d.py:vnc").eval
   candidates = [float(t) for t in config.threshold_candidates]
   pred = probs >= 0.5
   print(f"{source} {split.mask.shape}; stand-in pixel Dice {metrics.pixel_scores(pred, split.mask)['dice']:.3f}")
@@ -150,14 +146,16 @@ def additions(split: data.Split, probs: np.ndarray, config) -> None:
     for name, fn in parts.items():
       print(f"{_median_seconds(fn, FLAGS.repeats):8.3f} s  {name}")
   if FLAGS.workdir:
-    model_config = unet2d.get_config("vnc").model
+    model_config = common.load_config("configs/unet2d.py:vnc").model
     model = build_model(model_config)
     variables, step = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), "best")
     image = split.image
+    config.tta = "none"
+    predictor = Predictor.create(model, variables, config, step)
     timed = {"inference, eval.tta=none (the report without uncertainty)":
-                 lambda: windows.predict_stack(model, variables, image, config),
+                 lambda: predictor.raw_probabilities(image),
              "inference + TTA uncertainty map (8 dihedral transforms)":
-                 lambda: uncertainty.tta_probabilities(model, variables, image, config)}
+                 lambda: uncertainty.tta_probabilities(predictor, image)}
     for name, fn in timed.items():
       print(f"{_median_seconds(fn, 1):8.3f} s  {name} (step {step}, {image.shape[0]} slices)")
 

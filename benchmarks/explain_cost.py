@@ -9,16 +9,14 @@ network by its validation Dice drop (config.explain.dice_tiles tiles) once and p
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
-from ml_collections import config_flags
+import common
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/unet2d.py:vnc", "Config file (file.py:variant).")
+FLAGS = common.define_config("configs/unet2d.py:vnc")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_string("workdir", "runs/vnc", "Training directory holding the checkpoint.")
 
 
@@ -27,10 +25,12 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   parallel.use_host_devices(FLAGS.config.host_devices)
-  import jax  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import jax
   import numpy as np
   from unet_jax.explain import explanation, probe
   from unet_jax.inference import windows
+  from unet_jax.inference.predictor import Predictor
   from unet_jax.io import checkpoint, data
   from unet_jax.network.model import abstract_variables, build_model
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
   variables, step = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), config.eval.checkpoint)
   splits = data.load_splits(config.data)
   image, truth = splits["test"].image[0], splits["test"].mask[0].astype(bool)
-  probs = np.asarray(windows.stack_predictor(model, config.eval)(variables, image))
+  probs = Predictor.create(model, variables, config.eval, step).raw_probabilities(image)
   objects = explanation.slice_objects(probs >= config.eval.threshold, truth, config.eval.min_size,
                                       config.eval.iou_thresholds[0])
   crop = config.explain.crop or windows.window_settings(config.eval, 2)["window"][0]

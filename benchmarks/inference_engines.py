@@ -1,6 +1,6 @@
 """Sliding-window inference with the forward pass in XLA vs ONNX Runtime (`eval.engine`), same windows.
 
-  PYTHONPATH=. .venv/bin/python benchmarks/inference_engines.py [--workdir=runs/vnc] [--slices=8]
+  python benchmarks/inference_engines.py [--workdir=runs/vnc] [--slices=8]
 
 On ../shared/data/vnc/unlabeled.tif (1024 x 1024 slices; skipped with a message when absent): seconds
 per slice of `windows.sliding_window_predict` for each --windows setting (window:overlap; default
@@ -17,7 +17,6 @@ run compare. --json adds one JSON line per setting (median s per slice by engine
 benchmarks/end_to_end.py reads.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -25,16 +24,15 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
 
-
-def parse_args() -> argparse.Namespace:
-  parser = common.inference_parser(__doc__, slices=8)
-  parser.add_argument("--windows", default="256:0.5,512:0.5,0:0",
-                      help="window:overlap settings, comma-separated; window 0 = the whole slice")
-  parser.add_argument("--json", action="store_true", help="also one JSON line of median seconds per setting")
-  return parser.parse_args()
+FLAGS = common.define_inference_flags(slices=8)
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
+flags.DEFINE_string("windows", "256:0.5,512:0.5,0:0", "window:overlap settings, comma-separated; window 0 = the "
+                    "whole slice.")
+flags.DEFINE_bool("json", False, "Also one JSON line of median seconds per setting.")
 
 
 def monai_runner(model: Any, variables: Any, window: tuple[int, int], overlap: float,
@@ -42,7 +40,7 @@ def monai_runner(model: Any, variables: Any, window: tuple[int, int], overlap: f
   """image f32[H, W] -> probabilities by MONAI's sliding window over the PyTorch twin (channels_last)."""
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
-  from benchmarks.torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
+  from torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
   net = copy_flax_variables(TorchUNet(model.depth, model.base_features, model.norm, model.upsample), variables)
   net = net.eval().to(memory_format=torch.channels_last)
@@ -55,44 +53,42 @@ def monai_runner(model: Any, variables: Any, window: tuple[int, int], overlap: f
   return run
 
 
-def main() -> None:
-  args = parse_args()
-  if not args.ynnpack:
+def main(argv: list[str]) -> None:
+  del argv
+  if not FLAGS.ynnpack:
     from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
     parallel.use_inference_kernels()  # before JAX starts its backends
-  if not os.path.isfile(args.data):
-    print(f"skipped: {args.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
+  if not os.path.isfile(FLAGS.data):
+    print(f"skipped: {FLAGS.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
     return
   import jax  # pylint: disable=g-import-not-at-top
   import onnxruntime  # pylint: disable=g-import-not-at-top
-  from benchmarks.inference_throughput import random_variables  # pylint: disable=g-import-not-at-top
-  from configs import unet2d  # pylint: disable=g-import-not-at-top
   from unet_jax.inference import engines, windows
   from unet_jax.io import checkpoint, stacks  # pylint: disable=g-import-not-at-top
   from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
 
-  config = unet2d.get_config("vnc")
+  config = common.load_config("configs/unet2d.py:vnc")
   model = build_model(config.model)
-  if args.workdir:
-    variables, step = checkpoint.restore_variables(args.workdir, abstract_variables(model), config.eval.checkpoint)
+  if FLAGS.workdir:
+    variables, step = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), config.eval.checkpoint)
   else:
-    variables, step = random_variables(model), None
-  with stacks.StackReader(args.data) as reader:
-    slices = np.stack([reader[z] for z in range(min(args.slices + 1, len(reader)))])
+    variables, step = common.random_variables(model), None
+  with stacks.StackReader(FLAGS.data) as reader:
+    slices = np.stack([reader[z] for z in range(min(FLAGS.slices + 1, len(reader)))])
   height, width = slices.shape[1:]
-  print(f"data {args.data}: {len(slices)} slices of {height} x {width}; U-Net depth {model.depth}, "
-        f"{model.base_features} features; weights: {args.workdir or 'random'}{'' if step is None else f' (step {step})'}")
+  print(f"data {FLAGS.data}: {len(slices)} slices of {height} x {width}; U-Net depth {model.depth}, "
+        f"{model.base_features} features; weights: {FLAGS.workdir or 'random'}{'' if step is None else f' (step {step})'}")
   peer = all(importlib.util.find_spec(name) for name in ("torch", "monai"))
-  print(f"jax {jax.__version__} ({'YNNPACK' if args.ynnpack else 'XLA'} convolutions), onnxruntime "
+  print(f"jax {jax.__version__} ({'YNNPACK' if FLAGS.ynnpack else 'XLA'} convolutions), onnxruntime "
         f"{onnxruntime.__version__}, {'MONAI + PyTorch peer' if peer else 'no torch/monai: no MONAI peer'}; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
 
-  for setting in args.windows.split(","):
+  for setting in FLAGS.windows.split(","):
     size, overlap = setting.split(":")
     window = (int(size) or height, int(size) or width)
     overlap = float(overlap)
     count = len(windows.window_grid((height, width), window, overlap))
-    batch = min(args.batch, count)
+    batch = min(FLAGS.batch, count)
     run = {engine: (lambda image, p=windows.predictor(model, "none", engine):
                     np.asarray(windows.sliding_window_predict(p, variables, image, window, overlap, "gaussian", batch)))
            for engine in engines.ENGINES}
@@ -119,11 +115,11 @@ def main() -> None:
     if peer:
       print(f"  MONAI + PyTorch {median['monai']:.3f} s per slice: XLA {median['monai'] / median['xla']:.2f}x, "
             f"ONNX Runtime {median['monai'] / median['onnx']:.2f}x its speed")
-    if args.json:
+    if FLAGS.json:
       print(json.dumps({"window": list(window), "overlap": overlap, "windows": count, "batch": batch,
                         "slices": len(slices) - 1, **median}))
   print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

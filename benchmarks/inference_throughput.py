@@ -1,13 +1,13 @@
 """Sliding-window inference throughput: ours (JAX) vs MONAI (PyTorch), same U-Net, same windows.
 
   .venv/bin/pip install -r benchmarks/requirements.txt   # torch (CPU) and monai
-  PYTHONPATH=. .venv/bin/python benchmarks/inference_throughput.py [--slices=20] [--workdir=runs/vnc]
+  python benchmarks/inference_throughput.py [--slices=20] [--workdir=runs/vnc]
 
 On ../shared/data/vnc/unlabeled.tif (20 x 1024 x 1024; skipped with a message when absent):
 1. megapixels/s of `windows.sliding_window_predict` and of `monai.inferers.sliding_window_inference`
    with 256^2 windows, overlap 0.5, Gaussian blending, batches of 8, the default 2D U-Net of
    configs/unet2d.py:vnc with the same weights in both (random, or --workdir's checkpoint copied
-   into `benchmarks.torch_unet.TorchUNet`); PyTorch runs in inference mode on 2 threads, in the
+   into benchmarks/torch_unet.py's `TorchUNet`); PyTorch runs in inference mode on 2 threads, in the
    faster of NCHW and channels_last. Slices alternate between the two so load changes hit both.
 2. the whole 1024^2 slice through each network in one pass, against its windows;
 3. peak RSS of streaming segmentation (`unet_jax.inference.segment`) of 20 vs 165 slices (a temp TIFF of
@@ -20,7 +20,6 @@ Ours runs as evaluate.py does, with XLA's own CPU convolutions (`parallel.use_in
 temp directory.
 """
 
-import argparse
 import os
 import resource
 import subprocess
@@ -30,60 +29,42 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
+
+FLAGS = common.define_inference_flags(slices=20)
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
+flags.DEFINE_integer("window", 256, "Sliding window (square), pixels.")
+flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap.")
+flags.DEFINE_integer("whole_slices", 3, "Slices timed in one whole-slice pass.")
+flags.DEFINE_string("rss_slices", "20,165", "Stack lengths for the peak-RSS runs ('' = skip).")
+flags.DEFINE_enum("rss_model", "small", ["small", "config"],
+                  "Network for the RSS runs: a depth-2, 4-feature U-Net (fast) or the config's.")
+flags.DEFINE_integer("rss_window", 1024, "Window of the RSS runs (overlap 0).")
+flags.DEFINE_enum("child", None, ["stream", "memory"], "Internal: one RSS run in this process.")
+flags.DEFINE_string("input", None, "Internal: the stack the RSS run segments.")
 
 
-def parse_args() -> argparse.Namespace:
-  parser = common.inference_parser(__doc__, slices=20)
-  parser.add_argument("--window", type=int, default=256)
-  parser.add_argument("--overlap", type=float, default=0.5)
-  parser.add_argument("--whole_slices", type=int, default=3, help="slices timed in one whole-slice pass")
-  parser.add_argument("--rss_slices", default="20,165", help="stack lengths for the peak-RSS runs ('' = skip)")
-  parser.add_argument("--rss_model", default="small", choices=["small", "config"],
-                      help="network for the RSS runs: a depth-2, 4-feature U-Net (fast) or the config's")
-  parser.add_argument("--rss_window", type=int, default=1024, help="window of the RSS runs (overlap 0)")
-  parser.add_argument("--child", default=None, choices=["stream", "memory"], help=argparse.SUPPRESS)
-  parser.add_argument("--input", default=None, help=argparse.SUPPRESS)
-  return parser.parse_args()
-
-
-def config_and_variables(args: argparse.Namespace, small: bool = False):
+def config_and_variables(args: flags.FlagValues, small: bool = False):
   """configs/unet2d.py:vnc with the benchmark's window settings, its U-Net and weights.
 
   small: a depth-2, 4-feature U-Net with random weights instead (the fast RSS runs).
   """
-  from configs import unet2d  # pylint: disable=g-import-not-at-top
   from unet_jax.io import checkpoint  # pylint: disable=g-import-not-at-top
   from unet_jax.network.model import abstract_variables, build_model, UNet  # pylint: disable=g-import-not-at-top
-  config = unet2d.get_config("vnc")
+  config = common.load_config("configs/unet2d.py:vnc")
   config.eval.window, config.eval.overlap, config.eval.batch_size = args.window, args.overlap, args.batch
   config.eval.blend = "gaussian"
   if small:
     model = UNet(depth=2, base_features=4, norm="batch", upsample="resize")
-    return config, model, random_variables(model)
+    return config, model, common.random_variables(model)
   model = build_model(config.model)
   if args.workdir:
     variables, _ = checkpoint.restore_variables(args.workdir, abstract_variables(model), config.eval.checkpoint)
   else:
-    variables = random_variables(model)
+    variables = common.random_variables(model)
   return config, model, variables
-
-
-def random_variables(model, seed: int = 0) -> dict:
-  """Seeded random U-Net variables: kernels N(0, 1/fan-in) (flax's lecun default, untruncated),
-  zero biases and means, unit scales and variances. (Filled with NumPy from `jax.eval_shape`:
-  compiling flax's initialisers takes minutes on a busy CPU.)"""
-  import jax  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "kernel" in name:
-      return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
-    return np.full(leaf.shape, 1.0 if "scale" in name or "var" in name else 0.0, np.float32)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1,) + (2 ** model.depth,) * model.ndim + (1,),
-                                                                       np.float32))
-  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def read_slices(path: str, count: int) -> np.ndarray:
@@ -93,12 +74,12 @@ def read_slices(path: str, count: int) -> np.ndarray:
     return np.stack([reader[z] for z in range(min(count, len(reader)))])
 
 
-def throughput(args: argparse.Namespace) -> None:
+def throughput(args: flags.FlagValues) -> None:
   """Parts 1 and 2: ours vs MONAI, windows and whole slices."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
-  from benchmarks.torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
+  from torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
   from unet_jax.inference import windows  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(2)
@@ -184,19 +165,21 @@ def throughput(args: argparse.Namespace) -> None:
   print(f"  max |whole - windows| probability on slice 0: {np.abs(whole(slices[0]) - first).max():.2e}")
 
 
-def child(args: argparse.Namespace) -> None:
+def child(args: flags.FlagValues) -> None:
   """One RSS run: segment args.input streaming (or in memory) and print the peak RSS in MiB."""
-  from unet_jax.inference import segment, windows  # pylint: disable=g-import-not-at-top
-  from unet_jax.io import stacks
+  from unet_jax.inference import segment  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference.predictor import Predictor  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import stacks  # pylint: disable=g-import-not-at-top
   config, model, variables = config_and_variables(args, small=args.rss_model == "small")
+  predictor = Predictor.create(model, variables, config.eval)
   out = tempfile.mkdtemp(prefix="rss_")
   start = time.perf_counter()
   if args.child == "stream":
     with stacks.StackReader(args.input) as reader:
-      segment.segment_stack(model, variables, reader, out, config.eval, progress=False)
+      segment.segment_stack(predictor, reader, out, progress=False)
   else:
-    probs = windows.predict_stack(model, variables, stacks.normalize_image(stacks.read_stack(args.input)), config.eval)
-    stacks.write_stack(os.path.join(out, "segmentation.tif"), (probs >= 0.5).astype(np.uint8) * 255)
+    probs = predictor.probabilities(stacks.normalize_image(stacks.read_stack(args.input)))
+    stacks.write_stack(os.path.join(out, "segmentation.tif"), predictor.segment(probs).astype(np.uint8) * 255)
   print(f"{peak_rss_mib():.0f} {time.perf_counter() - start:.1f}")
 
 
@@ -210,7 +193,7 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss(args: argparse.Namespace) -> None:
+def peak_rss(args: flags.FlagValues) -> None:
   """Part 3: peak RSS of streaming vs in-memory segmentation for each stack length."""
   import tifffile  # pylint: disable=g-import-not-at-top
   lengths = [int(n) for n in args.rss_slices.split(",") if n]
@@ -229,8 +212,7 @@ def peak_rss(args: argparse.Namespace) -> None:
                                    f"--window={args.rss_window}", "--overlap=0", f"--batch={args.batch}",
                                    f"--rss_model={args.rss_model}"]
                                   + ([f"--workdir={args.workdir}"] if args.workdir else []),
-                                  capture_output=True, text=True, check=False,
-                                  env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+                                  capture_output=True, text=True, check=False)
           if result.returncode:
             sys.exit(result.stderr)
           rss, seconds = result.stdout.split()[-2:]
@@ -238,21 +220,21 @@ def peak_rss(args: argparse.Namespace) -> None:
                 f"peak RSS {rss} MiB ({seconds} s)")
 
 
-def main() -> None:
-  args = parse_args()
-  if not args.ynnpack:
+def main(argv: list[str]) -> None:
+  del argv
+  if not FLAGS.ynnpack:
     from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
     parallel.use_inference_kernels()  # before JAX starts its backends; child processes inherit it
-  if args.child:
-    child(args)
+  if FLAGS.child:
+    child(FLAGS)
     return
-  if not os.path.isfile(args.data):
-    print(f"skipped: {args.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
+  if not os.path.isfile(FLAGS.data):
+    print(f"skipped: {FLAGS.data} is absent (the VNC data lives in ../shared/data/vnc, outside the repository)")
     return
-  throughput(args)
-  if args.rss_slices:
-    peak_rss(args)
+  throughput(FLAGS)
+  if FLAGS.rss_slices:
+    peak_rss(FLAGS)
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -14,14 +14,16 @@ A finished run (its report.json present) is not rerun. Writes OUT/results.jsonl,
 and prints each arm's mean, standard deviation and range of testing Dice over the seeds.
 """
 
-import argparse
 import concurrent.futures
 import json
 import os
 import statistics
 import sys
 
-from common import run_logged
+from absl import app, flags
+
+import common
+from unet_jax.reports import report
 
 ARMS = {  # name -> train.py/evaluate.py overrides on top of the `vnc` default recipe
     "default": [],
@@ -30,22 +32,19 @@ ARMS = {  # name -> train.py/evaluate.py overrides on top of the `vnc` default r
 }
 
 
-def parse_args() -> tuple[argparse.Namespace, list[str]]:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/unet2d.py:vnc", help="base config (file.py:variant)")
-  parser.add_argument("--arms", default="default,lr1e3", help=f"comma-separated, from {sorted(ARMS)}")
-  parser.add_argument("--seeds", default="0,1,2", help="config.seed values, comma-separated")
-  parser.add_argument("--steps", type=int, default=1332, help="training steps of every run")
-  parser.add_argument("--final_fit", action="store_true", help="also train each arm on all ten slices")
-  parser.add_argument("--jobs", type=int, default=2, help="arm-seed chains run at once")
-  parser.add_argument("--out", default="runs/recipe_seeds")
-  return parser.parse_known_args()
+flags.DEFINE_string("config", "configs/unet2d.py:vnc", "Base config (file.py:variant).")
+flags.DEFINE_string("arms", "default,lr1e3", f"Comma-separated, from {sorted(ARMS)}.")
+flags.DEFINE_string("seeds", "0,1,2", "config.seed values, comma-separated.")
+flags.DEFINE_integer("steps", 1332, "Training steps of every run.")
+flags.DEFINE_bool("final_fit", False, "Also train each arm on all ten slices.")
+flags.DEFINE_integer("jobs", 2, "Arm-seed chains run at once.")
+flags.DEFINE_string("out", "runs/recipe_seeds", "Folder of the runs, their logs and results.jsonl.")
+FLAGS = flags.FLAGS
 
 
 def scores(workdir: str) -> dict[str, dict]:
   """split -> {step, threshold, dice, precision, recall} from workdir/report/report.json."""
-  with open(os.path.join(workdir, "report", "report.json")) as f:
-    runs = json.load(f)["runs"]
+  runs = report.load(os.path.join(workdir, "report"))["runs"]
   return {r["split"]: {"step": r["step"], "threshold": r["threshold"]["value"],
                        **{k: r["pixel"][k] for k in ("dice", "precision", "recall")}} for r in runs}
 
@@ -53,14 +52,14 @@ def scores(workdir: str) -> dict[str, dict]:
 def train_and_score(workdir: str, config: list[str], steps: int, splits: str, log: str) -> dict[str, dict]:
   """Trains `steps` steps into `workdir` (unless already scored) and scores its last checkpoint."""
   if not os.path.isfile(os.path.join(workdir, "report", "report.json")):
-    common = [*config, f"--workdir={workdir}", "--config.eval.checkpoint=latest"]
-    run_logged([sys.executable, "train.py", *common, "--config.train.budget_minutes=0",
-                f"--config.train.steps={steps}"], log)
-    run_logged([sys.executable, "evaluate.py", *common, f"--split={splits}", "--save_predictions=false"], log)
+    shared = [*config, f"--workdir={workdir}", "--config.eval.checkpoint=latest"]
+    common.run_logged([sys.executable, "train.py", *shared, "--config.train.budget_minutes=0",
+                       f"--config.train.steps={steps}"], log)
+    common.run_logged([sys.executable, "evaluate.py", *shared, f"--split={splits}", "--save_predictions=false"], log)
   return scores(workdir)
 
 
-def chain(args: argparse.Namespace, extra: list[str], arm: str, seed: int) -> list[dict]:
+def chain(args: flags.FlagValues, extra: list[str], arm: str, seed: int) -> list[dict]:
   """The arm's 8-slice run at `seed` and, with --final_fit, its ten-slice twin; their result lines."""
   config = [f"--config={args.config}", *extra, *ARMS[arm], f"--config.seed={seed}"]
   name = f"{arm}_s{seed}"
@@ -90,8 +89,8 @@ def summary(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def main() -> None:
-  args, extra = parse_args()
+def main(argv: list[str]) -> None:
+  args, extra = FLAGS, argv[1:]
   arms, seeds = args.arms.split(","), [int(s) for s in args.seeds.split(",")]
   if set(arms) - set(ARMS) or any(not e.startswith("--config.") for e in extra):
     sys.exit(f"--arms takes names from {sorted(ARMS)}; other flags must be --config.x=v overrides")
@@ -115,4 +114,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main, flags_parser=common.parse_known_flags)

@@ -13,18 +13,14 @@ selected on the scored split.
 """
 
 import json
-import os
-import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 from unet_jax.training import parallel
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/unet2d.py:vnc", "Config file (file.py:variant).")
+FLAGS = common.define_config("configs/unet2d.py:vnc")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_list("workdir", None, "Training runs to score (comma-separated).")
 flags.DEFINE_string("split", "test", "Split to score: test or train (val chooses thresholds).")
 flags.DEFINE_float("target", 0.85, "Dice to reach.")
@@ -36,9 +32,10 @@ def main(argv: list[str]) -> None:
   del argv
   parallel.use_host_devices(FLAGS.config.host_devices)
   parallel.use_inference_kernels()  # scoring only runs the network forward, as in evaluate.py
-  from unet_jax.inference import windows
-  from unet_jax.io import checkpoint, data, runlog  # pylint: disable=g-import-not-at-top
-  from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference.predictor import Predictor
+  from unet_jax.io import checkpoint, data, runlog
+  from unet_jax.network.model import abstract_variables, build_model
   from unet_jax.scores import metrics
   from unet_jax.training import trainer
   config = FLAGS.config
@@ -56,7 +53,7 @@ def main(argv: list[str]) -> None:
       threshold = config.eval.threshold
       if config.eval.select_threshold:
         threshold = trainer.score_split(model, variables, splits["val"], config.eval)[0]["threshold"]
-      probs = windows.predict_stack(model, variables, split.image, config.eval)
+      probs = Predictor.create(model, variables, config.eval, step).raw_probabilities(split.image)
       scores = metrics.pixel_scores(probs >= threshold, split.mask)
       row = {"workdir": workdir, "step": step, "minutes": minutes.get(step, float("nan")), "threshold": threshold,
              **{k: scores[k] for k in ("dice", "precision", "recall")}}

@@ -5,9 +5,9 @@
   pip install -r benchmarks/requirements.txt   # torch, monai; benchmarks/end_to_end.py runs this and ours
 
 Everything comes from our config, so both sides train alike: the U-Net shape (benchmarks/torch_unet.py,
-channels_last, --threads intra-op threads, default one per core), batch, patch, fg_fraction, log-Dice,
-AdamW and clipping, and the augmentation (`config.augment` after preset --aug, as ours). Patches are drawn by our
-`sampling.PatchSampler` (example i of batch k from the seed (seed, k, i), half of them centred on a
+channels_last, --threads intra-op threads, default one per core), batch, patch, fg_fraction, the loss
+(train.loss and train.smooth: torch_unet.LOSSES, equal to ours), AdamW and clipping, and the augmentation
+(`config.augment` after preset --aug, as ours). Patches are drawn by our `sampling.PatchSampler` (example i of batch k from the seed (seed, k, i), half of them centred on a
 foreground pixel) inside the Dataset, so the sampling costs both sides the same; the MONAI transforms
 (`monai_transforms`) run in `--workers` DataLoader processes (0: in the training process). Prints one
 JSON line: images per second over --steps steps after --warmup, and the share of that wall time
@@ -43,9 +43,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
 
 FLAGS = common.define_config("configs/unet2d.py:vnc")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_enum("aug", "full", ["full", "flips", "none"], "Augmentation preset (unet_jax/training/augment.py PRESETS).")
 flags.DEFINE_integer("workers", 0, "DataLoader worker processes (0: augment in the training process).")
 flags.DEFINE_integer("threads", 0, "Intra-op threads of the training process (0: one per core).")
@@ -129,7 +130,7 @@ def make_loader(config: Any, workers: int, steps: int) -> Iterator[dict[str, Any
 def make_step(config: Any) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
   """(step(batch), finish()): the twin's training step on a loader batch, channels_last; PyTorch is synchronous."""
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks.torch_unet import TorchUNet, make_train_step  # pylint: disable=g-import-not-at-top
+  from torch_unet import TorchUNet, make_train_step  # pylint: disable=g-import-not-at-top
   m = config.model
   net = TorchUNet(depth=m.depth, base_features=m.base_features, norm=m.norm, upsample=m.upsample,
                   in_channels=2 * m.context_slices + 1).to(memory_format=torch.channels_last).train()
@@ -145,10 +146,11 @@ def main(argv: list[str]) -> None:
   del argv
   import json  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  from torch_unet import LOSSES  # pylint: disable=g-import-not-at-top
   from unet_jax.training import augment  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
-  if config.model.ndim != 2 or config.train.loss != "log_dice":
-    sys.exit(f"error: the peer is 2D with train.loss='log_dice'; got model.ndim={config.model.ndim}, "
+  if config.model.ndim != 2 or config.train.loss not in LOSSES:
+    sys.exit(f"error: the peer is 2D with train.loss in {sorted(LOSSES)}; got model.ndim={config.model.ndim}, "
              f"train.loss={config.train.loss!r}")
   augment.apply_preset(config, FLAGS.aug)
   torch.manual_seed(config.seed)

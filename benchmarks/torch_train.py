@@ -7,7 +7,8 @@
 The U-Net of benchmarks/torch_unet.py in our default shape (depth 4, 16 features, BatchNorm, 1x1 conv +
 bilinear upsampling; channels_last, --threads intra-op threads, default one per core), trained on all ten VNC training
 slices (training.tif / training_groundtruth.tif, masks 0/255): batches of --batch uniformly random
---patch crops, each one of the 8 flips/90-degree rotations, loss BCE + (1 - soft Dice) of the batch,
+--patch crops, each one of the 8 flips/90-degree rotations, loss BCE + (1 - soft Dice) of the batch
+(torch_unet.bce_dice_loss: our train.loss='bce_dice', smooth 1),
 Adam with a cosine learning rate from --lr to 0. The schedule is sized to the budget as our
 `train.budget_minutes` does: the first step (warm-up) is excluded, the next --measure_steps are timed,
 and the total step count is fixed from them and printed (a budget shorter than those steps overruns);
@@ -21,37 +22,32 @@ and scored at threshold 0.5 over all its pixels; each checkpoint prints a JSON l
 time-to-accuracy curves. Skipped, with a message, when the data folder is absent.
 """
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
+from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # benchmarks.torch_unet, from anywhere
-VNC = os.path.join(ROOT, "..", "shared", "data", "vnc")
+import common
+
 FILES = ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif")
 
-
-def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--data", default=VNC, help="folder of " + ", ".join(FILES))
-  parser.add_argument("--minutes", type=float, default=20.0, help="training budget in wall minutes")
-  parser.add_argument("--steps", type=int, default=0, help="a fixed step count instead (no timing)")
-  parser.add_argument("--measure_steps", type=int, default=10, help="steps timed to size the schedule")
-  parser.add_argument("--checkpoints", type=int, default=10, help="test scores at this many evenly spaced steps")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core, PyTorch's default)")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--patch", type=int, default=256)
-  parser.add_argument("--lr", type=float, default=1e-3)
-  parser.add_argument("--window", type=int, default=256, help="sliding window (square)")
-  parser.add_argument("--overlap", type=float, default=0.5)
-  return parser.parse_args()
+flags.DEFINE_string("data", common.VNC, "Folder of " + ", ".join(FILES) + ".")
+flags.DEFINE_float("minutes", 20.0, "Training budget in wall minutes.")
+flags.DEFINE_integer("steps", 0, "A fixed step count instead (no timing).")
+flags.DEFINE_integer("measure_steps", 10, "Steps timed to size the schedule.")
+flags.DEFINE_integer("checkpoints", 10, "Test scores at this many evenly spaced steps.")
+flags.DEFINE_integer("seed", 0, "Seed of the weights and the batches.")
+flags.DEFINE_integer("threads", 0, "Intra-op threads (0: one per core, PyTorch's default).")
+flags.DEFINE_integer("batch", 8, "Patches per batch.")
+flags.DEFINE_integer("patch", 256, "Patch side, pixels.")
+flags.DEFINE_float("lr", 1e-3, "Peak learning rate of the cosine schedule.")
+flags.DEFINE_integer("window", 256, "Sliding window (square).")
+flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap.")
+FLAGS = flags.FLAGS
 
 
 def load(folder: str) -> tuple[np.ndarray, ...]:
@@ -73,14 +69,6 @@ def random_batch(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, 
       crop = np.rot90(stack[z, y:y + patch, x:x + patch], k)
       out.append(np.flip(crop, 1) if flip else crop)
   return np.stack(images)[:, None].copy(), np.stack(masks)[:, None].copy()
-
-
-def bce_dice_loss(logits: Any, mask: Any) -> Any:
-  """Mean binary cross-entropy + (1 - soft Dice of the batch, smooth 1)."""
-  import torch  # pylint: disable=g-import-not-at-top
-  probs = torch.sigmoid(logits)
-  dice = (2 * (probs * mask).sum() + 1) / (probs.sum() + mask.sum() + 1)
-  return torch.nn.functional.binary_cross_entropy_with_logits(logits, mask) + 1 - dice
 
 
 def test_scores(net: Any, image: np.ndarray, mask: np.ndarray, window: int, overlap: float) -> dict[str, float]:
@@ -106,33 +94,33 @@ def cosine(total: list[int]) -> Callable[[int], float]:
   return lambda step: 0.5 * (1 + math.cos(math.pi * min(step / max(total[0], 1), 1.0)))
 
 
-def main() -> None:
-  args = parse_args()
-  missing = [f for f in FILES if not os.path.isfile(os.path.join(args.data, f))]
+def main(argv: list[str]) -> None:
+  del argv
+  missing = [f for f in FILES if not os.path.isfile(os.path.join(FLAGS.data, f))]
   if missing:
-    print(f"skipped: {args.data} lacks {', '.join(missing)} (the VNC data lives in ../shared/data/vnc, "
+    print(f"skipped: {FLAGS.data} lacks {', '.join(missing)} (the VNC data lives in ../shared/data/vnc, "
           "outside the repository)")
     return
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks.torch_unet import TorchUNet  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(args.seed)
+  from torch_unet import TorchUNet, bce_dice_loss  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(FLAGS.seed)
   torch.use_deterministic_algorithms(True, warn_only=True)
-  torch.set_num_threads(args.threads or os.cpu_count() or 1)
-  rng = np.random.default_rng(args.seed)
-  train_image, train_mask, test_image, test_mask = load(args.data)
+  torch.set_num_threads(FLAGS.threads or os.cpu_count() or 1)
+  rng = np.random.default_rng(FLAGS.seed)
+  train_image, train_mask, test_image, test_mask = load(FLAGS.data)
   net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").to(memory_format=torch.channels_last)
-  optim = torch.optim.Adam(net.parameters(), lr=args.lr)
-  total = [args.steps or 10 ** 9]  # fixed after the timed steps when training to a budget
+  optim = torch.optim.Adam(net.parameters(), lr=FLAGS.lr)
+  total = [FLAGS.steps or 10 ** 9]  # fixed after the timed steps when training to a budget
   schedule = torch.optim.lr_scheduler.LambdaLR(optim, cosine(total))
   print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {train_image.shape[0]} training slices of "
-        f"{train_image.shape[1]} x {train_image.shape[2]}; batch {args.batch} of {args.patch}²; "
-        + (f"{args.steps} steps" if args.steps else f"budget {args.minutes:g} min"), flush=True)
-  spaced = lambda n: {max(1, round(n * (i + 1) / args.checkpoints)) for i in range(args.checkpoints)}
-  trained, step, checkpoints, timed_from = 0.0, 0, spaced(args.steps) if args.steps else set(), 0.0
+        f"{train_image.shape[1]} x {train_image.shape[2]}; batch {FLAGS.batch} of {FLAGS.patch}²; "
+        + (f"{FLAGS.steps} steps" if FLAGS.steps else f"budget {FLAGS.minutes:g} min"), flush=True)
+  spaced = lambda n: {max(1, round(n * (i + 1) / FLAGS.checkpoints)) for i in range(FLAGS.checkpoints)}
+  trained, step, checkpoints, timed_from = 0.0, 0, spaced(FLAGS.steps) if FLAGS.steps else set(), 0.0
   while step < total[0]:
     start = time.perf_counter()
     image, mask = (torch.from_numpy(a).contiguous(memory_format=torch.channels_last)
-                   for a in random_batch(rng, train_image, train_mask, args.batch, args.patch))
+                   for a in random_batch(rng, train_image, train_mask, FLAGS.batch, FLAGS.patch))
     optim.zero_grad(set_to_none=True)
     loss = bce_dice_loss(net(image), mask)
     loss.backward()
@@ -140,20 +128,20 @@ def main() -> None:
     schedule.step()
     trained += time.perf_counter() - start
     step += 1
-    if not args.steps and step == 1:
+    if not FLAGS.steps and step == 1:
       timed_from = trained
-    if not args.steps and step == 1 + args.measure_steps:
-      per_step = (trained - timed_from) / args.measure_steps
-      total[0] = step + max(0, int((60 * args.minutes - trained) / per_step))
+    if not FLAGS.steps and step == 1 + FLAGS.measure_steps:
+      per_step = (trained - timed_from) / FLAGS.measure_steps
+      total[0] = step + max(0, int((60 * FLAGS.minutes - trained) / per_step))
       checkpoints = spaced(total[0])
-      print(f"{per_step:.2f} s per step: {total[0]} steps in {args.minutes:g} min", flush=True)
+      print(f"{per_step:.2f} s per step: {total[0]} steps in {FLAGS.minutes:g} min", flush=True)
     if step in checkpoints or step == total[0]:
-      scores = test_scores(net, test_image, test_mask, args.window, args.overlap)
+      scores = test_scores(net, test_image, test_mask, FLAGS.window, FLAGS.overlap)
       print(json.dumps({"minutes": trained / 60, "step": step, "loss": loss.item(), **scores}), flush=True)
   print(f"after {step} steps, {trained / 60:.1f} min of training: test Dice {scores['test_dice']:.4f}, precision "
-        f"{scores['precision']:.4f}, recall {scores['recall']:.4f} (threshold 0.5, {args.window}² windows, overlap "
-        f"{args.overlap:g})")
+        f"{scores['precision']:.4f}, recall {scores['recall']:.4f} (threshold 0.5, {FLAGS.window}² windows, overlap "
+        f"{FLAGS.overlap:g})")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -4,9 +4,10 @@ Same layers in the same order: two (conv 3^N, norm, ReLU) per block, max-pool 2,
 transposed conv 2^N / stride 2 or a 1x1 conv followed by (bi/tri)linear x2 upsampling, skip
 concatenation [up, skip], and a 1x1 head. Input f32[B, 1, *spatial] (channels first), output logits
 f32[B, 1, *spatial]. `copy_flax_variables` loads flax weights so both compute the same function;
-`make_train_step` is our default step (log-Dice, AdamW, clipping) for it.
+`make_train_step` is our training step (the config's loss, AdamW, clipping) for it; `LOSSES` are our
+losses (unet_jax/training/losses.py) in PyTorch, equal to them on the same batch.
 
-  from benchmarks.torch_unet import TorchUNet, copy_flax_variables
+  from torch_unet import TorchUNet, copy_flax_variables  # benchmarks/ on sys.path
   net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").eval()
   copy_flax_variables(net, variables)  # variables = {'params', 'batch_stats'} of the flax UNet
 """
@@ -121,21 +122,36 @@ def copy_flax_variables(net: TorchUNet, variables: dict[str, Any]) -> TorchUNet:
   return net
 
 
-def log_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-  """-ln(soft Dice) of the batch sums, as unet_jax.training.losses.log_dice_loss."""
+def soft_dice(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+  """Soft Dice of the batch sums, (2 sum(p m) + smooth) / (sum p + sum m + smooth), as losses.soft_dice."""
   probs = torch.sigmoid(logits)
-  return -torch.log((2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth))
+  return (2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth)
+
+
+def log_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+  """-ln(soft Dice), as unet_jax.training.losses.log_dice_loss."""
+  return -torch.log(soft_dice(logits, mask, smooth))
+
+
+def bce_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+  """Mean binary cross-entropy per pixel plus (1 - soft Dice), as unet_jax.training.losses.bce_dice_loss."""
+  return F.binary_cross_entropy_with_logits(logits, mask) + 1 - soft_dice(logits, mask, smooth)
+
+
+LOSSES = {"log_dice": log_dice_loss, "bce_dice": bce_dice_loss}  # the train.loss values the peers train with
 
 
 def make_train_step(net: TorchUNet, config: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-  """(image, mask) f32[B, 1, *spatial] -> loss: one log-Dice step of AdamW with `config.optim`'s learning rate,
-  weight decay and global-norm clipping (constant learning rate), the step of our config's train.loss='log_dice'."""
+  """(image, mask) f32[B, 1, *spatial] -> loss: one step of our config's train.loss (one of LOSSES) and
+  train.smooth, AdamW with `config.optim`'s learning rate, weight decay and global-norm clipping (constant
+  learning rate)."""
+  loss_fn = LOSSES[config.train.loss]
   optim = torch.optim.AdamW(net.parameters(), lr=config.optim.learning_rate,
                             weight_decay=config.optim.weight_decay, eps=1e-8)
 
   def step(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     optim.zero_grad(set_to_none=True)
-    loss = log_dice_loss(net(image), mask, config.train.smooth)
+    loss = loss_fn(net(image), mask, config.train.smooth)
     loss.backward()
     if config.optim.grad_clip:
       torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)

@@ -8,27 +8,23 @@
 the config's augmentation included, over `host_devices` XLA host devices) on batches from the
 config's own training data and sampler: compile seconds, median step, patches and voxels per second.
 --mode=predict segments the whole test stack with freshly initialised weights as evaluate.py does
-(`windows.predict_stack`, the eval.* settings, XLA's inference convolutions): seconds per test
+(`Predictor.raw_probabilities`, the eval.* settings, XLA's inference convolutions): seconds per test
 volume, the second of two passes (compile excluded). Both print the peak resident memory of the
 process (ru_maxrss) in one JSON line; run each config and mode in its own process, so the peak is its own.
 """
 
 import json
-import os
 import resource
 import statistics
-import sys
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 from unet_jax.training import parallel
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/unet3d.py", "Config file (file.py:variant).")
+FLAGS = common.define_config("configs/unet3d.py")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_integer("steps", 6, "Timed train steps (after one compile step).")
 flags.DEFINE_enum("mode", "train", ["train", "predict"], "Time the train step or test-stack inference.")
 
@@ -44,10 +40,12 @@ def main(argv: list[str]) -> None:
   parallel.use_host_devices(config.host_devices)
   if FLAGS.mode == "predict":
     parallel.use_inference_kernels()  # as evaluate.py
+  # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
   from unet_jax.config import check as config_check
   from unet_jax.inference import windows
+  from unet_jax.inference.predictor import Predictor
   from unet_jax.io import data
   from unet_jax.network.model import build_model
   from unet_jax.training import sampling, trainer
@@ -66,10 +64,11 @@ def main(argv: list[str]) -> None:
     model = build_model(config.model)
     variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
     test = splits["test"].image
+    predictor = Predictor.create(model, variables, config.eval)
     seconds = []
     for _ in range(2):
       start = time.perf_counter()
-      windows.predict_stack(model, variables, test, config.eval)
+      predictor.raw_probabilities(test)
       seconds.append(time.perf_counter() - start)
     window = windows.window_settings(config.eval, config.model.ndim)["window"]
     print(json.dumps(result | {"test_shape": list(test.shape), "window": list(window), "overlap": config.eval.overlap,

@@ -23,9 +23,10 @@ from typing import Callable
 
 from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
 
 FLAGS = common.define_config("configs/unet2d.py:vnc")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_integer("batch", 4, "Patches per step (on one device).")
 flags.DEFINE_integer("repeats", 2, "Traced steps (times are averaged).")
 flags.DEFINE_bool("peer", True, "Also time each forward 3x3 convolution in PyTorch (channels_last, all cores).")

@@ -6,8 +6,8 @@
 
 Ours is `trainer.make_parallel_train_step` (the jitted shard_map step that train.py runs) on one
 batch of `train.batch_size` synthetic patches of `train.patch_size`, compiled before timing. The peer
-is `benchmarks/torch_unet.py` (same layers) with the same loss (log-Dice of the batch sums, see
-unet_jax/training/losses.py), AdamW with the same hyper-parameters and global-norm clipping, channels_last
+is `benchmarks/torch_unet.py` (same layers) with the same loss (the config's train.loss in PyTorch,
+torch_unet.LOSSES, equal to unet_jax/training/losses.py), AdamW with the same hyper-parameters and global-norm clipping, channels_last
 (its fastest layout here), eager (torch.compile was no faster here; --peer_compile to try it), run
 twice: with one intra-op thread per core and with one thread (more efficient per CPU second, and
 much faster when other jobs load the machine); ratios are against the better of the two.
@@ -30,11 +30,12 @@ from typing import Any, Callable
 
 from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from unet_jax.training import parallel
 
 FLAGS = common.define_config("configs/unet2d.py")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_integer("rounds", 5, "Alternating rounds (ours, then the peer).")
 flags.DEFINE_integer("steps", 2, "Timed steps per round and side.")
 flags.DEFINE_bool("peer", True, "Also time the PyTorch twin (needs torch, benchmarks/requirements.txt).")
@@ -120,8 +121,8 @@ def jax_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
 
 def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, Any]:
   """The PyTorch twin's train step (and, with --parts, forward and forward+backward) as timers."""
-  import torch
-  from benchmarks.torch_unet import TorchUNet
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch_unet import LOSSES, TorchUNet  # pylint: disable=g-import-not-at-top
   m = config.model
   net = TorchUNet(depth=m.depth, base_features=m.base_features, norm=m.norm, upsample=m.upsample,
                   ndim=m.ndim).to(memory_format=torch.channels_last).train()
@@ -137,11 +138,8 @@ def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, An
   image, mask = to_torch(batch["image"]), to_torch(batch["mask"])
   optim = torch.optim.AdamW(net.parameters(), lr=config.optim.learning_rate,
                             weight_decay=config.optim.weight_decay, eps=1e-8)
-  smooth = config.train.smooth
-
-  def loss() -> torch.Tensor:  # log-Dice of the batch sums, as unet_jax.training.losses.log_dice_loss
-    probs = torch.sigmoid(model(image))
-    return -torch.log((2 * (probs * mask).sum() + smooth) / (probs.sum() + mask.sum() + smooth))
+  loss_fn = LOSSES[config.train.loss]
+  loss = lambda: loss_fn(model(image), mask, config.train.smooth)  # our train.loss, as losses.py computes it
 
   def step() -> None:
     torch.set_num_threads(threads)
@@ -177,8 +175,10 @@ def main(argv: list[str]) -> None:
 
   if config.model.ndim != 2:
     sys.exit(f"error: this benchmark builds 2D batches; got model.ndim={config.model.ndim}")
-  if FLAGS.peer and config.train.loss != "log_dice":
-    sys.exit(f"error: the peer implements train.loss='log_dice' only; got {config.train.loss!r} (or --nopeer)")
+  if FLAGS.peer:
+    from torch_unet import LOSSES  # pylint: disable=g-import-not-at-top
+    if config.train.loss not in LOSSES:
+      sys.exit(f"error: the peer implements train.loss in {sorted(LOSSES)}; got {config.train.loss!r} (or --nopeer)")
   if not FLAGS.augment:
     config = without_augmentation(config)
   batch_size, patch = config.train.batch_size, trainer.patch_shape(config)

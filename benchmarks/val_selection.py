@@ -15,19 +15,17 @@ is never touched.
 """
 
 import json
-import os
 import sys
 
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from common import define_config
+import common
 from unet_jax.scores import metrics
 from unet_jax.training import parallel
 
-FLAGS = define_config("configs/unet2d.py:vnc")
+FLAGS = common.define_config("configs/unet2d.py:vnc")
+flags.adopt_module_key_flags(common)  # --help lists common's flags too
 flags.DEFINE_string("workdir", None, "Training run whose kept checkpoints are compared.")
 flags.DEFINE_string("json_out", "", "Also write the per-fold results here as JSON.")
 flags.mark_flags_as_required(["workdir"])
@@ -53,9 +51,10 @@ def main(argv: list[str]) -> None:
   config = FLAGS.config
   parallel.use_host_devices(config.host_devices)
   parallel.use_inference_kernels()
-  from unet_jax.inference import windows
-  from unet_jax.io import checkpoint, data  # pylint: disable=g-import-not-at-top
-  from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference.predictor import Predictor
+  from unet_jax.io import checkpoint, data
+  from unet_jax.network.model import abstract_variables, build_model
   val = data.load_splits(config.data)["val"]
   if val.image.shape[0] < 2:
     sys.exit(f"the val split has {val.image.shape[0]} slice(s); two-fold selection needs at least 2 "
@@ -67,7 +66,7 @@ def main(argv: list[str]) -> None:
   counts = []
   for step in steps:
     variables, _ = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), step=step)
-    probs = windows.predict_stack(model, variables, val.image, config.eval)
+    probs = Predictor.create(model, variables, config.eval, step).raw_probabilities(val.image)
     counts.append([metrics.threshold_counts(p[None], m[None], thresholds) for p, m in zip(probs, val.mask)])
     print(f"step {step}: val slice Dice at {config.eval.threshold} "
           f"{[round(float(d), 4) for d in metrics.dice_from_counts(np.asarray(counts[-1])[:, fixed])]}", flush=True)

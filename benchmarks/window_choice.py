@@ -1,6 +1,6 @@
 """The default inference window and engine, chosen by speed at equal validation Dice.
 
-  .venv/bin/python benchmarks/window_choice.py [--workdir=runs/vnc_budget20] [--slices=4]
+  python benchmarks/window_choice.py [--workdir=runs/vnc_budget20] [--slices=4]
       [--windows=256:0.5,256:0,512:0.5,512:0,1024:0] [--tolerance=0.002]
 
 For each window:overlap setting (Gaussian blending, batches of --batch windows) and each engine
@@ -15,62 +15,58 @@ Prints seconds per 1024^2 slice (median), val Dice, and the fastest setting amon
 `parallel.use_inference_kernels`: XLA's own CPU convolutions). On a shared machine only times of one run compare.
 """
 
-import argparse
 import os
 import time
 
 import numpy as np
+from absl import app, flags
 
-import common  # pylint: disable=wrong-import-position  (benchmarks/common.py: the repository on sys.path)
+import common
 
-
-def parse_args() -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", default=os.path.join(common.ROOT, "runs", "vnc_budget20"))
-  parser.add_argument("--windows", default="256:0.5,256:0,512:0.5,512:0,1024:0",
-                      help="window:overlap settings, comma-separated")
-  parser.add_argument("--slices", type=int, default=4, help="unlabeled.tif slices timed on top of the val slices")
-  parser.add_argument("--batch", type=int, default=8, help="windows per batch (eval.batch_size)")
-  parser.add_argument("--tolerance", type=float, default=0.002, help="val Dice counted as equal within this")
-  return parser.parse_args()
+flags.DEFINE_string("workdir", os.path.join(common.ROOT, "runs", "vnc_budget20"), "Training run whose checkpoint "
+                    "segments.")
+flags.DEFINE_string("windows", "256:0.5,256:0,512:0.5,512:0,1024:0", "window:overlap settings, comma-separated.")
+flags.DEFINE_integer("slices", 4, "unlabeled.tif slices timed on top of the val slices.")
+flags.DEFINE_integer("batch", 8, "Windows per batch (eval.batch_size).")
+flags.DEFINE_float("tolerance", 0.002, "Val Dice counted as equal within this.")
+FLAGS = flags.FLAGS
 
 
-def main() -> None:
-  args = parse_args()
+def main(argv: list[str]) -> None:
+  del argv
   from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   parallel.use_host_devices(0)  # before JAX starts its backends, as evaluate.py (unet_jax/cli/common.py)
   parallel.use_inference_kernels()
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import unet2d  # pylint: disable=g-import-not-at-top
   from unet_jax.inference import engines, windows
   from unet_jax.io import checkpoint, data, stacks  # pylint: disable=g-import-not-at-top
   from unet_jax.network.model import abstract_variables, build_model  # pylint: disable=g-import-not-at-top
   from unet_jax.scores import metrics
 
-  config = unet2d.get_config("vnc")
-  config.data.root = os.path.join(common.ROOT, "..", "shared", "data", "vnc")
+  config = common.load_config("configs/unet2d.py:vnc")
+  config.data.root = common.VNC
   if not os.path.isdir(config.data.root):
     print(f"skipped: {config.data.root} is absent")
     return
   model = build_model(config.model)
-  variables, step = checkpoint.restore_variables(args.workdir, abstract_variables(model), config.eval.checkpoint)
+  variables, step = checkpoint.restore_variables(FLAGS.workdir, abstract_variables(model), config.eval.checkpoint)
   val = data.load_splits(config.data)["val"]
   with stacks.StackReader(common.DATA) as reader:
-    extra = np.stack([reader[z] for z in range(args.slices + 1)])
+    extra = np.stack([reader[z] for z in range(FLAGS.slices + 1)])
   warm_slice, timed_slices = extra[0], [*val.image, *extra[1:]]
   threshold = config.eval.threshold
-  print(f"checkpoint {args.workdir} (step {step}); val split {val.image.shape}, {len(timed_slices)} timed slices "
-        f"({len(val.image)} val + {args.slices} unlabeled) per setting and engine; threshold {threshold}; "
+  print(f"checkpoint {FLAGS.workdir} (step {step}); val split {val.image.shape}, {len(timed_slices)} timed slices "
+        f"({len(val.image)} val + {FLAGS.slices} unlabeled) per setting and engine; threshold {threshold}; "
         f"jax {jax.__version__}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
 
   runs = {}
-  for setting in args.windows.split(","):
+  for setting in FLAGS.windows.split(","):
     size, overlap = int(setting.split(":")[0]), float(setting.split(":")[1])
     window = (size, size)
     count = len(windows.window_grid(val.image.shape[1:], window, overlap))
     for engine in engines.ENGINES:
       runs[size, overlap, engine] = (count, lambda image, p=windows.predictor(model, "none", engine), w=window, o=overlap,
-                                     b=min(args.batch, count): np.asarray(
+                                     b=min(FLAGS.batch, count): np.asarray(
                                          windows.sliding_window_predict(p, variables, image, w, o, "gaussian", b)))
   for _, predict in runs.values():
     predict(warm_slice)
@@ -89,7 +85,7 @@ def main() -> None:
     rows.append((*key[:2], runs[key][0], key[2], float(np.median(seconds[key])), dice))
 
   best = max(r[5] for r in rows)
-  fastest = min((r for r in rows if r[5] >= best - args.tolerance), key=lambda r: r[4])
+  fastest = min((r for r in rows if r[5] >= best - FLAGS.tolerance), key=lambda r: r[4])
   reference = next((r[4] for r in rows if r[:2] == (256, 0.5) and r[3] == "xla"), rows[0][4])
   print(f"\nload average after: {os.getloadavg()[0]:.2f}")
   print("| window | overlap | windows per slice | engine | s per 1024² slice | speed vs 256²/0.5 XLA | val Dice |")
@@ -97,9 +93,9 @@ def main() -> None:
   for size, overlap, count, engine, sec, dice in rows:
     mark = "**" if (size, overlap, engine) == fastest[:2] + (fastest[3],) else ""
     print(f"| {size}² | {overlap:g} | {count} | {engine} | {mark}{sec:.3f}{mark} | {reference / sec:.2f}x | {dice:.4f} |")
-  print(f"fastest within {args.tolerance} of the best val Dice ({best:.4f}): window {fastest[0]}, overlap "
+  print(f"fastest within {FLAGS.tolerance} of the best val Dice ({best:.4f}): window {fastest[0]}, overlap "
         f"{fastest[1]:g}, engine {fastest[3]} ({fastest[4]:.3f} s per slice, val Dice {fastest[5]:.4f})")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

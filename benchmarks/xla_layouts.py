@@ -24,8 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 from absl import app, flags
 
-import common  # pylint: disable=unused-import,wrong-import-position  (benchmarks/common.py: the repository on sys.path)
-# pylint: disable=g-import-not-at-top,wrong-import-position
+import common
 from unet_jax.training import parallel
 
 
@@ -59,9 +58,8 @@ flags.DEFINE_string("worker", "", "Internal: run as the worker of this variant."
 
 def step_config() -> Any:
   """configs/unet2d.py:vnc without augmentation."""
-  from configs import unet2d
-  from unet_jax.training import augment
-  config = unet2d.get_config("vnc")
+  from unet_jax.training import augment  # pylint: disable=g-import-not-at-top
+  config = common.load_config("configs/unet2d.py:vnc")
   config.augment.flips = False
   for name in augment.PROB_FIELDS:
     config.augment[name] = 0.0

@@ -1,28 +1,31 @@
 """Smoke tests of the PyTorch peers (benchmarks/torch_pipeline.py, end_to_end.py, torch_train.py) on tiny synthetic
-data: a couple of steps each, the output lines parse and the figures are positive and finite. No timing assertions."""
+data: a couple of steps each, the output lines parse and the figures are positive and finite. No timing assertions.
+The peers' losses (benchmarks/torch_unet.py LOSSES) equal ours on the same batch."""
 
 import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 
+import numpy as np
 import pytest
 import tifffile
 
+from script_runs import run_script
 from unet_jax.io import synthetic
+from unet_jax.training import losses
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "--config=configs/unet2d.py:tiny,aug=full"
-pytestmark = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("torch", "monai")),
-                                reason="torch and monai are not installed (pip install -r benchmarks/requirements.txt)")
+installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
+needs_torch = pytest.mark.skipif(not installed("torch"), reason="torch is not installed "
+                                 "(pip install -r benchmarks/requirements.txt)")
+needs_peer = pytest.mark.skipif(not installed("torch", "monai"), reason="torch and monai are not installed "
+                                "(pip install -r benchmarks/requirements.txt)")
 
 
 def run(script: str, *args: str) -> str:
   """stdout of benchmarks/`script` with `args`, run from the repository root; fails the test on a non-zero exit."""
-  done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *args], cwd=ROOT,
-                        capture_output=True, text=True, check=False, timeout=900)
+  done = run_script(os.path.join("benchmarks", script), *args)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   return done.stdout
 
@@ -36,6 +39,7 @@ def positive(*values: float) -> bool:
 
 
 @pytest.mark.slow
+@needs_peer
 def test_pipeline_with_a_worker():
   (result,) = json_lines(run("torch_pipeline.py", TINY, "--workers=1", "--steps=2", "--warmup=1"))
   assert (result["side"], result["aug"], result["workers"], result["steps"]) == ("peer", "full", 1, 2)
@@ -43,6 +47,7 @@ def test_pipeline_with_a_worker():
 
 
 @pytest.mark.slow
+@needs_peer
 def test_end_to_end_table():
   out = run("end_to_end.py", TINY, "--steps=2", "--warmup=1", "--workers=0", "--infer_slices=0")
   results = json_lines(out)
@@ -54,6 +59,7 @@ def test_end_to_end_table():
 
 
 @pytest.mark.slow
+@needs_peer
 def test_train_script(tmp_path):
   for name, seed, slices in (("training", 0, 3), ("testing", 1, 2)):
     image, mask = synthetic.make_stack(seed, slices, (64, 64))
@@ -68,5 +74,22 @@ def test_train_script(tmp_path):
 
 
 @pytest.mark.slow
+@needs_peer
 def test_train_script_skips_without_data(tmp_path):
   assert run("torch_train.py", f"--data={tmp_path}").startswith("skipped:")
+
+
+@needs_torch
+@pytest.mark.parametrize("smooth", [1.0, 1e-3])
+@pytest.mark.parametrize("name", ["log_dice", "bce_dice"])
+def test_peer_loss_equals_ours(name, smooth):
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_unet  # pylint: disable=g-import-not-at-top
+  assert set(torch_unet.LOSSES) <= set(losses.LOSSES)
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 3, (4, 16, 16, 1)).astype(np.float32)  # [B, H, W, 1]: ours is channels last
+  mask = (rng.uniform(size=logits.shape) < 0.3).astype(np.float32)
+  ours = float(losses.loss_value(name, logits, mask, smooth))
+  channels_first = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
+  peer = float(torch_unet.LOSSES[name](channels_first(logits), channels_first(mask), smooth))
+  assert peer == pytest.approx(ours, abs=1e-5)
