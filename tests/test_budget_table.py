@@ -1,19 +1,15 @@
 """benchmarks/budget_table.py on the tiny config (our side only): a named variant's --config.x=v overrides
 reach train.py, evaluate.py and time_to_accuracy.py, and its table is written beside the default's."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from script_runs import run_script
 
-
-def budget_table(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "budget_table.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, check=False, timeout=900)
+budget_table = functools.partial(run_script, "benchmarks/budget_table.py")
 
 
 @pytest.mark.slow

@@ -2,22 +2,17 @@
 threshold its 8-slice twin chose on val, a rerun resumes from the reports, and a bad arm is refused. And
 `report.load`, which reads the scores back, in one line when the report is missing or unreadable."""
 
+import functools
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+from script_runs import run_script
 from unet_jax.errors import InputError
 from unet_jax.reports import report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def recipe_seeds(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "recipe_seeds.py"), *args], cwd=ROOT,
-                        capture_output=True, text=True, check=False, timeout=900)
+recipe_seeds = functools.partial(run_script, "benchmarks/recipe_seeds.py")
 
 
 @pytest.mark.slow

@@ -187,17 +187,6 @@ def test_a_bad_space_file_is_refused_naming_the_problem(tmp_path, name):
     search_space.load(_write_space(tmp_path, name, body), _config())
 
 
-@pytest.mark.slow
-def test_a_bad_space_file_stops_sweep_py_in_one_line(tmp_path):
-  path = _write_space(tmp_path, "unknown.py", BAD_SPACES["unknown.py"][0])
-  result = subprocess.run([sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={path}",
-                           f"--workdir={tmp_path / 'sweep'}", "--trials=1"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode != 0
-  assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: search space file ")
-  assert "optim.learning_rat is not a field" in result.stderr and not os.path.exists(tmp_path / "sweep")
-
-
 def test_the_shipped_spaces_load():
   for name, variant in (("tiny", "tiny"), ("recipe", "vnc"), ("recipe_local", "vnc")):
     config = unet2d.get_config(variant)
@@ -325,13 +314,16 @@ def test_a_space_whose_inside_is_invalid_is_refused_naming_the_values(tmp_path, 
 
 
 @pytest.mark.slow
-def test_sweep_py_refuses_an_invalid_inside_before_any_trial(tmp_path):
-  path = _write_space(tmp_path, "inside.py", INSIDE_SPACES["inside.py"][0])
+@pytest.mark.parametrize("name, body, trials, message", [
+    ("unknown.py", BAD_SPACES["unknown.py"][0], 1, "optim.learning_rat is not a field"),
+    ("inside.py", INSIDE_SPACES["inside.py"][0], 3, "train.patch_size value 33 is not allowed")])
+def test_sweep_py_refuses_a_bad_space_file_in_one_line_before_any_trial(tmp_path, name, body, trials, message):
+  path = _write_space(tmp_path, name, body)
   result = subprocess.run([sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={path}",
-                           f"--workdir={tmp_path / 'sweep'}", "--trials=3"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                           f"--workdir={tmp_path / 'sweep'}", f"--trials={trials}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
   assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr[-2000:]
-  assert re.match(r"error: search space file .*train.patch_size value 33 is not allowed", result.stderr)
+  assert re.match(rf"error: search space file .*{re.escape(message)}", result.stderr)
   assert "Traceback" not in result.stdout + result.stderr and not os.path.exists(tmp_path / "sweep")
 
 

@@ -1,20 +1,17 @@
 """benchmarks/val_selection.py: the policies' choices on hand-made counts, and a run on the tiny config."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from benchmarks import val_selection  # the repository root is on pytest's pythonpath (pyproject.toml)
 from configs import unet2d
+from script_runs import run_script
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import checkpoint, data
 from unet_jax.network.model import abstract_variables, build_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def counts_for(dice_table: np.ndarray) -> np.ndarray:
@@ -39,12 +36,10 @@ def test_each_policy_judges_its_own_choice_on_the_other_slice():
 @pytest.mark.slow
 def test_runs_on_a_tiny_training_run(tmp_path):
   flags = ["--config=configs/unet2d.py:tiny", "--config.data.val_fraction=0.4"]
-  run = lambda *args: subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                                     check=False, timeout=900)
-  done = run("train.py", *flags, f"--workdir={tmp_path / 'run'}")
+  done = run_script("train.py", *flags, f"--workdir={tmp_path / 'run'}")
   assert done.returncode == 0, done.stderr[-2000:]
   out = tmp_path / "selection.json"
-  done = run("benchmarks/val_selection.py", *flags, f"--workdir={tmp_path / 'run'}", f"--json_out={out}")
+  done = run_script("benchmarks/val_selection.py", *flags, f"--workdir={tmp_path / 'run'}", f"--json_out={out}")
   assert done.returncode == 0, done.stderr[-2000:]
   result = json.load(open(out))
   assert result["steps"] == [10, 20] and [(f["choosing"], f["judging"]) for f in result["folds"]] == [([0], [1]),
