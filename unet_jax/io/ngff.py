@@ -28,7 +28,7 @@ from ome_zarr import io as ngff_io
 from ome_zarr import writer
 
 from unet_jax.errors import InputError
-from unet_jax.io import stacks
+from unet_jax.io import stacks, stores
 
 FORMAT = ngff_format.FormatV04()
 UNIT_NM = {"angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "centimeter": 1e7,
@@ -45,9 +45,12 @@ def _axes_metadata(axes: Sequence[str]) -> list[dict[str, str]]:
 
 def _multiscale(path: str) -> tuple[dict[str, Any], ngff_io.ZarrLocation]:
   """The first `multiscales` entry of the OME-Zarr image at `path`, and its location; InputError otherwise."""
-  if not os.path.isdir(path):
+  if stores.is_remote(path):  # s3://, gs://, ...: read through fsspec
+    location = stores.ZarrLocation(path)
+  elif not os.path.isdir(path):
     raise InputError(f"OME-Zarr image not found: {path}; check the path")
-  location = ngff_io.parse_url(path, mode="r")
+  else:
+    location = ngff_io.parse_url(path, mode="r")
   multiscales = (location.root_attrs.get("multiscales") if location is not None else None) or []
   if not multiscales or not multiscales[0].get("datasets"):
     raise InputError(f"{path} has no OME-NGFF 'multiscales' metadata (a plain zarr array or group?); write it "
