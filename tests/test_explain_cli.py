@@ -77,3 +77,38 @@ def test_errors_are_one_line(workdir, args, expected):
   result = _explain(workdir, *args)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith(expected)
+
+
+def test_an_output_dir_that_is_a_file_fails_before_any_work(tmp_path, monkeypatch):
+  from unet_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from unet_jax.explain import explanation  # pylint: disable=g-import-not-at-top
+  from unet_jax.io import data  # pylint: disable=g-import-not-at-top
+  (tmp_path / "taken").write_text("an earlier result")
+  monkeypatch.setattr(data, "load_splits", lambda *a, **k: pytest.fail("data loaded before the outputs were checked"))
+  with pytest.raises(InputError, match="output folder .*taken' is a file, not a folder; choose another path"):
+    explanation.explain(unet2d.get_config("tiny"), str(tmp_path / "no_run"), str(tmp_path / "taken"), "all")
+  with pytest.raises(InputError, match="cannot be made: .*taken' is a file"):
+    explanation.explain(unet2d.get_config("tiny"), str(tmp_path / "no_run"), str(tmp_path / "taken" / "below"), "all")
+  assert (tmp_path / "taken").read_text() == "an earlier result"
+
+
+def test_an_empty_prediction_has_nothing_to_explain():
+  from unet_jax.errors import InputError  # pylint: disable=g-import-not-at-top
+  from unet_jax.explain import explanation  # pylint: disable=g-import-not-at-top
+  objects = explanation.slice_objects(np.zeros((16, 16), bool), None, 0, 0.5)
+  for spec in ("all", "every"):
+    with pytest.raises(InputError, match=f"^--object={spec}: nothing to explain: the prediction of this slice is empty"):
+      explanation.parse_objects(spec, objects, 8)
+
+
+@pytest.mark.slow
+def test_explain_py_says_so_when_there_is_nothing_to_explain_or_the_output_is_a_file(workdir, tmp_path):
+  (tmp_path / "taken").write_text("an earlier result")
+  for args, expected in (
+      ([f"--output_dir={tmp_path / 'taken'}", "--object=all"], "error: output folder "),
+      ([f"--output_dir={tmp_path / 'out'}", "--object=all", "--config.eval.threshold=0.999"],
+       "error: --object=all: nothing to explain: the prediction of this slice is empty")):
+    result = _explain(workdir, *args)
+    assert result.returncode != 0 and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    assert result.stderr.startswith(expected), result.stderr
+  assert (tmp_path / "taken").read_text() == "an earlier result" and not (tmp_path / "out").exists()

@@ -114,3 +114,41 @@ def test_failed_segmentation_leaves_earlier_results_byte_identical(tmp_path):
     segment.segment_file(config, str(tmp_path / "run"), str(tmp_path / "stack.tif"), out,
                          str(tmp_path / "bad_mask.tif"), progress=False)
   assert _digest(out) == before  # same files, same bytes, no temporary left behind
+
+
+def _killed_writer(folder, name):
+  """A process killed with -9 while it held `folder/name.tmp-PID` half-written: its PID."""
+  code = ("import os, sys, time; open(os.path.join(sys.argv[1], sys.argv[2] + '.tmp-' + str(os.getpid())), 'w')"
+          ".write('half'); print(flush=True); time.sleep(60)")
+  process = subprocess.Popen([sys.executable, "-c", code, str(folder), name], stdout=subprocess.PIPE, text=True)
+  process.stdout.readline()
+  process.kill()
+  process.wait()
+  return process.pid
+
+
+def test_a_killed_runs_temporary_files_are_removed_by_the_next_write(tmp_path):
+  dead = _killed_writer(tmp_path, "segmentation.tif")
+  os.makedirs(tmp_path / f"vol.ome.zarr.tmp-{dead}" / "s0")  # ngff.atomic_folder's
+  alive = os.getppid()
+  for name in (f"other.tif.tmp-{alive}", "notes.tmp-draft"):  # a running process's, and not a temporary name
+    (tmp_path / name).write_text("keep")
+  outputs.write_json(str(tmp_path / "summary.json"), {"a": 1})
+  assert sorted(os.listdir(tmp_path)) == sorted(["summary.json", f"other.tif.tmp-{alive}", "notes.tmp-draft"])
+
+
+@pytest.mark.slow
+def test_evaluate_input_after_a_kill_leaves_no_temporary_files(tmp_path):
+  config = unet2d.get_config("tiny")
+  _saved_run(config, str(tmp_path / "run"))
+  stack = (np.random.default_rng(0).random((2, 40, 36)) * 255).astype(np.uint8)
+  tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+  out = tmp_path / "out"
+  out.mkdir()
+  dead = [_killed_writer(out, name) for name in segment.OUTPUT_FILES]  # as `kill -9` mid-write leaves them
+  assert len(os.listdir(out)) == 3
+  result = subprocess.run([sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny",
+                           f"--workdir={tmp_path / 'run'}", f"--input={tmp_path / 'stack.tif'}", f"--output_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(os.listdir(out)) == sorted(segment.OUTPUT_FILES) and dead

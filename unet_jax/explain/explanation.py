@@ -36,12 +36,15 @@ from unet_jax.errors import InputError
 from unet_jax.explain import attribution, explain_report, filters, probe, sanity
 from unet_jax.inference import windows
 from unet_jax.inference.predictor import Predictor
-from unet_jax.io import data, stacks
+from unet_jax.io import data, outputs, stacks
 from unet_jax.io.stacks import StackReader
 from unet_jax.network.model import build_model, UNet
 from unet_jax.scores import instances
 
 STATUSES = ("true positive", "false positive", "false negative")
+EMPTY = ("nothing to explain: the prediction of this slice is empty (no component of eval.min_size pixels or more "
+         "at the threshold), so nothing was written; point at a box y0,x0,y1,x1 or a pixel y,x, or choose another "
+         "--slice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +124,11 @@ def parse_objects(spec: str, objects: SliceObjects, crop: int) -> list[Target]:
   for part in [p.strip() for p in spec.split(";") if p.strip()] or [spec]:
     if part == "all":
       if not n_pred:
-        raise InputError("--object=all: the prediction of this slice is empty; point at a box y0,x0,y1,x1")
+        raise InputError(f"--object=all: {EMPTY}")
       targets.append(Target("foreground", "all predicted foreground", None, labels > 0, (0, 0, *shape)))
     elif part == "every":
       if not n_pred:
-        raise InputError("--object=every: the prediction of this slice is empty; point at a box y0,x0,y1,x1")
+        raise InputError(f"--object=every: {EMPTY}")
       targets += [predicted(i) for i in range(1, n_pred + 1)]
     elif part == "cases":
       if truth is None:
@@ -320,6 +323,7 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
             input_path: str | None = None, mask_path: str | None = None, rank_filters: bool = True,
             sanity_checks: bool = True, command: str | None = None) -> dict[str, Any]:
   """Explains the objects `object_spec` of one slice; writes panels, explain.json and explain.md to `output_dir`."""
+  outputs.check_creatable(output_dir, "output folder")  # before any work, creating nothing
   model = build_model(config.model)
   ex = config.explain
   check_explain_config(model, ex)

@@ -128,7 +128,7 @@ def _finished(work: stores.Folder, stage: str) -> set[tuple[int, ...]]:
 def _mask_reader(path: str, version: str) -> Any:
   """The mask at `path` opened once per process and `version` (its fingerprint's digest)."""
   del version
-  return ngff.ZarrStack(path)
+  return ngff.open_volume(path)
 
 
 def _segment_block(block: tiling.Block, job: _Job) -> dict[str, Any]:
@@ -388,7 +388,7 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
   mask_path = stores.normalize(mask_path) if mask_path else None
   check_paths(input_path, mask_path, output_dir)
   stack = ngff.ZarrStack(input_path)
-  mask = ngff.ZarrStack(mask_path) if mask_path else None
+  mask = ngff.open_volume(mask_path) if mask_path else None  # OME-Zarr or TIFF
   if mask is not None:
     data.binarize_mask(mask.unique_values(), f"mask {mask_path}")
   out = stores.Folder(output_dir)

@@ -27,7 +27,7 @@ import tqdm
 
 from unet_jax.errors import InputError
 from unet_jax.inference.predictor import Predictor
-from unet_jax.io import data, outputs
+from unet_jax.io import data, ngff, outputs
 from unet_jax.io.stacks import StackReader
 from unet_jax.scores import metrics
 
@@ -96,7 +96,7 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
   outputs.check_not_inputs([os.path.join(output_dir, f) for f in OUTPUT_FILES], [input_path, mask_path])
   with contextlib.ExitStack() as stack:
     reader = stack.enter_context(StackReader(input_path))
-    mask = stack.enter_context(StackReader(mask_path)) if mask_path else None
+    mask = stack.enter_context(ngff.open_volume(mask_path)) if mask_path else None  # TIFF or OME-Zarr
     outputs.check_writable(output_dir, "output folder")
     predictor = Predictor.load(config, workdir)
     summary = segment_stack(predictor, reader, output_dir, mask, probability_dtype, progress)

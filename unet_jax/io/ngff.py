@@ -28,7 +28,7 @@ from ome_zarr import io as ngff_io
 from ome_zarr import writer
 
 from unet_jax.errors import InputError
-from unet_jax.io import stacks, stores
+from unet_jax.io import outputs, stacks, stores
 
 FORMAT = ngff_format.FormatV04()
 UNIT_NM = {"angstrom": 0.1, "nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "centimeter": 1e7,
@@ -186,6 +186,38 @@ class ZarrStack:
     self.close()
 
 
+class TiffBoxes:
+  """A TIFF stack (`stacks.StackReader`) read by boxes as `ZarrStack` is: a TIFF mask of an OME-Zarr image."""
+
+  def __init__(self, path: str):
+    self._reader = stacks.StackReader(path)
+    self.path, self.shape, self.notes = path, self._reader.shape, self._reader.notes
+
+  def raw(self, box: tuple[slice, ...] | int) -> np.ndarray:
+    """The voxels of `box` (or slice z) as stored, page by page."""
+    if isinstance(box, int):
+      return self._reader.raw(box)
+    return np.stack([self._reader.raw(z)[tuple(box[1:])] for z in range(*box[0].indices(self.shape[0]))])
+
+  def unique_values(self) -> np.ndarray:
+    """The distinct stored values, found page by page."""
+    return np.unique(np.concatenate([np.unique(self._reader.raw(z)) for z in range(self.shape[0])]))
+
+  def close(self) -> None:
+    self._reader.close()
+
+  def __enter__(self) -> "TiffBoxes":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+def open_volume(path: str) -> "ZarrStack | TiffBoxes":
+  """An OME-Zarr image or a TIFF stack, each read by boxes: a mask may be of either kind, whatever its image's."""
+  return ZarrStack(path) if stacks.is_zarr(path) else TiffBoxes(path)
+
+
 def read_image(path: str) -> tuple[np.ndarray, tuple[str, ...], tuple[float, ...]]:
   """(data as stored, axes, voxel size in nm per axis) of a small OME-Zarr image."""
   stack = ZarrStack(path)
@@ -196,6 +228,7 @@ def read_image(path: str) -> tuple[np.ndarray, tuple[str, ...], tuple[float, ...
 @contextlib.contextmanager
 def atomic_folder(path: str) -> Iterator[str]:
   """A temporary folder beside `path` that replaces `path` when the block succeeds, removed when it fails."""
+  outputs.remove_stale_temps(os.path.dirname(os.path.abspath(path)))  # a killed run's folders
   tmp = f"{path}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   try:
