@@ -1,8 +1,11 @@
 """Faults a hostile but realistic user meets: NaN, kills between saves, locks, bad folders, Ctrl-C, disk full."""
 
 import errno
+import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -13,10 +16,11 @@ import orbax.checkpoint as ocp
 import pytest
 import tifffile
 
+from configs import unet2d
 from unet_jax.cli import common as cli
 from unet_jax.errors import InputError
 from unet_jax.io import checkpoint, data, download, outputs, runlog
-from unet_jax.network.model import abstract_variables, build_model
+from unet_jax.network.model import abstract_variables, build_model, init_variables
 from unet_jax.training import losses, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +90,77 @@ def test_a_kill_between_the_two_saves_keeps_the_right_best(tiny_config, tmp_path
   _, best = checkpoint.restore_variables(workdir, abstract_variables(build_model(tiny_config.model)), "best")
   assert best == max(dice, key=dice.get)
   assert checkpoint.saved_steps(workdir)[-1] == 20
+
+
+def _cut_largest_file(step_dir) -> str:
+  """Truncates the largest file of a checkpoint step to half its size (a full disk, a copy cut short)."""
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
+           if name != checkpoint.MANIFEST]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "r+b") as f:
+    f.truncate(os.path.getsize(largest) // 2)
+  return largest
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_resumes_from_the_newest_intact_one(tiny_config, tmp_path, capsys):
+  """The latest step's largest file cut in half: the rerun sets that step aside, says so, resumes from the
+  previous intact step and ends bit-identical to the uninterrupted run."""
+  whole, damaged = str(tmp_path / "whole"), str(tmp_path / "damaged")
+  trainer.train_and_evaluate(tiny_config, whole)  # 20 steps: checkpoints at 10 and 20
+  target = abstract_variables(build_model(tiny_config.model))
+  expected, step = checkpoint.restore_variables(whole, target, "latest")
+  assert step == 20
+  shutil.copytree(whole, damaged)
+  _cut_largest_file(os.path.join(damaged, "checkpoints", "20"))
+  if os.path.isdir(os.path.join(damaged, "best", "20")):  # so that the newest intact one is step 10
+    _cut_largest_file(os.path.join(damaged, "best", "20"))
+  capsys.readouterr()
+  trainer.train_and_evaluate(tiny_config, damaged)
+  out = capsys.readouterr().out
+  assert re.search(r"note: checkpoint step 20 in .* is damaged \(.* bytes, .* were saved \(cut short\)\); moved to",
+                   out), out
+  assert "note: resuming from step 10, the newest intact checkpoint" in out
+  assert os.path.isdir(os.path.join(damaged, "damaged", "checkpoints-20"))
+  starts = [r["step"] for r in map(json.loads, open(os.path.join(damaged, "log.jsonl"))) if r.get("event") == "start"]
+  assert starts == [0, 10]
+  resumed, step = checkpoint.restore_variables(damaged, target, "latest")
+  assert step == 20
+  jax.tree.map(np.testing.assert_array_equal, resumed, expected)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["with_file_record", "older_checkpoint"])
+def test_restoring_a_damaged_checkpoint_for_inference_is_one_line(tmp_path, recorded):
+  """`restore_variables` (what Predictor runs) names the damaged step and what to do; without the file
+  record of newer saves, the read error is told apart from a model mismatch by the saved shapes."""
+  config = unet2d.get_config("tiny")
+  model = build_model(config.model)
+  variables = init_variables(model, jax.random.PRNGKey(0))
+  workdir = str(tmp_path / "run")
+  saver = checkpoint.Checkpoints(workdir)
+  saver.save(5, {**variables, "step": np.int32(5)}, val_dice=0.5)
+  saver.close()
+  for store in ("checkpoints", "best"):
+    if not recorded:
+      os.remove(os.path.join(workdir, store, "5", checkpoint.MANIFEST))
+    _cut_largest_file(os.path.join(workdir, store, "5"))
+  target = abstract_variables(model)
+  for which, todo in (("latest", r"rerun train\.py with the same --config and --workdir"),
+                      ("best", r"--config\.eval\.checkpoint=latest")):
+    with pytest.raises(InputError, match=rf"^checkpoint step 5 in .* is damaged, its files cannot be read .*; .*{todo}"
+                       ) as e:
+      checkpoint.restore_variables(workdir, target, which)
+    assert "\n" not in str(e.value) and "does not fit" not in str(e.value)
+  intact = str(tmp_path / "intact")  # the same check leaves a mismatch a mismatch
+  saver = checkpoint.Checkpoints(intact)
+  saver.save(5, {**variables, "step": np.int32(5)}, val_dice=0.5)
+  saver.close()
+  if not recorded:
+    os.remove(os.path.join(intact, "best", "5", checkpoint.MANIFEST))
+  wider = config.copy_and_resolve_references()
+  wider.model.base_features = 8
+  with pytest.raises(InputError, match="does not fit the configured model"):
+    checkpoint.restore_variables(intact, abstract_variables(build_model(wider.model)), "best")
 
 
 @pytest.mark.slow
