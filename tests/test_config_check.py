@@ -5,11 +5,14 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import unet2d
 from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
+from unet_jax.network.model import UNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +63,12 @@ def test_each_section_rejects_its_bad_value(section):
     ("augment.rotate_prob", 1.5), ("augment.flips", "yes"), ("data.name", "vnc"),
     ("data.voxel_size_nm", (5.0, 5.0)), ("augment.noise_std", float("nan")), ("eval.engine", "tensorrt"),
     ("eval.bootstrap_resamples", 100), ("eval.uncertainty", "mc_dropout"), ("model.context_slices", -1),
-    ("train.budget_minutes", -1.0), ("explain.cam_layers", "bottleneck")])
+    ("train.budget_minutes", -1.0), ("explain.cam_layers", "bottleneck"),
+    # values that let a run start and then crash or overflow (int32 step counters, 32-bit seeds, float budgets)
+    ("train.steps", 3_000_000_000), ("train.budget_minutes", 1e308), ("train.max_minutes", 1e308),
+    ("train.eval_every", 2**31), ("optim.warmup_steps", 2**40), ("seed", 2**40), ("data.synthetic.seed", 2**32),
+    ("train.batch_size", 10**9), ("train.patch_size", 10**6), ("eval.window", 10**6), ("eval.figure_px", 10**9),
+    ("eval.batch_size", 10**9), ("train.keep_checkpoints", 10**9), ("augment.elastic_alpha", 1e308)])
 def test_bad_values_name_the_field_and_the_allowed(path, value):
   config = unet2d.get_config("tiny")
   _set(config, path, value)
@@ -95,6 +103,49 @@ def test_cross_field_rules():
   config.eval.select_threshold = True
   with pytest.raises(InputError, match="final_fit"):
     config_check.validate(config)
+
+
+@pytest.mark.parametrize("path,value,allowed", [
+    ("train.steps", 3_000_000_000, r"an integer in \[1, 100000000\]"),
+    ("train.budget_minutes", 1e308, r"minutes in \[0, 10080\]"),
+    ("train.max_minutes", float("inf"), r"minutes in \[0, 10080\]")])
+def test_absurd_values_say_the_maximum(path, value, allowed):
+  config = unet2d.get_config("tiny")
+  config.optim.warmup_steps = config.train.budget_measure_steps  # as a budgeted run needs
+  _set(config, path, value)
+  with pytest.raises(InputError, match=rf"^config field {path}=.* is invalid: it must be {allowed}"):
+    config_check.validate(config)
+  _set(config, path, {"train.steps": 10**8, "train.budget_minutes": 10080.0, "train.max_minutes": 10080.0}[path])
+  config_check.validate(config)  # the maximum itself is allowed
+
+
+def test_group_norm_needs_widths_divisible_by_its_groups():
+  config = unet2d.get_config("tiny")  # base_features=4: levels of 4, 8, 16 channels; GroupNorm has 8 groups
+  config.model.norm = "group"
+  with pytest.raises(InputError, match=r"^model.norm='group' needs model.base_features divisible by its 8 groups .*"
+                     r"got model.base_features=4; use a multiple of 8 \(e.g. 8\) or --config.model.norm=batch$"):
+    config_check.validate(config)
+  config_check.validate(config, [s for s in config_check.SECTIONS if s != "model"])  # a model rule
+  config.model.base_features = 8
+  config_check.validate(config)
+  UNet(depth=2, base_features=8, norm="group").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+  with pytest.raises(ValueError):  # what the rule prevents: flax refuses 4 channels in 8 groups, at trace time
+    UNet(depth=2, base_features=4, norm="group").init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag,field", [
+    ("--config.model.norm=group", "model.norm='group' needs model.base_features"),
+    ("--config.train.steps=3000000000", "config field train.steps=3000000000 is invalid"),
+    ("--config.train.budget_minutes=1e308", "config field train.budget_minutes=1e+308 is invalid")])
+def test_rules_that_would_crash_a_started_run_refuse_it_in_seconds(flag, field, tmp_path):
+  start = time.time()
+  result = subprocess.run([sys.executable, "train.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}/w",
+                           flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0 and lines and lines[-1].startswith(f"error: {field}"), result.stderr[-2000:]
+  assert "Traceback" not in result.stderr and time.time() - start < 60
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_inference_needs_no_optim_block():

@@ -22,6 +22,14 @@ INFERENCE_SECTIONS = ("run", "data", "model", "eval")
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (field, accepts value, what is allowed)
 
+# Sane maximums: values past them crash a run after it started (int32 step counters and seeds, float
+# overflow in the budget) or only ever come from a typo.
+MAX_SEED = 2**31 - 1  # PRNG seeds are 32-bit: larger ones would silently repeat smaller ones
+MAX_STEPS = 10**8  # step counters are int32; 1e8 steps is months of training at the fastest step times
+MAX_MINUTES = 7 * 24 * 60  # a week: budgets and time limits; a budget's step count stays within MAX_STEPS
+MAX_BATCH = 4096
+MAX_PIXELS = 16384  # a patch, window or picture side
+
 
 def _int(lo: int, hi: float = math.inf) -> Callable[[Any], bool]:
   return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
@@ -53,19 +61,19 @@ def _range(lo_open_zero: bool = True) -> Callable[[Any], bool]:
   return lambda v: _seq(_num(0.0, lo_open=lo_open_zero), (2,))(v) and v[0] <= v[1]
 
 
-def _int_or_ints(lo: int) -> Callable[[Any], bool]:
-  return lambda v: _int(lo)(v) or _seq(_int(lo), (2, 3))(v)
+def _int_or_ints(lo: int, hi: float = math.inf) -> Callable[[Any], bool]:
+  return lambda v: _int(lo, hi)(v) or _seq(_int(lo, hi), (2, 3))(v)
 
 
 def _rules(section: str) -> list[Rule]:
   """The field rules of one section; names of valid choices come from the modules that use them."""
   if section == "run":
-    return [("seed", _int(0), "an integer >= 0"),
-            ("host_devices", _int(0), "an integer >= 0 (0: one XLA host device per core)")]
+    return [("seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
+            ("host_devices", _int(0, 1024), "an integer in [0, 1024] (0: one XLA host device per core)")]
   if section == "distributed":
     return [("distributed.coordinator", _is(str), "'' (one process), 'auto' or 'host:port'"),
-            ("distributed.num_processes", _int(1), "an integer >= 1"),
-            ("distributed.process_id", _int(0), "an integer >= 0")]
+            ("distributed.num_processes", _int(1, 65536), "an integer in [1, 65536]"),
+            ("distributed.process_id", _int(0, 65535), "an integer in [0, 65535]")]
   if section == "data":
     return [("data.name", _one_of(*data.DATASETS), f"one of {data.DATASETS}"),
             ("data.root", _is(str), "a folder path"),
@@ -73,10 +81,11 @@ def _rules(section: str) -> list[Rule]:
             ("data.val_fraction", _num(0.0, 1.0, True, True), "a number in (0, 1)"),
             ("data.final_fit", _is(bool), "True or False"),
             ("data.voxel_size_nm", _seq(_num(0.0, lo_open=True), (3,)), "three positive sizes (z, y, x) in nm"),
-            ("data.synthetic.seed", _int(0), "an integer >= 0"),
-            ("data.synthetic.shape", _seq(_int(16), (2, 3)), "2 or 3 sizes >= 16 ((H, W) or (D, H, W))"),
-            ("data.synthetic.train_slices", _int(2), "an integer >= 2 (training and validation slices)"),
-            ("data.synthetic.test_slices", _int(1), "an integer >= 1"),
+            ("data.synthetic.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
+            ("data.synthetic.shape", _seq(_int(16, MAX_PIXELS), (2, 3)),
+             f"2 or 3 sizes in [16, {MAX_PIXELS}] ((H, W) or (D, H, W))"),
+            ("data.synthetic.train_slices", _int(2, 10000), "an integer in [2, 10000] (training and validation slices)"),
+            ("data.synthetic.test_slices", _int(1, 10000), "an integer in [1, 10000]"),
             ("data.synthetic.ndim", _one_of(2, 3), "2 or 3")]
   if section == "model":
     return [("model.ndim", _one_of(2, 3), "2 or 3"),
@@ -90,30 +99,32 @@ def _rules(section: str) -> list[Rule]:
             ("model.pool_factors", _is((tuple, list)), "() (derived from the voxel size) or one factor per level"),
             ("model.context_slices", _int(0, 8), "an integer in [0, 8] (2.5D: neighbours on each side)")]
   if section == "train":
-    return [("train.steps", _int(1), "an integer >= 1"),
-            ("train.batch_size", _int(1), "an integer >= 1 (a multiple of the devices)"),
-            ("train.patch_size", _int_or_ints(1), "a size >= 1 or one per axis, divisible by 2**model.depth"),
+    return [("train.steps", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}] (step counters are 32-bit)"),
+            ("train.batch_size", _int(1, MAX_BATCH), f"an integer in [1, {MAX_BATCH}] (a multiple of the devices)"),
+            ("train.patch_size", _int_or_ints(1, MAX_PIXELS),
+             f"a size in [1, {MAX_PIXELS}] or one per axis, divisible by 2**model.depth"),
             ("train.fg_fraction", _num(0.0, 1.0), "a number in [0, 1]"),
             ("train.loss", _one_of(*losses.LOSSES), f"one of {tuple(losses.LOSSES)}"),
-            ("train.smooth", _num(0.0, lo_open=True), "a number > 0"),
-            ("train.log_every", _int(1), "an integer >= 1"),
-            ("train.eval_every", _int(1), "an integer >= 1"),
-            ("train.checkpoint_every", _int(1), "an integer >= 1"),
-            ("train.keep_checkpoints", _int(1), "an integer >= 1 (something to resume from)"),
-            ("train.prefetch", _int(0), "an integer >= 0 (0: no background sampling)"),
-            ("train.max_minutes", _num(0.0), "a number >= 0 (0: no limit)"),
-            ("train.budget_minutes", _num(0.0), "a number >= 0 (0: train.steps steps)"),
+            ("train.smooth", _num(0.0, 1e6, lo_open=True), "a number in (0, 1e6]"),
+            ("train.log_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
+            ("train.eval_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
+            ("train.checkpoint_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
+            ("train.keep_checkpoints", _int(1, 1000), "an integer in [1, 1000] (something to resume from)"),
+            ("train.prefetch", _int(0, 64), "an integer in [0, 64] (0: no background sampling)"),
+            ("train.max_minutes", _num(0.0, MAX_MINUTES), f"minutes in [0, {MAX_MINUTES}] (a week; 0: no limit)"),
+            ("train.budget_minutes", _num(0.0, MAX_MINUTES),
+             f"minutes in [0, {MAX_MINUTES}] (a week; 0: train.steps steps)"),
             ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]"),
             ("train.ema_decay", _num(0.0, 1.0, hi_open=True), "a number in [0, 1) (0: no weight average)"),
             ("train.tensorboard", _is(bool), "True or False")]
   if section == "optim":
     return [("optim.name", _one_of(*optim.OPTIMIZERS), f"one of {optim.OPTIMIZERS}"),
             ("optim.learning_rate", _num(0.0, 10.0, lo_open=True), "a number in (0, 10]"),
-            ("optim.weight_decay", _num(0.0), "a number >= 0"),
+            ("optim.weight_decay", _num(0.0, 1.0), "a number in [0, 1]"),
             ("optim.schedule", _one_of(*optim.SCHEDULES), f"one of {optim.SCHEDULES}"),
-            ("optim.warmup_steps", _int(0), "an integer >= 0"),
+            ("optim.warmup_steps", _int(0, MAX_STEPS), f"an integer in [0, {MAX_STEPS}]"),
             ("optim.final_lr_fraction", _num(0.0, 1.0), "a number in [0, 1]"),
-            ("optim.grad_clip", _num(0.0), "a number >= 0 (0: off)")]
+            ("optim.grad_clip", _num(0.0, 1e6), "a number in [0, 1e6] (0: off)")]
   if section == "augment":
     probs = [(f"augment.{name}", _num(0.0, 1.0), "a probability in [0, 1]") for name in augment.PROB_FIELDS]
     return probs + [
@@ -121,8 +132,8 @@ def _rules(section: str) -> list[Rule]:
         ("augment.rotate_degrees", _num(0.0, 180.0), "degrees in [0, 180]"),
         ("augment.scale_range", _range(), "(low, high) with 0 < low <= high"),
         ("augment.shear_degrees", _num(0.0, 90.0, hi_open=True), "degrees in [0, 90)"),
-        ("augment.elastic_alpha", _num(0.0), "pixels >= 0"),
-        ("augment.elastic_sigma", _num(0.0, lo_open=True), "pixels > 0"),
+        ("augment.elastic_alpha", _num(0.0, 1000.0), "pixels in [0, 1000]"),
+        ("augment.elastic_sigma", _num(0.0, float(MAX_PIXELS), lo_open=True), f"pixels in (0, {MAX_PIXELS}]"),
         ("augment.brightness", _num(0.0, 1.0), "a number in [0, 1]"),
         ("augment.contrast", _range(), "(low, high) with 0 < low <= high"),
         ("augment.gamma", _range(), "(low, high) with 0 < low <= high"),
@@ -133,32 +144,32 @@ def _rules(section: str) -> list[Rule]:
         ("augment.section_brightness", _num(0.0, 1.0), "a number in [0, 1]"),
         ("augment.section_contrast", _range(), "(low, high) with 0 < low <= high")]
   if section == "eval":
-    return [("eval.window", _int_or_ints(1), "a size >= 1 or one per axis"),
+    return [("eval.window", _int_or_ints(1, MAX_PIXELS), f"a size in [1, {MAX_PIXELS}] or one per axis"),
             ("eval.overlap", _num(0.0, 1.0, hi_open=True), "a fraction in [0, 1)"),
             ("eval.blend", _one_of(*windows.BLENDS), f"one of {windows.BLENDS}"),
             ("eval.sigma", _num(0.0, 10.0, lo_open=True), "a fraction of the window in (0, 10]"),
             ("eval.tta", _one_of(*windows.TTAS), f"one of {windows.TTAS}"),
-            ("eval.batch_size", _int(1), "an integer >= 1"),
+            ("eval.batch_size", _int(1, MAX_BATCH), f"an integer in [1, {MAX_BATCH}]"),
             ("eval.threshold", _num(0.0, 1.0, True, True), "a probability in (0, 1)"),
             ("eval.checkpoint", _one_of("best", "latest"), "'best' or 'latest'"),
             ("eval.select_threshold", _is(bool), "True or False"),
             ("eval.threshold_candidates", _seq(_num(0.0, 1.0, True, True)), "probabilities in (0, 1)"),
             ("eval.min_size", _int(0), "voxels >= 0"),
             ("eval.iou_thresholds", _seq(_num(0.0, 1.0, lo_open=True)), "numbers in (0, 1]"),
-            ("eval.report_slices", _int(1), "an integer >= 1"),
-            ("eval.figure_px", _int(32), "pixels >= 32"),
+            ("eval.report_slices", _int(1, 1000), "an integer in [1, 1000]"),
+            ("eval.figure_px", _int(32, MAX_PIXELS), f"pixels in [32, {MAX_PIXELS}]"),
             ("eval.engine", _one_of(*engines.ENGINES), f"one of {engines.ENGINES}"),
-            ("eval.chunk", _seq(_int(1), (3,)), "three block sizes (z, y, x) >= 1, in voxels"),
+            ("eval.chunk", _seq(_int(1, 65536), (3,)), "three block sizes (z, y, x) in [1, 65536], in voxels"),
             ("eval.confidence_level", _num(0.0, 1.0, True, True), "a probability in (0, 1)"),
-            ("eval.bootstrap_resamples", _int(1000), "an integer >= 1000"),
-            ("eval.bootstrap_seed", _int(0), "an integer >= 0"),
+            ("eval.bootstrap_resamples", _int(1000, 10**6), "an integer in [1000, 1000000]"),
+            ("eval.bootstrap_seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
             ("eval.calibration_bins", _int(2, 1000), "an integer in [2, 1000]"),
             ("eval.calibrate", _is(bool), "True or False"),
             ("eval.uncertainty", _one_of(*uncertainty.SOURCES), f"one of {uncertainty.SOURCES}"),
             ("eval.review_top_k", _int(1), "an integer >= 1")]
   if section == "explain":
     layers = lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v)
-    return [("explain.seed", _int(0), "an integer >= 0"),
+    return [("explain.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
             ("explain.crop", _int(0), "pixels >= 0 (0: eval.window)"),
             ("explain.batch_size", _int(1), "an integer >= 1"),
             ("explain.ig_steps", _int(2), "an integer >= 2"),
@@ -205,6 +216,11 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
     problems.append(f"eval.window={config.eval.window!r} must be one size or {ndim} sizes for a {ndim}D model")
   if "model" in sections and ndim:
     anisotropy.model_plan(config.model)  # raises, naming the field, for bad kernel_sizes / pool_factors
+    base = config.model.base_features
+    if config.model.norm == "group" and base % model.GROUPS:
+      problems.append(f"model.norm='group' needs model.base_features divisible by its {model.GROUPS} groups (level l "
+                      f"has base_features * 2**l channels), got model.base_features={base}; use a multiple of "
+                      f"{model.GROUPS} (e.g. {-(-base // model.GROUPS) * model.GROUPS}) or --config.model.norm=batch")
   if "train" in sections and _present(config, "train") and ndim:
     volumes.check_config(config)  # the dimensions of model, data, patch and window agree
     patch, factors = sizes(config.train.patch_size), anisotropy.model_plan(config.model).size_factors

@@ -10,6 +10,7 @@ from unet_jax.errors import InputError
 from unet_jax.network.anisotropy import isotropic_plan, model_plan, Plan
 
 NORMS = ("batch", "group", "none")
+GROUPS = 8  # GroupNorm's groups: every level's width (base_features * 2**level) must divide by it
 UPSAMPLES = ("transpose", "resize")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -20,7 +21,7 @@ def _norm(kind: str, train: bool, axis_name: str | None, name: str) -> nn.Module
     return nn.BatchNorm(use_running_average=not train, momentum=0.9,
                         axis_name=axis_name if train else None, name=name)
   if kind == "group":
-    return nn.GroupNorm(num_groups=8, name=name)
+    return nn.GroupNorm(num_groups=GROUPS, name=name)
   return None
 
 
