@@ -78,13 +78,14 @@ def test_package_validates_offline_and_onnx_equals_jax(exported):
 def test_package_round_trips_through_bioimageio(exported):
   from bioimageio.core import predict  # pylint: disable=g-import-not-at-top
   from bioimageio.spec import load_model_description  # pylint: disable=g-import-not-at-top
-  config, model, variables, _, package, _ = exported
+  config, model, variables, _, package, summary = exported
   descr = load_model_description(package)
   axes = {a.id: a for a in descr.inputs[0].axes}
   assert (axes["y"].scale, axes["x"].scale, axes["y"].unit) == (config.data.voxel_size_nm[1],
                                                                  config.data.voxel_size_nm[2], "nanometer")
   assert [p.id for p in descr.inputs[0].preprocessing] == ["ensure_dtype", "scale_linear", "ensure_dtype"]
-  assert descr.weights.onnx.opset_version == onnx_export.OPSET and "Dice 0.900" in descr.description
+  assert descr.weights.onnx.opset_version == onnx_export.OPSET
+  assert f"test Dice {summary['package']['scores']['test']['dice']:.3f}" in descr.description  # its own output's
   other = np.round(255 * textured((32, 32), 11)).astype(np.uint8)  # a window the package has never seen
   sample = predict(model=descr, inputs={"raw": other[None, ..., None]})
   probabilities = sample.members["mitochondria"].data.values

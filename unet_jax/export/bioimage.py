@@ -4,8 +4,16 @@ The package holds the network as ONNX weights (`onnx_export`, sigmoid included),
 output axes with the pixel size in nanometres, the preprocessing that maps the raw EM values to
 [0, 1] as training did (`stacks` normalisation, e.g. uint8 / 255), a test input
 (a window of a raw EM slice) with the JAX model's output on it, a cover from the evaluation
-report, and a README with the training data and the report's scores. The ONNX weights are checked
+report, and a README with the training data and scores. The ONNX weights are checked
 against JAX before packaging, and `validate_package` runs bioimageio.core's model test (offline).
+
+The package states what it is, not what unet-jax's pipeline around it is:
+- its scores and threshold are those of its own output, one pass of the network per window (no
+  test-time augmentation, no calibration), measured at export on the report's splits with the
+  threshold chosen for that output (`package_scores`); the report's numbers (with TTA, calibration)
+  are quoted apart, as the pipeline's;
+- its licence is the training data's, read from a LICENSE or README file beside the data
+  (`data_license`), or given; never guessed.
 
   summary = build_package(config, "runs/vnc", "vnc_unet.zip")
 """
@@ -13,6 +21,7 @@ against JAX before packaging, and `validate_package` runs bioimageio.core's mode
 import datetime
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -24,14 +33,17 @@ import tifffile
 
 from unet_jax.errors import InputError
 from unet_jax.inference import engines, onnx_export, predictor as predictor_lib
-from unet_jax.inference.predictor import Predictor
-from unet_jax.io import stacks
+from unet_jax.inference.predictor import choose_threshold, Predictor
+from unet_jax.io import data, outputs, stacks
 from unet_jax.network.model import build_model
+from unet_jax.scores import metrics
 
 TOLERANCE = 1e-4  # max |ONNX Runtime - JAX| probability on the test input, checked before packaging
 INPUT_ID, OUTPUT_ID = "raw", "mitochondria"
 INSTALL = "pip install bioimageio.core==0.11.0 bioimageio.spec==0.5.12.0"
-LICENSES = {"../shared/data/vnc": "CC-BY-NC-SA-3.0"}  # weights trained on share-alike data keep its licence
+LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENCE.md", "COPYING",
+                 "README.md", "README.txt", "README")  # beside the training data, read in this order
+GENERATED_DATA_LICENSE = "CC-BY-4.0"  # weights trained on generated data only (no third party's terms)
 CITATIONS = (
     ("Ronneberger, Fischer, Brox (2015). U-Net: Convolutional networks for biomedical image segmentation. "
      "MICCAI.", "10.1007/978-3-319-24574-4_28"),
@@ -79,16 +91,139 @@ def _require_bioimageio() -> tuple[Any, Any]:
   return spec, v0_5
 
 
+def check_output(output: str, overwrite: bool) -> None:
+  """Refuses, before any work, an `output` that is not a .zip file name, is a folder, exists (unless
+  `overwrite`) or lies where no file can be made. The probe's own OSError (no permission, a read-only
+  disk) is raised as such, for the entry point to say in one line."""
+  if not output.endswith(".zip"):
+    raise InputError(f"--output must be a .zip file, got {output!r}")
+  if os.path.isdir(output):
+    raise InputError(f"--output {output!r} is a folder, not a file; give the package's file name, e.g. "
+                     f"{os.path.join(output, 'model.zip')}")
+  if os.path.lexists(output) and not overwrite:
+    raise InputError(f"--output {output!r} already exists; pass --overwrite to replace it, or choose another name")
+  existing = os.path.dirname(os.path.abspath(output))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise InputError(f"--output {output!r} cannot be made: {existing!r} is a file, not a folder; choose another path")
+  with tempfile.TemporaryFile(dir=existing):  # proves the folder writable, leaving nothing behind
+    pass
+
+
+def _spdx(license_id: str) -> str | None:
+  """`license_id` if it is an SPDX licence identifier bioimage.io accepts, else None."""
+  _, v0_5 = _require_bioimageio()
+  try:
+    return str(v0_5.LicenseId(license_id))
+  except ValueError:
+    return None
+
+
+_CC_SHORT = re.compile(r"\bCC[ -]?(BY(?:[ -](?:NC|SA|ND))*)[ -]v?(\d\.\d)\b", re.IGNORECASE)  # CC BY-NC-SA 3.0
+_CC_LONG = re.compile(r"Creative Commons (Attribution(?:[ -](?:Non-?Commercial|Share-?Alike|No-?Deriv(?:ative)?s))*)"
+                      r"(?: International)?(?: Licen[cs]e)?,? (?:version |v)?(\d\.\d)", re.IGNORECASE)
+_CC_WORD = re.compile(r"Attribution|Non-?Commercial|Share-?Alike|No-?Deriv(?:ative)?s", re.IGNORECASE)
+_CC_CODES = {"attribution": "BY", "noncommercial": "NC", "sharealike": "SA", "noderivs": "ND", "noderivatives": "ND"}
+_NAMED = ((re.compile(r"\bCC0\b"), "CC0-1.0"),
+          (re.compile(r"\bMIT Licen[cs]e\b|\bLicen[cs]ed? (?:under )?(?:the )?MIT\b|\bLicen[cs]e: *MIT\b",
+                      re.IGNORECASE), "MIT"),
+          (re.compile(r"Apache Licen[cs]e,? (?:Version |v)?2\.0", re.IGNORECASE), "Apache-2.0"),
+          (re.compile(r"\bBSD[ -]3[ -]Clause", re.IGNORECASE), "BSD-3-Clause"),
+          (re.compile(r"\bBSD[ -]2[ -]Clause", re.IGNORECASE), "BSD-2-Clause"))
+_SPDX_LIKE = re.compile(r"\b[A-Za-z][A-Za-z0-9.+]*-[A-Za-z0-9.+-]*\d[A-Za-z0-9.+-]*")  # GPL-3.0-only, CC-BY-4.0
+
+
+def licenses_in(text: str) -> list[str]:
+  """The SPDX ids a licence file or README states, in order of appearance: Creative Commons in short
+  ('CC BY-NC-SA 3.0') or long form ('Creative Commons Attribution 4.0'), CC0, MIT, Apache 2.0, BSD, or an
+  SPDX id written as such (GPL-3.0-only) on a line about the licence."""
+  found = []
+  for line in text.splitlines():
+    for match in _CC_SHORT.finditer(line):
+      found.append("CC-" + "-".join(re.split(r"[ -]", match.group(1).upper())) + "-" + match.group(2))
+    for match in _CC_LONG.finditer(line):
+      codes = [_CC_CODES[w.lower().replace("-", "")] for w in _CC_WORD.findall(match.group(1))]
+      found.append("CC-" + "-".join(codes) + "-" + match.group(2))
+    found += [spdx for pattern, spdx in _NAMED if pattern.search(line)]
+    if re.search(r"licen[cs]|spdx", line, re.IGNORECASE):
+      found += [token for token in _SPDX_LIKE.findall(line) if _spdx(token)]
+  return [f for f in dict.fromkeys(found) if _spdx(f)]
+
+
+def data_license(data_config: Any, given: str | None = None) -> tuple[str, str]:
+  """(the package's SPDX licence id, where it comes from): `given` (--license), else what a LICENSE or
+  README file in the data folder states (the weights keep the training data's terms). Generated data
+  (data.name='synthetic') has no terms to keep: GENERATED_DATA_LICENSE. Anything else is refused in one
+  line rather than guessed."""
+  if given:
+    if not _spdx(given):
+      raise InputError(f"--license={given!r} is not an SPDX licence id bioimage.io accepts (e.g. CC-BY-4.0, "
+                       "CC-BY-NC-SA-3.0, MIT; https://spdx.org/licenses/)")
+    return given, "--license"
+  if data_config.name == "synthetic":
+    return GENERATED_DATA_LICENSE, "generated training data (no third party's terms)"
+  root = os.path.abspath(data_config.root)
+  for name in LICENSE_FILES:
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+      continue
+    with open(path, encoding="utf-8", errors="replace") as f:
+      found = licenses_in(f.read(200_000))
+    if len(found) > 1:
+      raise InputError(f"{path} names several licences ({', '.join(found)}); pass --license=SPDX-ID with the one "
+                       "that covers the training data")
+    if found:
+      return found[0], path
+  raise InputError(f"cannot tell the training data's licence: no LICENSE or README in {root!r} states one; pass "
+                   "--license=SPDX-ID with the data's terms (the weights keep them), e.g. --license=CC-BY-4.0")
+
+
+def package_scores(config: Any, predictor: Predictor, split_names: list[str]) -> dict[str, Any]:
+  """What the package's own output gives: the network's raw probabilities from one pass per window
+  (sliding windows with `eval`'s window, overlap and blending; no TTA, no calibration), the threshold the
+  config's policy chooses for them (with `eval.select_threshold` the best candidate on val; else the
+  predictor's threshold carried to raw probabilities, `raw_threshold`), and the pixel scores at it of
+  each of `split_names` (train, val, test). {'threshold': {...}, 'scores': {split: pixel scores}}."""
+  plain_eval = config.eval.copy_and_resolve_references()
+  plain_eval.tta, plain_eval.calibrate = "none", False
+  plain = Predictor.create(predictor.model, predictor.variables, plain_eval, predictor.step)
+  splits = data.load_splits(config.data)
+  names = [n for n in dict.fromkeys(["val", *split_names]) if n in splits]
+  probs = {n: plain.raw_probabilities(splits[n].image) for n in names}
+  if plain_eval.select_threshold:
+    threshold = choose_threshold(plain_eval, probs["val"], splits["val"].mask)
+    threshold = {"value": threshold["value"], "source": "the val split's best candidate for one pass per window"}
+  else:
+    threshold = {"value": predictor.raw_threshold, "source": f"eval.threshold ({predictor.threshold['source']}), "
+                 "on the network's own probabilities"}
+  scores = {n: metrics.pixel_scores(probs[n] >= threshold["value"], splits[n].mask) for n in names
+            if n in split_names}
+  return {"threshold": threshold, "scores": scores, "window": list(plain.settings["window"]),
+          "overlap": float(plain.settings["overlap"]), "blend": plain.settings["blend"]}
+
+
+def _pipeline(config: Any) -> str:
+  """How evaluate.py ran the network, in words (TTA and calibration)."""
+  tta = {"none": "one pass", "flips": "mean of 4 flips", "dihedral": "mean of 8 flips/rotations"}.get(
+      config.eval.tta, config.eval.tta)
+  return f"{tta} per window{', calibrated' if config.eval.calibrate else ''}"
+
+
 def data_label(data_config: Any) -> str:
   """A short name of the training data: data.name, or the folder's name for data.name='folder'."""
   return os.path.basename(os.path.normpath(data_config.root)) if data_config.name == "folder" else data_config.name
 
 
-def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, int], threshold: float) -> str:
-  """README.md of the package: what the model does, its training data, its scores, how to validate it."""
+def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, int], own: dict[str, Any],
+           license_id: str, license_source: str) -> str:
+  """README.md of the package: what the model does, its training data and licence, the scores of its own
+  output (`package_scores`) and apart the report's, how to validate it."""
   voxel = tuple(config.data.voxel_size_nm)
-  rows = [f"| {r['split']} | {r['pixel']['dice']:.4f} | {r['pixel']['iou']:.4f} | {r['pixel']['precision']:.4f} | "
-          f"{r['pixel']['recall']:.4f} | {r['threshold']['value']:g} |" for r in report["runs"]]
+  threshold = own["threshold"]["value"]
+  cells = lambda p: f"{p['dice']:.4f} | {p['iou']:.4f} | {p['precision']:.4f} | {p['recall']:.4f}"
+  rows = [f"| {split} | {cells(p)} | {threshold:g} |" for split, p in own["scores"].items()]
+  quoted = [f"| {r['split']} | {cells(r['pixel'])} | {r['threshold']['value']:g} |" for r in report["runs"]]
   return "\n".join([
       "# Mitochondria U-Net (unet-jax)", "",
       "Segments mitochondria in electron microscopy, one 2D slice at a time: the output is the probability of",
@@ -101,10 +236,15 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
       f"{config.train.batch_size} patches of {config.train.patch_size} px",
       f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
       f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px", "",
+      f"- licence: {license_id} ({license_source})", "",
       "## Validation", "",
-      f"Pixel scores of this checkpoint from evaluate.py ({report.get('created', '')}), sliding windows with Gaussian "
-      "blending:", "",
+      f"Pixel scores of this package's own output, measured at export: one pass of the network per {window[0]} x "
+      f"{window[1]} window (sliding windows, overlap {own['overlap']:g}, {own['blend']} blending; no test-time "
+      f"augmentation, no calibration), thresholded at {threshold:g} ({own['threshold']['source']}):", "",
       "| split | Dice | IoU | precision | recall | threshold |", "|---|---|---|---|---|---|", *rows, "",
+      f"unet-jax's own pipeline (evaluate.py, {report.get('created', '')}) runs this checkpoint as "
+      f"{_pipeline(config)}, which this package does not do; it scored, at its threshold on its probabilities:", "",
+      "| split | Dice | IoU | precision | recall | threshold |", "|---|---|---|---|---|---|", *quoted, "",
       "To validate on your own annotated stack: segment it with this model, threshold the probabilities, and",
       "compute Dice and IoU against your mask (unet-jax: `python evaluate.py --input=stack.tif --mask=mask.tif`).", "",
       "## Preprocessing", "",
@@ -114,19 +254,21 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
 
 def build_package(config: Any, workdir: str, output: str, image_path: str | None = None,
                   report_path: str | None = None, author: str = "unet-jax",
-                  license_id: str | None = None) -> dict[str, Any]:
+                  license_id: str | None = None, overwrite: bool = False, validate: bool = False) -> dict[str, Any]:
   """Writes the bioimage.io package of `workdir`'s checkpoint (`eval.checkpoint`) to `output` (.zip).
 
   The test input is the centre `eval.window` of the first slice of `image_path` (default: the
   config's data.root/testing.tif); the report defaults to workdir/report/report.json; the licence
-  (an SPDX id) to the training data's (`LICENSES`) or CC-BY-4.0. Returns a
-  summary with the ONNX-vs-JAX difference on the test input.
+  (an SPDX id) to the training data's (`data_license`). An existing `output` is refused unless
+  `overwrite`; with `validate`, bioimageio.core's model test must pass first. The package replaces
+  `output` only when complete (and tested), so a failed export leaves an earlier one as it was.
+  Returns a summary with the ONNX-vs-JAX difference on the test input and the package's own scores.
   """
   spec, v0_5 = _require_bioimageio()
   if config.model.ndim != 2:
     raise InputError(f"bioimage.io export supports 2D models (model.ndim=2), got model.ndim={config.model.ndim}")
-  if not output.endswith(".zip"):
-    raise InputError(f"--output must be a .zip file, got {output!r}")
+  check_output(output, overwrite)
+  license_id, license_source = data_license(config.data, license_id)
   model = build_model(config.model)
   onnx_export.check_exportable(model, "bioimage.io export")
   if model.in_channels != 1:
@@ -156,7 +298,8 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     raise InputError(f"ONNX Runtime differs from JAX by {difference:.2e} > {TOLERANCE} on the test input; "
                      "the conversion is wrong for this model, do not ship it")
 
-  threshold = predictor.raw_threshold  # the package outputs the network's own (uncalibrated) probabilities
+  own = package_scores(config, predictor, [r["split"] for r in report["runs"]])
+  threshold = own["threshold"]["value"]  # for the package's output: one pass, the network's own probabilities
   with tempfile.TemporaryDirectory() as tmp:
     path = lambda name: os.path.join(tmp, name)
     with open(path("weights.onnx"), "wb") as f:
@@ -171,21 +314,29 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     with open(path(predictor_lib.PACKAGE_SETTINGS), "w") as f:
       json.dump(predictor.package_record(config), f, indent=1)
     with open(path("README.md"), "w") as f:
-      f.write(readme(config, report, step, window, threshold))
-    license_id = license_id or LICENSES.get(os.path.normpath(config.data.root), "CC-BY-4.0")
-    descr = _describe(v0_5, config, report, step, window, raw.dtype, (offset, scale), threshold, author,
-                      license_id, path)
-    spec.save_bioimageio_package(descr, output_path=output)
-  return {"output": output, "workdir": workdir, "step": int(step), "window": list(window),
-          "test_input": image_path, "input_dtype": str(raw.dtype), "license": license_id,
-          "max_abs_onnx_minus_jax": difference, "tolerance": TOLERANCE, "threshold": predictor.threshold,
-          "temperature": predictor.temperature, "raw_threshold": threshold}
+      f.write(readme(config, report, step, window, own, license_id, license_source))
+    descr = _describe(v0_5, config, own, step, window, raw.dtype, (offset, scale), author, license_id, path)
+    package = spec.save_bioimageio_package(descr, output_path=path("package.zip"))
+    summary = {"output": output, "workdir": workdir, "step": int(step), "window": list(window),
+               "test_input": image_path, "input_dtype": str(raw.dtype), "license": license_id,
+               "license_source": license_source, "max_abs_onnx_minus_jax": difference, "tolerance": TOLERANCE,
+               "threshold": predictor.threshold, "temperature": predictor.temperature,
+               "raw_threshold": predictor.raw_threshold, "package": own}
+    if validate:
+      summary["bioimageio_test"] = validate_package(str(package))
+      if summary["bioimageio_test"]["status"] != "passed":
+        raise InputError(f"bioimageio.core's model test did not pass: {summary['bioimageio_test']}; no package "
+                         "was written")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with outputs.atomic_path(output) as partial:
+      shutil.copyfile(package, partial)
+  return summary
 
 
-def _describe(v0_5: Any, config: Any, report: dict[str, Any], step: int, window: tuple[int, int],
-              dtype: np.dtype, normalization: tuple[float, float], threshold: float, author: str,
-              license_id: str, path: Any) -> Any:
-  """The v0.5 ModelDescr of the files under `path(name)`."""
+def _describe(v0_5: Any, config: Any, own: dict[str, Any], step: int, window: tuple[int, int],
+              dtype: np.dtype, normalization: tuple[float, float], author: str, license_id: str, path: Any) -> Any:
+  """The v0.5 ModelDescr of the files under `path(name)`; its numbers are the package's own (`package_scores`)."""
+  threshold = own["threshold"]["value"]
   voxel_y, voxel_x = (float(v) for v in tuple(config.data.voxel_size_nm)[1:])
   space = lambda axis_id, size, scale, cls: cls(id=v0_5.AxisId(axis_id), size=size, scale=scale, unit="nanometer")
   offset, scale = normalization
@@ -207,11 +358,12 @@ def _describe(v0_5: Any, config: Any, report: dict[str, Any], step: int, window:
       test_tensor=v0_5.FileDescr(source=path("test_output.npy")),
       sample_tensor=v0_5.FileDescr(source=path("sample_output.tif")),
       data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
-  scores = "; ".join(f"{r['split']} Dice {r['pixel']['dice']:.3f}, IoU {r['pixel']['iou']:.3f}" for r in report["runs"])
+  scores = "; ".join(f"{split} Dice {p['dice']:.3f}, IoU {p['iou']:.3f}" for split, p in own["scores"].items())
   return v0_5.ModelDescr(
       name=f"unet-jax mitochondria {data_label(config.data)}",
       description=(f"2D U-Net for mitochondria in EM, trained on {data_label(config.data)} "
-                   f"({voxel_y:g} nm pixels), checkpoint step {step}: {scores}.")[:1024],
+                   f"({voxel_y:g} nm pixels), checkpoint step {step}. Its output (one pass per window) "
+                   f"thresholded at {threshold:g}: {scores}.")[:1024],
       authors=[v0_5.Author(name=author)],
       cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
       license=v0_5.LicenseId(license_id),
