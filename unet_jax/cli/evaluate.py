@@ -21,6 +21,12 @@ same command after an interruption), into out/segmentation.ome.zarr (probabiliti
 labels/instances, with the input's axes and voxel size; unet_jax/inference/chunked.py):
 
   python evaluate.py --config=configs/unet2d.py:vnc --workdir=runs/vnc --input=vol.ome.zarr --output_dir=out/
+
+The blocks run on a Dask LocalCluster of one single-threaded worker process per core (its dashboard's
+address is printed); --scheduler=tcp://host:8786 uses a running Dask cluster (SLURM, Kubernetes: see
+docs/usage/segmenting.md), --scheduler=synchronous runs them in this process. Input and output may be
+fsspec URLs: --input=s3://bucket/vol.ome.zarr --output_dir=s3://bucket/out (credentials and endpoint
+from the AWS_* environment variables or ~/.aws).
 """
 
 import json
@@ -45,17 +51,25 @@ flags.DEFINE_string("mask", None, "With --input: its ground-truth mask (TIFF or 
 flags.DEFINE_string("output_dir", None, "With --input: output folder (default <workdir>/segment_<input name>).")
 flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
                   "With --input: probability dtype (the mask = these stored values >= eval.threshold).")
+flags.DEFINE_string("scheduler", "local", "With an OME-Zarr --input: where its blocks run: 'local' (a Dask "
+                    "LocalCluster on this machine), 'synchronous' (this process) or a Dask scheduler's address "
+                    "(tcp://host:8786).")
+flags.DEFINE_integer("workers", 0, "With --scheduler=local: worker processes (0: one per core), one thread each.")
 flags.mark_flags_as_required(["workdir"])
 
 
 def segment(config) -> None:
   """evaluate.py --input: one TIFF stack streamed page by page, or an OME-Zarr volume chunk by chunk."""
-  from unet_jax.inference import chunked, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
-  from unet_jax.io import stacks
-  segmenter = chunked if stacks.is_zarr(FLAGS.input) else streamed
+  from unet_jax.inference import chunked, cluster, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.io import stacks, stores
   name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
-  summary = segmenter.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
+  if stores.is_remote(FLAGS.input) or stacks.is_zarr(FLAGS.input):
+    cluster.check_scheduler(FLAGS.scheduler)
+    summary = chunked.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities,
+                                   scheduler=FLAGS.scheduler, workers=FLAGS.workers)
+  else:
+    summary = streamed.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
   print(json.dumps(summary, indent=2))
 
 

@@ -126,6 +126,13 @@ class Runner:
       return results
 
 
+def check_scheduler(scheduler: str) -> None:
+  """InputError unless `scheduler` is 'synchronous', 'local' or an address (tcp://host:8786)."""
+  if scheduler not in (SYNCHRONOUS, LOCAL) and "://" not in scheduler:
+    raise InputError(f"--scheduler={scheduler!r}: give 'synchronous', 'local' or a Dask scheduler's address such as "
+                     "tcp://host:8786")
+
+
 @contextlib.contextmanager
 def connect(scheduler: str = SYNCHRONOUS, workers: int = 0, progress: bool = True) -> Iterator[Runner]:
   """A `Runner` on `scheduler`: "synchronous" (this process), "local" (a LocalCluster of `workers` processes,
@@ -146,9 +153,7 @@ def connect(scheduler: str = SYNCHRONOUS, workers: int = 0, progress: bool = Tru
       client = stack.enter_context(distributed.Client(cluster))
       description = f"a LocalCluster of {n} worker processes, 1 thread each"
     else:
-      if "://" not in scheduler:
-        raise InputError(f"--scheduler={scheduler!r}: give 'synchronous', 'local' or a scheduler address such as "
-                         "tcp://host:8786")
+      check_scheduler(scheduler)
       try:
         client = stack.enter_context(distributed.Client(scheduler, timeout="30s"))
       except (OSError, TimeoutError) as e:

@@ -38,8 +38,9 @@ _SAMPLED_CHUNKS = 8  # chunk files whose bytes enter a fingerprint
 
 def normalize(path: str) -> str:
   """`path` without a trailing '/', and a file:// URL as the local path it names."""
-  path = path.rstrip("/") or path
-  return path[len("file://"):] if path.startswith("file://") else path
+  path = path[len("file://"):] if path.startswith("file://") else path
+  protocol, sep, rest = path.partition("://")
+  return protocol + sep + rest.rstrip("/") if sep else (path.rstrip("/") or path)
 
 
 def is_remote(path: str) -> bool:
