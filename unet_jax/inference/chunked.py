@@ -244,8 +244,8 @@ def _open(out: stores.Folder, image: str, run: dict[str, Any], create: Any, prog
   if final and final.get("complete") and stores.as_json(final.get("run")) == stores.as_json(run):
     return "done"
   if record and progress:
-    print(f"note: {out.join(image)} was begun by another run ({', '.join(_changes(record.get('run') or {}, run))} "
-          "changed); starting afresh")
+    print(f"note: the unfinished {out.join(image)} was begun for another run (changed: "
+          f"{', '.join(_changes(record.get('run') or {}, run))}); starting afresh")
   out.remove(image, RECORD)  # first: without it nothing below is taken for this run's
   out.remove(WORK)
   out.remove(image)
