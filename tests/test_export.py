@@ -6,6 +6,7 @@ import subprocess
 import sys
 import zipfile
 
+import ml_collections
 import numpy as np
 import pytest
 import tifffile
@@ -14,9 +15,10 @@ from configs import unet2d
 from unet_jax.errors import InputError
 from unet_jax.export import bioimage
 from unet_jax.inference import engines, onnx_export
-from unet_jax.io import checkpoint
+from unet_jax.io import checkpoint, data
 from unet_jax.network.model import build_model
-from unet_jax.reports import figures
+from unet_jax.reports import evaluation, figures
+from unet_jax.scores import metrics
 
 from test_onnx_engine import spread_variables, textured  # pylint: disable=g-bad-import-order
 
@@ -124,3 +126,108 @@ def test_export_cli_without_checkpoint_is_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, check=False)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: no best checkpoint")
+
+
+def _folder_data(root):
+  return ml_collections.ConfigDict({"name": "folder", "root": str(root)})
+
+
+def test_the_licence_is_read_from_beside_the_data_never_guessed(tmp_path, monkeypatch):
+  data_dir = tmp_path / "em"
+  data_dir.mkdir()
+  with pytest.raises(InputError, match=r"cannot tell the training data's licence: no LICENSE or README in .* pass "
+                     r"--license=SPDX-ID"):
+    bioimage.data_license(_folder_data(data_dir))
+  (data_dir / "README.md").write_text("# EM stacks\n\nLicence: CC BY-NC-SA 3.0 - non-commercial, share-alike.\n")
+  assert bioimage.data_license(_folder_data(data_dir)) == ("CC-BY-NC-SA-3.0", str(data_dir / "README.md"))
+  monkeypatch.chdir(tmp_path)  # the same folder however data.root spells it (the bug: a lookup by the literal string)
+  assert bioimage.data_license(_folder_data("em"))[0] == bioimage.data_license(_folder_data("./em/"))[0] == \
+      "CC-BY-NC-SA-3.0"
+  (data_dir / "LICENSE").write_text("MIT License\n\nCopyright (c) 2024 Someone\n")
+  assert bioimage.data_license(_folder_data(data_dir)) == ("MIT", str(data_dir / "LICENSE"))  # LICENSE first
+  (data_dir / "LICENSE").write_text("Licensed under CC BY 4.0, parts under the MIT License\n")
+  with pytest.raises(InputError, match=r"names several licences \(CC-BY-4.0, MIT\); pass --license"):
+    bioimage.data_license(_folder_data(data_dir))
+  assert bioimage.data_license(_folder_data(data_dir), "CC-BY-4.0") == ("CC-BY-4.0", "--license")
+  with pytest.raises(InputError, match=r"--license='CC-BY-5.0' is not an SPDX licence id"):
+    bioimage.data_license(_folder_data(data_dir), "CC-BY-5.0")
+  generated = unet2d.get_config("tiny").data
+  assert bioimage.data_license(generated)[0] == bioimage.GENERATED_DATA_LICENSE
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("This work is licensed under a Creative Commons Attribution-NonCommercial 4.0 International License.",
+     ["CC-BY-NC-4.0"]),
+    ("Licensed under the Apache License, Version 2.0", ["Apache-2.0"]),
+    ("SPDX-License-Identifier: BSD-3-Clause", ["BSD-3-Clause"]),
+    ("Released into the public domain (CC0).", ["CC0-1.0"]),
+    ("Copyright Intel Corporation; acquired with an FEI Helios", []),  # names, not licences
+])
+def test_licence_texts(text, expected):
+  assert bioimage.licenses_in(text) == expected
+
+
+def test_vnc_data_keeps_its_licence_whatever_the_root_string(vnc_root):
+  for root in (vnc_root, os.path.abspath(vnc_root), os.path.abspath(vnc_root) + os.sep):
+    license_id, source = bioimage.data_license(_folder_data(root))
+    assert license_id == "CC-BY-NC-SA-3.0" and source.endswith("README.md")
+
+
+def test_an_output_in_the_way_is_refused_before_any_work(tmp_path):
+  important = tmp_path / "important.zip"
+  important.write_bytes(b"an unrelated archive")
+  with pytest.raises(InputError, match=r"--output .*important.zip' already exists; pass --overwrite to replace it"):
+    bioimage.check_output(str(important), overwrite=False)
+  bioimage.check_output(str(important), overwrite=True)
+  assert important.read_bytes() == b"an unrelated archive"
+  (tmp_path / "folder.zip").mkdir()
+  with pytest.raises(InputError, match=r"--output .*folder.zip' is a folder, not a file; give the package's file name"):
+    bioimage.check_output(str(tmp_path / "folder.zip"), overwrite=True)
+  with pytest.raises(InputError, match=r"cannot be made: .*important.zip' is a file, not a folder"):
+    bioimage.check_output(str(important / "model.zip"), overwrite=False)
+  bioimage.check_output(str(tmp_path / "new" / "deeper" / "model.zip"), overwrite=False)  # folders made when writing
+  assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.slow
+def test_the_package_states_what_its_own_output_gives(tmp_path):
+  """Exported after a report made with 8-transform TTA, calibration and a val-chosen threshold, the package
+  states the threshold and scores of its own output (one pass, no calibration): bioimageio.core running the
+  package on the val and test slices chooses that threshold and gets those scores; the report's are quoted apart."""
+  from bioimageio.core import predict  # pylint: disable=g-import-not-at-top
+  from bioimageio.spec import load_model_description  # pylint: disable=g-import-not-at-top
+  config = unet2d.get_config("tiny")
+  config.eval.window, config.eval.overlap = 64, 0.0  # one window per 64 x 64 slice: exactly the package's input
+  config.eval.tta, config.eval.calibrate, config.eval.select_threshold = "dihedral", True, True
+  config.eval.report_slices = 1
+  workdir = str(tmp_path / "run")
+  saver = checkpoint.Checkpoints(workdir)
+  saver.save(STEP, {**spread_variables(build_model(config.model)), "step": np.int32(STEP)}, val_dice=0.5)
+  saver.close()
+  report = evaluation.evaluate(config, [workdir], os.path.join(workdir, "report"), ["val", "test"])
+  splits = data.load_splits(config.data)
+  raw = {name: np.round(splits[name].image * 255).astype(np.uint8) for name in ("val", "test")}  # as stored
+  np.testing.assert_array_equal(raw["test"] / np.float32(255), splits["test"].image)
+  tifffile.imwrite(tmp_path / "test.tif", raw["test"])
+  package = str(tmp_path / "unet.zip")
+  summary = bioimage.build_package(config, workdir, package, str(tmp_path / "test.tif"))
+  descr = load_model_description(package)
+  with zipfile.ZipFile(package) as z:
+    readme = z.read("README.md").decode()
+
+  run_package = lambda stack: np.stack([predict(model=descr, inputs={"raw": s[None, ..., None]}).members[
+      "mitochondria"].data.values[0, ..., 0] for s in stack])
+  val, test = run_package(raw["val"]), run_package(raw["test"])
+  threshold = summary["package"]["threshold"]["value"]
+  assert threshold == metrics.best_dice_threshold(val, splits["val"].mask, config.eval.threshold_candidates)[0]
+  measured = metrics.pixel_scores(test >= threshold, splits["test"].mask)
+  assert measured["dice"] == pytest.approx(summary["package"]["scores"]["test"]["dice"], abs=1e-4)
+  assert f"| test | {measured['dice']:.4f} | {measured['iou']:.4f} | " in readme
+  assert f"threshold it at {threshold:g} for a mask" in readme
+  assert f"thresholded at {threshold:g}: " in descr.description
+  assert f"test Dice {measured['dice']:.3f}" in descr.description
+  assert descr.outputs[0].description.endswith(f"threshold at {threshold:g}")
+  pipeline = next(r for r in report["runs"] if r["split"] == "test")
+  assert abs(pipeline["pixel"]["dice"] - measured["dice"]) > 1e-3  # not the report's numbers, which are quoted apart:
+  assert "mean of 8 flips/rotations per window, calibrated, which this package does not do" in readme
+  assert f"| test | {pipeline['pixel']['dice']:.4f} | " in readme

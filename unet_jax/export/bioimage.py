@@ -162,7 +162,7 @@ def data_license(data_config: Any, given: str | None = None) -> tuple[str, str]:
                        "CC-BY-NC-SA-3.0, MIT; https://spdx.org/licenses/)")
     return given, "--license"
   if data_config.name == "synthetic":
-    return GENERATED_DATA_LICENSE, "generated training data (no third party's terms)"
+    return GENERATED_DATA_LICENSE, "unet-jax's default for generated training data, which has no terms to keep"
   root = os.path.abspath(data_config.root)
   for name in LICENSE_FILES:
     path = os.path.join(root, name)
@@ -235,8 +235,8 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
       f"- checkpoint of training step {step} (`eval.checkpoint={config.eval.checkpoint}`), batches of "
       f"{config.train.batch_size} patches of {config.train.patch_size} px",
       f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
-      f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px", "",
-      f"- licence: {license_id} ({license_source})", "",
+      f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px",
+      f"- licence: {license_id} (from {license_source})", "",
       "## Validation", "",
       f"Pixel scores of this package's own output, measured at export: one pass of the network per {window[0]} x "
       f"{window[1]} window (sliding windows, overlap {own['overlap']:g}, {own['blend']} blending; no test-time "
