@@ -224,6 +224,8 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
   cells = lambda p: f"{p['dice']:.4f} | {p['iou']:.4f} | {p['precision']:.4f} | {p['recall']:.4f}"
   rows = [f"| {split} | {cells(p)} | {threshold:g} |" for split, p in own["scores"].items()]
   quoted = [f"| {r['split']} | {cells(r['pixel'])} | {r['threshold']['value']:g} |" for r in report["runs"]]
+  source = (f"the training data's, stated in its {os.path.basename(license_source)}" if os.path.isabs(license_source)
+            else f"from {license_source}")
   return "\n".join([
       "# Mitochondria U-Net (unet-jax)", "",
       "Segments mitochondria in electron microscopy, one 2D slice at a time: the output is the probability of",
@@ -236,7 +238,7 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
       f"{config.train.batch_size} patches of {config.train.patch_size} px",
       f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
       f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px",
-      f"- licence: {license_id} (from {license_source})", "",
+      f"- licence: {license_id} ({source})", "",
       "## Validation", "",
       f"Pixel scores of this package's own output, measured at export: one pass of the network per {window[0]} x "
       f"{window[1]} window (sliding windows, overlap {own['overlap']:g}, {own['blend']} blending; no test-time "
