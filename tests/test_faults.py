@@ -216,6 +216,45 @@ def test_what_stops_a_run_is_one_line(error, expected):
   assert str(stop.value.code).startswith(expected)
 
 
+def test_os_errors_say_what_is_wrong(tmp_path):
+  """Each errno its own line naming the path; only a full disk says to free disk space (issue: "File exists" and
+  "Is a directory" were told as a full disk)."""
+  a_file, a_folder = tmp_path / "a_file", tmp_path / "out.zip"
+  a_file.write_text("an earlier result")
+  a_folder.mkdir()
+
+  def error_of(call):
+    with pytest.raises(OSError) as caught:
+      call()
+    return caught.value
+
+  q = lambda path: re.escape(repr(str(path)))
+  cases = [
+      (error_of(lambda: os.makedirs(a_file, exist_ok=True)),  # EEXIST: an output folder that is a file
+       rf"^{q(a_file)} already exists as a file, in the way of what this run writes; choose another path"),
+      (error_of(lambda: open(a_folder, "w")), rf"^{q(a_folder)} is a folder, where a file is needed"),  # EISDIR
+      (error_of(lambda: os.replace(a_file, a_folder)), rf"^{q(a_folder)} is a folder, where a file is needed"),
+      (error_of(lambda: open(a_file / "model.zip", "w")),  # ENOTDIR: an output whose parent is a file
+       rf"^cannot use {q(a_file / 'model.zip')}: {q(a_file)} is a file, not a folder; choose another path"),
+      (OSError(errno.EACCES, "Permission denied", "/data/out"), r"^permission denied for '/data/out'; use a folder "),
+      (OSError(errno.EROFS, "Read-only file system", "/mnt/cd/out"),
+       r"^'/mnt/cd/out' is on a read-only file system; choose a folder on a writable disk"),
+      (OSError(errno.ENOSPC, "No space left on device", "/data/run"),
+       r"^No space left on device \(/data/run\); free disk space or choose another folder, then rerun"),
+  ]
+  for error, expected in cases:
+    line = cli.os_error_line(error)
+    assert re.search(expected, line), line
+    assert ("free disk space" in line) == (error.errno == errno.ENOSPC) and "\n" not in line
+
+    def body(error=error):
+      raise error
+    with pytest.raises(SystemExit) as stop:
+      cli.run(body, "rerun")
+    assert stop.value.code == f"error: {line}"
+  assert a_file.read_text() == "an earlier result"
+
+
 @pytest.mark.slow
 def test_unknown_config_key_and_mask_without_input_are_one_line(tmp_path):
   result = _run("train.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path}", "--config.train.stepz=5")
