@@ -202,7 +202,7 @@ class Checkpoints:
       except _Damaged as e:
         moved = self._set_aside(store, step)
         damaged.append(step)
-        _note(f"checkpoint step {step} in {self.directory!r} is damaged ({e.reason}); moved to {moved}")
+        _note(f"checkpoint step {step} in {self.directory!r} is damaged ({e}); moved to {moved}")
         continue
       if damaged:
         _note(f"resuming from step {step}, the newest intact checkpoint ({STORES[store]}/{step}), instead of "
