@@ -14,7 +14,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Base config of every trial (file.py:variant).")
 flags.DEFINE_string("space", None, "Search space file (configs/sweeps/NAME.py; format in unet_jax/tuning/search_space.py).")
 flags.DEFINE_string("workdir", None, "Sweep folder: study.db, results, plots, and one trial_<n> workdir per trial.")
-flags.DEFINE_integer("trials", 20, "Finished (complete or pruned) trials the study should hold.", lower_bound=1)
+flags.DEFINE_integer("trials", 20, "Finished (complete or pruned) trials the study should hold; trials running "
+                     "in other processes count too.", lower_bound=1)
 flags.DEFINE_string("storage", "", "Optuna storage URL shared by several processes or machines "
                     "(default sqlite:///WORKDIR/study.db).")
 flags.DEFINE_string("study_name", "", "Study name in the storage (default: the space file's name).")
