@@ -229,7 +229,7 @@ def test_cli_segments_an_ome_zarr_volume(tiny_config, tmp_path):
   result = subprocess.run(
       [sys.executable, "evaluate.py", "--config=configs/unet2d.py:tiny", f"--workdir={tmp_path / 'run'}",
        f"--input={tmp_path / 'vol.ome.zarr'}", f"--mask={tmp_path / 'truth.ome.zarr'}",
-       f"--output_dir={tmp_path / 'out'}", "--config.eval.chunk=(2,24,32)"],
+       f"--output_dir={tmp_path / 'out'}", "--config.eval.chunk=(2,24,32)", "--scheduler=synchronous"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
   summary = json.load(open(tmp_path / "out" / chunked.SUMMARY))

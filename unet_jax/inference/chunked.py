@@ -384,8 +384,9 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
                  workers: int = 0) -> dict[str, Any]:
   """Segments the OME-Zarr `input_path` with `workdir`'s predictor (`Predictor.load`) into `output_dir` (see the
   module doc); paths may be fsspec URLs."""
-  input_path, output_dir = stores.normalize(input_path), stores.normalize(output_dir)
-  mask_path = stores.normalize(mask_path) if mask_path else None
+  full = lambda p: stores.normalize(p) if stores.is_remote(p) else os.path.abspath(stores.normalize(p))
+  input_path, output_dir = full(input_path), full(output_dir)  # absolute: workers may start elsewhere
+  mask_path = full(mask_path) if mask_path else None
   check_paths(input_path, mask_path, output_dir)
   stack = ngff.ZarrStack(input_path)
   mask = ngff.open_volume(mask_path) if mask_path else None  # OME-Zarr or TIFF
