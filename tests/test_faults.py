@@ -92,10 +92,11 @@ def test_a_kill_between_the_two_saves_keeps_the_right_best(tiny_config, tmp_path
   assert checkpoint.saved_steps(workdir)[-1] == 20
 
 
-def _cut_largest_file(step_dir) -> str:
-  """Truncates the largest file of a checkpoint step to half its size (a full disk, a copy cut short)."""
-  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
-           if name != checkpoint.MANIFEST]
+def _cut_largest_file(step_dir, name: str | None = None) -> str:
+  """Truncates the largest file of a checkpoint step (or the one called `name`) to half its size (a full disk,
+  a copy cut short)."""
+  files = [os.path.join(root, n) for root, _, names in os.walk(step_dir) for n in names
+           if n != checkpoint.MANIFEST and name in (None, n)]
   largest = max(files, key=os.path.getsize)
   with open(largest, "r+b") as f:
     f.truncate(os.path.getsize(largest) // 2)
@@ -140,10 +141,10 @@ def test_restoring_a_damaged_checkpoint_for_inference_is_one_line(tmp_path, reco
   saver = checkpoint.Checkpoints(workdir)
   saver.save(5, {**variables, "step": np.int32(5)}, val_dice=0.5)
   saver.close()
-  for store in ("checkpoints", "best"):
+  for store, name in (("checkpoints", None), ("best", "_METADATA")):  # a data file, or orbax's metadata
     if not recorded:
       os.remove(os.path.join(workdir, store, "5", checkpoint.MANIFEST))
-    _cut_largest_file(os.path.join(workdir, store, "5"))
+    _cut_largest_file(os.path.join(workdir, store, "5"), name)
   target = abstract_variables(model)
   for which, todo in (("latest", r"rerun train\.py with the same --config and --workdir"),
                       ("best", r"--config\.eval\.checkpoint=latest")):

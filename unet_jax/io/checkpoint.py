@@ -84,7 +84,8 @@ def _saved_shapes(step_dir: str) -> collections.Counter | None:
   except Exception:  # pylint: disable=broad-except  (any reader error means: unreadable)
     return None
   metadata = getattr(metadata, "item_metadata", metadata)
-  return _shapes(getattr(metadata, "tree", metadata))
+  shapes = _shapes(getattr(metadata, "tree", metadata))
+  return shapes or None  # orbax reads a cut-short _METADATA as an empty tree
 
 
 def _one_line_reason(error: BaseException) -> str:
