@@ -17,8 +17,8 @@ loses its traceback.
 
 The budget holds across processes: before a process starts a trial it counts the finished and the
 running trials of the study (a dead process's trial once its heartbeat is stale no longer runs) and
-starts one only below `trials`; count and start are one step under a lock file beside an SQLite
-storage (`.<name>.lock`; for a database server, in the sweep folder, so processes sharing a server
+starts one only below `trials`; count and start (and the study's creation) are one step under a lock
+file beside an SQLite storage (`.<name>.lock`; for a database server, in the sweep folder, so processes sharing a server
 from several folders can overshoot by one trial each when they start in the same instant).
 
 A storage that cannot serve (a damaged or foreign study.db, a folder in its place, a folder that does
@@ -51,7 +51,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTED = (*FINISHED, TrialState.RUNNING)  # trials the budget counts
 PRUNERS = ("median", "none")
 FAILURES_IN_A_ROW = 3  # consecutive failed trials that stop a sweep (the input, not the parameters, is wrong)
-RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)  # same params, same folder
+with warnings.catch_warnings():  # experimental in Optuna: a warning at every start otherwise
+  warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+  RETRY = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)  # same params, same folder
 
 
 
@@ -274,20 +276,25 @@ def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, work
     failures[:] = failures + [trial] if trial.state == TrialState.FAIL else []
 
   with _quiet_optuna(), storage_errors(storage):
-    study = open_study(storage, study_name, config.seed,
-                       make_pruner(pruner, pruner_startup_trials, pruner_warmup_steps), stale_seconds)
-    check_space_matches(study, space)
-    if enqueue_base and not study.get_trials(deepcopy=False):
-      study.enqueue_trial(search_space.base_params(config, space), user_attrs={"base": True})
-    run_trial = objective(config, space, workdir, study)
+    check_storage(storage)  # before the lock file is made beside it
     lock = _BudgetLock(budget_lock_path(storage, workdir))
-
-    def started(trial: optuna.Trial) -> float:
-      lock.release()  # the trial is RUNNING in the storage: another process now counts it
-      return run_trial(trial)
-
     finished, running = 0, 0  # when the budget stops this process
     try:
+      lock.acquire()  # processes creating one study's tables at once collide; and enqueue the base twice
+      try:
+        study = open_study(storage, study_name, config.seed,
+                           make_pruner(pruner, pruner_startup_trials, pruner_warmup_steps), stale_seconds)
+        check_space_matches(study, space)
+        if enqueue_base and not study.get_trials(deepcopy=False):
+          study.enqueue_trial(search_space.base_params(config, space), user_attrs={"base": True})
+      finally:
+        lock.release()
+      run_trial = objective(config, space, workdir, study)
+
+      def started(trial: optuna.Trial) -> float:
+        lock.release()  # the trial is RUNNING in the storage: another process now counts it
+        return run_trial(trial)
+
       while len(failures) < FAILURES_IN_A_ROW:
         lock.acquire()
         try:
