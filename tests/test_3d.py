@@ -36,6 +36,7 @@ def _volume_batch(n=2, shape=(8, 16, 16), seed=0):
           "mask": np.stack([split.mask[c] for c in crops])[..., None].astype(np.float32)}
 
 
+@pytest.mark.slow
 def test_3d_train_step_on_two_devices_equals_one(tiny3d):
   assert tiny3d.augment.missing_section_prob > 0 and tiny3d.augment.misalign_prob > 0
   assert_one_and_two_devices_agree(tiny3d, _volume_batch(), steps=2)
@@ -94,6 +95,7 @@ def test_3d_sliding_window_covers_sizes_not_divisible_by_the_window(shape, windo
   np.testing.assert_allclose(out, image, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_anisotropic_model_windows_pad_per_axis():
   """Windows (3, 20, 20) are padded to (4, 32, 32) for factors (2, 16, 16) and cropped back."""
   model = UNet(ndim=3, depth=4, base_features=2, kernel_sizes=((1, 3, 3),) * 3 + ((3, 3, 3),) * 2,
@@ -124,6 +126,7 @@ def test_2p5d_sampler_gives_neighbours_as_channels_and_the_centre_mask():
     assert np.all(batch["mask"][0, ..., 0] == (centre == 0))
 
 
+@pytest.mark.slow
 def test_2p5d_stack_prediction_equals_the_model_on_stacked_slices():
   c = unet2d.get_config("tiny")
   c.model.context_slices = 1

@@ -86,6 +86,7 @@ def test_2d_models_keep_their_parameters(variant):
   assert shapes(build_model(c.model)) == shapes(plain)
 
 
+@pytest.mark.slow
 def test_anisotropic_unet_shapes_and_kernels():
   model = UNet(ndim=3, depth=4, base_features=2, kernel_sizes=VNC_3D.kernel_sizes, pool_factors=VNC_3D.pool_factors)
   x = jnp.zeros((1, 4, 32, 48, 1))
@@ -102,6 +103,7 @@ def test_anisotropic_unet_shapes_and_kernels():
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32, 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 3, 3), (5, 3, 1)])
 def test_convolution_by_sections_equals_the_3d_convolution(kernel):
   """Sections stacked with their neighbours as channels, then a 2D convolution: flax's 3D convolution."""
@@ -118,6 +120,7 @@ def test_convolution_by_sections_equals_the_3d_convolution(kernel):
   np.testing.assert_allclose(state["intermediates"]["enc0"]["features"][0], y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsample", ["transpose", "resize"])
 def test_anisotropic_upsampling_restores_each_axis(upsample):
   model = UNet(ndim=3, depth=2, base_features=2, upsample=upsample, kernel_sizes=((1, 3, 3),) * 3,
@@ -126,6 +129,7 @@ def test_anisotropic_upsampling_restores_each_axis(upsample):
   assert model.apply(model.init(jax.random.PRNGKey(0), x), x).shape == x.shape
 
 
+@pytest.mark.slow
 def test_max_pool_per_axis_equals_flax():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 6, 8, 3))
   for factors in [(2, 2, 2), (1, 2, 2), (2, 1, 2), (1, 3, 2)]:

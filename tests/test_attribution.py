@@ -42,6 +42,7 @@ def _image_and_object(shape=(40, 36)):
   return image, weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", attribution.BASELINES)
 def test_integrated_gradients_complete_on_unet_at_default_steps(kind):
   model, variables = _unet_with_statistics()
@@ -77,6 +78,7 @@ def test_toy_model_attributes_only_its_region():
   assert attribution.curve_area(by_attr) < attribution.curve_area(random)
 
 
+@pytest.mark.slow
 def test_seg_grad_cam_matches_its_definition():
   model, variables = _unet_with_statistics()
   image, weights = _image_and_object((32, 32))
@@ -92,6 +94,7 @@ def test_seg_grad_cam_matches_its_definition():
   np.testing.assert_allclose(cam, jax.image.resize(coarse, (32, 32), "linear"), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_randomisation_lowers_the_correlation_and_goes_head_first():
   model, variables = _unet_with_statistics()
   image, weights = _image_and_object()
@@ -111,6 +114,7 @@ def test_randomisation_lowers_the_correlation_and_goes_head_first():
   assert rows[-1]["spearman"] < 0.5
 
 
+@pytest.mark.slow
 def test_bad_layer_and_baseline_are_one_line_errors_listing_valid_choices():
   model, variables = _unet_with_statistics()
   image, weights = _image_and_object((32, 32))
@@ -122,6 +126,7 @@ def test_bad_layer_and_baseline_are_one_line_errors_listing_valid_choices():
     attribution.baseline(image, "white", 1.0)
 
 
+@pytest.mark.slow
 def test_steps_are_doubled_until_complete():
   model, variables = _unet_with_statistics()
   image, weights = _image_and_object()

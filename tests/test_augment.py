@@ -108,6 +108,7 @@ def test_geometry_moves_image_and_mask_together(em_batch, enabled):
   assert not np.array_equal(out_mask, masks)  # the transform did act
 
 
+@pytest.mark.slow
 def test_same_key_same_result_different_keys_differ(em_batch, all_on):
   images, masks = em_batch
   first, again, other = all_on(5, images, masks), all_on(5, images, masks), all_on(6, images, masks)
@@ -193,6 +194,7 @@ def test_photometric_transforms_by_hand(em_batch, name, check):
     assert check(x, y), name
 
 
+@pytest.mark.slow
 def test_3d_patches_keep_shapes_and_alignment():
   mask = np.asarray(synthetic.make_stack(0, 8, (32, 32), ndim=3)[1] / 255.0, np.float32)
   masks = jnp.asarray(np.stack([mask, mask])[..., None])  # f32[2, 8, 32, 32, 1]

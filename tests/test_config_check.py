@@ -119,6 +119,7 @@ def test_absurd_values_say_the_maximum(path, value, allowed):
   config_check.validate(config)  # the maximum itself is allowed
 
 
+@pytest.mark.slow
 def test_group_norm_needs_widths_divisible_by_its_groups():
   config = unet2d.get_config("tiny")  # base_features=4: levels of 4, 8, 16 channels; GroupNorm has 8 groups
   config.model.norm = "group"

@@ -11,6 +11,7 @@ from unet_jax.network.model import abstract_variables, build_model
 from unet_jax.training import trainer
 
 
+@pytest.mark.slow
 def test_the_average_is_the_bias_corrected_mean_of_the_steps(tiny_config):
   tiny_config.train.ema_decay = d = 0.8
   seen = []

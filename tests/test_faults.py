@@ -51,6 +51,7 @@ def test_nan_never_reaches_a_checkpoint(tiny_config, tmp_path, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, after, before)
 
 
+@pytest.mark.slow
 def test_a_nan_step_changes_nothing_but_the_step(tiny_config, monkeypatch):
   from unet_jax.training import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
@@ -130,6 +131,7 @@ def test_a_damaged_latest_checkpoint_resumes_from_the_newest_intact_one(tiny_con
   jax.tree.map(np.testing.assert_array_equal, resumed, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recorded", [True, False], ids=["with_file_record", "older_checkpoint"])
 def test_restoring_a_damaged_checkpoint_for_inference_is_one_line(tmp_path, recorded):
   """`restore_variables` (what Predictor runs) names the damaged step and what to do; without the file

@@ -26,6 +26,7 @@ def _image_and_object():
   return image, jnp.zeros((24, 24)).at[8:16, 8:16].set(1.0)
 
 
+@pytest.mark.slow
 def test_the_channel_that_carries_the_signal_ranks_first_exact_and_estimate():
   model, variables = _one_channel_model()
   image, weights = _image_and_object()
@@ -41,6 +42,7 @@ def test_the_channel_that_carries_the_signal_ranks_first_exact_and_estimate():
   assert exact[SIGNAL] == pytest.approx(full - silent, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_estimate_is_exact_before_the_linear_head():
   model = UNet(depth=2, base_features=4)
   variables = init_variables(model, jax.random.PRNGKey(2))
@@ -52,6 +54,7 @@ def test_estimate_is_exact_before_the_linear_head():
   assert np.abs(exact).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_dice_drop_per_channel():
   model, variables = _one_channel_model()
   tiles = np.asarray(jax.random.uniform(jax.random.PRNGKey(4), (3, 16, 16), minval=0.1, maxval=1.0))
@@ -64,6 +67,7 @@ def test_dice_drop_per_channel():
   np.testing.assert_allclose(np.delete(zeroed, SIGNAL), dice)  # dead channels change nothing
 
 
+@pytest.mark.slow
 def test_pictures_of_filters():
   model, variables = _one_channel_model()
   kernels = filters.first_layer_kernels(variables)
@@ -81,6 +85,7 @@ def test_pictures_of_filters():
   assert image.shape == (1, 16, 16) and 0.0 <= image.min() and image.max() <= 1.0 and after > before
 
 
+@pytest.mark.slow
 def test_bad_layer_is_one_line_listing_valid_layers():
   model, variables = _one_channel_model()
   image, weights = _image_and_object()

@@ -119,6 +119,7 @@ def test_matches_numpy_reference(blend, shape, window):
   np.testing.assert_allclose(np.asarray(out), reference(model, variables, image, window, 0.5, blend), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_3d_matches_numpy_reference():
   model, variables = tiny_unet(ndim=3)
   image = np.random.default_rng(3).random((10, 14, 12), np.float32)
@@ -171,6 +172,7 @@ def test_bad_arguments_raise_input_error(kwargs, match):
     windows.sliding_window_predict(identity, None, np.zeros((10, 10), np.float32), **args)
 
 
+@pytest.mark.slow
 def test_stream_3d_equals_whole_volume():
   model, variables = tiny_unet(ndim=3)
   volume = np.random.default_rng(8).random((21, 12, 10), np.float32)  # z origins 0, 3, 6, 10, 13
@@ -199,6 +201,7 @@ def write_pages(path, array):
       writer.write(page)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probability_dtype", segment.PROBABILITY_DTYPES)
 def test_streaming_writer_equals_in_memory(tmp_path, probability_dtype):
   model, variables = tiny_unet()

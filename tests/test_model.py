@@ -8,7 +8,7 @@ from unet_jax.errors import InputError
 from unet_jax.network.model import UNet
 
 
-@pytest.mark.parametrize("size,depth", [(32, 2), (48, 3), (64, 4), (40, 3)])
+@pytest.mark.parametrize("size,depth", [(32, 2), (48, 3), pytest.param(64, 4, marks=pytest.mark.slow), (40, 3)])
 def test_output_shape_2d(size, depth):
   model = UNet(depth=depth, base_features=4)
   x = jnp.zeros((2, size, size, 1))
@@ -16,6 +16,7 @@ def test_output_shape_2d(size, depth):
   assert model.apply(variables, x).shape == (2, size, size, 1)
 
 
+@pytest.mark.slow
 def test_non_square_and_3d():
   model = UNet(depth=2, base_features=4)
   x = jnp.zeros((1, 16, 24, 1))
@@ -25,6 +26,7 @@ def test_non_square_and_3d():
   assert model3.apply(model3.init(jax.random.PRNGKey(0), x3), x3).shape == (1, 8, 16, 12, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["batch", "group", "none"])
 @pytest.mark.parametrize("upsample", ["transpose", "resize"])
 def test_variants(norm, upsample):
@@ -63,6 +65,7 @@ def test_intermediates_are_sown():
   assert state["intermediates"]["bottleneck"]["features"][0].shape == (1, 4, 4, 16)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_output():
   model = UNet(depth=2, base_features=4, dtype=jnp.bfloat16)
   x = jnp.ones((1, 16, 16, 1))

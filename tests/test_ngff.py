@@ -78,6 +78,7 @@ def test_reads_ngff_05_in_micrometres_with_singleton_channel(tmp_path):
   np.testing.assert_allclose(stack.read((slice(None),) * 3), array[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ndim,k,window,chunk", [(2, 0, 16, (3, 16, 20)), (2, 1, 16, (2, 24, 16)),
                                                  (3, 0, (8, 16, 16), (5, 16, 24))])
 def test_chunked_equals_in_memory(tmp_path, ndim, k, window, chunk):
@@ -100,6 +101,7 @@ def test_chunked_equals_in_memory(tmp_path, ndim, k, window, chunk):
   assert not os.path.exists(str(out) + ".partial")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 1])
 def test_tiff_stream_equals_in_memory_2d_and_25d(tmp_path, k):
   """The TIFF path streams 2.5D models too, through the same blocks."""
@@ -193,6 +195,7 @@ def _evaluate(tmp_path, *args):
   return result.returncode, lines[-1] if lines else ""
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors_before_any_output(tmp_path):
   zarr.save(str(tmp_path / "plain.zarr"), np.zeros((4, 8, 8), np.uint8))
   channels = np.zeros((2, 3, 8, 8), np.uint8)

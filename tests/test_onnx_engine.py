@@ -41,6 +41,7 @@ def tiny():
   return model, spread_variables(model)
 
 
+@pytest.mark.slow
 def test_engines_agree_on_random_weights_through_the_sliding_window(tiny):
   model, variables = tiny
   image = textured((45, 70), 1)  # windows overlap; the last batch is padded
@@ -52,6 +53,7 @@ def test_engines_agree_on_random_weights_through_the_sliding_window(tiny):
     np.testing.assert_allclose(run["onnx"], run["xla"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_engine_follows_new_weights_and_odd_windows(tiny):
   model, variables = tiny
   images = np.stack([textured((20, 28), 2), textured((20, 28), 3)])[..., None]
@@ -65,6 +67,7 @@ def test_engine_follows_new_weights_and_odd_windows(tiny):
                              atol=1e-4)
 
 
+@pytest.mark.slow
 def test_engines_agree_on_a_restored_checkpoint(tiny, tmp_path):
   model, variables = tiny
   saver = checkpoint.Checkpoints(str(tmp_path))

@@ -42,6 +42,7 @@ def test_inference_modules_import_neither_trainer_nor_optax():
   assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optim", ["absent", "invalid"])
 def test_segmentation_restores_without_an_optim_block(tmp_path, optim):
   config = unet2d.get_config("tiny")

@@ -47,6 +47,7 @@ def applied_temperature(config, run) -> float:
   return run["calibration"]["temperature"] if config.eval.calibrate else 1.0
 
 
+@pytest.mark.slow
 def test_the_report_decides_on_val_and_stores_its_decisions(reported):
   config, workdir, run = reported
   val = data.load_splits(config.data)["val"]
@@ -59,6 +60,7 @@ def test_the_report_decides_on_val_and_stores_its_decisions(reported):
     assert json.load(f)["4"]["value"] == pytest.approx(chosen)
 
 
+@pytest.mark.slow
 def test_load_reads_the_stored_decisions_without_the_val_split(reported, monkeypatch):
   config, workdir, run = reported
   monkeypatch.setattr(data, "load_splits", lambda *a: pytest.fail("the val split was read again"))
@@ -67,6 +69,7 @@ def test_load_reads_the_stored_decisions_without_the_val_split(reported, monkeyp
   assert predictor.temperature == pytest.approx(applied_temperature(config, run)) and predictor.step == run["step"]
 
 
+@pytest.mark.slow
 def test_other_settings_decide_again(reported):
   config, workdir, run = reported
   other = config.copy_and_resolve_references()
@@ -79,6 +82,7 @@ def test_other_settings_decide_again(reported):
   assert Predictor.load(config, workdir).threshold_value == pytest.approx(run["threshold"]["value"])
 
 
+@pytest.mark.slow
 def test_input_tiff_and_ome_zarr_use_the_report_decisions(reported, tmp_path):
   config, workdir, run = reported
   image, _ = synthetic.make_stack(7, 2, (48, 40))
@@ -94,6 +98,7 @@ def test_input_tiff_and_ome_zarr_use_the_report_decisions(reported, tmp_path):
   np.testing.assert_array_equal(tifffile.imread(tiff["segmentation"]) > 0, probs >= run["threshold"]["value"])
 
 
+@pytest.mark.slow
 def test_explain_uses_the_report_decisions(reported, tmp_path):
   config, workdir, run = reported
   config = config.copy_and_resolve_references()
@@ -105,6 +110,7 @@ def test_explain_uses_the_report_decisions(reported, tmp_path):
   assert doc["threshold_source"] == run["threshold"]["source"]
 
 
+@pytest.mark.slow
 def test_ensemble_threshold_follows_the_same_policy(reported, tmp_path):
   config, workdir, run = reported
   config = config.copy_and_resolve_references()
@@ -117,6 +123,7 @@ def test_ensemble_threshold_follows_the_same_policy(reported, tmp_path):
   assert [r["threshold"]["value"] for r in report["runs"]] == pytest.approx([run["threshold"]["value"]] * 2)
 
 
+@pytest.mark.slow
 def test_export_carries_the_report_decisions(reported, tmp_path):
   config, workdir, run = reported
   image, _ = synthetic.make_stack(3, 1, (64, 64))
