@@ -84,7 +84,8 @@ def _rules(section: str) -> list[Rule]:
             ("data.synthetic.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
             ("data.synthetic.shape", _seq(_int(16, MAX_PIXELS), (2, 3)),
              f"2 or 3 sizes in [16, {MAX_PIXELS}] ((H, W) or (D, H, W))"),
-            ("data.synthetic.train_slices", _int(2, 10000), "an integer in [2, 10000] (training and validation slices)"),
+            ("data.synthetic.train_slices", _int(2, 10000),
+             "an integer in [2, 10000] (training and validation slices)"),
             ("data.synthetic.test_slices", _int(1, 10000), "an integer in [1, 10000]"),
             ("data.synthetic.ndim", _one_of(2, 3), "2 or 3")]
   if section == "model":
