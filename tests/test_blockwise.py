@@ -317,3 +317,14 @@ def test_cli_local_cluster_killed_between_stages_then_rerun(tiny_config, tmp_pat
   result = evaluate(tmp_path, "--input=s3://no-such-bucket/v.ome.zarr", f"--output_dir={tmp_path / 'three'}", env=s3)
   lines = result.stderr.strip().splitlines()
   assert result.returncode != 0 and lines[-1].startswith("error: the bucket 'no-such-bucket'"), result.stderr
+
+
+@pytest.mark.slow
+def test_the_benchmark_prints_one_row_per_volume_and_worker_count():
+  from script_runs import run_script  # pylint: disable=g-import-not-at-top
+  result = run_script("benchmarks/chunked_segmentation.py", "--chunk=2,64,64", "--multiples=2", "--workers=1,2",
+                      "--window=32", "--features=2", "--depth=1")
+  assert result.returncode == 0, result.stderr
+  rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 2x64x128 ")]
+  assert [r[4].strip() for r in rows] == ["1", "2"] and all(float(r[6]) > 0 for r in rows)
+  assert len(rows[1][10].split(",")) == 2  # a peak RSS per worker

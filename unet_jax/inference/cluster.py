@@ -82,11 +82,6 @@ class Runner:
     self.client, self.progress, self.description = client, progress, description
     self._plugins: list[str] = []
 
-  @property
-  def workers(self) -> int:
-    """The number of workers now (1: this process)."""
-    return len(self.client.scheduler_info(n_workers=-1)["workers"]) if self.client else 1
-
   def share(self, name: str, value: Any) -> None:
     """Makes `value` reachable by tasks as `shared(name)`: here, or sent once to every worker (a worker plugin)."""
     if self.client is None:
