@@ -61,6 +61,7 @@ def test_segmentation_restores_without_an_optim_block(tmp_path, optim):
   jax.tree.map(np.testing.assert_array_equal, restored, variables)
 
 
+@pytest.mark.slow
 def test_wrong_model_config_is_one_line(tmp_path):
   config = unet2d.get_config("tiny")
   _saved_run(config, str(tmp_path / "run"))
@@ -70,6 +71,7 @@ def test_wrong_model_config_is_one_line(tmp_path):
     checkpoint.restore_variables(str(tmp_path / "run"), target)
 
 
+@pytest.mark.slow
 def test_output_never_replaces_the_input(tmp_path):
   config = unet2d.get_config("tiny")
   _saved_run(config, str(tmp_path / "run"))
@@ -97,6 +99,7 @@ def test_unwritable_output_folder_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: report folder") and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_failed_segmentation_leaves_earlier_results_byte_identical(tmp_path):
   config = unet2d.get_config("tiny")
   _saved_run(config, str(tmp_path / "run"))

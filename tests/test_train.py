@@ -15,12 +15,14 @@ from unet_jax.scores import metrics
 from unet_jax.training import parallel, trainer
 
 
+@pytest.mark.slow
 def test_train_step_lowers_the_loss(tiny_config):
   tiny_config.augment.flips = False
   losses = [float(m["loss"]) for _, m in train_states(tiny_config, batch_2d(), 15)]
   assert losses[-1] < losses[0] - 0.05
 
 
+@pytest.mark.slow
 def test_two_devices_match_one(tiny_config):
   assert_one_and_two_devices_agree(tiny_config, batch_2d(), steps=3)
 
@@ -87,6 +89,7 @@ def test_end_to_end_and_resume(tiny_config, tmp_path):
   assert any("val_dice" in r for r in records) and any("loss" in r for r in records)
 
 
+@pytest.mark.slow
 def test_select_threshold_scores_validation_at_its_best_candidate(tiny_config):
   """With eval.select_threshold each validation scores (and picks checkpoints) at the val split's best threshold."""
   model = build_model(tiny_config.model)

@@ -27,6 +27,7 @@ def unet():
   return model, random_like(shapes, seed=5)
 
 
+@pytest.mark.slow
 def test_transform_maps_average_to_the_tta_prediction(unet):
   model, variables = unet
   image = np.random.default_rng(0).random((2, 24, 24), np.float32)
