@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,13 +242,20 @@ def _digest(folder):
   return digests
 
 
-@pytest.fixture
-def finished_sweep(tmp_path, monkeypatch):
-  """A sweep folder holding a study of two finished (quick) trials, its table and its database."""
-  monkeypatch.setattr(sweeps, "objective", _quick_objective)
-  config, workdir = _config(), str(tmp_path / "sweep")
-  sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), workdir, trials=2)
+@pytest.fixture(scope="module")
+def _finished_sweep_template(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("finished") / "sweep")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(sweeps, "objective", _quick_objective)
+    config = _config()
+    sweeps.run_sweep(config, search_space.load(TINY_SPACE, config), workdir, trials=2)
   return workdir
+
+
+@pytest.fixture
+def finished_sweep(_finished_sweep_template, tmp_path):
+  """A sweep folder holding a study of two finished (quick) trials, its table, plots and database."""
+  return shutil.copytree(_finished_sweep_template, str(tmp_path / "sweep"))
 
 
 def _spoil_storage(workdir, kind):
@@ -338,6 +346,7 @@ def test_sweep_py_refuses_a_bad_space_file_in_one_line_before_any_trial(tmp_path
 
 def test_tuple_choices_resume_with_more_trials(tmp_path, monkeypatch):
   monkeypatch.setattr(sweeps, "objective", _quick_objective)
+  monkeypatch.setattr(sweep_report, "write", lambda study, folder: [])  # 12 trials' plots: not what is tested
   config, workdir = _config(), str(tmp_path / "sweep")
   path = _write_space(tmp_path, "scale.py", "{'augment': {'scale_range': ('categorical', ((0.8, 1.2), (0.9, 1.1)))}, "
                       "'model': {'base_features': ('categorical', (4, 8))}}")
