@@ -1,7 +1,7 @@
 """What the benchmark scripts share: the config flag, a config file read by path, the inference flags, seeded
 random U-Net weights, the timing of a training loop, running the entry points with a log.
 
-A script run as `python benchmarks/NAME.py` has benchmarks/ on sys.path (so `import common`); the library
+A script run as `python benchmarks/NAME.py` has benchmarks/ on its import path (so `import common`); the library
 comes from the installed package (`pip install -e .`).
 """
 

@@ -7,7 +7,7 @@ f32[B, 1, *spatial]. `copy_flax_variables` loads flax weights so both compute th
 `make_train_step` is our training step (the config's loss, AdamW, clipping) for it; `LOSSES` are our
 losses (unet_jax/training/losses.py) in PyTorch, equal to them on the same batch.
 
-  from torch_unet import TorchUNet, copy_flax_variables  # benchmarks/ on sys.path
+  from torch_unet import TorchUNet, copy_flax_variables  # benchmarks/ on the import path
   net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").eval()
   copy_flax_variables(net, variables)  # variables = {'params', 'batch_stats'} of the flax UNet
 """

@@ -18,7 +18,7 @@ from unet_jax.inference import chunked, cluster, tiling
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import ngff, stores
 
-from test_ngff import IDENTITY, VOXEL, blobs, eval_config, labels_match, unet  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
+from test_ngff import IDENTITY, VOXEL, blobs, eval_config, labels_match, unet  # pylint: disable=wrong-import-position  (tests/ is on the import path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE, CHUNK = (4, 24, 24), (2, 12, 12)  # 8 blocks, objects across every face

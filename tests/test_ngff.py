@@ -22,7 +22,7 @@ from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff
 from unet_jax.network.model import UNet
 
-from test_inference import random_like, save_random_checkpoint  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
+from test_inference import random_like, save_random_checkpoint  # pylint: disable=wrong-import-position  (tests/ is on the import path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXEL = (50.0, 4.6, 4.6)

@@ -14,7 +14,7 @@ from unet_jax.errors import InputError
 from unet_jax.inference import chunked
 from unet_jax.io import ngff
 
-from test_inference import save_random_checkpoint  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
+from test_inference import save_random_checkpoint  # pylint: disable=wrong-import-position  (tests/ is on the import path)
 from test_ngff import VOXEL, blobs  # pylint: disable=wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,7 @@ import pytest
 from unet_jax.io import synthetic
 from unet_jax.training import augment, sections
 
-from test_augment import off_config  # pylint: disable=wrong-import-position  (tests/ is on sys.path)
+from test_augment import off_config  # pylint: disable=wrong-import-position  (tests/ is on the import path)
 
 SECTION_ON = {"misalign_prob": 1.0, "section_intensity_prob": 1.0, "missing_section_prob": 1.0}
 
