@@ -116,6 +116,7 @@ def test_same_key_same_result_different_keys_differ(em_batch, all_on):
   assert not np.array_equal(first[0], other[0])
 
 
+@pytest.mark.slow
 def test_every_transform_on_stays_finite_in_range_and_binary(em_batch, all_on):
   images, masks = em_batch
   out_image, out_mask = all_on(2, images, masks)

@@ -8,7 +8,7 @@ from unet_jax.errors import InputError
 from unet_jax.network.model import UNet
 
 
-@pytest.mark.parametrize("size,depth", [(32, 2), (48, 3), pytest.param(64, 4, marks=pytest.mark.slow), (40, 3)])
+@pytest.mark.parametrize("size,depth", [(32, 2), (48, 3), (64, 4), (40, 3)])
 def test_output_shape_2d(size, depth):
   model = UNet(depth=depth, base_features=4)
   x = jnp.zeros((2, size, size, 1))

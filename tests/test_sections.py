@@ -86,6 +86,7 @@ def test_per_section_intensity_is_affine_per_section(volume_batch):
   assert np.ptp(slopes) > 0.05  # every section its own contrast
 
 
+@pytest.mark.slow
 def test_missing_section_blanks_or_duplicates_one_section(volume_batch):
   images, masks = volume_batch
   seen = set()
@@ -105,6 +106,7 @@ def test_missing_section_blanks_or_duplicates_one_section(volume_batch):
   assert seen == {"blank", "duplicate"}
 
 
+@pytest.mark.slow
 def test_everything_on_keeps_masks_binary_aligned_and_images_in_range(volume_batch):
   """Geometry (incl. elastic) + photometry + all section artefacts: image = mask stays aligned."""
   _, masks = volume_batch
@@ -123,6 +125,7 @@ def test_everything_on_keeps_masks_binary_aligned_and_images_in_range(volume_bat
   assert set(np.unique(out_mask)) == {0.0, 1.0} and out_mask.shape == masks.shape
 
 
+@pytest.mark.slow
 def test_3d_geometry_stays_in_the_plane_with_elastic_z_off():
   """Each section of constant value z / 10 keeps exactly its value: nothing mixes sections."""
   depth = 6
@@ -155,6 +158,7 @@ def test_2_5d_off_is_identity_and_2d_single_channel_is_untouched(volume_batch):
   assert np.array_equal(out[0], one) and np.array_equal(out[1], masks)
 
 
+@pytest.mark.slow
 def test_2_5d_artefacts_act_on_the_channel_sections_and_keep_the_centre_mask_aligned(volume_batch):
   """Misalignment moves the centre mask iff it moves the centre section; missing sections keep labels."""
   images, masks = slab_batch(volume_batch)

@@ -344,6 +344,7 @@ def test_sweep_py_refuses_a_bad_space_file_in_one_line_before_any_trial(tmp_path
   assert "Traceback" not in result.stdout + result.stderr and not os.path.exists(tmp_path / "sweep")
 
 
+@pytest.mark.slow
 def test_tuple_choices_resume_with_more_trials(tmp_path, monkeypatch):
   monkeypatch.setattr(sweeps, "objective", _quick_objective)
   monkeypatch.setattr(sweep_report, "write", lambda study, folder: [])  # 12 trials' plots: not what is tested

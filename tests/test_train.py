@@ -33,6 +33,7 @@ def test_batch_must_divide_devices(tiny_config, tmp_path):
     trainer.train_and_evaluate(tiny_config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tiny_config, tmp_path):
   mesh = parallel.make_mesh()
   state = fresh_state(tiny_config, mesh)
@@ -47,6 +48,7 @@ def test_checkpoint_round_trip(tiny_config, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(trainer.state_tree(state)))
 
 
+@pytest.mark.slow
 def test_restore_a_given_step(tiny_config, tmp_path):
   mesh = parallel.make_mesh()
   states = {n: trainer.state_tree(fresh_state(tiny_config, mesh)) for n in (1, 2)}
