@@ -168,6 +168,7 @@ def test_rotation_corners_hold_reflected_texture_not_constant():
     assert abs(corner.mean() - interior.mean()) < 0.03
 
 
+@pytest.mark.slow
 def test_examples_in_a_batch_get_different_transforms(em_batch, all_on):
   images, masks = em_batch
   same = jnp.repeat(images[:1], 3, axis=0), jnp.repeat(masks[:1], 3, axis=0)

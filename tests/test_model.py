@@ -8,6 +8,7 @@ from unet_jax.errors import InputError
 from unet_jax.network.model import UNet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,depth", [(32, 2), (48, 3), (64, 4), (40, 3)])
 def test_output_shape_2d(size, depth):
   model = UNet(depth=depth, base_features=4)
