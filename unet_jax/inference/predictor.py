@@ -192,12 +192,23 @@ class Predictor:
     block = block or (max(8, 2 * window[0]), shape[1], shape[2])
     return tiling.plan(shape, window, self.settings["overlap"], block, self.context_slices)
 
-  def block_probabilities(self, read: tiling.Read, tiles: tiling.Tiling, block: tiling.Block) -> np.ndarray:
-    """Raw (uncalibrated) probabilities f32[*block shape] of one block of `tiles`, read through `read`."""
+  def block_probabilities(self, read: tiling.Read, tiles: tiling.Tiling, block: tiling.Block,
+                          predict: windows.Predict | None = None, variables: Any = None) -> np.ndarray:
+    """Raw (uncalibrated) probabilities f32[*block shape] of one block of `tiles`, read through `read`
+    (by default with this predictor's network and variables)."""
     s = self.settings
-    predict = tiling.volume_predictor(self.model, self.tta, self.engine)
-    return tiling.block_probabilities(predict, self.variables, read, tiles, block, s["blend"], s["batch_size"],
-                                      s["sigma"])
+    predict = predict or tiling.volume_predictor(self.model, self.tta, self.engine)
+    variables = self.variables if variables is None else variables
+    return tiling.block_probabilities(predict, variables, read, tiles, block, s["blend"], s["batch_size"], s["sigma"])
+
+  def _in_memory(self, image: np.ndarray, predict: windows.Predict | None = None, variables: Any = None,
+                 ) -> np.ndarray:
+    """`block_probabilities` over every block of a stack f32[Z, H, W] held in memory."""
+    stack = np.asarray(image, np.float32)
+    tiles = self.plan(stack.shape)
+    read = lambda box: stack[box]
+    return np.concatenate([self.block_probabilities(read, tiles, block, predict, variables)
+                           for block in tiles.blocks])
 
   def stream(self, pages: Pages, shape: tuple[int, int, int], block_depth: int | None = None,
              ) -> Iterator[np.ndarray]:
@@ -214,23 +225,14 @@ class Predictor:
       if self.model.ndim == 3:
         raise InputError(f"a 3D model needs a stack (Z, H, W), got one slice of shape {image.shape}")
       return self.raw_probabilities(image[None])[0]
-    stack = np.asarray(image, np.float32)
-    tiles = self.plan(stack.shape)
-    read = lambda box: stack[box]
-    return np.concatenate([self.block_probabilities(read, tiles, block) for block in tiles.blocks])
+    return self._in_memory(image)
 
   def transform_probabilities(self, image: np.ndarray, group: str = "dihedral") -> np.ndarray:
     """Raw probabilities f32[T, Z, H, W] of a stack under each of the T transforms of the TTA `group`
     (their mean over the predictor's own `tta` subset is `raw_probabilities`, up to float rounding)."""
-    stack = np.asarray(image, np.float32)
-    tiles = self.plan(stack.shape)
-    s = self.settings
     predict = tiling.on_volume(windows.transform_predictor(self.model, group, self.engine), self.model.ndim)
-    read = lambda box: stack[box]
-    return np.stack([np.concatenate([
-        tiling.block_probabilities(predict, (self.variables, np.int32(i)), read, tiles, block, s["blend"],
-                                   s["batch_size"], s["sigma"]) for block in tiles.blocks])
-        for i in range(len(windows.tta_transforms(group)))])
+    return np.stack([self._in_memory(image, predict, (self.variables, np.int32(i)))
+                     for i in range(len(windows.tta_transforms(group)))])
 
   def calibrate(self, raw: np.ndarray) -> np.ndarray:
     """Raw probabilities rescaled by this predictor's temperature (unchanged at 1)."""
