@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.max_minutes = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
   c.train.ema_decay = 0.0  # > 0: validate, checkpoint and run an EMA of the weights with this decay (e.g. 0.99); 0 = off
   c.train.tensorboard = True  # TensorBoard summaries (loss, learning rate, validation scores, slices) in workdir/tensorboard
+  c.train.init_from = ""  # fine-tuning: start from this workdir's eval.checkpoint or this export.py package ("" = fresh weights)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adam | adamw | sgd

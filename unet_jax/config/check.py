@@ -117,7 +117,8 @@ def _rules(section: str) -> list[Rule]:
              f"minutes in [0, {MAX_MINUTES}] (a week; 0: train.steps steps)"),
             ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]"),
             ("train.ema_decay", _num(0.0, 1.0, hi_open=True), "a number in [0, 1) (0: no weight average)"),
-            ("train.tensorboard", _is(bool), "True or False")]
+            ("train.tensorboard", _is(bool), "True or False"),
+            ("train.init_from", _is(str), "a workdir or a package made by export.py ('' for fresh weights)")]
   if section == "optim":
     return [("optim.name", _one_of(*optim.OPTIMIZERS), f"one of {optim.OPTIMIZERS}"),
             ("optim.learning_rate", _num(0.0, 10.0, lo_open=True), "a number in (0, 10]"),

@@ -1,7 +1,9 @@
 """Training: train state, the pure data-parallel train step, validation, and the loop."""
 
 import functools
+import os
 import time
+import zipfile
 from typing import Any, Callable
 
 import jax
@@ -18,7 +20,7 @@ from unet_jax.errors import InputError
 from unet_jax.inference.predictor import choose_threshold, Predictor
 from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network import anisotropy, volumes
-from unet_jax.network.model import build_model, UNet
+from unet_jax.network.model import abstract_variables, build_model, UNet
 from unet_jax.scores import metrics
 from unet_jax.training import augment, losses, optim, parallel, sampling, summaries
 
@@ -57,6 +59,30 @@ def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
                            batch_stats=variables.get("batch_stats", {}),
                            tx=optim.make_optimizer(config.optim, 0 if config.train.budget_minutes else config.train.steps),
                            ema=optax.ema(decay).init(variables["params"]) if decay else None, ema_decay=decay)
+
+
+def initial_variables(config: Any, model: UNet) -> dict[str, Any]:
+  """The variables {'params', 'batch_stats'} of `train.init_from` (a workdir's `eval.checkpoint`, or a package
+  made by export.py), checked leaf by leaf against `model`'s shapes, so fine-tuning starts from them."""
+  source = config.train.init_from
+  wanted = abstract_variables(model)
+  try:
+    if os.path.isfile(source) and zipfile.is_zipfile(source):
+      found = Predictor.from_package(source).variables
+    else:
+      found, _ = checkpoint.restore_variables(source, wanted, config.eval.checkpoint)
+  except InputError as e:
+    raise InputError(f"train.init_from={source!r}: {e}") from None
+  found = {"params": found["params"], "batch_stats": found.get("batch_stats", {})}
+  wanted = {"params": wanted["params"], "batch_stats": wanted.get("batch_stats", {})}
+  have = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_flatten_with_path(found)[0]}
+  need = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(wanted)[0]}
+  for name in sorted(set(have) | set(need)):
+    if have.get(name) != need.get(name):
+      raise InputError(f"train.init_from={source!r} does not fit the configured model: {name} is "
+                       f"{have.get(name, 'absent')} there, {need.get(name, 'absent')} here; use the model.* "
+                       "settings it was trained with")
+  return jax.tree.map(lambda v, w: jnp.asarray(v, w.dtype), found, wanted)
 
 
 def state_tree(state: TrainState) -> dict[str, Any]:
@@ -202,12 +228,15 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   restored = ckpt.restore_latest(state_tree(state))
   if restored is not None:
     state = from_state_tree(state, restored)
+  elif config.train.init_from:  # fine-tuning; a resumed run goes on from its own checkpoint instead
+    variables = initial_variables(config, eval_model)  # the optimiser's and EMA's zero state fits them as is
+    state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
   start = int(state.step)
   primary = jax.process_index() == 0  # with several processes, process 0 logs
   log = runlog.MetricLog(workdir, enabled=primary)
   tensorboard = summaries.Summaries(workdir, enabled=primary and config.train.tensorboard)
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
-             "minutes": log.minutes})
+             "minutes": log.minutes, "voxel_size_nm": [float(v) for v in config.data.voxel_size_nm]})
   if not config.train.budget_minutes:  # step-count training: train.steps (a resumed run may be extended)
     state = state.replace(opt_state=optim.set_total_steps(state.opt_state, config.train.steps))
   total = optim.total_steps(state.opt_state)  # 0 until a budgeted run has measured its speed
