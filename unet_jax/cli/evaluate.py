@@ -27,6 +27,10 @@ address is printed); --scheduler=tcp://host:8786 uses a running Dask cluster (SL
 docs/usage/segmenting.md), --scheduler=synchronous runs them in this process. Input and output may be
 fsspec URLs: --input=s3://bucket/vol.ome.zarr --output_dir=s3://bucket/out (credentials and endpoint
 from the AWS_* environment variables or ~/.aws).
+
+Inputs at another voxel size than the model was trained at (its OME-Zarr scale, TIFF resolution or ImageJ
+spacing, or --voxel_size_nm=9.2,9.2) are resampled to the model's and the outputs back onto the input's
+grid (unet_jax/inference/magnification.py); one line says what was done, summary.json keeps it.
 """
 
 import json
@@ -54,6 +58,9 @@ flags.DEFINE_enum("probabilities", "float16", ["float32", "float16", "uint8"],
 flags.DEFINE_string("scheduler", "local", "With an OME-Zarr --input: where its blocks run: 'local' (a Dask "
                     "LocalCluster on this machine), 'synchronous' (this process) or a Dask scheduler's address "
                     "(tcp://host:8786).")
+flags.DEFINE_list("voxel_size_nm", None, "With --input: its voxel size in nm, y,x or z,y,x (overrides the OME-Zarr "
+                  "scale or TIFF resolution); at another than the model's the input is resampled to it and the "
+                  "outputs back onto the input's grid.")
 flags.DEFINE_integer("workers", 0, "With --scheduler=local: worker processes (0: one per core), one thread each.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -61,15 +68,18 @@ flags.mark_flags_as_required(["workdir"])
 def segment(config) -> None:
   """evaluate.py --input: one TIFF stack streamed page by page, or an OME-Zarr volume chunk by chunk."""
   from unet_jax.inference import chunked, cluster, segment as streamed  # pylint: disable=g-import-not-at-top  (after the device flags)
+  from unet_jax.inference import magnification
   from unet_jax.io import stacks, stores
+  voxel = magnification.check_voxel_size(FLAGS.voxel_size_nm, "--voxel_size_nm") if FLAGS.voxel_size_nm else None
   name = os.path.splitext(os.path.basename(FLAGS.input.rstrip("/")))[0]
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir[0], f"segment_{name}")
   if stores.is_remote(FLAGS.input) or stacks.is_zarr(FLAGS.input):
     cluster.check_scheduler(FLAGS.scheduler)
     summary = chunked.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities,
-                                   scheduler=FLAGS.scheduler, workers=FLAGS.workers)
+                                   scheduler=FLAGS.scheduler, workers=FLAGS.workers, voxel_size_nm=voxel)
   else:
-    summary = streamed.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities)
+    summary = streamed.segment_file(config, FLAGS.workdir[0], FLAGS.input, output_dir, FLAGS.mask, FLAGS.probabilities,
+                                    voxel_size_nm=voxel)
   print(json.dumps(summary, indent=2))
 
 
@@ -90,6 +100,8 @@ def score(config) -> None:
 
 
 def evaluate(config) -> None:
+  if FLAGS.voxel_size_nm and not FLAGS.input:
+    raise InputError("--voxel_size_nm goes with --input (the stack it describes); the splits are at data.voxel_size_nm")
   if FLAGS.mask and not FLAGS.input:
     raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
   cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)

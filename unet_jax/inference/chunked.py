@@ -51,7 +51,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 from unet_jax.errors import InputError
-from unet_jax.inference import cluster, segment, tiling
+from unet_jax.inference import cluster, magnification, segment, tiling
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff, stacks, stores
 from unet_jax.scores import metrics
@@ -381,9 +381,10 @@ def check_paths(input_path: str, mask_path: str | None, output_dir: str) -> None
 
 def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, mask_path: str | None = None,
                  probability_dtype: str = "float16", progress: bool = True, scheduler: str = cluster.SYNCHRONOUS,
-                 workers: int = 0) -> dict[str, Any]:
+                 workers: int = 0, voxel_size_nm: tuple[float, ...] | None = None) -> dict[str, Any]:
   """Segments the OME-Zarr `input_path` with `workdir`'s predictor (`Predictor.load`) into `output_dir` (see the
-  module doc); paths may be fsspec URLs."""
+  module doc); paths may be fsspec URLs. The input's voxel size is `voxel_size_nm` when given, else its NGFF
+  scale; at another than the model's each block is resampled (`Predictor.on_input`)."""
   full = lambda p: stores.normalize(p) if stores.is_remote(p) else os.path.abspath(stores.normalize(p))
   input_path, output_dir = full(input_path), full(output_dir)  # absolute: workers may start elsewhere
   mask_path = full(mask_path) if mask_path else None
@@ -394,7 +395,10 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
     data.binarize_mask(mask.unique_values(), f"mask {mask_path}")
   out = stores.Folder(output_dir)
   out.check_writable("output folder")
-  predictor = Predictor.load(config, workdir)
+  predictor = Predictor.load(config, workdir).on_input(
+      *magnification.input_voxel_size(voxel_size_nm, stack.voxel_size_nm, "OME-Zarr scale"))
+  if progress:
+    print(f"voxel size: {predictor.resampling.note}")
   run = {"workdir": _key(workdir), "checkpoint": config.eval.checkpoint, "input": _key(input_path),
          "mask": mask_path and _key(mask_path)}
   summary = segment_volume(predictor, stack, output_dir, tuple(config.eval.chunk), mask, probability_dtype,

@@ -19,9 +19,16 @@ Every prediction runs the block-wise path of unet_jax/inference/tiling.py on the
 window grid: 2D models slice by slice, 2.5D ones with their neighbouring slices as channels, 3D ones
 on their windows. In memory, streamed page by page or chunk by chunk, the result is the same up to
 float rounding.
+
+A predictor knows the voxel size of its training data (`voxel_size_nm`, recorded in the workdir's log
+and in exported packages). `on_input` compares an input's with it (unet_jax/inference/magnification.py);
+when they differ, each block of the input is resampled to the model's voxel size, with the margin its
+windows and interpolation need, predicted on the model's grid and resampled back, so outputs match the
+input voxel for voxel and blocks still equal the whole volume.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import zipfile
@@ -33,8 +40,8 @@ import ml_collections
 import numpy as np
 
 from unet_jax.errors import InputError
-from unet_jax.inference import tiling, windows
-from unet_jax.io import checkpoint, data, outputs
+from unet_jax.inference import magnification, tiling, windows
+from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network.model import abstract_variables, build_model, UNet
 from unet_jax.scores import calibration, metrics
 
@@ -79,6 +86,8 @@ class Predictor:
   temperature: float = 1.0
   threshold: dict[str, Any] = dataclasses.field(default_factory=lambda: {"value": 0.5, "source": "default"})
   fitted_temperature: float | None = None  # fitted on val by `decide`, applied only with eval.calibrate
+  voxel_size_nm: tuple[float, float, float] | None = None  # (z, y, x) of the training data; None: not recorded
+  resampling: magnification.Resampling | None = None  # an input's grid onto the model's (`on_input`)
 
   @classmethod
   def create(cls, model: UNet, variables: Any, eval_config: Any, step: int = 0) -> "Predictor":
@@ -92,7 +101,8 @@ class Predictor:
     threshold `eval.threshold`): what evaluation reports start from."""
     model = build_model(config.model)
     variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), config.eval.checkpoint)
-    return cls.create(model, variables, config.eval, int(step))
+    voxel = runlog.recorded_voxel_size(workdir)
+    return dataclasses.replace(cls.create(model, variables, config.eval, int(step)), voxel_size_nm=voxel)
 
   @classmethod
   def load(cls, config: Any, workdir: str, val: data.Split | None = None) -> "Predictor":
@@ -138,13 +148,24 @@ class Predictor:
     if jax.tree.map(np.shape, variables) != expected:
       raise InputError(f"{path}: its variables do not fit the model it describes; export it again")
     eval_config = ml_collections.ConfigDict(record["eval"])
+    voxel = record.get("voxel_size_nm")  # absent from packages made before it was recorded
     return cls(model, variables, windows.window_settings(eval_config, model.ndim), eval_config.tta,
-               eval_config.engine, int(record["step"]), float(record["temperature"]), record["threshold"])
+               eval_config.engine, int(record["step"]), float(record["temperature"]), record["threshold"],
+               voxel_size_nm=tuple(float(v) for v in voxel) if voxel else None)
 
   def package_record(self, config: Any) -> dict[str, Any]:
-    """What `from_package` needs besides the variables: the model and eval settings and the decisions."""
+    """What `from_package` needs besides the variables: the model and eval settings, the decisions and the
+    training voxel size."""
     return {"model": config.model.to_dict(), "eval": config.eval.to_dict(), "step": self.step,
-            "temperature": float(self.temperature), "threshold": self.threshold}
+            "temperature": float(self.temperature), "threshold": self.threshold,
+            "voxel_size_nm": list(self.voxel_size_nm) if self.voxel_size_nm else None}
+
+  def on_input(self, voxel_size_nm: Any = None, source: str = "") -> "Predictor":
+    """This predictor for inputs of voxel size `voxel_size_nm` ((y, x) or (z, y, x) nm; None: unknown, as read
+    from `source`): resampled to the model's when they differ (`magnification.compare`, whose one-line note
+    the summary keeps)."""
+    resampling = magnification.compare(self.voxel_size_nm, voxel_size_nm, self.model.ndim, source)
+    return dataclasses.replace(self, resampling=resampling)
 
   def decide(self, config: Any, workdir: str | None, val_raw: np.ndarray, val_mask: np.ndarray,
              ) -> "Predictor":
@@ -199,7 +220,16 @@ class Predictor:
     s = self.settings
     predict = predict or tiling.volume_predictor(self.model, self.tta, self.engine)
     variables = self.variables if variables is None else variables
-    return tiling.block_probabilities(predict, variables, read, tiles, block, s["blend"], s["batch_size"], s["sigma"])
+    run = lambda r, t, b: tiling.block_probabilities(predict, variables, r, t, b, s["blend"], s["batch_size"], s["sigma"])
+    if self.resampling is None or self.resampling.identity:
+      return run(read, tiles, block)
+    grid = _model_tiling(tiles.shape, tiles.block, self.resampling.model_shape(tiles.shape), tiles.window,
+                         s["overlap"], tiles.context_slices)
+    on_grid = next(b for b in grid.blocks if b.index == block.index)
+    prob = run(lambda box: magnification.resample_box(read, tiles.shape, grid.shape, box), grid, on_grid)
+    origin = [b.start for b in on_grid.box]
+    shifted = lambda box: prob[tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, origin))]
+    return magnification.resample_box(shifted, grid.shape, tiles.shape, block.box)
 
   def _in_memory(self, image: np.ndarray, predict: windows.Predict | None = None, variables: Any = None,
                  ) -> np.ndarray:
@@ -248,9 +278,24 @@ class Predictor:
 
   def summary(self) -> dict[str, Any]:
     """What decides this predictor's output, as JSON values (for summaries and reports)."""
-    return {"step": self.step, **self.settings, "window": list(self.settings["window"]), "tta": self.tta,
-            "engine": self.engine, "temperature": float(self.temperature), "threshold": self.threshold_value,
-            "threshold_source": self.threshold["source"]}
+    summary = {"step": self.step, **self.settings, "window": list(self.settings["window"]), "tta": self.tta,
+               "engine": self.engine, "temperature": float(self.temperature), "threshold": self.threshold_value,
+               "threshold_source": self.threshold["source"]}
+    if self.resampling is not None:
+      summary["voxel_size"] = self.resampling.record
+    return summary
+
+
+@functools.lru_cache(maxsize=8)
+def _model_tiling(shape: tuple[int, int, int], block: tuple[int, int, int], model_shape: tuple[int, int, int],
+                  window: tuple[int, int, int], overlap: float, context_slices: int) -> tiling.Tiling:
+  """The window grid of a volume of `shape` resampled to `model_shape`, with one block per block of the input's
+  tiling (blocks of `block` voxels, same index): the model-grid voxels that block's output interpolates."""
+  boxes = []
+  for n, b, m in zip(shape, block, model_shape):
+    axis = [magnification.source_box((slice(lo, hi),), (m,), (n,))[0] for lo, hi in tiling.regular_boxes(n, b)]
+    boxes.append([(s.start, s.stop) for s in axis])
+  return tiling.plan_boxes(model_shape, window, overlap, boxes, context_slices)
 
 
 def _val_split(config: Any) -> data.Split:

@@ -26,6 +26,7 @@ import tifffile
 import tqdm
 
 from unet_jax.errors import InputError
+from unet_jax.inference import magnification
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff, outputs
 from unet_jax.io.stacks import StackReader
@@ -88,17 +89,23 @@ def segment_stack(predictor: Predictor, reader: StackReader, output_dir: str, ma
 
 
 def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, mask_path: str | None = None,
-                 probability_dtype: str = "float16", progress: bool = True) -> dict[str, Any]:
+                 probability_dtype: str = "float16", progress: bool = True,
+                 voxel_size_nm: tuple[float, ...] | None = None) -> dict[str, Any]:
   """Segments the TIFF `input_path` with `workdir`'s predictor (`Predictor.load`) into `output_dir`.
 
-  Writes probabilities.tif, segmentation.tif and summary.json there (scores too, given `mask_path`).
+  Writes probabilities.tif, segmentation.tif and summary.json there (scores too, given `mask_path`). The
+  input's voxel size is `voxel_size_nm` when given, else its TIFF resolution / ImageJ spacing; at another
+  than the model's it is resampled (`Predictor.on_input`, printed and kept in the summary).
   """
   outputs.check_not_inputs([os.path.join(output_dir, f) for f in OUTPUT_FILES], [input_path, mask_path])
   with contextlib.ExitStack() as stack:
     reader = stack.enter_context(StackReader(input_path))
     mask = stack.enter_context(ngff.open_volume(mask_path)) if mask_path else None  # TIFF or OME-Zarr
     outputs.check_writable(output_dir, "output folder")
-    predictor = Predictor.load(config, workdir)
+    predictor = Predictor.load(config, workdir).on_input(
+        *magnification.input_voxel_size(voxel_size_nm, reader.voxel_size_nm, reader.voxel_source))
+    if progress:
+      print(f"voxel size: {predictor.resampling.note}")
     summary = segment_stack(predictor, reader, output_dir, mask, probability_dtype, progress)
   summary = {"workdir": workdir, "checkpoint": config.eval.checkpoint, "notes": reader.notes, **summary}
   outputs.write_json(os.path.join(output_dir, OUTPUT_FILES[2]), summary)

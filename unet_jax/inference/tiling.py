@@ -39,12 +39,14 @@ class Block:
 
 @dataclasses.dataclass(frozen=True)
 class Tiling:
-  """The blocks of a volume in C order, the (3D) window, the padded window count and the 2.5D k."""
+  """The blocks of a volume in C order, the (3D) window, the padded window count and the 2.5D k; `block`:
+  the blocks' (largest) size per axis."""
   shape: tuple[int, int, int]
   blocks: tuple[Block, ...]
   window: tuple[int, int, int]
   capacity: int
   context_slices: int
+  block: tuple[int, int, int]
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,15 +65,20 @@ def volume_predictor(model: UNet, tta: str = "none", engine: str = "xla") -> win
   return on_volume(windows.predictor(model, tta, engine), model.ndim)
 
 
-def _axis_blocks(size: int, window: int, overlap: float, block: int) -> list[tuple[slice, slice, tuple[int, ...]]]:
-  """Per block along one axis: (box, region, origins of the windows touching the box, relative to the region).
+def regular_boxes(size: int, block: int) -> list[tuple[int, int]]:
+  """(start, end) of the blocks of `block` voxels along an axis of `size` (the last one smaller)."""
+  return [(lo, min(lo + block, size)) for lo in range(0, size, block)]
+
+
+def _axis_blocks(size: int, window: int, overlap: float,
+                 boxes: list[tuple[int, int]]) -> list[tuple[slice, slice, tuple[int, ...]]]:
+  """Per box along one axis: (box, region, origins of the windows touching the box, relative to the region).
 
   Regions all have the length of the longest span of touching windows, shifted to stay inside the
   axis (reflect-padded to the window when the axis is shorter), so every region has one shape.
   """
   padded = max(size, window)
   starts = windows.window_starts(padded, window, overlap)
-  boxes = [(lo, min(lo + block, size)) for lo in range(0, size, block)]
   touching = [starts[(starts < hi) & (starts + window > lo)] for lo, hi in boxes]
   length = min(max(int(t[-1]) + window - int(t[0]) for t in touching), padded)
   blocks = []
@@ -84,13 +91,22 @@ def _axis_blocks(size: int, window: int, overlap: float, block: int) -> list[tup
 def plan(shape: tuple[int, int, int], window: tuple[int, int, int], overlap: float, block: tuple[int, int, int],
          context_slices: int = 0) -> Tiling:
   """The blocks of `block` voxels covering a volume of `shape` (the last ones smaller), C order."""
-  axes = [_axis_blocks(s, w, overlap, max(1, min(b, s))) for s, w, b in zip(shape, window, block)]
+  boxes = [regular_boxes(s, max(1, min(b, s))) for s, b in zip(shape, block)]
+  return plan_boxes(shape, window, overlap, boxes, context_slices)
+
+
+def plan_boxes(shape: tuple[int, int, int], window: tuple[int, int, int], overlap: float,
+               boxes: list[list[tuple[int, int]]], context_slices: int = 0) -> Tiling:
+  """The blocks whose boxes are the products of per-axis (start, end) `boxes` (they may overlap), C order,
+  on the volume's global window grid: what a block outputs depends only on its box."""
+  axes = [_axis_blocks(s, w, overlap, b) for s, w, b in zip(shape, window, boxes)]
   capacity = int(np.prod([max(len(starts) for _, _, starts in axis) for axis in axes]))
   blocks = []
   for index in itertools.product(*(range(len(axis)) for axis in axes)):
     box, region, starts = zip(*(axis[i] for axis, i in zip(axes, index)))
     blocks.append(Block(tuple(index), box, region, starts))
-  return Tiling(tuple(shape), tuple(blocks), tuple(window), capacity, context_slices)
+  size = tuple(max(hi - lo for lo, hi in b) for b in boxes)
+  return Tiling(tuple(shape), tuple(blocks), tuple(window), capacity, context_slices, size)
 
 
 def _inputs(read: Read, region: Box, depth: int, k: int) -> np.ndarray:

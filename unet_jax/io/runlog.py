@@ -1,6 +1,7 @@
 """A run's `log.jsonl`: one JSON record per line, appended by the trainer, read by reports and benchmarks.
 
-Records: {'event': 'start', 'step', ...} at each (re)start, {'step', 'loss', 'minutes'} at log steps,
+Records: {'event': 'start', 'step', 'voxel_size_nm', ...} at each (re)start (the training data's voxel
+size, which inference compares inputs with), {'step', 'loss', 'minutes'} at log steps,
 {'step', 'minutes', 'val_dice', ...} after each validation. A line cut by kill -9 is skipped when
 read; a resumed run may log a step again, and its last record wins.
 """
@@ -40,6 +41,16 @@ def read(path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     elif "val_dice" in record:
       val[record["step"]] = record
   return [train[k] for k in sorted(train)], [val[k] for k in sorted(val)]
+
+
+def recorded_voxel_size(workdir: str) -> tuple[float, float, float] | None:
+  """The training data's voxel size (z, y, x) in nm that the latest start of training recorded; None for runs
+  that did not record one (or without a log)."""
+  path = log_path(workdir)
+  if not os.path.isfile(path):
+    return None
+  starts = [r for r in records(path) if r.get("event") == "start" and r.get("voxel_size_nm")]
+  return tuple(float(v) for v in starts[-1]["voxel_size_nm"]) if starts else None
 
 
 def minutes_by_step(path: str) -> dict[int, float]:

@@ -11,6 +11,12 @@ Normalisation to float32 in [0, 1], the same for training and inference:
   stack's maximum. uint8 is always / 255; 12-bit data stored as uint16 is / 4095, like its 8-bit copy;
 - floats and signed integers already inside [0, 1] are kept, others min-max scaled over the stack;
 - NaN or infinite values are an error.
+
+Voxel size (`tiff_voxel_size`): in-plane from the XResolution/YResolution tags (pixels per unit), the
+unit being ImageJ's (its description's `unit`: nm, um/micron, ...) or else the ResolutionUnit tag's
+(centimetre, inch, ...); z from ImageJ's `spacing`. A unit of 'none' or 'pixel' leaves it unknown (None),
+which is what most writers put by default, and so do pixels above `LARGEST_PIXEL_NM` (print resolutions
+such as 72 dpi).
 """
 
 import os
@@ -23,6 +29,11 @@ from unet_jax.errors import InputError
 from unet_jax.io import outputs
 
 BIT_DEPTHS = (8, 10, 12, 14, 16, 32)
+UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "micron": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3,
+           "\\u00b5m": 1e3, "micrometer": 1e3, "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7,
+           "centimeter": 1e7, "m": 1e9, "meter": 1e9, "a": 0.1, "angstrom": 0.1, "inch": 2.54e7}
+RESOLUTION_UNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}  # TIFF ResolutionUnit: inch, cm (+ tifffile's mm, um)
+LARGEST_PIXEL_NM = 1e4  # a larger "pixel size" is a print resolution (72 dpi: 0.35 mm), not a microscope's
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -91,10 +102,33 @@ def _layout(path: str, axes: str, shape: tuple[int, ...]) -> tuple[int, int, lis
   return (stacked[0] if stacked else -1), sample, notes
 
 
+def tiff_voxel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, ...] | None, str]:
+  """(voxel size in nm, (z, y, x) with ImageJ's spacing else (y, x), or None when unknown; where it came from)."""
+  page = tif.pages[0]
+  imagej = tif.imagej_metadata or {}
+  unit = str(imagej.get("unit", "")).strip().lower()
+  tag = page.tags.get("ResolutionUnit")
+  nm = UNIT_NM.get(unit) if unit else RESOLUTION_UNIT_NM.get(int(tag.value) if tag is not None else 2)
+  resolution = [page.tags.get(name) for name in ("YResolution", "XResolution")]
+  if nm is None or any(r is None for r in resolution):
+    return None, "TIFF without a resolution unit"
+  try:
+    yx = tuple(nm * float(r.value[1]) / float(r.value[0]) for r in resolution)  # pixels per unit -> nm per pixel
+  except (TypeError, ValueError, ZeroDivisionError, IndexError):
+    return None, "TIFF with an unreadable resolution"
+  if max(yx) > LARGEST_PIXEL_NM:
+    return None, f"TIFF resolution of {max(yx):.3g} nm pixels, a print resolution"
+  spacing = imagej.get("spacing")
+  if unit and isinstance(spacing, (int, float)) and spacing > 0:
+    return (nm * float(spacing), *yx), "ImageJ spacing and TIFF resolution"
+  return yx, f"TIFF resolution ({'ImageJ unit ' + unit if unit else 'ResolutionUnit tag'})"
+
+
 class StackReader:
   """Pages f32[H, W] in [0, 1] of a TIFF image or stack, read one at a time (or whole).
 
-  `shape` is (Z, H, W) (a 2D image has Z = 1); `notes` lists conversions made (colour to grey).
+  `shape` is (Z, H, W) (a 2D image has Z = 1); `notes` lists conversions made (colour to grey);
+  `voxel_size_nm` and `voxel_source` are `tiff_voxel_size`'s.
   Normalisation needs the stack's range, which one streaming pass finds first (not for uint8).
   """
 
@@ -112,6 +146,7 @@ class StackReader:
         pages = [s.pages[0] for s in all_series]
       self.dtype = np.dtype(series.dtype)
       self.stored_bits = int(pages[0].bitspersample) if pages and pages[0] is not None else None
+      self.voxel_size_nm, self.voxel_source = tiff_voxel_size(self._tif)
     except InputError:
       raise
     except Exception as e:  # tifffile raises many types for corrupt files

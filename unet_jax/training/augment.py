@@ -23,7 +23,9 @@ sampler offers no margin), so zooming out and rotating fill the corners with the
 content, mirrored.
 
 Presets (`PRESETS`, chosen with `--config=configs/unet2d.py:VARIANT,aug=NAME`): 'full' (the
-config's defaults), 'flips' (dihedral only: every *_prob set to 0) and 'none' (also flips=False).
+config's defaults), 'flips' (dihedral only: every *_prob set to 0), 'none' (also flips=False) and 'zoom'
+(flips and a zoom log-uniform in 0.5-2 on every patch: a model for inputs whose pixel size is not known
+exactly, unet_jax/inference/magnification.py).
 """
 
 import math
@@ -39,7 +41,8 @@ SECTION_PROB_FIELDS = ("misalign_prob", "section_intensity_prob", "missing_secti
 PROB_FIELDS = ("rotate_prob", "scale_prob", "shear_prob", "elastic_prob", "brightness_prob",
                "contrast_prob", "gamma_prob", "noise_prob", "blur_prob") + SECTION_PROB_FIELDS
 PRESETS = {"full": {}, "flips": dict.fromkeys(PROB_FIELDS, 0.0),
-           "none": {**dict.fromkeys(PROB_FIELDS, 0.0), "flips": False}}
+           "none": {**dict.fromkeys(PROB_FIELDS, 0.0), "flips": False},
+           "zoom": {**dict.fromkeys(PROB_FIELDS, 0.0), "scale_prob": 1.0, "scale_range": (0.5, 2.0)}}
 
 
 def apply_preset(config: Any, name: str) -> None:
