@@ -17,6 +17,7 @@ from scipy import ndimage
 
 from configs import unet2d
 from unet_jax.errors import InputError
+from unet_jax.export import bioimage
 from unet_jax.inference import chunked, magnification, tiling
 from unet_jax.inference.predictor import PACKAGE_SETTINGS, PACKAGE_VARIABLES, Predictor
 from unet_jax.io import ngff, runlog, stacks
@@ -197,6 +198,12 @@ def test_the_training_voxel_size_is_recorded_and_travels_with_packages(tmp_path)
       package.writestr(PACKAGE_SETTINGS, json.dumps(record))
       package.writestr(PACKAGE_VARIABLES, flax.serialization.msgpack_serialize(variables))
     assert Predictor.from_package(str(tmp_path / "p.zip")).voxel_size_nm == voxel
+  config.data.voxel_size_nm = FINE
+  assert bioimage.with_training_voxel_size(dataclasses.replace(predictor, voxel_size_nm=None), config,
+                                           "old").voxel_size_nm == FINE  # an old run: the package states the config's
+  config.data.voxel_size_nm = (5.0, 5.0, 5.0)
+  with pytest.raises(InputError, match=r"trained at voxel size \(50,4.6,4.6\) nm"):
+    bioimage.with_training_voxel_size(predictor, config, "runs/vnc")
 
 
 @pytest.mark.slow  # compiles the augmentation (~5 s)

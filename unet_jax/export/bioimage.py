@@ -18,6 +18,7 @@ The package states what it is, not what unet-jax's pipeline around it is:
   summary = build_package(config, "runs/vnc", "vnc_unet.zip")
 """
 
+import dataclasses
 import datetime
 import json
 import os
@@ -232,8 +233,8 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
       f"mitochondrion per pixel; threshold it at {threshold:g} for a mask.", "",
       "## Training data", "",
       f"- data: `{data_label(config.data)}` from `{config.data.root or 'generated (synthetic)'}`",
-      f"- pixel size (z, y, x): {voxel[0]:g} x {voxel[1]:g} x {voxel[2]:g} nm; inputs at another pixel size should be "
-      "resampled to this one first",
+      f"- pixel size (z, y, x): {voxel[0]:g} x {voxel[1]:g} x {voxel[2]:g} nm; evaluate.py --input resamples inputs at "
+      "another pixel size to this one (unet_jax_predictor.json records it); other tools should resample first",
       f"- checkpoint of training step {step} (`eval.checkpoint={config.eval.checkpoint}`), batches of "
       f"{config.train.batch_size} patches of {config.train.patch_size} px",
       f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
@@ -252,6 +253,18 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
       "## Preprocessing", "",
       "Raw values are mapped to [0, 1] as in training (`scale_linear` in rdf.yaml, e.g. uint8 / 255).", "",
   ])
+
+
+def with_training_voxel_size(predictor: Predictor, config: Any, workdir: str) -> Predictor:
+  """`predictor` carrying `data.voxel_size_nm`, the pixel size the package states (rdf.yaml's input axes, its
+  README, unet_jax_predictor.json); InputError when the workdir recorded another at training."""
+  voxel = tuple(float(v) for v in config.data.voxel_size_nm)
+  if predictor.voxel_size_nm and not np.allclose(predictor.voxel_size_nm, voxel):
+    recorded = ",".join(f"{v:g}" for v in predictor.voxel_size_nm)
+    raise InputError(f"{workdir} was trained at voxel size ({recorded}) nm but the config says data.voxel_size_nm="
+                     f"{voxel}; give --config.data.voxel_size_nm={recorded} so the package states the size it was "
+                     "trained at")
+  return dataclasses.replace(predictor, voxel_size_nm=voxel)
 
 
 def build_package(config: Any, workdir: str, output: str, image_path: str | None = None,
@@ -275,7 +288,7 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
   onnx_export.check_exportable(model, "bioimage.io export")
   if model.in_channels != 1:
     raise InputError("bioimage.io export supports single-slice models; set model.context_slices=0")
-  predictor = Predictor.load(config, workdir)
+  predictor = with_training_voxel_size(Predictor.load(config, workdir), config, workdir)
   window = predictor.settings["window"]
   model.check_input((1, *window, 1))
   variables, step = predictor.variables, predictor.step
