@@ -38,14 +38,15 @@ Read = Callable[[Box], np.ndarray]  # a box of the source -> its voxels
 def check_voxel_size(values: Sequence[Any], name: str) -> tuple[float, ...]:
   """`values` as a voxel size in nm, (y, x) or (z, y, x); InputError naming `name` otherwise."""
   values = tuple(values)
+  given = ",".join(str(v) for v in values)
   if len(values) not in (2, 3):
-    raise InputError(f"{name} {values} has {len(values)} value(s); give 2 (y, x) or 3 (z, y, x) sizes in nm")
+    raise InputError(f"{name} {given} has {len(values)} value(s); give 2 (y, x) or 3 (z, y, x) sizes in nm")
   try:
     sizes = tuple(float(v) for v in values)
   except (TypeError, ValueError):
-    raise InputError(f"{name} {values} holds a value that is not a number; give sizes in nm, e.g. 4.6,4.6") from None
+    raise InputError(f"{name} {given} holds a value that is not a number; give sizes in nm, e.g. 4.6,4.6") from None
   if not all(math.isfinite(v) and v > 0 for v in sizes):
-    raise InputError(f"{name} {values}: every voxel size must be a positive number of nm")
+    raise InputError(f"{name} {given}: every voxel size must be a positive number of nm")
   return sizes
 
 
