@@ -6,8 +6,10 @@
 writes out/segmentation.ome.zarr: an NGFF image of the probabilities (`--probabilities` dtype) with two
 NGFF label images, labels/mask (u8, 1 = mitochondrion: the stored probabilities >= the predictor's
 threshold, as for TIFFs) and labels/instances (u32 connected components, 0 background), all with the
-input's axes and voxel size; and out/summary.json. Input and output may be fsspec URLs (s3://bucket/...,
-gs://..., file://...; unet_jax/io/stores.py), read and written chunk by chunk.
+input's axes and voxel size; and out/summary.json. An input at another voxel size than the model's is
+resampled to it block by block and back (`Predictor.on_input`, unet_jax/inference/magnification.py). Input
+and output may be fsspec URLs (s3://bucket/..., gs://..., file://...; unet_jax/io/stores.py), read and
+written chunk by chunk.
 
 The work is four stages of Dask tasks (unet_jax/inference/cluster.py: the synchronous scheduler runs the
 same tasks one after another in this process, a cluster spreads them over its workers):

@@ -7,7 +7,8 @@ windows (`Predictor.stream`); the streamed volume equals the predictor's in-memo
 float rounding. Probabilities (float32, float16, or uint8 = round(255 p)) and the mask
 (uint8 0/255) are appended page by page (zlib-compressed multi-page TIFFs, ImageJ/Fiji readable).
 The mask is the stored probabilities thresholded: segmentation.tif == (probabilities.tif, as floats,
-uint8 / 255, >= the predictor's threshold) pixel for pixel, whatever the dtype's rounding.
+uint8 / 255, >= the predictor's threshold) pixel for pixel, whatever the dtype's rounding. A stack at
+another voxel size than the model's is resampled to it block by block and back (`Predictor.on_input`).
 
 Nothing is written before every check has passed; each output is written under a temporary name and
 renamed when complete, so a failed run leaves earlier results in `output_dir` byte-identical, and
