@@ -156,7 +156,7 @@ def _filter_tables(model: UNet, results: Sequence[tuple[Any, dict[str, Any]]], d
   return tables
 
 
-def _top_filters(model: UNet, result: dict[str, Any], k: int) -> list[dict[str, Any]]:
+def top_filters(model: UNet, result: dict[str, Any], k: int) -> list[dict[str, Any]]:
   """The k filters of the whole network whose zeroing lowers the object score most."""
   rows = [{"layer": layer, "channel": c, "score_drop": float(f["exact"][c]), "estimate": float(f["estimate"][c])}
           for layer, f in result["filters"].items() for c in range(len(f["exact"]))]
@@ -250,7 +250,7 @@ def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, so
     if "randomisation" in result:
       entry["randomisation"] = result["randomisation"]
     if "filters" in result:
-      entry["top_filters"] = _top_filters(model, result, k)
+      entry["top_filters"] = top_filters(model, result, k)
       entry["filter_spearman"] = {layer: f["spearman"] for layer, f in result["filters"].items()}
     doc["objects"].append(entry)
   if "dice" in dataset:

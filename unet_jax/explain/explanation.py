@@ -199,17 +199,26 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
 
 
 def explain_object(model: UNet, variables: Any, image: np.ndarray, weights: np.ndarray, ex: Any,
-                   key: jax.Array, rank_filters: bool = True, sanity_checks: bool = True) -> dict[str, Any]:
+                   key: jax.Array, rank_filters: bool = True, sanity_checks: bool = True,
+                   on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Every per-object explanation of the object `weights` f32[h, w] on the crop `image` f32[h, w].
 
   Returns maps (f32[h, w]), numbers and per-method seconds ('seconds'); see the module docstring.
+  `on_step(method)` is called after each computation (a viewer's progress bar; raising there stops the work).
   """
   image, weights = jnp.asarray(image, jnp.float32), jnp.asarray(weights, jnp.float32)
   t: dict[str, float] = {}
+
+  def _step(name: str, fn: Callable[[], Any]) -> Any:
+    out = _timed(t, name, fn)
+    if on_step is not None:
+      on_step(name)
+    return out
+
   out: dict[str, Any] = {"maps": {}, "seconds": t}
   bases = {kind: attribution.baseline(image, kind, ex.blur_sigma) for kind in attribution.BASELINES}
   for kind, base in bases.items():
-    attr, score, base_score, steps = _timed(t, f"ig_{kind}", lambda: attribution.integrated_gradients_to_tolerance(
+    attr, score, base_score, steps = _step(f"ig_{kind}", lambda: attribution.integrated_gradients_to_tolerance(
         model, variables, image, weights, base, ex.ig_steps, ex.ig_max_steps, ex.ig_tolerance, ex.batch_size))
     out["maps"][f"ig_{kind}"] = attr
     out[f"ig_{kind}"] = {"score": score, "baseline_score": base_score, "sum": float(attr.sum()), "steps": steps,
@@ -217,14 +226,14 @@ def explain_object(model: UNet, variables: Any, image: np.ndarray, weights: np.n
   out["score"] = out["ig_black"]["score"]
   key_sg, key_random, key_sanity = jax.random.split(key, 3)
   if ex.smoothgrad_samples:
-    out["maps"]["smoothgrad"] = _timed(t, "smoothgrad", lambda: attribution.smoothgrad(
+    out["maps"]["smoothgrad"] = _step("smoothgrad", lambda: attribution.smoothgrad(
         model, variables, image, weights, key_sg, ex.smoothgrad_samples, ex.smoothgrad_noise, ex.batch_size))
   for layer in ex.cam_layers:
-    out["maps"][f"cam_{layer}"] = np.asarray(_timed(t, "seg_grad_cam", lambda: attribution.seg_grad_cam(
+    out["maps"][f"cam_{layer}"] = np.asarray(_step("seg_grad_cam", lambda: attribution.seg_grad_cam(
         model, variables, image, weights, layer)))
   orders = {"attribution": attribution.most_attributed_first(out["maps"]["ig_blurred"]),
             "random": np.asarray(jax.random.permutation(key_random, image.size)).astype(np.int32)}
-  curves = {name: _timed(t, "deletion_curves", lambda: attribution.deletion_curve(
+  curves = {name: _step("deletion_curves", lambda: attribution.deletion_curve(
       model, variables, image, weights, bases["blurred"], order, ex.deletion_points, ex.batch_size))
             for name, order in orders.items()}
   out["deletion"] = {"curves": {k: v.tolist() for k, v in curves.items()},
@@ -233,14 +242,14 @@ def explain_object(model: UNet, variables: Any, image: np.ndarray, weights: np.n
   if sanity_checks:
     explain = lambda v: attribution.integrated_gradients(model, v, image, weights, bases["blurred"],
                                                          ex.sanity_steps, ex.batch_size)[0]
-    rows = _timed(t, "randomisation", lambda: sanity.randomisation_test(model, variables, explain, key_sanity))
+    rows = _step("randomisation", lambda: sanity.randomisation_test(model, variables, explain, key_sanity))
     out["randomisation"] = [{k: r[k] for k in ("stage", "spearman", "spearman_abs")} for r in rows]
     out["randomisation_maps"] = {r["stage"]: r["map"] for r in rows}
   if rank_filters:
-    estimates = _timed(t, "filter_estimate", lambda: filters.gradient_x_activation(model, variables, image, weights))
+    estimates = _step("filter_estimate", lambda: filters.gradient_x_activation(model, variables, image, weights))
     out["filters"] = {}
     for layer in probe.block_names(model):
-      exact = _timed(t, "filter_ablation", lambda: filters.score_drop_per_channel(
+      exact = _step("filter_ablation", lambda: filters.score_drop_per_channel(
           model, variables, image, weights, layer, 2 * ex.batch_size))
       estimate = np.asarray(estimates[layer])
       out["filters"][layer] = {"exact": exact, "estimate": estimate,
