@@ -262,8 +262,8 @@ def with_training_voxel_size(predictor: Predictor, config: Any, workdir: str) ->
   if predictor.voxel_size_nm and not np.allclose(predictor.voxel_size_nm, voxel):
     recorded = ",".join(f"{v:g}" for v in predictor.voxel_size_nm)
     raise InputError(f"{workdir} was trained at voxel size ({recorded}) nm but the config says data.voxel_size_nm="
-                     f"{voxel}; give --config.data.voxel_size_nm=\"({recorded})\" so the package states the size it was "
-                     "trained at")
+                     f"{voxel}; give --config.data.voxel_size_nm=\"({recorded})\" so the package states the size "
+                     "it was trained at")
   return dataclasses.replace(predictor, voxel_size_nm=voxel)
 
 

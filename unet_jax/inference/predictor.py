@@ -216,11 +216,13 @@ class Predictor:
   def block_probabilities(self, read: tiling.Read, tiles: tiling.Tiling, block: tiling.Block,
                           predict: windows.Predict | None = None, variables: Any = None) -> np.ndarray:
     """Raw (uncalibrated) probabilities f32[*block shape] of one block of `tiles`, read through `read`
-    (by default with this predictor's network and variables)."""
+    (by default with this predictor's network and variables). For an input at another voxel size (`on_input`)
+    the model-grid voxels the block interpolates are predicted on the model grid's windows, then resampled back."""
     s = self.settings
     predict = predict or tiling.volume_predictor(self.model, self.tta, self.engine)
     variables = self.variables if variables is None else variables
-    run = lambda r, t, b: tiling.block_probabilities(predict, variables, r, t, b, s["blend"], s["batch_size"], s["sigma"])
+    run = lambda r, t, b: tiling.block_probabilities(predict, variables, r, t, b, s["blend"], s["batch_size"],
+                                                     s["sigma"])
     if self.resampling is None or self.resampling.identity:
       return run(read, tiles, block)
     grid = _model_tiling(tiles.shape, tiles.block, self.resampling.model_shape(tiles.shape), tiles.window,
