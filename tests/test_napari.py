@@ -177,6 +177,7 @@ def test_explanation_layers_equal_explain_py(make_napari_viewer, qtbot, model, t
   assert not why.filters.value["data"]
 
 
+@pytest.mark.slow  # a viewer takes seconds to start
 def test_a_wrong_layer_is_a_message_in_the_viewer(make_napari_viewer):
   viewer = make_napari_viewer()
   viewer.add_image(np.zeros((2, 3, 8, 8), np.uint8), name="4d")
