@@ -1,10 +1,16 @@
-"""Shared fixtures. Forces 2 XLA host devices so multi-device code is tested on CPU."""
+"""Shared fixtures. Forces 2 XLA host devices so multi-device code is tested on CPU, and shares one
+persistent XLA compilation cache between the tests and the subprocesses they start."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
     [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     + ["--xla_force_host_platform_device_count=2"])
+# Most tests compile the same few tiny programs (init, train step, sliding window); compiling them again costs
+# seconds each on a 2-core machine, a cache hit milliseconds. A subprocess inherits these variables.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "unet-jax-test-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # pylint: disable=g-import-not-at-top
 

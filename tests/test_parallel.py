@@ -25,3 +25,21 @@ def test_inference_kernels_keep_the_users_choice(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT")
   parallel.use_inference_kernels()
   assert parallel.os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"
+
+
+def test_compiled_programs_are_kept_where_the_user_says(monkeypatch, tmp_path):
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla"))
+  before = parallel.jax.config.jax_compilation_cache_dir
+  try:
+    parallel.use_compilation_cache()
+    assert parallel.jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # empty: no cache; the setting is left alone
+    parallel.jax.config.update("jax_compilation_cache_dir", None)
+    parallel.use_compilation_cache()
+    assert parallel.jax.config.jax_compilation_cache_dir is None
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    parallel.use_compilation_cache()
+    assert parallel.jax.config.jax_compilation_cache_dir == str(tmp_path / "cache" / "unet-jax" / "xla")
+  finally:
+    parallel.jax.config.update("jax_compilation_cache_dir", before)

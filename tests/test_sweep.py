@@ -70,7 +70,7 @@ def test_two_trials_write_the_table_and_plots_from_validation_only(tmp_path, mon
   assert os.path.isfile(os.path.join(workdir, "study.db"))
 
 
-STOPPED_STEPS = 1000  # long enough that the signal lands mid-trial even on a fast machine (200 once finished first)
+STOPPED_STEPS = 40  # the sweep is frozen (SIGSTOP) at step 10's checkpoint, so the signal lands mid-trial on any machine
 
 
 @pytest.mark.slow
@@ -87,9 +87,11 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   checkpoint = os.path.join(workdir, "trial_1", "checkpoints", "10")
   deadline = time.time() + 900
   while not os.path.isdir(checkpoint) and process.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
+    time.sleep(0.01)
   running = process.poll() is None
-  process.send_signal(stop)  # mid-trial 1
+  process.send_signal(signal.SIGSTOP)  # frozen mid-trial 1, however fast the machine
+  process.send_signal(stop)
+  process.send_signal(signal.SIGCONT)  # SIGINT is handled once it runs again
   process.wait()
   stderr_lines = open(stderr_path).read().strip().splitlines()
   assert running and os.path.isdir(checkpoint), f"no signal mid-trial 1; stderr ends: {stderr_lines[-5:]}"

@@ -46,10 +46,11 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def prepare(config: Any, sections: Sequence[str], forward_only: bool) -> None:
-  """Quiet logs, the config checked (`config_check.validate`), XLA devices and kernels chosen."""
+  """Quiet logs, the config checked (`config_check.validate`), XLA devices, kernels and compilation cache chosen."""
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config_check.validate(config, sections)
   parallel.use_host_devices(config.host_devices)  # before JAX starts its backends
+  parallel.use_compilation_cache()
   if forward_only:
     parallel.use_inference_kernels()
 
