@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unet_jax.io import synthetic
-from unet_jax.training import augment, sections
+from unet_jax.training import augment, losses, sections
 
 from test_augment import off_config  # pylint: disable=wrong-import-position  (tests/ is on the import path)
 
@@ -86,24 +86,60 @@ def test_per_section_intensity_is_affine_per_section(volume_batch):
   assert np.ptp(slopes) > 0.05  # every section its own contrast
 
 
+def run_weighted(config, images, masks, seed=0):
+  """augment_batch_with_weights under jit: numpy (images, masks, loss weights)."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), images.shape[0])
+  out = jax.jit(lambda k, x, m: augment.augment_batch_with_weights(k, x, m, config))(keys, images, masks)
+  return tuple(np.asarray(a) for a in out)
+
+
 @pytest.mark.slow
-def test_missing_section_blanks_or_duplicates_one_section(volume_batch):
+def test_missing_section_blanks_or_duplicates_one_section_and_labels_follow(volume_batch):
+  """A duplicated section takes its neighbour's mask; a blanked one keeps its mask at loss weight 0."""
   images, masks = volume_batch
   seen = set()
   for seed in range(4):
-    out_image, out_mask = run(off_config(missing_section_prob=1.0), images, masks, seed=seed)
-    assert np.array_equal(out_mask, masks)  # labels stay: the network learns to bridge the gap
-    for x, y in zip(np.asarray(images), out_image):
+    out_image, out_mask, weight = run_weighted(off_config(missing_section_prob=1.0), images, masks, seed=seed)
+    assert weight.shape == out_mask.shape and set(np.unique(weight)) <= {0.0, 1.0}
+    for x, y, m, out_m, w in zip(np.asarray(images), out_image, np.asarray(masks), out_mask, weight):
       changed = [z for z in range(8) if not np.array_equal(x[z], y[z])]
       assert len(changed) == 1
       z = changed[0]
       neighbour = z - 1 if z > 0 else z + 1
+      others = [i for i in range(8) if i != z]
+      assert np.array_equal(out_m[others], m[others]) and np.all(w[others] == 1.0)
       if np.all(y[z] == 0.0):
         seen.add("blank")
+        assert np.all(w[z] == 0.0) and np.array_equal(out_m[z], m[z])  # out of the loss
       else:
-        assert np.array_equal(y[z], x[neighbour])
+        assert np.array_equal(y[z], x[neighbour]) and np.array_equal(out_m[z], m[neighbour])
+        assert np.all(w[z] == 1.0)
         seen.add("duplicate")
   assert seen == {"blank", "duplicate"}
+
+
+def test_a_zero_weight_leaves_its_pixels_out_of_every_loss_sum():
+  """batch_sums with weight 0 on a section = batch_sums of the other sections; weight 1 = no weight."""
+  rng = np.random.default_rng(2)
+  logits = jnp.asarray(rng.normal(size=(2, 4, 8, 8, 1)), jnp.float32)
+  mask = jnp.asarray(rng.uniform(size=(2, 4, 8, 8, 1)) > 0.5, jnp.float32)
+  weight = jnp.ones_like(mask).at[:, 1].set(0.0)
+  keep = np.array([0, 2, 3])
+  weighted, kept = losses.batch_sums(logits, mask, weight), losses.batch_sums(logits[:, keep], mask[:, keep])
+  unweighted, ones = losses.batch_sums(logits, mask), losses.batch_sums(logits, mask, jnp.ones_like(mask))
+  for name in kept:
+    np.testing.assert_allclose(weighted[name], kept[name], rtol=1e-6)
+    np.testing.assert_allclose(ones[name], unweighted[name], rtol=1e-6)
+
+
+def test_blur_stays_in_the_plane_when_sections_are_kept_apart():
+  """Sections of constant value z / 10 keep their values under blur with elastic_z=False; not with True."""
+  volume = jnp.broadcast_to(jnp.arange(6, dtype=jnp.float32)[:, None, None, None] / 10, (2, 6, 16, 16, 1))
+  out_image, _ = run(off_config(blur_prob=1.0, blur_sigma=2.0, elastic_z=False), volume, volume, seed=1)
+  for z in range(6):
+    np.testing.assert_allclose(out_image[:, z], z / 10, atol=1e-6)
+  out_image, _ = run(off_config(blur_prob=1.0, blur_sigma=2.0, elastic_z=True), volume, volume, seed=1)
+  assert np.abs(out_image - np.asarray(volume)).max() > 0.01
 
 
 @pytest.mark.slow
@@ -160,7 +196,8 @@ def test_2_5d_off_is_identity_and_2d_single_channel_is_untouched(volume_batch):
 
 @pytest.mark.slow
 def test_2_5d_artefacts_act_on_the_channel_sections_and_keep_the_centre_mask_aligned(volume_batch):
-  """Misalignment moves the centre mask iff it moves the centre section; missing sections keep labels."""
+  """Misalignment moves the centre mask iff it moves the centre section; missing sections keep the centre mask,
+  a blanked centre at loss weight 0."""
   images, masks = slab_batch(volume_batch)
   moved_centre = moved_other = 0
   for seed in range(8):
@@ -174,8 +211,10 @@ def test_2_5d_artefacts_act_on_the_channel_sections_and_keep_the_centre_mask_ali
       moved_other += bool(set(changed) - {2})
   assert moved_centre and moved_other
   for seed in range(4):
-    out_image, out_mask = run(off_config(missing_section_prob=1.0), images, masks, seed=seed)
+    out_image, out_mask, weight = run_weighted(off_config(missing_section_prob=1.0), images, masks, seed=seed)
     assert np.array_equal(out_mask, masks)
     changed = [[c for c in range(5) if not np.array_equal(x[..., c], y[..., c])]
                for x, y in zip(np.asarray(images), out_image)]
     assert all(len(c) == 1 for c in changed)
+    for c, y, w in zip(changed, out_image, weight):  # only a blanked centre leaves the loss
+      assert np.all(w == (0.0 if c == [2] and np.all(y[..., 2] == 0.0) else 1.0))

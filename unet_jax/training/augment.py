@@ -12,9 +12,10 @@ C > 1 for 2.5D, the neighbouring slices, transformed alike):
    resampled with the image's coordinates and thresholded (>= 0.5 is foreground), so it stays
    binary and aligned with the image.
 2. Photometry, image only: gamma, contrast, brightness, Gaussian blur, Gaussian noise; then the
-   image is clipped to [0, 1] (the input range).
+   image is clipped to [0, 1] (the input range). With `elastic_z=False` (sections imaged apart,
+   e.g. 50 nm ssTEM) the blur stays in the (H, W) plane too, so no section borrows its neighbours.
 3. 3D patches only: EM section artefacts (misalignment, per-section intensity, missing section),
-   unet_jax/training/sections.py.
+   unet_jax/training/sections.py; a blanked section gets loss weight 0 (`augment_batch_with_weights`).
 
 Every transform fires with its own `*_prob` (see the `augment` block of configs/unet2d.py). A draw
 that does not fire returns its input bit for bit; a transform with probability 0 (or `flips=False`)
@@ -124,12 +125,12 @@ def warp(channels: jax.Array, coordinates: jax.Array) -> jax.Array:
   return jax.vmap(sample, in_axes=-1, out_axes=-1)(channels)
 
 
-def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int) -> jax.Array:
-  """Separable Gaussian blur of f32[*spatial, C] over every spatial axis; reflecting borders."""
+def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int, axes: tuple[int, ...] | None = None) -> jax.Array:
+  """Separable Gaussian blur of f32[*spatial, C] over `axes` (None: every spatial axis); reflecting borders."""
   offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   weights = jnp.exp(-0.5 * (offsets / jnp.maximum(sigma, 1e-3)) ** 2)
   weights = weights / jnp.sum(weights)
-  for axis in range(image.ndim - 1):
+  for axis in range(image.ndim - 1) if axes is None else axes:
     size = image.shape[axis]
     pad = [(radius, radius) if a == axis else (0, 0) for a in range(image.ndim)]
     padded = jnp.pad(image, pad, mode="symmetric")
@@ -188,7 +189,9 @@ def augment_intensity(key: jax.Array, image: jax.Array, config: Any) -> jax.Arra
     image = jnp.where(fired, image + offset, image)
   if config.blur_prob:
     fired, sigma = _draw(u, 3, config.blur_prob, 0.0, config.blur_sigma, 0.0)
-    image = jnp.where(fired, gaussian_blur(image, sigma, math.ceil(3 * config.blur_sigma)), image)
+    in_plane = image.ndim == 4 and not config.get("elastic_z", True)  # sections kept apart: no blur across z
+    axes = (1, 2) if in_plane else None
+    image = jnp.where(fired, gaussian_blur(image, sigma, math.ceil(3 * config.blur_sigma), axes), image)
   if config.noise_prob:
     fired, std = _draw(u, 4, config.noise_prob, 0.0, config.noise_std, 0.0)
     image = jnp.where(fired, image + std * jax.random.normal(noise_key, image.shape, image.dtype), image)
@@ -196,24 +199,34 @@ def augment_intensity(key: jax.Array, image: jax.Array, config: Any) -> jax.Arra
 
 
 def augment_example(key: jax.Array, image: jax.Array, mask: jax.Array,
-                    config: Any) -> tuple[jax.Array, jax.Array]:
+                    config: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Augments one example image f32[*spatial, C] / mask f32[*spatial, 1]: geometry on both, intensity on
   the image, then for 3D and 2.5D patches (2D with C > 1: the C channels are sections) the EM section
-  artefacts (unet_jax/training/sections.py)."""
+  artefacts (unet_jax/training/sections.py). Returns (image, mask, loss weight f32[*spatial, 1]): 0 on a
+  blanked section, 1 elsewhere."""
   geometry_key, intensity_key = jax.random.split(key)
   image, mask = augment_geometry(geometry_key, image, mask, config)
   image = augment_intensity(intensity_key, image, config)
+  weight = jnp.ones(mask.shape, jnp.float32)
   slab = image.ndim == 3 and image.shape[-1] > 1  # 2.5D: the channels are neighbouring sections
   if (image.ndim == 4 or slab) and any(config.get(p, 0.0) for p in SECTION_PROB_FIELDS):
     artefacts = sections.augment_slab_sections if slab else sections.augment_sections
-    image, mask = artefacts(jax.random.fold_in(key, 2), image, mask, config)
-  return image, mask
+    image, mask, weight = artefacts(jax.random.fold_in(key, 2), image, mask, config)
+  return image, mask, weight
 
 
-def augment_batch(keys: jax.Array, images: jax.Array, masks: jax.Array,
-                  config: Any) -> tuple[jax.Array, jax.Array]:
-  """`augment_example` vmapped with one key per example; images f32[B, *spatial, C], masks f32[B, *spatial, 1]."""
+def augment_batch_with_weights(keys: jax.Array, images: jax.Array, masks: jax.Array,
+                               config: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`augment_example` vmapped with one key per example; images f32[B, *spatial, C], masks and the returned
+  loss weights f32[B, *spatial, 1]."""
   if images.shape[:-1] != masks.shape[:-1] or images.ndim not in (4, 5) or masks.shape[-1] != 1:
     raise InputError(f"augment expects images f32[B, *spatial, C] and masks f32[B, *spatial, 1] of one shape, "
                      f"spatial = (H, W) or (D, H, W), got {images.shape} and {masks.shape}")
   return jax.vmap(lambda k, x, m: augment_example(k, x, m, config))(keys, images, masks)
+
+
+def augment_batch(keys: jax.Array, images: jax.Array, masks: jax.Array,
+                  config: Any) -> tuple[jax.Array, jax.Array]:
+  """(images, masks) of `augment_batch_with_weights`, for callers that need no loss weights."""
+  images, masks, _ = augment_batch_with_weights(keys, images, masks, config)
+  return images, masks

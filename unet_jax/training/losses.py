@@ -18,12 +18,20 @@ from unet_jax.errors import InputError
 Sums = dict[str, jax.Array]
 
 
-def batch_sums(logits: jax.Array, mask: jax.Array) -> Sums:
-  """Sums over all pixels of logits/mask f32[B, *spatial, 1]: the statistics every loss needs."""
+def batch_sums(logits: jax.Array, mask: jax.Array, weight: jax.Array | None = None) -> Sums:
+  """Sums over all pixels of logits/mask f32[B, *spatial, 1]: the statistics every loss needs.
+
+  `weight` (same shape, default 1) scales each pixel's terms; 0 leaves a pixel out of the loss (a
+  blanked section, unet_jax/training/sections.py).
+  """
   probs = jax.nn.sigmoid(logits)
-  return {"intersection": jnp.sum(probs * mask), "probs": jnp.sum(probs), "mask": jnp.sum(mask),
-          "bce": jnp.sum(optax.sigmoid_binary_cross_entropy(logits, mask)),
-          "pixels": jnp.asarray(mask.size, jnp.float32)}
+  bce = optax.sigmoid_binary_cross_entropy(logits, mask)
+  if weight is None:
+    return {"intersection": jnp.sum(probs * mask), "probs": jnp.sum(probs), "mask": jnp.sum(mask),
+            "bce": jnp.sum(bce), "pixels": jnp.asarray(mask.size, jnp.float32)}
+  return {"intersection": jnp.sum(weight * probs * mask), "probs": jnp.sum(weight * probs),
+          "mask": jnp.sum(weight * mask), "bce": jnp.sum(weight * bce),
+          "pixels": jnp.sum(jnp.broadcast_to(weight, mask.shape))}
 
 
 def soft_dice(s: Sums, smooth: float = 1.0) -> jax.Array:

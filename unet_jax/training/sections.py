@@ -14,14 +14,16 @@ on the SNEMI3D connectomics challenge") and PyTorch Connectomics (MisAlignment, 
    about the section's mean) and brightness offset (uniform in +-`section_brightness`), then the
    image is clipped to [0, 1] like `augment.augment_intensity`;
 3. missing section: one section of the image is blanked (0, as an unimaged section) or duplicated
-   from its neighbour (half of the draws each); the mask keeps the true labels, so the network
-   learns to bridge the gap from the neighbouring sections.
+   from its neighbour (half of the draws each). The labels follow what the network sees: a
+   duplicated section takes its neighbour's mask with its image, and a blanked one gets loss weight
+   0 (the third output, f32[D, H, W, 1]), since no label can be read off a blank section; its
+   neighbours still train the network to bridge the gap.
 
 `augment.augment_example` calls `augment_sections` for 3D patches after its own transforms, and
 `augment_slab_sections` for 2.5D patches (unet_jax/inference/context.py: image f32[H, W, 2k + 1], the slices
 as channels, the mask of the centre slice), whose 2k + 1 slices are sections like a 3D patch's; the
-centre mask moves with the centre section. A probability of 0 is not traced; a draw that does not
-fire returns its input bit for bit.
+centre mask moves with the centre section and its weight is the centre section's. A probability of 0
+is not traced; a draw that does not fire returns its input bit for bit (and weight 1).
 """
 
 from typing import Any
@@ -76,8 +78,13 @@ def section_intensity(key: jax.Array, image: jax.Array, prob: float, brightness:
   return jnp.where(jax.random.uniform(fire_key) < prob, changed, image)
 
 
-def missing_section(key: jax.Array, image: jax.Array, prob: float) -> jax.Array:
-  """One section of image f32[D, H, W, C] blanked to 0 or replaced by its neighbour."""
+def missing_section(key: jax.Array, image: jax.Array, mask: jax.Array,
+                    prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One section of image f32[D, H, W, C] blanked to 0 or replaced by its neighbour; returns (image, mask, weight).
+
+  A duplicated section takes its neighbour's mask too; a blanked one keeps its mask at loss weight 0
+  (weight f32[D, H, W, 1], 1 elsewhere), so no label asks for structure the image does not show.
+  """
   depth = image.shape[0]
   fire_key, which_key = jax.random.split(key)
   fired, duplicate = jax.random.uniform(fire_key, (2,)) < jnp.array([prob, 0.5])
@@ -85,28 +92,33 @@ def missing_section(key: jax.Array, image: jax.Array, prob: float) -> jax.Array:
   neighbour = jnp.where(section > 0, section - 1, jnp.minimum(section + 1, depth - 1))
   replacement = jnp.where(duplicate, image[neighbour], jnp.zeros_like(image[0]))
   hit = fired & (jnp.arange(depth) == section)[:, None, None, None]
-  return jnp.where(hit, replacement[None], image)
+  weight = jnp.where(hit & ~duplicate, 0.0, jnp.ones(mask.shape, jnp.float32))
+  return (jnp.where(hit, replacement[None], image), jnp.where(hit & duplicate, mask[neighbour][None], mask),
+          weight)
 
 
 def augment_sections(key: jax.Array, image: jax.Array, mask: jax.Array,
-                     config: Any) -> tuple[jax.Array, jax.Array]:
-  """Section artefacts (module docstring) of one 3D example: image f32[D, H, W, C], mask f32[D, H, W, 1]."""
+                     config: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Section artefacts (module docstring) of one 3D example: image f32[D, H, W, C], mask f32[D, H, W, 1];
+  returns (image, mask, loss weight f32[D, H, W, 1])."""
   misalign_key, intensity_key, missing_key = jax.random.split(key, 3)
+  weight = jnp.ones(mask.shape, jnp.float32)
   if config.get("misalign_prob", 0.0) and config.misalign_pixels:
     image, mask = misalign(misalign_key, image, mask, config.misalign_prob, int(config.misalign_pixels))
   if config.get("section_intensity_prob", 0.0):
     image = section_intensity(intensity_key, image, config.section_intensity_prob, config.section_brightness,
                               tuple(config.section_contrast))
   if config.get("missing_section_prob", 0.0):
-    image = missing_section(missing_key, image, config.missing_section_prob)
-  return image, mask
+    image, mask, weight = missing_section(missing_key, image, mask, config.missing_section_prob)
+  return image, mask, weight
 
 
 def augment_slab_sections(key: jax.Array, image: jax.Array, mask: jax.Array,
-                          config: Any) -> tuple[jax.Array, jax.Array]:
-  """`augment_sections` of one 2.5D example: image f32[H, W, S] (S sections), mask f32[H, W, 1] of the centre one."""
+                          config: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`augment_sections` of one 2.5D example: image f32[H, W, S] (S sections), mask and weight f32[H, W, 1] of the
+  centre one."""
   sections = image.shape[-1]
   volume = jnp.moveaxis(image, -1, 0)[..., None]  # f32[S, H, W, 1]
   masks = jnp.broadcast_to(mask[None], (sections, *mask.shape))  # each section carries the centre mask
-  volume, masks = augment_sections(key, volume, masks, config)
-  return jnp.moveaxis(volume[..., 0], 0, -1), masks[sections // 2]
+  volume, masks, weights = augment_sections(key, volume, masks, config)
+  return jnp.moveaxis(volume[..., 0], 0, -1), masks[sections // 2], weights[sections // 2]

@@ -105,18 +105,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
                config: Any, axis_name: str | None = parallel.AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on the global batch, of which this device holds a shard.
 
-  batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation).
+  batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation, which also
+  gives each pixel its loss weight: 0 on a blanked section).
   The loss is a function of batch sums (unet_jax/training/losses.py): the shards' sums are added over
   `axis_name`, and the gradient is the sum over devices of each shard's vector-Jacobian product
   with d loss / d sums, i.e. exactly the single-device gradient of the global batch.
   """
-  image, mask = augment.augment_batch(keys, batch["image"], batch["mask"], config.augment)
+  image, mask, weight = augment.augment_batch_with_weights(keys, batch["image"], batch["mask"], config.augment)
   loss_fn = losses.get_loss(config.train.loss)
 
   def shard_sums(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
                                      train=True, mutable=["batch_stats"])
-    return losses.batch_sums(logits, mask), updates
+    return losses.batch_sums(logits, mask, weight), updates
 
   sums, pullback, updates = jax.vjp(shard_sums, state.params, has_aux=True)
   batch_stats = updates.get("batch_stats", {})
