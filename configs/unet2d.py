@@ -5,6 +5,7 @@
   python train.py --config=configs/unet2d.py:synthetic --workdir=runs/syn   # no data needed
   python train.py --config=configs/unet2d.py:tiny --workdir=/tmp/tiny       # seconds; for tests
   python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none
+  python train.py --config=configs/unet2d.py:vnc_classes --workdir=runs/vc  # VNC, five classes (softmax)
 
 Override any field on the command line, e.g. --config.train.steps=500 --config.data.root=/data.
 Every field is checked before anything runs (unet_jax/config/check.py).
@@ -14,7 +15,7 @@ import ml_collections
 
 from unet_jax.training import augment
 
-VARIANTS = ("lucchi", "vnc", "synthetic", "tiny")
+VARIANTS = ("lucchi", "vnc", "vnc_classes", "synthetic", "tiny")
 
 
 def parse_arg(arg: str) -> tuple[str, dict[str, str]]:
@@ -57,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.final_fit = False  # True: the val slices go back into training (the final fit of a tuned recipe); val
   # scores become in-sample, so evaluate the latest checkpoint at a threshold chosen on a tuning run's val split
   c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # (z, y, x); morphometry in nm
+  c.data.labels_root = ""  # model.num_classes > 1: folder of training_labels.tif, testing_labels.tif (class ids)
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.seed = 0
   c.data.synthetic.shape = (384, 384)
@@ -77,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_sizes = ()  # e.g. ((1, 3, 3),) * 3 + ((3, 3, 3),) * 2 for VNC in 3D
   c.model.pool_factors = ()  # e.g. ((1, 2, 2),) * 3 + ((2, 2, 2),)
   c.model.context_slices = 0  # 2.5D (2D models): k neighbouring slices on each side as 2k + 1 input channels
+  c.model.num_classes = 1  # 1: binary mitochondria (one sigmoid); K > 1: integer label maps with classes 0..K-1
+  c.model.output = "sigmoid"  # sigmoid (one per class) | softmax (over the classes; K > 1 only)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 3000
@@ -85,6 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
   c.train.loss = "log_dice"  # log_dice | log_one_minus_dice (the original code's ln(1 - Dice)) | dice | bce | bce_dice
   c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
+  c.train.class_weights = ()  # model.num_classes > 1: one weight per class for Dice and cross-entropy (() = equal)
   c.train.log_every = 50
   c.train.eval_every = 200
   c.train.checkpoint_every = 100
@@ -218,6 +223,19 @@ def vnc_data(c: ml_collections.ConfigDict) -> None:
   # 8x the forward (timings: docs/results/inference.md)
 
 
+def vnc_classes(c: ml_collections.ConfigDict) -> None:
+  """VNC's images with five-class labels (../shared/data/vnc_classes): cytoplasm, membrane, glia, mitochondria,
+  synapse; one softmax, log-Dice averaged over the classes, argmax label maps."""
+  vnc_data(c)
+  c.data.labels_root = "../shared/data/vnc_classes"
+  c.model.num_classes = 5
+  c.model.output = "softmax"
+  c.train.loss = "bce_dice"  # cross-entropy + (1 - mean soft Dice): rare classes (synapse, 0.7 %) still pull
+  c.eval.engine = "xla"  # ONNX Runtime and threshold/calibration choices are binary-only
+  c.eval.select_threshold = False
+  c.eval.tta = "none"
+
+
 def synthetic(c: ml_collections.ConfigDict) -> None:
   """Generated EM-like slices (unet_jax/io/synthetic.py): no data needed, minutes on a CPU."""
   c.data.name = "synthetic"
@@ -245,5 +263,5 @@ def tiny(c: ml_collections.ConfigDict) -> None:
   c.eval.window = 32
 
 
-DEFAULT_PRESET = {"tiny": "flips", "vnc": "flips"}  # augmentation preset without ,aug=; VNC's chosen by the sweep
-VARIANT_OVERRIDES = {"lucchi": lambda c: None, "vnc": vnc, "synthetic": synthetic, "tiny": tiny}
+DEFAULT_PRESET = {"tiny": "flips", "vnc": "flips", "vnc_classes": "flips"}  # augmentation preset without ,aug=; VNC's chosen by the sweep
+VARIANT_OVERRIDES = {"lucchi": lambda c: None, "vnc": vnc, "vnc_classes": vnc_classes, "synthetic": synthetic, "tiny": tiny}

@@ -80,6 +80,7 @@ def _rules(section: str) -> list[Rule]:
             ("data.url", _is(str), "a URL ending in '/' ('' for the official Lucchi address)"),
             ("data.val_fraction", _num(0.0, 1.0, True, True), "a number in (0, 1)"),
             ("data.final_fit", _is(bool), "True or False"),
+            ("data.labels_root", _is(str), "'' (binary masks) or a folder of training_labels.tif, testing_labels.tif"),
             ("data.voxel_size_nm", _seq(_num(0.0, lo_open=True), (3,)), "three positive sizes (z, y, x) in nm"),
             ("data.synthetic.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
             ("data.synthetic.shape", _seq(_int(16, MAX_PIXELS), (2, 3)),
@@ -98,7 +99,9 @@ def _rules(section: str) -> list[Rule]:
             ("model.voxel_size_nm", _seq(_num(0.0, lo_open=True), (2, 3)), "positive sizes (z, y, x) in nm"),
             ("model.kernel_sizes", _is((tuple, list)), "() (derived from the voxel size) or one kernel per level"),
             ("model.pool_factors", _is((tuple, list)), "() (derived from the voxel size) or one factor per level"),
-            ("model.context_slices", _int(0, 8), "an integer in [0, 8] (2.5D: neighbours on each side)")]
+            ("model.context_slices", _int(0, 8), "an integer in [0, 8] (2.5D: neighbours on each side)"),
+            ("model.num_classes", _int(1, 256), "an integer in [1, 256] (1: binary)"),
+            ("model.output", _one_of(*model.OUTPUTS), f"one of {model.OUTPUTS}")]
   if section == "train":
     return [("train.steps", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}] (step counters are 32-bit)"),
             ("train.batch_size", _int(1, MAX_BATCH), f"an integer in [1, {MAX_BATCH}] (a multiple of the devices)"),
@@ -107,6 +110,8 @@ def _rules(section: str) -> list[Rule]:
             ("train.fg_fraction", _num(0.0, 1.0), "a number in [0, 1]"),
             ("train.loss", _one_of(*losses.LOSSES), f"one of {tuple(losses.LOSSES)}"),
             ("train.smooth", _num(0.0, 1e6, lo_open=True), "a number in (0, 1e6]"),
+            ("train.class_weights", lambda v: v in ((), []) or _seq(_num(0.0, 1e6))(v),
+             "() or one weight in [0, 1e6] per class"),
             ("train.log_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
             ("train.eval_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
             ("train.checkpoint_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
@@ -223,6 +228,8 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
       problems.append(f"model.norm='group' needs model.base_features divisible by its {model.GROUPS} groups (level l "
                       f"has base_features * 2**l channels), got model.base_features={base}; use a multiple of "
                       f"{model.GROUPS} (e.g. {-(-base // model.GROUPS) * model.GROUPS}) or --config.model.norm=batch")
+  if "model" in sections and ndim:
+    problems += _class_checks(config, sections)
   if "train" in sections and _present(config, "train") and ndim:
     volumes.check_config(config)  # the dimensions of model, data, patch and window agree
     patch, factors = sizes(config.train.patch_size), anisotropy.model_plan(config.model).size_factors
@@ -250,6 +257,28 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
       problems.append(f"train.budget_minutes needs optim.warmup_steps ({o.warmup_steps}) >= "
                       f"train.budget_measure_steps ({t.budget_measure_steps}), so the measured steps do not "
                       "depend on the run's length")
+  return problems
+
+
+def _class_checks(config: Any, sections: Sequence[str]) -> list[str]:
+  """Problems of a multi-class model (model.num_classes > 1) with fields made for one class."""
+  k, problems = config.model.num_classes, []
+  if k == 1:
+    return ["model.output='softmax' needs model.num_classes > 1 (a softmax over one class is constant); use "
+            "--config.model.output=sigmoid"] if config.model.output == "softmax" else []
+  weights = config.train.get("class_weights", ()) if _present(config, "train") and "train" in sections else ()
+  if weights and (len(weights) != k or not sum(weights) > 0):
+    problems.append(f"train.class_weights={tuple(weights)!r} must be () or {k} weights (model.num_classes) with a "
+                    "positive sum")
+  if "eval" in sections and _present(config, "eval"):
+    e = config.eval
+    if e.engine != "xla" or e.select_threshold or e.calibrate or e.uncertainty != "none":
+      problems.append(f"model.num_classes={k} predicts label maps by argmax with eval.engine='xla' only, without "
+                      "threshold choice, calibration or uncertainty: set --config.eval.engine=xla "
+                      "--config.eval.select_threshold=False --config.eval.calibrate=False --config.eval.uncertainty=none")
+  if "data" in sections and _present(config, "data") and (config.data.name == "synthetic" or not config.data.labels_root):
+    problems.append(f"model.num_classes={k} needs integer label maps: data.name='folder' or 'lucchi' with "
+                    "--config.data.labels_root set to a folder of training_labels.tif and testing_labels.tif")
   return problems
 
 

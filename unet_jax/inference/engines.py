@@ -30,7 +30,8 @@ _sessions: list[tuple[bytes, list[np.ndarray], Any]] = []  # (graph, variables' 
 
 
 def forward(model: UNet, engine: str = "xla") -> Forward:
-  """(variables, images f32[B, *spatial, C]) -> sigmoid probabilities f32[B, *spatial, 1], run by `engine`.
+  """(variables, images f32[B, *spatial, C]) -> probabilities f32[B, *spatial, K], run by `engine`: the sigmoid
+  (K = 1), or the model's per-class sigmoids / softmax for K = model.num_classes classes (xla only).
 
   Spatial sizes must fit the model (`UNet.check_input`). Raises InputError for an unknown engine, or
   for 'onnx' when onnxruntime or jax2onnx is not installed or the model cannot be converted
@@ -39,7 +40,7 @@ def forward(model: UNet, engine: str = "xla") -> Forward:
   if engine not in ENGINES:
     raise InputError(f"eval.engine must be one of {ENGINES}, got {engine!r}")
   if engine == "xla":
-    return lambda variables, images: jax.nn.sigmoid(model.apply(variables, images, train=False))
+    return lambda variables, images: model.probabilities(model.apply(variables, images, train=False))
   for module in ("onnxruntime", "onnx", "jax2onnx"):
     onnx_export.require(module, "eval.engine='onnx'")
   onnx_export.check_exportable(model, "eval.engine='onnx'")

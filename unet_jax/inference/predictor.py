@@ -198,6 +198,18 @@ class Predictor:
     return float(1.0 / (1.0 + np.exp(-self.temperature * np.log(t / (1.0 - t)))))
 
   @property
+  def num_classes(self) -> int:
+    """Classes the network predicts: 1 (binary: probabilities f32[Z, H, W]) or K (f32[Z, H, W, K])."""
+    return self.model.num_classes
+
+  def label_map(self, probabilities: np.ndarray) -> np.ndarray:
+    """The class id map u8[Z, H, W] of K-class probabilities f32[Z, H, W, K]: the most probable class per pixel
+    (softmax or per-class sigmoids alike; no threshold). A binary model's map is its `segment` mask as 0/1."""
+    if self.num_classes == 1:
+      return self.segment(probabilities).astype(np.uint8)
+    return np.argmax(probabilities, axis=-1).astype(np.uint8 if self.num_classes <= 256 else np.int32)
+
+  @property
   def context_slices(self) -> int:
     return (self.model.in_channels - 1) // 2
 
@@ -225,6 +237,9 @@ class Predictor:
                                                      s["sigma"])
     if self.resampling is None or self.resampling.identity:
       return run(read, tiles, block)
+    if self.num_classes > 1:
+      raise InputError("inputs at another voxel size than the model's are resampled for binary models only; "
+                       f"resample the input to {self.voxel_size_nm} nm for this {self.num_classes}-class model")
     grid = _model_tiling(tiles.shape, tiles.block, self.resampling.model_shape(tiles.shape), tiles.window,
                          s["overlap"], tiles.context_slices)
     on_grid = next(b for b in grid.blocks if b.index == block.index)
@@ -252,7 +267,7 @@ class Predictor:
 
   def raw_probabilities(self, image: np.ndarray) -> np.ndarray:
     """Network probabilities, before calibration, of a stack f32[Z, H, W] in memory (or one slice f32[H, W]
-    for 2D models): f32 of the same shape."""
+    for 2D models): f32 of the same shape, with a last axis of K classes for a K-class model."""
     if image.ndim == 2:
       if self.model.ndim == 3:
         raise InputError(f"a 3D model needs a stack (Z, H, W), got one slice of shape {image.shape}")

@@ -121,9 +121,11 @@ def _inputs(read: Read, region: Box, depth: int, k: int) -> np.ndarray:
 
 def block_probabilities(predict: windows.Predict, variables: Any, read: Read, tiling: Tiling, block: Block,
                         blend: str = "gaussian", batch_size: int = 8, sigma: float = 0.125) -> np.ndarray:
-  """Probabilities f32[*box shape] of one block; `predict` takes f32[B, *tiling.window, C] (`volume_predictor`)."""
+  """Probabilities f32[*box shape] of one block (f32[*box shape, K] for K > 1 classes); `predict` takes
+  f32[B, *tiling.window, C] (`volume_predictor`)."""
   image = _inputs(read, block.region, tiling.shape[0], tiling.context_slices)
   total, norm = windows.region_sums(predict, variables, image, block.starts, tiling.window, blend, batch_size,
                                       sigma, tiling.capacity)
   crop = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(block.box, block.region))
-  return np.asarray(total[crop] / norm[crop])
+  norm = norm[crop] if total.ndim == norm.ndim else norm[crop][..., None]  # K classes: f32[*box shape, K]
+  return np.asarray(total[crop] / norm)

@@ -85,17 +85,24 @@ def _plan(shape: tuple[int, ...], starts: tuple[tuple[int, ...], ...], window: t
 @functools.partial(jax.jit, static_argnames=("predict", "window"))
 def _weighted_sum(predict: Predict, variables: Any, image: jax.Array, origins: jax.Array, keep: jax.Array,
                   weights: jax.Array, window: tuple[int, ...]) -> jax.Array:
-  """Sum f32[*spatial] of weights * predict over windows at `origins` i32[nb, b, ndim] of `image` f32[*spatial, C]."""
+  """Sum f32[*spatial] of weights * predict over windows at `origins` i32[nb, b, ndim] of `image` f32[*spatial, C];
+  f32[*spatial, K] when `predict` gives K > 1 class probabilities."""
   channels = image.shape[-1]
+  out = jax.eval_shape(predict, variables, jax.ShapeDtypeStruct((origins.shape[1], *window, channels), jnp.float32))
+  classes = () if out.shape[-1] == 1 else (out.shape[-1],)
   def run_batch(total, batch):
     starts, keep = batch
     patches = jax.vmap(lambda s: jax.lax.dynamic_slice(image, (*s, 0), (*window, channels)))(starts)
-    probs = predict(variables, patches)[..., 0] * weights * keep.reshape((-1,) + (1,) * len(window))
+    probs = predict(variables, patches)
+    if classes:
+      probs = probs * weights[..., None] * keep.reshape((-1,) + (1,) * (len(window) + 1))
+    else:
+      probs = probs[..., 0] * weights * keep.reshape((-1,) + (1,) * len(window))
     def add(i, total):
-      s = tuple(starts[i])
-      return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, s, window) + probs[i], s)
+      s = (*starts[i], *(0 for _ in classes))
+      return jax.lax.dynamic_update_slice(total, jax.lax.dynamic_slice(total, s, (*window, *classes)) + probs[i], s)
     return jax.lax.fori_loop(0, starts.shape[0], add, total), None
-  total, _ = jax.lax.scan(run_batch, jnp.zeros(image.shape[:-1], jnp.float32), (origins, keep))
+  total, _ = jax.lax.scan(run_batch, jnp.zeros((*image.shape[:-1], *classes), jnp.float32), (origins, keep))
   return total
 
 
@@ -112,7 +119,8 @@ def _check(image_shape: tuple[int, ...], window: tuple[int, ...], overlap: float
 def region_sums(predict: Predict, variables: Any, image: np.ndarray | jax.Array, starts: tuple[tuple[int, ...], ...],
                 window: tuple[int, ...], blend: str = "gaussian", batch_size: int = 8, sigma: float = 0.125,
                 capacity: int = 0) -> tuple[jax.Array, jax.Array]:
-  """(sum of weighted window probabilities, sum of weights), both f32[*spatial], of `image` f32[*spatial, C].
+  """(sum of weighted window probabilities, sum of weights), both f32[*spatial], of `image` f32[*spatial, C]
+  (the first f32[*spatial, K] for a K-class `predict`).
 
   The windows are the grid of per-axis `starts` (relative to the image); the image is reflect-padded
   to reach the last window's end and the sums cropped back. `predict` maps f32[B, *window, C] to
@@ -155,7 +163,7 @@ def sliding_window_predict(predict: Predict, variables: Any, image: np.ndarray |
   so new weights do not recompile. `sigma` is the Gaussian's width as a fraction of the window.
   """
   total, norm = window_sums(predict, variables, image, window, overlap, blend, batch_size, sigma)
-  return total / norm
+  return total / norm if total.ndim == norm.ndim else total / norm[..., None]
 
 
 def tta_transforms(tta: str) -> tuple[tuple[int, bool], ...]:

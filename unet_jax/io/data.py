@@ -4,6 +4,10 @@ Images are read and normalised to [0, 1] by unet_jax/io/stacks.py (TIFF) or unet
 the readers inference uses. A data folder holds each stack of STACK_FILES as that TIFF or as an
 OME-Zarr image of the same stem (training.ome.zarr for training.tif). Masks may hold {0, 1} or
 {0, 255}; anything else is an error naming the values found.
+
+Multi-class models (model.num_classes = K > 1) learn integer label maps instead: the images as above,
+the labels from `data.labels_root` (LABEL_FILES, class ids 0..K-1 per pixel, kept as they are: a
+value outside that range is an error, never clipped or remapped).
 """
 
 import dataclasses
@@ -18,11 +22,12 @@ from unet_jax.io import download, stacks, synthetic
 from unet_jax.io.download import STACK_FILES
 
 DATASETS = ("lucchi", "folder", "synthetic")
+LABEL_FILES = {"train": "training_labels.tif", "test": "testing_labels.tif"}  # in data.labels_root
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One labelled stack: image f32[Z, H, W] in [0, 1], mask u8[Z, H, W] in {0, 1}."""
+  """One labelled stack: image f32[Z, H, W] in [0, 1], mask u8[Z, H, W] in {0, 1} (or class ids 0..K-1)."""
   image: np.ndarray
   mask: np.ndarray
 
@@ -36,6 +41,42 @@ def binarize_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     shown = ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
     raise InputError(f"{name} is not binary: found values {{{shown}}}; masks must hold only 0/1 or 0/255")
   return (mask > 0).astype(np.uint8)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, name: str = "labels") -> np.ndarray:
+  """Integer class ids 0..num_classes-1 as uint8 (int32 beyond 256 classes); other values are an error."""
+  if not np.issubdtype(labels.dtype, np.integer) and not (np.all(np.isfinite(labels)) and
+                                                         np.array_equal(labels, np.round(labels))):
+    raise InputError(f"{name} holds non-integer values (dtype {labels.dtype}); labels must be class ids "
+                     f"0..{num_classes - 1}")
+  values = np.unique(labels)
+  bad = values[(values < 0) | (values >= num_classes)]
+  if len(bad):
+    shown = ", ".join(str(v) for v in bad[:8]) + (" ..." if len(bad) > 8 else "")
+    raise InputError(f"{name} holds class ids {{{shown}}} outside 0..{num_classes - 1} (model.num_classes="
+                     f"{num_classes}); set --config.model.num_classes={int(values.max()) + 1} or remap the labels")
+  return labels.astype(np.uint8 if num_classes <= 256 else np.int32)
+
+
+def make_label_split(image: np.ndarray, labels: np.ndarray, num_classes: int, name: str = "stack") -> Split:
+  """Validates an (image, label map) pair of a `num_classes`-class model and returns it normalised."""
+  if image.shape != labels.shape:
+    raise InputError(f"{name}: image shape {image.shape} != label shape {labels.shape}; "
+                     "they must match voxel for voxel")
+  return Split(stacks.normalize_image(image, f"{name} image"), check_labels(labels, num_classes, f"{name} labels"))
+
+
+def load_labelled_folder(root: str, labels_root: str, num_classes: int) -> dict[str, Split]:
+  """Training and testing stacks: images from `root` (STACK_FILES), label maps from `labels_root` (LABEL_FILES)."""
+  images = {k: stack_path(root, a) for k, (a, _) in STACK_FILES.items()}
+  labels = {k: stack_path(labels_root, f) for k, f in LABEL_FILES.items()}
+  missing = [os.path.join(root, STACK_FILES[k][0]) for k, p in images.items() if p is None]
+  missing += [os.path.join(labels_root, LABEL_FILES[k]) for k, p in labels.items() if p is None]
+  if missing:
+    raise InputError(f"missing {', '.join(missing)}; set --config.data.root to the images' folder and "
+                     "--config.data.labels_root to the label maps' folder")
+  return {k: make_label_split(_read(images[k], True), _read(labels[k], False), num_classes,
+                              os.path.basename(labels[k])) for k in STACK_FILES}
 
 
 def make_split(image: np.ndarray, mask: np.ndarray, name: str = "stack") -> Split:
@@ -96,10 +137,17 @@ def warn_if_empty(splits: dict[str, Split]) -> None:
                       "its Dice is 1 only for an empty prediction, and val-based choices see no mitochondria")
 
 
-def load_splits(data_config: Any) -> dict[str, Split]:
-  """Returns {'train', 'val', 'test'} splits for `config.data` (one of DATASETS)."""
+def load_splits(data_config: Any, num_classes: int = 1) -> dict[str, Split]:
+  """Returns {'train', 'val', 'test'} splits for `config.data` (one of DATASETS); with `num_classes` > 1
+  (model.num_classes) the masks are the label maps of `data.labels_root`."""
   name = data_config.name
-  if name == "synthetic":
+  if num_classes > 1:
+    if name == "synthetic" or not data_config.get("labels_root", ""):
+      raise InputError(f"model.num_classes={num_classes} needs label maps: set --config.data.labels_root")
+    if name == "lucchi":
+      download.ensure_lucchi(data_config.root, data_config.url or download.LUCCHI_URL)
+    stacks = load_labelled_folder(data_config.root, data_config.labels_root, num_classes)
+  elif name == "synthetic":
     stacks = {k: make_split(*pair, name=f"synthetic {k}") for k, pair in synthetic.make_dataset(data_config.synthetic).items()}
   elif name == "lucchi":
     download.ensure_lucchi(data_config.root, data_config.url or download.LUCCHI_URL)

@@ -1,4 +1,10 @@
-"""An N-dimensional U-Net in flax.linen with one output logit per pixel (voxel)."""
+"""An N-dimensional U-Net in flax.linen with one output logit per class and pixel (voxel).
+
+One class (the default) is the binary mitochondria model: one logit, a sigmoid. With `num_classes` = K > 1
+the head has K logits, read either as K independent sigmoids (`output='sigmoid'`, overlapping classes
+possible) or as one softmax over the K classes (`output='softmax'`, exactly one class per pixel); the
+head keeps its name and its shapes for K = 1, so binary checkpoints load unchanged.
+"""
 
 from typing import Any, Sequence
 
@@ -13,6 +19,7 @@ NORMS = ("batch", "group", "none")
 GROUPS = 8  # GroupNorm's groups: every level's width (base_features * 2**level) must divide by it
 UPSAMPLES = ("transpose", "resize")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OUTPUTS = ("sigmoid", "softmax")  # how logits become class probabilities
 
 
 def _norm(kind: str, train: bool, axis_name: str | None, name: str) -> nn.Module | None:
@@ -81,7 +88,8 @@ class ConvBlock(nn.Module):
 class UNet(nn.Module):
   """U-Net: `depth` poolings, widths base_features * 2**level, skip connections.
 
-  Input f32[B, *spatial, in_channels]; output logits f32[B, *spatial, 1]. Each level's kernel and
+  Input f32[B, *spatial, in_channels]; output logits f32[B, *spatial, num_classes] (`probabilities` turns
+  them into probabilities as `output` says). Each level's kernel and
   pooling factor per axis are `kernel_sizes` / `pool_factors` (None: 3 and 2 on every axis; see
   unet_jax/network/anisotropy.py); every spatial size must be divisible by the product of its axis's pooling
   factors, 2**depth by default (an `InputError` says so otherwise; sliding-window inference pads).
@@ -98,6 +106,12 @@ class UNet(nn.Module):
   kernel_sizes: tuple[tuple[int, ...], ...] | None = None  # depth + 1 (encoder levels, bottleneck); None: 3s
   pool_factors: tuple[tuple[int, ...], ...] | None = None  # depth per-axis factors; None: 2s
   in_channels: int = 1  # input channels: 1, or 2k + 1 slices for 2.5D (unet_jax/inference/context.py)
+  num_classes: int = 1  # output logits per pixel: 1 = binary (sigmoid), K > 1 = K classes
+  output: str = "sigmoid"  # sigmoid (per class) | softmax (over classes); used by `probabilities`, not __call__
+
+  def probabilities(self, logits: jax.Array) -> jax.Array:
+    """Class probabilities f32[..., num_classes] of this network's logits."""
+    return class_probabilities(logits, self.output)
 
   def plan(self) -> Plan:
     """The per-level kernels and pooling factors (explicit, or the isotropic default)."""
@@ -145,7 +159,14 @@ class UNet(nn.Module):
                              antialias=False)  # same values when upsampling; exportable to ONNX
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = block(features, level, f"dec{level}")(x, train)
-    return nn.Conv(1, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
+    return nn.Conv(self.num_classes, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
+
+
+def class_probabilities(logits: jax.Array, output: str = "sigmoid") -> jax.Array:
+  """Probabilities f32[..., K] of logits f32[..., K]: a sigmoid per class, or a softmax over the last axis."""
+  if output not in OUTPUTS:
+    raise InputError(f"model.output must be one of {OUTPUTS}, got {output!r}")
+  return jax.nn.softmax(logits, axis=-1) if output == "softmax" else jax.nn.sigmoid(logits)
 
 
 def init_variables(model: UNet, key: jax.Array, in_channels: int | None = None) -> dict[str, Any]:
@@ -164,11 +185,12 @@ def build_model(model_config: Any, axis_name: str | None = None) -> UNet:
 
   Kernels and pooling per level come from `anisotropy.model_plan` (model.kernel_sizes /
   model.pool_factors, else derived from model.voxel_size_nm); 2k + 1 input channels for 2.5D
-  (model.context_slices = k).
+  (model.context_slices = k); model.num_classes logits read by model.output (default 1, sigmoid).
   """
   plan = model_plan(model_config)
   return UNet(ndim=model_config.ndim, depth=model_config.depth,
               base_features=model_config.base_features, norm=model_config.norm,
               upsample=model_config.upsample, axis_name=axis_name,
               dtype=DTYPES[model_config.dtype], kernel_sizes=plan.kernel_sizes,
-              pool_factors=plan.pool_factors, in_channels=2 * model_config.get("context_slices", 0) + 1)
+              pool_factors=plan.pool_factors, in_channels=2 * model_config.get("context_slices", 0) + 1,
+              num_classes=model_config.get("num_classes", 1), output=model_config.get("output", "sigmoid"))

@@ -10,7 +10,9 @@ C > 1 for 2.5D, the neighbouring slices, transformed alike):
    zoom and shear of the (H, W) plane plus an elastic displacement on every axis (Gaussian values
    on a coarse grid, upsampled cubically; `elastic_z=False` keeps 3D sections unmixed). The mask is
    resampled with the image's coordinates and thresholded (>= 0.5 is foreground), so it stays
-   binary and aligned with the image.
+   binary and aligned with the image. An integer mask (a multi-class label map, i32) is sampled at
+   the same coordinates by nearest neighbour instead, so every pixel keeps one of the original
+   class ids (interpolating ids would invent classes between them); flips move it exactly.
 2. Photometry, image only: gamma, contrast, brightness, Gaussian blur, Gaussian noise; then the
    image is clipped to [0, 1] (the input range). With `elastic_z=False` (sections imaged apart,
    e.g. 50 nm ssTEM) the blur stays in the (H, W) plane too, so no section borrows its neighbours.
@@ -125,6 +127,14 @@ def warp(channels: jax.Array, coordinates: jax.Array) -> jax.Array:
   return jax.vmap(sample, in_axes=-1, out_axes=-1)(channels)
 
 
+def warp_nearest(labels: jax.Array, coordinates: jax.Array) -> jax.Array:
+  """Samples an integer label map [*spatial, 1] at `coordinates` f32[N, *spatial] by nearest neighbour, mirrored
+  at the borders like `warp`; the result holds only values of `labels`, in its dtype."""
+  folded = list(mirror(coordinates, labels.shape[:-1]))
+  sampled = jax.scipy.ndimage.map_coordinates(labels[..., 0].astype(jnp.float32), folded, order=0, mode="nearest")
+  return jnp.round(sampled).astype(labels.dtype)[..., None]
+
+
 def gaussian_blur(image: jax.Array, sigma: jax.Array, radius: int, axes: tuple[int, ...] | None = None) -> jax.Array:
   """Separable Gaussian blur of f32[*spatial, C] over `axes` (None: every spatial axis); reflecting borders."""
   offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
@@ -164,6 +174,9 @@ def augment_geometry(key: jax.Array, image: jax.Array, mask: jax.Array,
     displacement = jnp.where(elastic, field, 0.0)
     warped = warped | elastic
   coordinates = source_coordinates(spatial, angle, jnp.exp(log_scale), shear, displacement)
+  if jnp.issubdtype(mask.dtype, jnp.integer):  # a label map: nearest class id, never an interpolated one
+    new_image, new_mask = warp(image, coordinates), warp_nearest(mask, coordinates)
+    return jnp.where(warped, new_image, image), jnp.where(warped, new_mask, mask)
   both = warp(jnp.concatenate([image, mask], axis=-1), coordinates)
   channels = image.shape[-1]
   new_image, new_mask = both[..., :channels], (both[..., channels:] >= 0.5).astype(mask.dtype)

@@ -21,7 +21,7 @@ from unet_jax.inference.predictor import choose_threshold, Predictor
 from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network import anisotropy, volumes
 from unet_jax.network.model import abstract_variables, build_model, UNet
-from unet_jax.scores import metrics
+from unet_jax.scores import classes, metrics
 from unet_jax.training import augment, losses, optim, parallel, sampling, summaries
 
 
@@ -111,12 +111,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
   `axis_name`, and the gradient is the sum over devices of each shard's vector-Jacobian product
   with d loss / d sums, i.e. exactly the single-device gradient of the global batch.
   """
+  if config.model.get("num_classes", 1) > 1:  # class ids: augmented as integers (nearest), never interpolated
+    batch = {**batch, "mask": batch["mask"].astype(jnp.int32)}
   image, mask, weight = augment.augment_batch_with_weights(keys, batch["image"], batch["mask"], config.augment)
   loss_fn = losses.get_loss(config.train.loss)
+  if config.model.get("num_classes", 1) > 1:  # a mean over the classes, weighted by train.class_weights
+    loss_fn = functools.partial(loss_fn, weights=tuple(float(w) for w in config.train.class_weights))
 
   def shard_sums(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
                                      train=True, mutable=["batch_stats"])
+    if config.model.get("num_classes", 1) > 1:
+      return losses.class_sums(logits, mask, config.model.output, tuple(config.train.class_weights)), updates
     return losses.batch_sums(logits, mask, weight), updates
 
   sums, pullback, updates = jax.vjp(shard_sums, state.params, has_aux=True)
@@ -164,8 +170,12 @@ def score_split(model: UNet, variables: Any, split: data.Split,
   """(pixel scores of the thresholded prediction, probabilities f32[Z, H, W]) of a whole split, through the
   predictor evaluation uses (`Predictor.create`). With `eval.select_threshold` the threshold is the
   candidate of best Dice on this split (the val split: checkpoints are then chosen as evaluate.py scores
-  them), and the scores hold it as 'threshold'."""
-  probs = Predictor.create(model, variables, eval_config).raw_probabilities(split.image)
+  them), and the scores hold it as 'threshold'. A K-class model is scored on its argmax label map: mean and
+  per-class Dice/IoU (scores.classes.flat_scores), probabilities f32[Z, H, W, K]."""
+  predictor = Predictor.create(model, variables, eval_config)
+  probs = predictor.raw_probabilities(split.image)
+  if model.num_classes > 1:
+    return classes.flat_scores(classes.class_scores(predictor.label_map(probs), split.mask, model.num_classes)), probs
   threshold = choose_threshold(eval_config, probs, split.mask)["value"]
   scores = metrics.pixel_scores(probs >= threshold, split.mask)
   return ({**scores, "threshold": threshold} if eval_config.select_threshold else scores), probs
@@ -217,7 +227,7 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
                      "devices; change it or --config.host_devices")
   outputs.check_writable(workdir, "work folder")
   lock = outputs.lock_workdir(workdir) if jax.process_index() == 0 else None  # held until the process ends
-  splits = data.load_splits(config.data)
+  splits = data.load_splits(config.data, config.model.get("num_classes", 1))
   data.warn_if_empty(splits)
   volumes.check_splits(config, splits)
   sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction,
@@ -285,7 +295,8 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
       scores, probs = score_split(eval_model, variables, splits["val"], config.eval)
       log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
       tensorboard.scalars(done, scores, "val")
-      tensorboard.slices(done, splits["val"].image, splits["val"].mask, probs)
+      if probs.ndim == splits["val"].mask.ndim:  # binary; class maps have no picture yet
+        tensorboard.slices(done, splits["val"].image, splits["val"].mask, probs)
       bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
       ckpt.save(done, state_tree(state), scores["dice"])
       if on_eval is not None and on_eval(done, scores):
