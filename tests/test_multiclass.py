@@ -216,3 +216,32 @@ def test_toy_three_classes_learned_and_predicted_through_the_predictor():
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   scores = classes.class_scores(predictor.label_map(probs), test_labels, 3)
   assert min(scores["dice"]) > 0.9, scores["dice"]
+
+
+def write_labelled_folder(root) -> None:
+  """A tiny labelled folder: training/testing.tif in `root`, label maps in `root`/labels."""
+  import tifffile  # pylint: disable=g-import-not-at-top
+  image, labels = toy_stack(6)
+  (root / "labels").mkdir()
+  tifffile.imwrite(root / "training.tif", image[:4])
+  tifffile.imwrite(root / "testing.tif", image[4:])
+  tifffile.imwrite(root / "labels" / "training_labels.tif", labels[:4])
+  tifffile.imwrite(root / "labels" / "testing_labels.tif", labels[4:])
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_reports_per_class_dice(tmp_path):
+  from unet_jax.reports import class_report  # pylint: disable=g-import-not-at-top
+  write_labelled_folder(tmp_path)
+  c = class_config(3)
+  c.data.root, c.data.labels_root = str(tmp_path), str(tmp_path / "labels")
+  c.data.val_fraction = 0.25
+  c.train.steps = c.train.eval_every = c.train.checkpoint_every = c.train.log_every = 2
+  c.train.batch_size, c.train.tensorboard, c.host_devices = 2, False, 1
+  config_check.validate(c)
+  scores = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  assert {"dice", "dice_0", "dice_1", "dice_2", "iou_2"} <= set(scores)
+  report = class_report.evaluate_classes(c, [str(tmp_path / "run")], str(tmp_path / "report"), ["test"])
+  run = report["runs"][0]
+  assert len(run["dice"]) == 3 and np.asarray(run["confusion"]).sum() == 2 * 32 * 32
+  assert (tmp_path / "report" / "class_report.md").read_text().count("| test |") == 4

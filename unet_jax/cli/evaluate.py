@@ -87,6 +87,14 @@ def score(config) -> None:
   """evaluate.py: the report of every workdir on every split."""
   from unet_jax.reports import evaluation  # pylint: disable=g-import-not-at-top  (after the device flags)
   report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
+  if config.model.num_classes > 1:  # label maps: per-class Dice/IoU (unet_jax/reports/class_report.py)
+    from unet_jax.reports import class_report  # pylint: disable=g-import-not-at-top
+    report = class_report.evaluate_classes(config, FLAGS.workdir, report_dir, FLAGS.split)
+    for run in report["runs"]:
+      print(f"{run['run']} {run['split']} (step {run['step']}): mean dice {run['mean_dice']:.4f}, per class "
+            + ", ".join(f"{k} {d:.4f}" for k, d in enumerate(run["dice"])))
+    print(f"report: {os.path.join(report_dir, 'class_report.md')}")
+    return
   report = evaluation.evaluate(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,
                                cli.command_line())
   level = f"{100 * config.eval.confidence_level:g} %"
@@ -102,6 +110,8 @@ def score(config) -> None:
 def evaluate(config) -> None:
   if FLAGS.voxel_size_nm and not FLAGS.input:
     raise InputError("--voxel_size_nm goes with --input (the stack it describes); the splits are at data.voxel_size_nm")
+  if FLAGS.input and config.model.num_classes > 1:
+    raise InputError("--input segments with binary models only; score a multi-class model on its splits (--split)")
   if FLAGS.mask and not FLAGS.input:
     raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
   cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)
