@@ -11,6 +11,9 @@ os.environ["XLA_FLAGS"] = " ".join(
 # seconds each on a 2-core machine, a cache hit milliseconds. A subprocess inherits these variables.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "unet-jax-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# The entry points' own limit (training/parallel.py), for the tests too: processes that share a cache folder
+# must agree on whether it keeps access times.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 import pytest  # pylint: disable=g-import-not-at-top
 

@@ -1,6 +1,7 @@
 """Data parallelism: a 1-D device mesh over the 'batch' axis and host-device setup for CPUs."""
 
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -46,20 +47,27 @@ def use_inference_kernels() -> None:
   add_xla_flags("--xla_cpu_experimental_ynn_fusion_type=", override=False)
 
 
+CACHE_BYTES = 2 << 30  # the compilation cache's default size limit
+
+
 def use_compilation_cache() -> None:
   """Keeps compiled XLA programs on disk, so the next run of the same model (evaluate after train, a resumed
   run, another window size seen before) skips compiling, which takes most of a short run on a CPU: the tiny
   config's train.py took 108.9 s with an empty cache and 24.3 s with a filled one on this project's 2-core
   machine (under load; 4.5x). `JAX_COMPILATION_CACHE_DIR` chooses the folder, empty for none; the default is
-  ~/.cache/unet-jax/xla, kept under 2 GiB by dropping the least recently used programs.
+  ~/.cache/unet-jax/xla, kept under 2 GiB by dropping the least recently used programs
+  (`JAX_COMPILATION_CACHE_MAX_SIZE` in bytes sets another limit, -1 none).
   """
   folder = os.environ.get("JAX_COMPILATION_CACHE_DIR")
   if folder is None:
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     folder = os.path.join(home, "unet-jax", "xla")
   if folder:
+    # A cache that cannot be read or written (a read-only home, a full disk) only costs compile time: no warnings.
+    warnings.filterwarnings("ignore", message="Error (reading|writing) persistent compilation cache")
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_compilation_cache_max_size", 2 << 30)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:  # every process sharing a folder must use the same
+      jax.config.update("jax_compilation_cache_max_size", CACHE_BYTES)  # mode: with a limit, access times are kept
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

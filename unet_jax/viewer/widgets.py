@@ -91,11 +91,9 @@ class Panel(Container):
     self.status.value = "running..."
     self.progress.value, self.progress.visible = 0, True
     self.run_button.enabled, self.cancel_button.enabled = False, True
-    self.worker = thread_worker(work)()
-    self.worker.returned.connect(self._done)
-    self.worker.errored.connect(self.fail)
-    self.worker.finished.connect(self._finished)
-    self.worker.start()
+    # errored connected here, so the worker does not also re-raise the error into Qt's event loop
+    self.worker = thread_worker(work, connect={"returned": self._done, "errored": self.fail,
+                                               "finished": self._finished})()
 
   def cancel(self) -> None:
     self._cancel.set()
