@@ -141,10 +141,10 @@ def test_labelled_folder_reads_images_and_label_maps(tmp_path):
   import tifffile  # pylint: disable=g-import-not-at-top
   image, labels = toy_stack(5)
   for name, stack in (("training.tif", image), ("testing.tif", image[:2])):
-    tifffile.imwrite(tmp_path / name, stack)
+    tifffile.imwrite(tmp_path / name, stack, photometric="minisblack")
   (tmp_path / "labels").mkdir()
-  tifffile.imwrite(tmp_path / "labels" / "training_labels.tif", labels)
-  tifffile.imwrite(tmp_path / "labels" / "testing_labels.tif", labels[:2])
+  tifffile.imwrite(tmp_path / "labels" / "training_labels.tif", labels, photometric="minisblack")
+  tifffile.imwrite(tmp_path / "labels" / "testing_labels.tif", labels[:2], photometric="minisblack")
   c = class_config(3)
   c.data.root, c.data.labels_root = str(tmp_path), str(tmp_path / "labels")
   splits = data.load_splits(c.data, 3)
@@ -223,10 +223,10 @@ def write_labelled_folder(root) -> None:
   import tifffile  # pylint: disable=g-import-not-at-top
   image, labels = toy_stack(6)
   (root / "labels").mkdir()
-  tifffile.imwrite(root / "training.tif", image[:4])
-  tifffile.imwrite(root / "testing.tif", image[4:])
-  tifffile.imwrite(root / "labels" / "training_labels.tif", labels[:4])
-  tifffile.imwrite(root / "labels" / "testing_labels.tif", labels[4:])
+  tifffile.imwrite(root / "training.tif", image[:4], photometric="minisblack")
+  tifffile.imwrite(root / "testing.tif", image[4:], photometric="minisblack")
+  tifffile.imwrite(root / "labels" / "training_labels.tif", labels[:4], photometric="minisblack")
+  tifffile.imwrite(root / "labels" / "testing_labels.tif", labels[4:], photometric="minisblack")
 
 
 @pytest.mark.slow
