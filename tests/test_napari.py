@@ -24,10 +24,8 @@ from unet_jax.training import trainer  # pylint: disable=g-import-not-at-top
 from unet_jax.viewer import layers, widgets  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHEAP_CONFIG = f'''
-import sys
-sys.path.insert(0, {ROOT!r})
-from configs import unet2d
+CHEAP_CONFIG = '''
+from configs import unet2d  # importable: pytest puts the repository root on the path (pyproject.toml)
 
 def get_config():
   c = unet2d.get_config("tiny")
