@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.root = "data/lucchi"  # folder of training.tif, training_groundtruth.tif, testing.tif, testing_groundtruth.tif
   c.data.url = ""  # where to download Lucchi from; "": the official EPFL address (unet_jax/io/download.py)
   c.data.val_fraction = 0.2  # last slices of the training stack, for validation and tuning
+  c.data.val_slices = 0  # > 0: exactly this many last slices validate instead (3D: at least eval.window's depth)
   c.data.final_fit = False  # True: the val slices go back into training (the final fit of a tuned recipe); val
   # scores become in-sample, so evaluate the latest checkpoint at a threshold chosen on a tuning run's val split
   c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # (z, y, x); morphometry in nm
@@ -79,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.kernel_sizes = ()  # e.g. ((1, 3, 3),) * 3 + ((3, 3, 3),) * 2 for VNC in 3D
   c.model.pool_factors = ()  # e.g. ((1, 2, 2),) * 3 + ((2, 2, 2),)
   c.model.context_slices = 0  # 2.5D (2D models): k neighbouring slices on each side as 2k + 1 input channels
+  c.model.in_plane = False  # 3D only: 1x3x3 kernels, 1x2x2 pooling everywhere (the 2D network per section; a diagnostic)
   c.model.num_classes = 1  # 1: binary mitochondria (one sigmoid); K > 1: integer label maps with classes 0..K-1
   c.model.output = "sigmoid"  # sigmoid (one per class) | softmax (over the classes; K > 1 only)
 

@@ -8,11 +8,16 @@
   python train.py --config=configs/unet3d.py:tiny --workdir=/tmp/tiny3d      # seconds; for tests
 
 The argument is VARIANT[,mode=3d|2.5d|2d][,aug=full|flips|none]. The training stack is the volume
-(its last data.val_fraction slices validate, as in 2D) and the test stack the test volume. Kernels
+(its last data.val_slices sections validate: a real contiguous volume at least one window deep; the
+2D / 2.5D twins validate on the same sections) and the test stack the test volume. Kernels
 and pooling per level are derived from data.voxel_size_nm (unet_jax/network/anisotropy.py, printed at the
 start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling until its voxels are
-within 2x of isotropic. Override with --config.model.kernel_sizes / --config.model.pool_factors.
-mode=2d and mode=2.5d keep the data, budget and evaluation and swap in the 2D network (2.5D: the
+within 2x of isotropic. Override with --config.model.kernel_sizes / --config.model.pool_factors, or
+--config.model.in_plane=True for 1x3x3 kernels and 1x2x2 pooling everywhere (the 2D network section by
+section: a diagnostic, benchmarks/in_plane_3d.py). 3D models use GroupNorm: BatchNorm's statistics
+would come from one or two patches per device.
+mode=2d and mode=2.5d keep the data, budget, val sections and evaluation and swap in the 2D variant's
+network (width, normalisation), patches and schedule (2.5D: the
 `context_slices` neighbours on each side as input channels, with the 3D section artefacts applied to
 those sections), for the 2D vs 2.5D vs 3D comparison (docs/results/dimensions.md).
 """
@@ -75,6 +80,7 @@ def retype(block: ml_collections.ConfigDict, name: str, value: object) -> None:
 def volume(c: ml_collections.ConfigDict) -> None:
   """What every 3D variant shares: a 3D model and the EM section artefacts."""
   c.model.ndim = 3
+  c.model.norm = "group"  # per-example statistics: a 3D batch holds 1-2 patches per device, too few for BatchNorm
   c.data.synthetic.ndim = 3  # a coherent volume, not independent slices
   c.augment.misalign_prob = 0.2  # sections from a random one on (or one alone) shifted in-plane
   c.augment.misalign_pixels = 4
@@ -91,7 +97,8 @@ def synthetic(c: ml_collections.ConfigDict) -> None:
   """An isotropic generated volume (unet_jax/io/synthetic.py): 96 + 48 slices of 160^2, minutes on a CPU."""
   volume(c)
   c.data.synthetic.shape = (160, 160)
-  c.data.synthetic.train_slices = 96  # the last 20 validate
+  c.data.synthetic.train_slices = 96
+  c.data.val_slices = 32  # the last 32 validate: one window deep
   c.data.synthetic.test_slices = 48
   c.data.synthetic.mito_spacing = 60.0  # one mitochondrion per 60^3 voxels (denser than the 2D default of 90)
   c.train.steps = 300
@@ -106,7 +113,8 @@ def synthetic(c: ml_collections.ConfigDict) -> None:
 def vnc(c: ml_collections.ConfigDict) -> None:
   """VNC ssTEM: 8 training sections (+ 2 validation) and 4 test sections of 1024^2 at 50 x 4.6 x 4.6 nm."""
   volume(c)
-  c.augment.elastic_z = False  # 50 nm sections: no interpolation across them
+  c.augment.elastic_z = False  # 50 nm sections: no interpolation (nor blur) across them
+  c.data.val_slices = 4  # sections 6-9 validate (a real 4-section volume, one window deep); 0-5 train
   c.train.batch_size = 2  # 2 x 4 x 256^2 voxels = the 2D recipe's 8 x 256^2 pixels per step
   retype(c.train, "patch_size", (4, 256, 256))  # z divisible by the plan's z pooling (2)
   retype(c.eval, "window", (4, 256, 256))
@@ -124,7 +132,9 @@ def tiny(c: ml_collections.ConfigDict) -> None:
   """A few seconds of everything, for tests: a 20 x 32 x 32 volume, depth 2, 4 features."""
   volume(c)
   c.data.synthetic.shape = (32, 32)
-  c.data.synthetic.train_slices = 20  # the last 4 validate
+  c.data.synthetic.train_slices = 20
+  c.data.val_slices = 8  # the last 8 validate: one window deep
+  c.model.base_features = 8  # GroupNorm's 8 groups need widths divisible by 8
   c.data.synthetic.test_slices = 8
   c.train.batch_size = 2
   retype(c.train, "patch_size", (8, 16, 16))
@@ -136,11 +146,13 @@ def tiny(c: ml_collections.ConfigDict) -> None:
 
 
 def two_d(c: ml_collections.ConfigDict, variant: str, context_slices: int) -> None:
-  """The 2D (context_slices = 0) or 2.5D twin of a 3D variant: same data and evaluation, 2D patches."""
+  """The 2D (context_slices = 0) or 2.5D twin of a 3D variant: same data (val sections included) and evaluation,
+  the 2D variant's network (width, normalisation), patches and schedule."""
   twin = flat_config(variant)
   c.model.ndim = 2
   c.model.context_slices = context_slices
-  for field in ("batch_size", "patch_size", "steps", "eval_every", "checkpoint_every"):
+  c.model.norm, c.model.base_features = twin.model.norm, twin.model.base_features
+  for field in ("batch_size", "patch_size", "steps", "log_every", "eval_every", "checkpoint_every"):
     retype(c.train, field, twin.train[field])
   c.optim.warmup_steps = twin.optim.warmup_steps
   retype(c.eval, "window", twin.eval.window)

@@ -10,6 +10,7 @@ import pytest
 
 from configs import unet2d, unet3d
 from train_steps import assert_one_and_two_devices_agree
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 from unet_jax.inference import context, windows
 from unet_jax.inference.predictor import Predictor
@@ -64,7 +65,7 @@ def test_3d_checkpoint_resumes(trained_3d):
   model = build_model(c.model)
   assert model.plan().kernel_sizes[0] == (1, 3, 3) and model.plan().pool_factors[0] == (1, 2, 2)
   variables, step = checkpoint.restore_variables(workdir, abstract_variables(model), "latest")
-  assert step == 6 and variables["params"]["enc0"]["conv0"]["kernel"].shape == (3, 3, 1, 4)  # in-plane
+  assert step == 6 and variables["params"]["enc0"]["conv0"]["kernel"].shape == (3, 3, 1, 8)  # in-plane
 
 
 @pytest.mark.slow
@@ -179,3 +180,53 @@ def test_2p5d_twin_keeps_the_section_artefacts_and_2d_drops_them():
   two_and_half, flat = unet3d.get_config("vnc,mode=2.5d"), unet3d.get_config("vnc,mode=2d")
   fields = ("misalign_prob", "section_intensity_prob", "missing_section_prob")
   assert all(two_and_half.augment[f] > 0 for f in fields) and not any(flat.augment[f] for f in fields)
+
+
+def _split(z: int) -> data.Split:
+  return data.Split(np.zeros((z, 32, 32), np.float32), np.zeros((z, 32, 32), np.uint8))
+
+
+def test_validation_shallower_than_the_window_is_refused_with_what_to_do():
+  """VNC's old 2 val sections in a 4-deep window would be scored as [v0, v1, v0, v1]: refused, naming the fix."""
+  c = unet3d.get_config("vnc")
+  with pytest.raises(InputError, match=r"val stack has 2 section\(s\) but eval.window is 4 deep.*data.val_slices=4"):
+    volumes.check_splits(c, {"train": _split(8), "val": _split(2), "test": _split(4)})
+  volumes.check_splits(c, {"train": _split(6), "val": _split(4), "test": _split(4)})
+  c = unet3d.get_config("vnc,mode=2.5d")
+  with pytest.raises(InputError, match=r"val stack has 2 slice\(s\), fewer than the 3 .*data.val_slices=3"):
+    volumes.check_splits(c, {"train": _split(8), "val": _split(2)})
+  volumes.check_splits(unet3d.get_config("vnc,mode=2d"), {"train": _split(8), "val": _split(2)})
+
+
+def test_val_slices_carves_a_contiguous_end_of_the_training_volume():
+  stack = data.Split(np.arange(10, dtype=np.float32)[:, None, None] * np.ones((10, 4, 4), np.float32),
+                     np.zeros((10, 4, 4), np.uint8))
+  train, val = data.carve_validation(stack, 0.2, count=4)
+  assert list(train.image[:, 0, 0]) == list(range(6)) and list(val.image[:, 0, 0]) == [6, 7, 8, 9]
+  assert data.carve_validation(stack, 0.2)[1].image.shape[0] == 2  # val_slices=0: val_fraction decides
+  with pytest.raises(InputError, match="data.val_slices=10 leaves no training"):
+    data.carve_validation(stack, 0.2, count=10)
+
+
+@pytest.mark.parametrize("variant", ["vnc", "synthetic", "lucchi", "tiny"])
+def test_every_3d_variant_validates_on_at_least_one_window_of_real_sections(variant):
+  c = unet3d.get_config(variant)
+  config_check.validate(c, ("data", "model", "augment", "eval"))
+  depth, window = c.train.patch_size[0], c.eval.window[0]
+  slices = {"vnc": 10, "lucchi": 165}.get(variant, c.data.synthetic.train_slices)
+  val = c.data.val_slices or int(np.ceil(c.data.val_fraction * slices))
+  assert val >= window and slices - val >= depth
+  assert c.model.norm == "group"  # per-example statistics: 1-2 patches per device in 3D
+
+
+@pytest.mark.parametrize("variant", ["vnc", "synthetic", "tiny"])
+@pytest.mark.parametrize("mode", ["2d", "2.5d"])
+def test_2d_twins_take_the_2d_configs_network_and_schedule_and_the_3d_val_sections(variant, mode):
+  twin, flat, three = (unet3d.get_config(f"{variant},mode={mode}"), unet3d.flat_config(variant),
+                       unet3d.get_config(variant))
+  config_check.validate(twin, ("data", "model", "augment", "eval"))
+  for field in ("norm", "base_features", "depth", "upsample"):
+    assert twin.model[field] == flat.model[field], field
+  for field in ("batch_size", "patch_size", "steps", "log_every", "eval_every", "checkpoint_every"):
+    assert twin.train[field] == flat.train[field], field
+  assert twin.data.val_slices == three.data.val_slices  # every mode validates on the same sections

@@ -9,8 +9,8 @@ import pytest
 from configs import unet2d, unet3d
 from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
-from unet_jax.network import anisotropy
-from unet_jax.network.model import build_model, init_variables, max_pool2, UNet
+from unet_jax.network import anisotropy, volumes
+from unet_jax.network.model import abstract_variables, build_model, init_variables, max_pool2, UNet
 
 VNC_3D = anisotropy.Plan(kernel_sizes=((1, 3, 3), (1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3)),
                          pool_factors=((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2)))
@@ -143,3 +143,42 @@ def test_patch_divisibility_uses_the_plan():
   c.train.patch_size = (3, 256, 256)
   with pytest.raises(InputError, match=r"train.patch_size=\(3, 256, 256\).*2x16x16"):
     config_check.validate(c)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm, upsample", [("batch", "resize"), ("none", "transpose")])
+def test_in_plane_3d_network_with_the_2d_weights_is_the_2d_network_section_by_section(norm, upsample):
+  """model.in_plane=True: 1x3x3 kernels and 1x2x2 pools everywhere; with the 2D weights mapped in
+  (volumes.in_plane_variables), its output on a volume equals the 2D U-Net's on each section."""
+  c2 = unet2d.get_config("tiny")
+  c2.model.norm, c2.model.upsample = norm, upsample
+  c3 = unet3d.get_config("tiny")
+  c3.model.update(norm=norm, upsample=upsample, base_features=c2.model.base_features, in_plane=True)
+  model2, model3 = build_model(c2.model), build_model(c3.model)
+  assert model3.plan() == anisotropy.in_plane_plan(c3.model.depth)
+  variables2 = init_variables(model2, jax.random.PRNGKey(3))
+  leaves, tree = jax.tree.flatten(variables2)  # random values everywhere (biases, scales, running statistics)
+  keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))
+  variables2 = jax.tree.unflatten(tree, [v + 0.3 * jnp.abs(jax.random.normal(k, v.shape))
+                                         for k, v in zip(keys, leaves)])
+  variables3 = volumes.in_plane_variables(variables2, abstract_variables(model3))
+  volume = jax.random.uniform(jax.random.PRNGKey(5), (2, 3, 16, 32, 1))  # any depth: z is never pooled
+  out3 = jax.jit(model3.apply)(variables3, volume)
+  out2 = jax.jit(model2.apply)(variables2, volume.reshape(6, 16, 32, 1)).reshape(out3.shape)
+  np.testing.assert_allclose(out3, out2, rtol=1e-5, atol=1e-5)
+  assert float(jnp.std(out2)) > 1e-3  # not a constant output
+
+
+def test_in_plane_is_refused_for_2d_models_and_with_explicit_kernels():
+  c = unet2d.get_config("tiny")
+  c.model.in_plane = True
+  with pytest.raises(InputError, match="model.in_plane=True is for 3D models"):
+    anisotropy.model_plan(c.model)
+  c = unet3d.get_config("tiny")
+  c.model.update(in_plane=True, kernel_sizes=((1, 3, 3),) * 3)
+  with pytest.raises(InputError, match="model.in_plane=True is for 3D models.*without explicit"):
+    anisotropy.model_plan(c.model)
+  bad = unet2d.get_config("tiny")
+  with pytest.raises(InputError, match="do not fit the in-plane 3D network"):
+    volumes.in_plane_variables(init_variables(build_model(bad.model), jax.random.PRNGKey(0)),
+                               abstract_variables(build_model(unet3d.get_config("tiny").model)))

@@ -79,6 +79,7 @@ def _rules(section: str) -> list[Rule]:
             ("data.root", _is(str), "a folder path"),
             ("data.url", _is(str), "a URL ending in '/' ('' for the official Lucchi address)"),
             ("data.val_fraction", _num(0.0, 1.0, True, True), "a number in (0, 1)"),
+            ("data.val_slices", _int(0, 100000), "an integer >= 0 (0: data.val_fraction decides)"),
             ("data.final_fit", _is(bool), "True or False"),
             ("data.labels_root", _is(str), "'' (binary masks) or a folder of training_labels.tif, testing_labels.tif"),
             ("data.voxel_size_nm", _seq(_num(0.0, lo_open=True), (3,)), "three positive sizes (z, y, x) in nm"),

@@ -330,7 +330,8 @@ def _decision_record(config: Any, predictor: Predictor) -> dict[str, Any]:
   return {"checkpoint": config.eval.checkpoint, "tta": predictor.tta, **predictor.settings,
           "window": list(predictor.settings["window"]), "engine": predictor.engine,
           "val": {"name": d.name, "root": str(d.get("root", "")), "val_fraction": float(d.val_fraction),
-                  "final_fit": bool(d.get("final_fit", False))}}
+                  "final_fit": bool(d.get("final_fit", False)),
+                  **({"val_slices": int(d.val_slices)} if d.get("val_slices", 0) else {})}}
 
 
 def _same(stored: dict[str, Any], record: dict[str, Any]) -> bool:

@@ -107,13 +107,17 @@ def load_pair(image_path: str, mask_path: str) -> Split:
   return make_split(_read(image_path, True), _read(mask_path, False), os.path.basename(image_path))
 
 
-def carve_validation(split: Split, fraction: float) -> tuple[Split, Split]:
-  """Splits the last ceil(fraction * Z) slices off `split` as validation; returns (train, val)."""
+def carve_validation(split: Split, fraction: float, count: int = 0) -> tuple[Split, Split]:
+  """Splits the last `count` slices (0: ceil(fraction * Z)) off `split` as validation; returns (train, val).
+
+  Both parts stay contiguous runs of real sections, so a 3D model validates on a volume that exists.
+  """
   z = split.image.shape[0]
-  n_val = int(np.ceil(fraction * z))
+  n_val = count or int(np.ceil(fraction * z))
   if not 0 < n_val < z:
-    raise InputError(f"data.val_fraction={fraction} leaves no training or no validation slices "
-                     f"from a stack of {z}; choose 0 < val_fraction < 1 with at least 2 slices")
+    field = f"data.val_slices={count}" if count else f"data.val_fraction={fraction}"
+    raise InputError(f"{field} leaves no training or no validation slices from a stack of {z}; choose "
+                     f"0 < val_fraction < 1 (or 0 < val_slices < {z}) with at least 2 slices")
   return (Split(split.image[:-n_val], split.mask[:-n_val]),
           Split(split.image[-n_val:], split.mask[-n_val:]))
 
@@ -156,7 +160,7 @@ def load_splits(data_config: Any, num_classes: int = 1) -> dict[str, Split]:
     stacks = load_folder(data_config.root)
   else:
     raise InputError(f"data.name must be one of {DATASETS}, got {name!r}")
-  train, val = carve_validation(stacks["train"], data_config.val_fraction)
+  train, val = carve_validation(stacks["train"], data_config.val_fraction, data_config.get("val_slices", 0))
   if data_config.final_fit:  # the val slices train too; they stay the (in-sample) val split
     train = stacks["train"]
   return {"train": train, "val": val, "test": stacks["test"]}

@@ -15,7 +15,10 @@ any ratio below 2 would not shrink further by skipping a pooling (it would flip 
 VNC (50, 4.6, 4.6) nm with depth 4 gives kernels (1,3,3) and pooling (1,2,2) at levels 0-2 (spacing
 (50, 36.8, 36.8) nm at level 3), then (3,3,3) and (2,2,2); an isotropic voxel gives 3 and 2 on
 every axis, which is the U-Net's default (the same parameters as before this module existed).
-A config may give `model.kernel_sizes` / `model.pool_factors` explicitly instead (empty: derive).
+A config may give `model.kernel_sizes` / `model.pool_factors` explicitly instead (empty: derive), or
+`model.in_plane=True` (3D only): 1x3x3 kernels and 1x2x2 pooling at every level, nothing across
+sections. That network is the 2D U-Net run section by section (with the 2D weights,
+`volumes.in_plane_variables`), a diagnostic that tells what the 3D pipeline costs apart from 3D kernels.
 """
 
 import math
@@ -41,6 +44,11 @@ class Plan(NamedTuple):
 def isotropic_plan(ndim: int, depth: int) -> Plan:
   """3 on every axis at every level, pooling 2: the classic U-Net."""
   return Plan(((3,) * ndim,) * (depth + 1), ((2,) * ndim,) * depth)
+
+
+def in_plane_plan(depth: int) -> Plan:
+  """1x3x3 kernels and 1x2x2 pooling at every level: a 3D network that never mixes sections."""
+  return Plan(((1, 3, 3),) * (depth + 1), ((1, 2, 2),) * depth)
 
 
 def derive_plan(voxel_size_nm: Sequence[float], ndim: int, depth: int) -> Plan:
@@ -73,8 +81,14 @@ def _per_level(value: Any, count: int, ndim: int, name: str, allowed: str, ok: A
 
 
 def model_plan(model_config: Any) -> Plan:
-  """The plan of `config.model`: explicit `kernel_sizes` / `pool_factors`, else derived from voxel_size_nm."""
+  """The plan of `config.model`: in-plane only (`in_plane`), explicit `kernel_sizes` / `pool_factors`, else derived
+  from voxel_size_nm."""
   ndim, depth = model_config.ndim, model_config.depth
+  if model_config.get("in_plane", False):
+    if ndim != 3 or model_config.get("kernel_sizes", ()) or model_config.get("pool_factors", ()):
+      raise InputError(f"model.in_plane=True is for 3D models (model.ndim=3, got {ndim}) without explicit "
+                       "model.kernel_sizes / model.pool_factors; set those to () or model.in_plane=False")
+    return in_plane_plan(depth)
   voxel_size = model_config.get("voxel_size_nm") or (1.0,) * ndim
   derived = derive_plan(voxel_size, ndim, depth)
   kernels, pools = model_config.get("kernel_sizes", ()), model_config.get("pool_factors", ())
