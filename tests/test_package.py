@@ -31,7 +31,7 @@ def test_pyproject_installs_the_command_and_every_subpackage():
     project = tomllib.load(f)
   assert project["project"]["scripts"] == {"unet-jax": "unet_jax.cli.main:main"}
   assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["unet_jax", "unet_jax.*"]
-  assert set(project["project"]["optional-dependencies"]) == {"cuda", "torch-peer", "docs", "test"}
+  assert set(project["project"]["optional-dependencies"]) == {"cuda", "torch-peer", "docs", "test", "napari"}
   for name in sorted(os.listdir(os.path.join(ROOT, "unet_jax"))):  # a subpackage without __init__.py is not found
     if os.path.isdir(os.path.join(ROOT, "unet_jax", name)) and name != "__pycache__":
       assert os.path.isfile(os.path.join(ROOT, "unet_jax", name, "__init__.py")), name
