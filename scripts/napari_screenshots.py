@@ -29,7 +29,11 @@ from PIL import Image  # pylint: disable=g-import-not-at-top
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = '''"""The VNC config of the napari screenshots (written by scripts/napari_screenshots.py)."""
 
-from configs import unet2d
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("unet2d", {unet2d!r})
+unet2d = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(unet2d)
 
 
 def get_config():
@@ -96,7 +100,6 @@ def main(argv: list[str]) -> None:
   del argv
   if not os.environ.get("DISPLAY"):
     sys.exit("napari's canvas needs OpenGL from an X display: run under `xvfb-run -a`")
-  sys.path.insert(0, ROOT)  # the written config imports `configs`
   import napari  # pylint: disable=g-import-not-at-top
   import tifffile  # pylint: disable=g-import-not-at-top
   from unet_jax.viewer import widgets  # pylint: disable=g-import-not-at-top
@@ -104,7 +107,7 @@ def main(argv: list[str]) -> None:
   args = FLAGS
   os.makedirs(os.path.dirname(os.path.abspath(args.out_config)), exist_ok=True)
   with open(args.out_config, "w") as f:
-    f.write(CONFIG)
+    f.write(CONFIG.replace("{unet2d!r}", repr(os.path.join(ROOT, "configs", "unet2d.py"))))
   spec = args.out_config  # no variant: the file's get_config()
   os.makedirs(args.out, exist_ok=True)
   image = tifffile.imread(os.path.join(args.data, "testing.tif"))[args.slice]

@@ -198,6 +198,12 @@ def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
   return out
 
 
+def explain_steps(model: UNet, ex: Any, rank_filters: bool = True, sanity_checks: bool = True) -> int:
+  """How many times `explain_object` calls its `on_step` with these settings (a progress bar's length)."""
+  return (len(attribution.BASELINES) + bool(ex.smoothgrad_samples) + len(ex.cam_layers) + 2  # 2 deletion curves
+          + bool(sanity_checks) + (1 + len(probe.block_names(model)) if rank_filters else 0))
+
+
 def explain_object(model: UNet, variables: Any, image: np.ndarray, weights: np.ndarray, ex: Any,
                    key: jax.Array, rank_filters: bool = True, sanity_checks: bool = True,
                    on_step: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -111,18 +111,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
   `axis_name`, and the gradient is the sum over devices of each shard's vector-Jacobian product
   with d loss / d sums, i.e. exactly the single-device gradient of the global batch.
   """
-  if config.model.get("num_classes", 1) > 1:  # class ids: augmented as integers (nearest), never interpolated
+  multi_class = config.model.get("num_classes", 1) > 1
+  class_weights = tuple(float(w) for w in config.train.get("class_weights", ()))
+  if multi_class:  # class ids: augmented as integers (nearest), never interpolated
     batch = {**batch, "mask": batch["mask"].astype(jnp.int32)}
   image, mask, weight = augment.augment_batch_with_weights(keys, batch["image"], batch["mask"], config.augment)
   loss_fn = losses.get_loss(config.train.loss)
-  if config.model.get("num_classes", 1) > 1:  # a mean over the classes, weighted by train.class_weights
-    loss_fn = functools.partial(loss_fn, weights=tuple(float(w) for w in config.train.class_weights))
+  if multi_class:  # a mean over the classes, weighted by train.class_weights
+    loss_fn = functools.partial(loss_fn, weights=class_weights)
 
   def shard_sums(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
                                      train=True, mutable=["batch_stats"])
-    if config.model.get("num_classes", 1) > 1:
-      return losses.class_sums(logits, mask, config.model.output, tuple(config.train.class_weights)), updates
+    if multi_class:
+      return losses.class_sums(logits, mask, config.model.output, class_weights), updates
     return losses.batch_sums(logits, mask, weight), updates
 
   sums, pullback, updates = jax.vjp(shard_sums, state.params, has_aux=True)

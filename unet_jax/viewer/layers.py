@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet_jax.errors import InputError
-from unet_jax.explain import explain_report, explanation, probe
+from unet_jax.explain import explain_report, explanation
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import ngff, stacks
 from unet_jax.reports import evaluation, uncertainty
@@ -204,11 +204,3 @@ def explain_object(config: Any, predictor: Predictor, image: np.ndarray, truth: 
                                       sanity_checks, on_step)
   top = explain_report.top_filters(predictor.model, result, ex.top_k) if rank_filters else []
   return target, result, top
-
-
-def explain_steps(config: Any, predictor: Predictor, rank_filters: bool, sanity_checks: bool) -> int:
-  """How many steps `explanation.explain_object` reports to `on_step` with these settings (for a progress bar)."""
-  ex = config.explain
-  blocks = len(probe.block_names(predictor.model))
-  return (2 + bool(ex.smoothgrad_samples) + len(ex.cam_layers) + 2 + bool(sanity_checks)
-          + (1 + blocks if rank_filters else 0))

@@ -20,6 +20,7 @@ from qtpy.QtCore import QObject, Signal
 
 from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
+from unet_jax.explain import explanation
 from unet_jax.reports import uncertainty
 from unet_jax.training import trainer
 from unet_jax.viewer import layers
@@ -390,7 +391,7 @@ class ExplainWidget(Panel):
     def work() -> dict[str, Any]:
       config, predictor = layers.load_model(meta["config"], meta["model"])
       image = layers.image_stack(data, image_layer.name)[z]
-      total = layers.explain_steps(config, predictor, rank, sanity)
+      total = explanation.explain_steps(predictor.model, config.explain, rank, sanity)
       done = [0]
 
       def step(_name: str) -> None:
