@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import unet2d
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 from unet_jax.inference import engines, onnx_export, windows
 from unet_jax.io import checkpoint
@@ -81,6 +83,30 @@ def test_engines_agree_on_a_restored_checkpoint(tiny, tmp_path):
                                                              image, (64, 64), 0.0, "constant", 1))
          for engine in engines.ENGINES}
   np.testing.assert_allclose(run["onnx"], run["xla"], atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_engines_agree_on_class_probabilities(output):
+  model = UNet(depth=2, base_features=4, num_classes=3, output=output)
+  variables = spread_variables(model)
+  image = textured((45, 70), 1)
+  run = {engine: np.asarray(windows.sliding_window_predict(windows.predictor(model, "flips", engine), variables,
+                                                             image, (32, 32), 0.5, "gaussian", 3))
+         for engine in engines.ENGINES}
+  assert run["onnx"].shape == (45, 70, 3) and run["xla"].std() > 0.05
+  np.testing.assert_allclose(run["onnx"], run["xla"], atol=1e-4)
+  if output == "softmax":
+    np.testing.assert_allclose(run["onnx"].sum(-1), 1.0, atol=1e-5)
+  graph = onnx_export.export_onnx(model, variables, (1, 32, 32, 1))
+  assert [d.dim_value for d in graph.graph.output[0].type.tensor_type.shape.dim] == [1, 32, 32, 3]
+
+
+def test_config_check_lets_class_models_run_on_onnx():
+  c = unet2d.get_config("tiny")
+  c.data.name, c.data.labels_root, c.model.num_classes, c.model.output = "folder", "labels", 3, "softmax"
+  c.eval.engine = "onnx"
+  config_check.validate(c)
 
 
 def test_bad_engine_is_one_line():

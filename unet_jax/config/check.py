@@ -273,10 +273,10 @@ def _class_checks(config: Any, sections: Sequence[str]) -> list[str]:
                     "positive sum")
   if "eval" in sections and _present(config, "eval"):
     e = config.eval
-    if e.engine != "xla" or e.select_threshold or e.calibrate or e.uncertainty != "none":
-      problems.append(f"model.num_classes={k} predicts label maps by argmax with eval.engine='xla' only, without "
-                      "threshold choice, calibration or uncertainty: set --config.eval.engine=xla "
-                      "--config.eval.select_threshold=False --config.eval.calibrate=False --config.eval.uncertainty=none")
+    if e.select_threshold or e.calibrate or e.uncertainty != "none":
+      problems.append(f"model.num_classes={k} predicts label maps by argmax, without threshold choice, calibration "
+                      "or uncertainty: set --config.eval.select_threshold=False --config.eval.calibrate=False "
+                      "--config.eval.uncertainty=none")
   if "data" in sections and _present(config, "data") and (config.data.name == "synthetic" or not config.data.labels_root):
     problems.append(f"model.num_classes={k} needs integer label maps: data.name='folder' or 'lucchi' with "
                     "--config.data.labels_root set to a folder of training_labels.tif and testing_labels.tif")

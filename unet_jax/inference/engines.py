@@ -24,14 +24,14 @@ from unet_jax.network.model import UNet
 ENGINES = ("xla", "onnx")
 MAX_SESSIONS = 4  # ONNX Runtime sessions kept (one per window batch shape and set of variables)
 
-Forward = Callable[[Any, jax.Array], jax.Array]  # (variables, f32[B, *spatial, C]) -> probabilities f32[B, *spatial, 1]
+Forward = Callable[[Any, jax.Array], jax.Array]  # (variables, f32[B, *spatial, C]) -> probabilities f32[B, *spatial, K]
 
 _sessions: list[tuple[bytes, list[np.ndarray], Any]] = []  # (graph, variables' leaves, session), most recent last
 
 
 def forward(model: UNet, engine: str = "xla") -> Forward:
   """(variables, images f32[B, *spatial, C]) -> probabilities f32[B, *spatial, K], run by `engine`: the sigmoid
-  (K = 1), or the model's per-class sigmoids / softmax for K = model.num_classes classes (xla only).
+  (K = 1), or the model's per-class sigmoids / softmax for K = model.num_classes classes.
 
   Spatial sizes must fit the model (`UNet.check_input`). Raises InputError for an unknown engine, or
   for 'onnx' when onnxruntime or jax2onnx is not installed or the model cannot be converted
@@ -50,7 +50,7 @@ def forward(model: UNet, engine: str = "xla") -> Forward:
 def _onnx_forward(model: UNet, variables: Any, images: jax.Array) -> jax.Array:
   """`forward` through ONNX Runtime: converts the graph for images.shape now, runs it from XLA."""
   graph = onnx_export.weight_graph(model, images.shape, variables)
-  result = jax.ShapeDtypeStruct((*images.shape[:-1], 1), jnp.float32)
+  result = jax.ShapeDtypeStruct((*images.shape[:-1], model.num_classes), jnp.float32)
   return jax.pure_callback(functools.partial(_run_session, graph), result, variables, images,
                            vmap_method="sequential")
 

@@ -7,6 +7,10 @@ their weights. Shapes are static (jax2onnx writes the linear resize with constan
 there is one graph per (batch, *window, channels).
 
   model_proto = export_onnx(model, variables, (1, 1024, 1024, 1))   # image -> probabilities
+
+The graph ends in the model's own output function (`UNet.probabilities`): the sigmoid of a binary model,
+or per-class sigmoids / the softmax over K channels of a K-class one, so ONNX Runtime returns what the
+XLA engine does.
 """
 
 import contextlib
@@ -56,7 +60,7 @@ def variable_names(variables: Any) -> list[str]:
 
 
 def weight_graph(model: UNet, input_shape: tuple[int, ...], variables: Any) -> bytes:
-  """Serialized ONNX graph (image f32[*input_shape], *variables) -> probabilities f32[*input_shape[:-1], 1].
+  """Serialized ONNX graph (image f32[*input_shape], *variables) -> probabilities f32[*input_shape[:-1], K].
 
   Only the structure, shapes and dtypes of `variables` (arrays or tracers) matter; cached on them.
   """
@@ -70,7 +74,7 @@ def _weight_graph(model: UNet, input_shape: tuple[int, ...], treedef: Any,
   to_onnx = require("jax2onnx", "ONNX export").to_onnx
   leaves = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in leaf_shapes]
   def probabilities(image: jax.Array, *variables: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(model.apply(jax.tree.unflatten(treedef, variables), image, train=False))
+    return model.probabilities(model.apply(jax.tree.unflatten(treedef, variables), image, train=False))
   with contextlib.redirect_stdout(io.StringIO()):  # jax2onnx 0.12.5 prints debug lines for each flax Conv
     proto = to_onnx(probabilities, [jax.ShapeDtypeStruct(input_shape, np.float32), *leaves], model_name="unet",
                     opset=OPSET, input_names=[INPUT_NAME, *variable_names(jax.tree.unflatten(treedef, leaves))],
@@ -96,7 +100,7 @@ def bake(graph: bytes, variables: Any) -> Any:
 
 
 def export_onnx(model: UNet, variables: Any, input_shape: tuple[int, ...]) -> Any:
-  """A self-contained onnx.ModelProto: image f32[*input_shape] (B, *spatial, C) -> probabilities f32[B, *spatial, 1]."""
+  """A self-contained onnx.ModelProto: image f32[*input_shape] (B, *spatial, C) -> probabilities f32[B, *spatial, K]."""
   check_exportable(model, "ONNX export")
   model.check_input(input_shape)
   proto = bake(weight_graph(model, input_shape, variables), variables)
