@@ -28,6 +28,10 @@ docs/usage/segmenting.md), --scheduler=synchronous runs them in this process. In
 fsspec URLs: --input=s3://bucket/vol.ome.zarr --output_dir=s3://bucket/out (credentials and endpoint
 from the AWS_* environment variables or ~/.aws).
 
+A multi-class model (model.num_classes > 1) writes its class map instead of the mask: segmentation.tif (u8 class
+ids, beside (Z, K, H, W) probabilities.tif) or labels/classes in the OME-Zarr (beside K-channel probabilities);
+--mask is then a label map, scored per class.
+
 Inputs at another voxel size than the model was trained at (its OME-Zarr scale, TIFF resolution or ImageJ
 spacing, or --voxel_size_nm=9.2,9.2) are resampled to the model's and the outputs back onto the input's
 grid (unet_jax/inference/magnification.py); one line says what was done, summary.json keeps it.
@@ -110,8 +114,6 @@ def score(config) -> None:
 def evaluate(config) -> None:
   if FLAGS.voxel_size_nm and not FLAGS.input:
     raise InputError("--voxel_size_nm goes with --input (the stack it describes); the splits are at data.voxel_size_nm")
-  if FLAGS.input and config.model.num_classes > 1:
-    raise InputError("--input segments with binary models only; score a multi-class model on its splits (--split)")
   if FLAGS.mask and not FLAGS.input:
     raise InputError("--mask goes with --input (the stack it labels); to score the data set's splits use --split")
   cli.prepare(config, config_check.INFERENCE_SECTIONS, forward_only=True)

@@ -23,6 +23,12 @@ same tasks one after another in this process, a cluster spreads them over its wo
 4. instances: each block's labels renumbered into labels/instances.
 This equals ndimage.label of the whole mask up to the numbering.
 
+A K-class model (model.num_classes > 1) writes instead the K class probabilities as the image, with a channel
+axis first (c, z, y, x; channel k = class k, `--probabilities` dtype), and one NGFF label image, labels/classes
+(u8 class ids 0..K-1: `Predictor.label_map` of each block's float32 probabilities, so it equals the label map of
+the whole volume in memory). Its blocks are the only stage (no instances); with a ground-truth label map each
+block adds its confusion matrix and the summary holds per-class scores.
+
 Resume and faults. The image is built in out/segmentation.ome.zarr.partial and renamed over an earlier
 output when complete (object stores cannot rename: there it is built in place, so an earlier output at
 that URL is replaced when a fresh run starts). Its record, unet_jax_run.json, says which run it belongs
@@ -56,11 +62,12 @@ from unet_jax.errors import InputError
 from unet_jax.inference import cluster, magnification, segment, tiling
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff, stacks, stores
-from unet_jax.scores import metrics
+from unet_jax.scores import classes, metrics
 
 OUTPUT = "segmentation.ome.zarr"
 SUMMARY = "summary.json"
 LABELS = ("mask", "instances")
+CLASS_LABELS = ("classes",)  # a K-class model's label image
 RECORD = "unet_jax_run.json"  # in the image: the run it belongs to, and whether it is complete
 PARTIAL, WORK = OUTPUT + ".partial", OUTPUT + ".work"
 _LOCAL = "block_labels"  # per-block labels (work folder only)
@@ -110,6 +117,7 @@ class _Job:
 
 _PROBABILITIES, _MASK = f"image:{ngff.DATASET}", f"image:labels/{LABELS[0]}/{ngff.DATASET}"
 _INSTANCES, _BLOCK_LABELS = f"image:labels/{LABELS[1]}/{ngff.DATASET}", f"work:{_LOCAL}"
+_CLASSES = f"image:labels/{CLASS_LABELS[0]}/{ngff.DATASET}"
 
 
 def _marker(stage: str, index: tuple[int, ...]) -> str:
@@ -134,13 +142,18 @@ def _mask_reader(path: str, version: str) -> Any:
 
 
 def _segment_block(block: tiling.Block, job: _Job) -> dict[str, Any]:
-  """Task: one block's probabilities, mask and own labels written, then its record {'objects', ['counts']}."""
+  """Task: one block's probabilities, mask and own labels written, then its record {'objects', ['counts']}
+  (a K-class model's: `_classify_block`)."""
   predictor = cluster.shared(job.predictor)
+  k = predictor.num_classes
   with dask.config.set(scheduler=cluster.SYNCHRONOUS):  # the input's reads, inside a worker too
     prob = predictor.block_probabilities(job.stack.read, job.tiles, block)
     truth = None
     if job.mask:
-      truth = data.binarize_mask(_mask_reader(*job.mask).raw(block.box), f"mask chunk {block.index}")
+      raw, name = _mask_reader(*job.mask).raw(block.box), f"mask chunk {block.index}"
+      truth = data.binarize_mask(raw, name) if k == 1 else data.check_labels(raw, k, name)
+  if k > 1:
+    return _classify_block(block, job, predictor, prob, truth)
   stored = segment.stored_probabilities(predictor.calibrate(prob), job.probability_dtype)
   pred = predictor.segment(segment.stored_as_float(stored))
   labels, count = ndimage.label(pred)
@@ -152,6 +165,22 @@ def _segment_block(block: tiling.Block, job: _Job) -> dict[str, Any]:
   _fault("block")
   job.array(_MASK)[job.box(block)] = flat(pred.astype(np.uint8))
   job.array(_BLOCK_LABELS)[job.box(block)] = flat(labels.astype(np.uint32))
+  stores.Folder(job.work).write_json(record, _PROGRESS, _marker("block", block.index))  # after the data
+  return record
+
+
+def _classify_block(block: tiling.Block, job: _Job, predictor: Predictor, prob: np.ndarray,
+                    truth: np.ndarray | None) -> dict[str, Any]:
+  """One block of a K-class model: probabilities f32[*block, K] and its class map written, then its record
+  {['confusion']}."""
+  labels = predictor.label_map(prob)
+  record = {}
+  if truth is not None:
+    record["confusion"] = classes.confusion_matrix(labels, truth, predictor.num_classes).tolist()
+  stored = np.moveaxis(segment.stored_probabilities(prob, job.probability_dtype), -1, 0)  # (K, *block)
+  job.array(_PROBABILITIES)[(slice(None), *job.box(block))] = stored[:, 0] if job.drop else stored
+  _fault("block")
+  job.array(_CLASSES)[job.box(block)] = labels[0] if job.drop else labels
   stores.Folder(job.work).write_json(record, _PROGRESS, _marker("block", block.index))  # after the data
   return record
 
@@ -258,9 +287,14 @@ def _open(out: stores.Folder, image: str, run: dict[str, Any], create: Any, prog
 
 
 def _create(out: stores.Folder, image: str, shape: tuple[int, ...], chunks: tuple[int, ...], axes: tuple[str, ...],
-            voxel_size_nm: tuple[float, ...], probability_dtype: str) -> None:
-  """The empty image (probabilities, labels/mask, labels/instances) and the work folder's per-block labels."""
+            voxel_size_nm: tuple[float, ...], probability_dtype: str, num_classes: int = 1) -> None:
+  """The empty image (probabilities, labels/mask, labels/instances) and the work folder's per-block labels; for
+  a K-class model the K-channel probabilities and labels/classes."""
   group = zarr.open_group(out.zarr_store(image), mode="w", zarr_format=ngff.FORMAT.zarr_format)
+  if num_classes > 1:
+    ngff.create_image(group, shape, probability_dtype, chunks, voxel_size_nm, axes, channels=num_classes)
+    ngff.create_labels(group, CLASS_LABELS[0], shape, np.uint8, chunks, voxel_size_nm, axes)
+    return
   ngff.create_image(group, shape, probability_dtype, chunks, voxel_size_nm, axes)
   ngff.create_labels(group, LABELS[0], shape, np.uint8, chunks, voxel_size_nm, axes)
   ngff.create_labels(group, LABELS[1], shape, np.uint32, chunks, voxel_size_nm, axes)
@@ -283,6 +317,11 @@ def _run_stages(runner: cluster.Runner, job: _Job, tiles: tiling.Tiling, predict
   records.update({i: work.read_json(_PROGRESS, _marker("block", i)) for i in done})
   computed = len(todo)
   _fault("blocks")
+  if predictor.num_classes > 1:  # class maps: no instances to number
+    final = {"instances": None, "blocks_computed": computed}
+    if job.mask:
+      final["confusion"] = np.sum([records[b.index]["confusion"] for b in tiles.blocks], 0).tolist()
+    return final
   done = _finished(work, "faces")
   todo = [(b, _neighbours(tiles, b)) for b in tiles.blocks if b.index not in done and _neighbours(tiles, b)]
   faces = dict(zip((b.index for b, _ in todo), runner.map(_face_pairs, todo, job, desc="faces")))
@@ -324,7 +363,7 @@ def segment_volume(predictor: Predictor, stack: ngff.ZarrStack, output_dir: str,
                                           "mask": _fingerprint(mask.path) if mask is not None else None,
                                           "variables": _digest(predictor.variables)}}
   create = lambda: _create(out, image, stack.shape[drop:], storage_chunks(block)[-len(stack.shape[drop:]):],
-                           stack.axes, stack.voxel_size_nm, probability_dtype)
+                           stack.axes, stack.voxel_size_nm, probability_dtype, predictor.num_classes)
   state = _open(out, image, identity, create, progress)
   final_url = out.join(OUTPUT)
   if state == "done" and progress:
@@ -349,12 +388,16 @@ def segment_volume(predictor: Predictor, stack: ngff.ZarrStack, output_dir: str,
     out.remove(WORK, _PROGRESS)
     _fault("cleanup")
     out.remove(WORK)
+  label_names = LABELS if predictor.num_classes == 1 else CLASS_LABELS
   summary = {"input": stack.path, "shape": list(stack.shape), "axes": list(stack.axes),
              "voxel_size_nm": list(stack.voxel_size_nm), **settings, "output": final_url, "chunks": len(tiles.blocks),
-             "instances": record["instances"], "labels": [f"{final_url}/labels/{name}" for name in LABELS],
+             "instances": record["instances"], "labels": [f"{final_url}/labels/{name}" for name in label_names],
              "scheduler": record["scheduler"],
              "blocks_computed": record["blocks_computed"] if state in ("fresh", "resume") else 0}
-  if mask is not None:
+  if mask is not None and predictor.num_classes > 1:
+    summary["classes"] = {**classes.scores_from_confusion(np.array(record["confusion"])),
+                          "confusion": record["confusion"]}
+  elif mask is not None:
     c = dict(zip(metrics.COUNTS, map(int, record["counts"])))
     summary["pixel"] = {**c, **metrics.scores_from_counts(c)}
   _fault("finished")
@@ -394,7 +437,11 @@ def segment_file(config: Any, workdir: str, input_path: str, output_dir: str, ma
   stack = ngff.ZarrStack(input_path)
   mask = ngff.open_volume(mask_path) if mask_path else None  # OME-Zarr or TIFF
   if mask is not None:
-    data.binarize_mask(mask.unique_values(), f"mask {mask_path}")
+    k, values, name = config.model.num_classes, mask.unique_values(), f"mask {mask_path}"
+    if k == 1:
+      data.binarize_mask(values, name)
+    else:
+      data.check_labels(values, k, name)
   out = stores.Folder(output_dir)
   out.check_writable("output folder")
   predictor = Predictor.load(config, workdir).on_input(

@@ -10,6 +10,11 @@ The mask is the stored probabilities thresholded: segmentation.tif == (probabili
 uint8 / 255, >= the predictor's threshold) pixel for pixel, whatever the dtype's rounding. A stack at
 another voxel size than the model's is resampled to it block by block and back (`Predictor.on_input`).
 
+A K-class model (model.num_classes > 1) writes segmentation.tif as its class map (u8 class ids 0..K-1,
+`Predictor.label_map` of the float32 probabilities, page for page what the in-memory label map is) and
+probabilities.tif as a (Z, K, H, W) stack (pages z-major; tifffile reads it back with that shape); with a
+ground-truth label map the summary holds per-class scores from the confusion matrix, counted slice by slice.
+
 Nothing is written before every check has passed; each output is written under a temporary name and
 renamed when complete, so a failed run leaves earlier results in `output_dir` byte-identical, and
 an output can never replace the input (unet_jax/io/outputs.py).
@@ -31,7 +36,7 @@ from unet_jax.inference import magnification
 from unet_jax.inference.predictor import Predictor
 from unet_jax.io import data, ngff, outputs
 from unet_jax.io.stacks import StackReader
-from unet_jax.scores import metrics
+from unet_jax.scores import classes, metrics
 
 PROBABILITY_DTYPES = ("float32", "float16", "uint8")
 OUTPUT_FILES = ("probabilities.tif", "segmentation.tif", "summary.json")
@@ -55,12 +60,44 @@ def _page_writer(path: str, shape: tuple[int, int, int], dtype: np.dtype) -> Ite
       yield lambda page: writer.write(page, compression="zlib", metadata=None)
 
 
+@contextlib.contextmanager
+def _stack_writer(path: str, shape: tuple[int, ...], dtype: np.dtype,
+                  ) -> Iterator[Callable[[Iterator[np.ndarray]], None]]:
+  """A function writing a zlib-compressed TIFF of `shape` from an iterator of its pages (last two axes), in
+  order, so that only one page is held at a time; its shape is recorded for readers. Written atomically."""
+  with outputs.atomic_path(path) as tmp:
+    with tifffile.TiffWriter(tmp, bigtiff=int(np.prod(shape)) * np.dtype(dtype).itemsize > 2 ** 31) as writer:
+      yield lambda pages: writer.write(pages, shape=shape, dtype=dtype, compression="zlib", photometric="minisblack")
+
+
+def _segment_classes(predictor: Predictor, reader: StackReader, paths: dict[str, str], mask: Any,
+                     probability_dtype: str, progress: bool) -> np.ndarray:
+  """Writes a K-class model's class map and (Z, K, H, W) probabilities page by page (module docstring); the
+  confusion matrix i64[K, K] against `mask` (zeros without one)."""
+  k = predictor.num_classes
+  confusion = np.zeros((k, k), np.int64)
+  with _page_writer(paths["segmentation"], reader.shape, np.dtype(np.uint8)) as write_seg, \
+       _stack_writer(paths["probabilities"], (reader.shape[0], k, *reader.shape[1:]),
+                     np.dtype(probability_dtype)) as write_prob:
+    def pages() -> Iterator[np.ndarray]:
+      probs = predictor.stream(reader.__getitem__, reader.shape)
+      for z, prob in enumerate(tqdm.tqdm(probs, total=len(reader), unit="slice", disable=not progress)):
+        labels = predictor.label_map(prob)
+        write_seg(labels)
+        if mask is not None:
+          confusion[...] += classes.confusion_matrix(labels, data.check_labels(mask.raw(z), k, f"mask slice {z}"), k)
+        yield from np.moveaxis(stored_probabilities(prob, probability_dtype), -1, 0)
+    write_prob(pages())
+  return confusion
+
+
 def segment_stack(predictor: Predictor, reader: StackReader, output_dir: str, mask: StackReader | None = None,
                   probability_dtype: str = "float16", progress: bool = True) -> dict[str, Any]:
   """Segments `reader`'s stack into output_dir/{probabilities,segmentation}.tif, page by page.
 
   Probabilities are the predictor's, calibrated, then thresholded at its threshold; with a ground-truth
   `mask` (same shape, 0/1 or 0/255) the returned summary also holds pixel scores, counted slice by slice.
+  A K-class model writes its class map instead (module docstring), scored per class against a label-map `mask`.
   """
   if probability_dtype not in PROBABILITY_DTYPES:
     raise InputError(f"probability dtype must be one of {PROBABILITY_DTYPES}, got {probability_dtype!r}")
@@ -69,6 +106,14 @@ def segment_stack(predictor: Predictor, reader: StackReader, output_dir: str, ma
   paths = {"probabilities": os.path.join(output_dir, OUTPUT_FILES[0]),
            "segmentation": os.path.join(output_dir, OUTPUT_FILES[1])}
   outputs.check_writable(output_dir, "output folder")
+  if predictor.num_classes > 1:
+    confusion = _segment_classes(predictor, reader, paths, mask, probability_dtype, progress)
+    summary = {"input": reader.path, "shape": list(reader.shape), **predictor.summary(),
+               "num_classes": predictor.num_classes, "probability_dtype": probability_dtype,
+               "probabilities_axes": "zcyx", **paths}
+    if mask is not None:
+      summary["classes"] = {**classes.scores_from_confusion(confusion), "confusion": confusion.tolist()}
+    return summary
   counts = np.zeros(4, np.int64)
   probs = predictor.stream(reader.__getitem__, reader.shape)
   with _page_writer(paths["probabilities"], reader.shape, np.dtype(probability_dtype)) as write_prob, \

@@ -256,12 +256,21 @@ def write_image(path: str, array: np.ndarray, voxel_size_nm: Sequence[float], ch
 
 
 def create_image(group: zarr.Group, shape: Sequence[int], dtype: Any, chunks: Sequence[int],
-                 voxel_size_nm: Sequence[float], axes: Sequence[str], fill_value: Any = 0) -> zarr.Array:
-  """An empty one-level image (dataset `DATASET`) in `group`, its multiscales metadata written; filled by the caller."""
-  array = group.create_array(DATASET, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks), fill_value=fill_value)
+                 voxel_size_nm: Sequence[float], axes: Sequence[str], fill_value: Any = 0,
+                 channels: int = 0) -> zarr.Array:
+  """An empty one-level image (dataset `DATASET`) in `group`, its multiscales metadata written; filled by the caller.
+
+  With `channels` > 0 the array is (c, *shape), a channel axis first (NGFF's order), one chunk over the channels:
+  e.g. a K-class model's probabilities, channel k = class k.
+  """
   scale = _scale(voxel_size_nm, axes)
+  scales, metadata = [scale[a] for a in axes], _axes_metadata(axes)
+  if channels:
+    shape, chunks = (channels, *shape), (channels, *chunks)
+    scales, metadata = [1.0, *scales], [{"name": "c", "type": "channel"}, *metadata]
+  array = group.create_array(DATASET, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks), fill_value=fill_value)
   writer.write_multiscales_metadata(group, [{"path": DATASET, "coordinateTransformations": [
-      {"type": "scale", "scale": [scale[a] for a in axes]}]}], fmt=FORMAT, axes=_axes_metadata(axes))
+      {"type": "scale", "scale": scales}]}], fmt=FORMAT, axes=metadata)
   return array
 
 
