@@ -5,7 +5,10 @@ decision policy (threshold chosen on val among its candidates, 8-transform TTA, 
 import json
 import logging
 import os
+import zipfile
 
+import flax.serialization
+import jax
 import numpy as np
 import pytest
 import tifffile
@@ -16,7 +19,7 @@ from unet_jax.errors import InputError
 from unet_jax.explain import explanation
 from unet_jax.export import bioimage
 from unet_jax.inference import chunked, segment
-from unet_jax.inference.predictor import Predictor, THRESHOLD_FILE
+from unet_jax.inference.predictor import is_package, PACKAGE_SETTINGS, PACKAGE_VARIABLES, Predictor, THRESHOLD_FILE
 from unet_jax.io import data, ngff, synthetic
 from unet_jax.reports import evaluation
 from unet_jax.scores import calibration, metrics
@@ -152,6 +155,27 @@ def test_a_raw_threshold_is_the_calibrated_one_on_raw_probabilities():
 def test_a_package_without_a_predictor_is_one_line(tmp_path):
   with pytest.raises(InputError, match="cannot read the model package"):
     Predictor.from_package(str(tmp_path / "missing.zip"))
+  (tmp_path / "unpacked").mkdir()
+  (tmp_path / "unpacked" / PACKAGE_SETTINGS).write_text("{}")
+  with pytest.raises(InputError, match=f"^{tmp_path / 'unpacked'} is a package without unet-jax's"):
+    Predictor.from_package(str(tmp_path / "unpacked"))
+
+
+def test_an_unpacked_package_is_loaded_as_its_zip(tmp_path):
+  """A package's .zip and the folder it unpacks to carry one predictor; a workdir is neither."""
+  config = unet2d.get_config("tiny")
+  workdir = str(tmp_path / "run")
+  save_random_checkpoint(config, workdir)
+  predictor = Predictor.load(config, workdir)
+  with zipfile.ZipFile(tmp_path / "unet.zip", "w") as package:  # the two files export.py adds to the package
+    package.writestr(PACKAGE_SETTINGS, json.dumps(predictor.package_record(config)))
+    package.writestr(PACKAGE_VARIABLES, flax.serialization.msgpack_serialize(predictor.variables))
+    package.extractall(tmp_path / "unpacked")
+  assert is_package(str(tmp_path / "unet.zip")) and is_package(str(tmp_path / "unpacked"))
+  assert not is_package(workdir)
+  zipped, unpacked = (Predictor.load(config, str(tmp_path / p)) for p in ("unet.zip", "unpacked"))
+  assert (unpacked.step, unpacked.threshold, unpacked.settings) == (zipped.step, zipped.threshold, zipped.settings)
+  assert jax.tree.all(jax.tree.map(np.array_equal, unpacked.variables, predictor.variables))
 
 
 def test_restoring_says_nothing_about_read_only_managers(tmp_path, caplog):

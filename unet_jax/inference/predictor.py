@@ -107,12 +107,13 @@ class Predictor:
   @classmethod
   def load(cls, config: Any, workdir: str, val: data.Split | None = None) -> "Predictor":
     """`workdir`'s `eval.checkpoint`, calibrated and thresholded as `config.eval` says (module docstring);
-    given a package exported by export.py instead of a workdir, the predictor it carries (`from_package`).
+    given a package exported by export.py instead of a workdir (`is_package`), the predictor it carries
+    (`from_package`).
 
     `val` is the val split when the caller has it; otherwise it is read from `config.data` only if a
     decision is not stored.
     """
-    if os.path.isfile(workdir) and zipfile.is_zipfile(workdir):
+    if is_package(workdir):
       return cls.from_package(workdir)
     predictor = cls.restore(config, workdir)
     e = config.eval
@@ -131,18 +132,18 @@ class Predictor:
 
   @classmethod
   def from_package(cls, path: str) -> "Predictor":
-    """The predictor a bioimage.io package exported by export.py carries (its JAX variables and settings,
-    temperature and threshold as they were at export), so tools run it exactly as the workdir's."""
+    """The predictor a bioimage.io package exported by export.py carries, from its .zip or the folder it
+    unpacks to (its JAX variables and settings, temperature and threshold as they were at export), so tools
+    run it exactly as the workdir's."""
     try:
-      with zipfile.ZipFile(path) as package:
-        names = {os.path.basename(n): n for n in package.namelist()}
-        if PACKAGE_VARIABLES not in names or PACKAGE_SETTINGS not in names:
-          raise InputError(f"{path} is a package without unet-jax's {PACKAGE_VARIABLES} and {PACKAGE_SETTINGS}; "
-                           "use a package made by export.py, or the workdir it was exported from")
-        record = json.loads(package.read(names[PACKAGE_SETTINGS]))
-        variables = flax.serialization.msgpack_restore(package.read(names[PACKAGE_VARIABLES]))
+      members = _package_members(path)
+      record = json.loads(members[PACKAGE_SETTINGS])
+      variables = flax.serialization.msgpack_restore(members[PACKAGE_VARIABLES])
+    except InputError:
+      raise
     except (OSError, zipfile.BadZipFile, ValueError) as e:
-      raise InputError(f"cannot read the model package {path} ({e}); give a .zip made by export.py") from None
+      raise InputError(f"cannot read the model package {path} ({e}); give a package made by export.py (its .zip "
+                       "or the folder it unpacks to)") from None
     model = build_model(ml_collections.ConfigDict(record["model"]))
     expected = jax.tree.map(lambda a: a.shape, abstract_variables(model))
     if jax.tree.map(np.shape, variables) != expected:
@@ -301,6 +302,33 @@ class Predictor:
     if self.resampling is not None:
       summary["voxel_size"] = self.resampling.record
     return summary
+
+
+def is_package(path: str) -> bool:
+  """Whether `path` is a package made by export.py rather than a training workdir: a .zip, or a folder
+  holding the package's unet-jax settings (the .zip unpacked)."""
+  if os.path.isfile(path):
+    return zipfile.is_zipfile(path)
+  return os.path.isfile(os.path.join(path, PACKAGE_SETTINGS))
+
+
+def _package_members(path: str) -> dict[str, bytes]:
+  """The contents of unet-jax's two files in a package's .zip or unpacked folder, by name."""
+  wanted = (PACKAGE_VARIABLES, PACKAGE_SETTINGS)
+  members = {}
+  if os.path.isdir(path):
+    for name in wanted:
+      if os.path.isfile(os.path.join(path, name)):
+        with open(os.path.join(path, name), "rb") as f:
+          members[name] = f.read()
+  else:
+    with zipfile.ZipFile(path) as package:
+      names = {os.path.basename(n): n for n in package.namelist()}
+      members = {name: package.read(names[name]) for name in wanted if name in names}
+  if len(members) < len(wanted):
+    raise InputError(f"{path} is a package without unet-jax's {PACKAGE_VARIABLES} and {PACKAGE_SETTINGS}; "
+                     "use a package made by export.py, or the workdir it was exported from")
+  return members
 
 
 @functools.lru_cache(maxsize=8)

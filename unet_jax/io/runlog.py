@@ -1,7 +1,8 @@
 """A run's `log.jsonl`: one JSON record per line, appended by the trainer, read by reports and benchmarks.
 
 Records: {'event': 'start', 'step', 'voxel_size_nm', ...} at each (re)start (the training data's voxel
-size, which inference compares inputs with), {'step', 'loss', 'minutes'} at log steps,
+size, which inference compares inputs with; a fine-tuned run's first also names the weights it started
+from, 'init_from'), {'step', 'loss', 'minutes'} at log steps,
 {'step', 'minutes', 'val_dice', ...} after each validation. A line cut by kill -9 is skipped when
 read; a resumed run may log a step again, and its last record wins.
 """

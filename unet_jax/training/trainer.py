@@ -3,7 +3,6 @@
 import functools
 import os
 import time
-import zipfile
 from typing import Any, Callable
 
 import jax
@@ -17,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from unet_jax.errors import InputError
-from unet_jax.inference.predictor import choose_threshold, Predictor
+from unet_jax.inference.predictor import choose_threshold, is_package, Predictor
 from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network import anisotropy, volumes
 from unet_jax.network.model import abstract_variables, build_model, UNet
@@ -63,11 +62,12 @@ def create_train_state(config: Any, model: UNet, key: jax.Array) -> TrainState:
 
 def initial_variables(config: Any, model: UNet) -> dict[str, Any]:
   """The variables {'params', 'batch_stats'} of `train.init_from` (a workdir's `eval.checkpoint`, or a package
-  made by export.py), checked leaf by leaf against `model`'s shapes, so fine-tuning starts from them."""
+  made by export.py: its .zip or unpacked folder), checked leaf by leaf against `model`'s shapes, so
+  fine-tuning starts from them."""
   source = config.train.init_from
   wanted = abstract_variables(model)
   try:
-    if os.path.isfile(source) and zipfile.is_zipfile(source):
+    if is_package(source):
       found = Predictor.from_package(source).variables
     else:
       found, _ = checkpoint.restore_variables(source, wanted, config.eval.checkpoint)
@@ -248,8 +248,9 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   primary = jax.process_index() == 0  # with several processes, process 0 logs
   log = runlog.MetricLog(workdir, enabled=primary)
   tensorboard = summaries.Summaries(workdir, enabled=primary and config.train.tensorboard)
+  started_from = {"init_from": config.train.init_from} if restored is None and config.train.init_from else {}
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
-             "minutes": log.minutes, "voxel_size_nm": [float(v) for v in config.data.voxel_size_nm]})
+             "minutes": log.minutes, "voxel_size_nm": [float(v) for v in config.data.voxel_size_nm], **started_from})
   if not config.train.budget_minutes:  # step-count training: train.steps (a resumed run may be extended)
     state = state.replace(opt_state=optim.set_total_steps(state.opt_state, config.train.steps))
   total = optim.total_steps(state.opt_state)  # 0 until a budgeted run has measured its speed

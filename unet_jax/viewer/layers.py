@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 from scipy import ndimage
 
+from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 from unet_jax.explain import explain_report, explanation
 from unet_jax.inference.predictor import Predictor
@@ -49,15 +50,18 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 def check_model_path(path: str) -> None:
   """Raises InputError unless `path` exists (a workdir or a package)."""
   if not path or not os.path.exists(path):
-    raise InputError(f"model {path!r} not found; give a training workdir or a package .zip made by export.py")
+    raise InputError(f"model {path!r} not found; give a training workdir, or a package made by export.py (its "
+                     ".zip or the folder it unpacks to)")
 
 
 @functools.lru_cache(maxsize=4)
 def load_model(config_spec: str, model_path: str) -> tuple[ml_collections.ConfigDict, Predictor]:
-  """(config, predictor) of a workdir or an export.py package, as `evaluate.py --input` loads them
-  (`Predictor.load`: the same checkpoint, temperature and threshold); kept for the next widget."""
+  """(config, predictor) of a workdir or an export.py package (.zip or unpacked folder), as `evaluate.py
+  --input` loads them (the config checked as there, then `Predictor.load`: the same checkpoint, temperature and
+  threshold, or the package's); kept for the next widget."""
   check_model_path(model_path)
   config = load_config(config_spec)
+  config_check.validate(config, config_check.INFERENCE_SECTIONS)
   return config, Predictor.load(config, model_path)
 
 
@@ -73,8 +77,9 @@ def voxel_size(scale: Sequence[float], config: Any) -> tuple[float, float, float
 
 
 def calibrated_slices(predictor: Predictor, stack: np.ndarray) -> Iterator[np.ndarray]:
-  """Calibrated probabilities f32[H, W] of z = 0, 1, ... of `stack` f32[Z, H, W]: `evaluate.py --input`'s
-  (`Predictor.stream` page by page, then the predictor's temperature); threshold them with `predictor.segment`."""
+  """Calibrated probabilities f32[H, W] (f32[H, W, K] for a K-class model) of z = 0, 1, ... of `stack`
+  f32[Z, H, W]: `evaluate.py --input`'s (`Predictor.stream` page by page, then the predictor's temperature);
+  threshold them with `predictor.segment`, or take a K-class model's classes with `predictor.label_map`."""
   for raw in predictor.stream(stack.__getitem__, stack.shape):
     yield predictor.calibrate(raw)
 

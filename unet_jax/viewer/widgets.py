@@ -25,7 +25,7 @@ from unet_jax.reports import uncertainty
 from unet_jax.training import trainer
 from unet_jax.viewer import layers
 
-META = "unet_jax"  # layer.metadata key: {'config', 'model', 'image', 'dims'} of the layers Segment adds
+META = "unet_jax"  # layer.metadata key: {'config', 'model', 'image', 'dims', 'classes'} of the layers Segment adds
 DEFAULT_CONFIG = "configs/unet2d.py:vnc"
 OBJECTS = ("2D", "3D")  # connected components per slice or across slices, as the report's 2d / 3d tables
 
@@ -119,10 +119,14 @@ class Panel(Container):
     raise NotImplementedError
 
   def model_of(self, layer: Any) -> dict[str, Any]:
-    """The model settings Segment stored on one of its layers."""
+    """The model settings Segment stored on one of its layers (of a binary model)."""
     if layer is None or META not in layer.metadata:
       raise InputError("choose a probabilities layer made by the Segment widget (it knows its model)")
-    return layer.metadata[META]
+    meta = layer.metadata[META]
+    if meta.get("classes", 1) > 1:
+      raise InputError(f"layer {layer.name!r} comes from a {meta['classes']}-class model; scores, review and "
+                       "explanations here take a binary model's probabilities (per-class scores: evaluate.py --split)")
+    return meta
 
   def put_layer(self, kind: str, name: str, data: np.ndarray, **kwargs: Any) -> Any:
     """Adds a layer, or replaces the data and settings of the one of that name."""
@@ -153,12 +157,13 @@ def _squeezed(array: np.ndarray, ndim: int) -> np.ndarray:
 
 
 class SegmentWidget(Panel):
-  """Model + image layer -> probabilities, mask and objects layers, as `evaluate.py --input` computes them."""
+  """Model + image layer -> probabilities, mask and objects layers, as `evaluate.py --input` computes them;
+  for a K-class model, K class probability layers and the class map (`Predictor.label_map`)."""
 
   def __init__(self, viewer: napari.viewer.Viewer):
     super().__init__(viewer, cancellable=True)
     self.config = LineEdit(value=DEFAULT_CONFIG, label="config (file.py:variant)")
-    self.model = LineEdit(value="", label="model (workdir or .zip)")
+    self.model = LineEdit(value="", label="model (workdir or package)")
     self.image = create_widget(annotation=napari.layers.Image, label="image")
     self.objects = ComboBox(choices=OBJECTS, value=OBJECTS[0], label="objects")
     self.extend([self.config, self.model, self.image, self.objects, *self.controls()])
@@ -177,21 +182,27 @@ class SegmentWidget(Panel):
     def work() -> dict[str, Any]:
       config, predictor = layers.load_model(spec, path)
       stack = layers.image_stack(data, layer.name)
-      probs = np.empty(stack.shape, np.float32)
+      k = predictor.num_classes
+      probs = np.empty(stack.shape if k == 1 else (*stack.shape, k), np.float32)
       self.report(0, len(stack))
       for z, page in enumerate(layers.calibrated_slices(predictor, stack)):
         probs[z] = page
         self.report(z + 1, len(stack))
-      return {"layer": layer, "probs": probs, "mask": predictor.segment(probs), "dims": dims,
-              "labels": layers.object_labels(probs, predictor, config, dims),
-              "meta": {"config": spec, "model": path, "image": layer.name, "dims": dims},
-              "summary": predictor.summary()}
+      result = {"layer": layer, "probs": probs, "dims": dims, "summary": predictor.summary(),
+                "meta": {"config": spec, "model": path, "image": layer.name, "dims": dims, "classes": k}}
+      if k > 1:
+        return {**result, "class_map": predictor.label_map(probs)}
+      return {**result, "mask": predictor.segment(probs),
+              "labels": layers.object_labels(probs, predictor, config, dims)}
 
     return work
 
   def show(self, r: dict[str, Any]) -> None:
     layer, ndim = r["layer"], r["layer"].ndim
     common = {"scale": layer.scale, "translate": layer.translate, "metadata": {META: r["meta"]}}
+    if "class_map" in r:
+      self._show_classes(r, common)
+      return
     self.put_layer("image", f"{layer.name} probabilities", _squeezed(r["probs"], ndim), colormap="magma",
                    blending="additive", contrast_limits=(0.0, 1.0), **common)
     self.put_layer("labels", f"{layer.name} mask", _squeezed(r["mask"].astype(np.uint8), ndim), **common)
@@ -199,6 +210,17 @@ class SegmentWidget(Panel):
     s = r["summary"]
     self.status.value = (f"step {s['step']}, threshold {s['threshold']:g} ({s['threshold_source']}), temperature "
                          f"{s['temperature']:.3g}: {int(r['labels'].max())} objects")
+
+  def _show_classes(self, r: dict[str, Any], common: dict[str, Any]) -> None:
+    """A K-class model's layers: each class's probabilities (hidden until chosen) and the class map."""
+    layer, ndim, k = r["layer"], r["layer"].ndim, r["meta"]["classes"]
+    for c in range(k):
+      self.put_layer("image", f"{layer.name} class {c} probabilities", _squeezed(r["probs"][..., c], ndim),
+                     colormap="magma", blending="additive", contrast_limits=(0.0, 1.0), visible=False, **common)
+    self.put_layer("labels", f"{layer.name} classes", _squeezed(r["class_map"], ndim), **common)
+    pixels = np.bincount(r["class_map"].ravel(), minlength=k)
+    self.status.value = (f"step {r['summary']['step']}, {k} classes (the most probable per pixel); pixels per class: "
+                         + ", ".join(f"{c}: {n}" for c, n in enumerate(pixels)))
 
 
 class ScoreWidget(Panel):
@@ -433,7 +455,7 @@ class FineTuneWidget(Panel):
   def __init__(self, viewer: napari.viewer.Viewer):
     super().__init__(viewer, cancellable=True)
     self.config = LineEdit(value=DEFAULT_CONFIG, label="config (file.py:variant)")
-    self.init_from = LineEdit(value="", label="start from (workdir or .zip)")
+    self.init_from = LineEdit(value="", label="start from (workdir or package)")
     self.data_root = LineEdit(value="", label="data folder (empty: the config's)")
     self.workdir = LineEdit(value="runs/finetuned", label="new workdir")
     self.steps = SpinBox(value=100, min=1, max=1_000_000, label="steps")
@@ -443,7 +465,8 @@ class FineTuneWidget(Panel):
     config = layers.load_config(self.config.value)
     config.train.init_from = self.init_from.value
     if not config.train.init_from:
-      raise InputError("give the model to start from (a workdir or a package .zip made by export.py)")
+      raise InputError("give the model to start from (a workdir, or a package made by export.py: its .zip or "
+                       "folder)")
     config.train.steps, config.train.budget_minutes = self.steps.value, 0.0
     if self.data_root.value:
       config.data.name, config.data.root = "folder", self.data_root.value
