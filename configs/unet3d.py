@@ -1,11 +1,12 @@
 """3D U-Net on EM volumes, and its 2D / 2.5D twins on the same data: overrides of configs/unet2d.py.
 
   python train.py --config=configs/unet3d.py --workdir=runs/syn3d            # generated isotropic volume, offline
+  python train.py --config=configs/unet3d.py:iso --workdir=runs/iso3d        # the same with branching tubes
   python train.py --config=configs/unet3d.py:vnc --workdir=runs/vnc3d        # ../shared/data/vnc, 50 x 4.6 x 4.6 nm
   python train.py --config=configs/unet3d.py:lucchi --workdir=runs/lucchi3d  # EPFL Lucchi, 5 nm isotropic
   python evaluate.py --config=configs/unet3d.py:vnc --workdir=runs/vnc3d --config.eval.select_threshold=True
   python train.py --config=configs/unet3d.py:vnc,mode=2.5d --workdir=runs/vnc25d  # 2D model, 2k + 1 slices in
-  python train.py --config=configs/unet3d.py:tiny --workdir=/tmp/tiny3d      # seconds; for tests
+  python train.py --config=configs/unet3d.py:tiny --workdir=/tmp/tiny3d      # seconds; for tests (tiny_iso: tubes)
 
 The argument is VARIANT[,mode=3d|2.5d|2d][,aug=full|flips|none]. The training stack is the volume
 (its last data.val_slices sections validate: a real contiguous volume at least one window deep; the
@@ -16,10 +17,11 @@ within 2x of isotropic. Override with --config.model.kernel_sizes / --config.mod
 --config.model.in_plane=True for 1x3x3 kernels and 1x2x2 pooling everywhere (the 2D network section by
 section: a diagnostic, benchmarks/in_plane_3d.py). 3D models use GroupNorm: BatchNorm's statistics
 would come from one or two patches per device.
-mode=2d and mode=2.5d keep the data, budget, val sections and evaluation and swap in the 2D variant's
-network (width, normalisation), patches and schedule (2.5D: the
-`context_slices` neighbours on each side as input channels, with the 3D section artefacts applied to
-those sections), for the 2D vs 2.5D vs 3D comparison (docs/results/dimensions.md).
+mode=2d and mode=2.5d keep the data, budget, val sections and evaluation (the 3D window's in-plane size,
+its overlap, XLA, no TTA) and swap in the 2D variant's network (width, normalisation), patches and
+schedule (2.5D: the `context_slices` neighbours on each side as input channels, with the 3D section
+artefacts applied to those sections), for the 2D vs 2.5D vs 3D comparison (docs/results/dimensions.md).
+The 2D variant of `iso` is `synthetic`'s, of `tiny_iso` `tiny`'s.
 """
 
 import importlib.util
@@ -34,8 +36,9 @@ except ModuleNotFoundError:  # loaded by path from another folder (unet-jax --co
   unet2d = importlib.util.module_from_spec(_spec)
   _spec.loader.exec_module(unet2d)
 
-VARIANTS = ("synthetic", "vnc", "lucchi", "tiny")
+VARIANTS = ("synthetic", "iso", "vnc", "lucchi", "tiny", "tiny_iso")
 MODES = ("3d", "2.5d", "2d")
+FLAT_VARIANT = {"iso": "synthetic", "tiny_iso": "tiny"}  # the configs/unet2d.py variant a 3D variant starts from
 
 
 def parse_arg(arg: str) -> tuple[str, str, str | None]:
@@ -65,7 +68,7 @@ def flat_config(variant: str, aug: str | None = None) -> ml_collections.ConfigDi
   one docs/results/dimensions.md was measured with), not the 2D VNC recipe its sweep chose."""
   suffix = f",aug={aug}" if aug else ""
   if variant != "vnc":
-    return unet2d.get_config(variant + suffix)
+    return unet2d.get_config(FLAT_VARIANT.get(variant, variant) + suffix)
   c = unet2d.get_config("lucchi" + suffix)
   unet2d.vnc_data(c)
   return c
@@ -110,6 +113,15 @@ def synthetic(c: ml_collections.ConfigDict) -> None:
   retype(c.eval, "window", (32, 96, 96))
 
 
+def iso(c: ml_collections.ConfigDict) -> None:
+  """`synthetic` with truly 3D mitochondria: branching tubes in random directions, crossing sections at every
+  angle (unet_jax/io/synthetic.py), in isotropic 5 nm voxels: the data on which 3D context should pay."""
+  synthetic(c)
+  c.data.synthetic.objects = "tubes"  # ellipsoids | tubes
+  c.data.synthetic.mito_spacing = 35.0  # a tube per 35^3 voxels at most (tubes stay 3 voxels apart): ~7 % foreground
+  c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # isotropic: 3x3x3 kernels and 2x2x2 pooling at every level
+
+
 def vnc(c: ml_collections.ConfigDict) -> None:
   """VNC ssTEM: 8 training sections (+ 2 validation) and 4 test sections of 1024^2 at 50 x 4.6 x 4.6 nm."""
   volume(c)
@@ -145,9 +157,17 @@ def tiny(c: ml_collections.ConfigDict) -> None:
   retype(c.eval, "window", (8, 16, 16))
 
 
+def tiny_iso(c: ml_collections.ConfigDict) -> None:
+  """`tiny` with the tubes of `iso`: seconds, for tests and smoke runs of benchmarks/compare_dims.py."""
+  tiny(c)
+  c.data.synthetic.objects = "tubes"
+  c.data.synthetic.mito_spacing = 35.0
+
+
 def two_d(c: ml_collections.ConfigDict, variant: str, context_slices: int) -> None:
-  """The 2D (context_slices = 0) or 2.5D twin of a 3D variant: same data (val sections included) and evaluation,
-  the 2D variant's network (width, normalisation), patches and schedule."""
+  """The 2D (context_slices = 0) or 2.5D twin of a 3D variant: same data (val sections included) and evaluation
+  (windows of the 3D window's in-plane size at its overlap, on XLA), the 2D variant's network (width,
+  normalisation), patches and schedule."""
   twin = flat_config(variant)
   c.model.ndim = 2
   c.model.context_slices = context_slices
@@ -155,12 +175,12 @@ def two_d(c: ml_collections.ConfigDict, variant: str, context_slices: int) -> No
   for field in ("batch_size", "patch_size", "steps", "log_every", "eval_every", "checkpoint_every"):
     retype(c.train, field, twin.train[field])
   c.optim.warmup_steps = twin.optim.warmup_steps
-  retype(c.eval, "window", twin.eval.window)
-  c.eval.batch_size, c.eval.overlap = twin.eval.batch_size, twin.eval.overlap
-  c.eval.engine = "xla" if context_slices else twin.eval.engine  # 2.5D runs on XLA only
+  retype(c.eval, "window", tuple(c.eval.window[1:]))  # not the 2D variant's (VNC: 1024^2 on ONNX Runtime)
+  c.eval.batch_size = twin.eval.batch_size
   if not context_slices:  # 2.5D keeps the section artefacts: its 2k + 1 channels are sections
     for name in ("misalign_prob", "section_intensity_prob", "missing_section_prob"):
       c.augment[name] = 0.0
 
 
-VARIANT_OVERRIDES = {"synthetic": synthetic, "vnc": vnc, "lucchi": lucchi, "tiny": tiny}
+VARIANT_OVERRIDES = {"synthetic": synthetic, "iso": iso, "vnc": vnc, "lucchi": lucchi, "tiny": tiny,
+                     "tiny_iso": tiny_iso}

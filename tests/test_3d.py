@@ -208,7 +208,7 @@ def test_val_slices_carves_a_contiguous_end_of_the_training_volume():
     data.carve_validation(stack, 0.2, count=10)
 
 
-@pytest.mark.parametrize("variant", ["vnc", "synthetic", "lucchi", "tiny"])
+@pytest.mark.parametrize("variant", unet3d.VARIANTS)
 def test_every_3d_variant_validates_on_at_least_one_window_of_real_sections(variant):
   c = unet3d.get_config(variant)
   config_check.validate(c, ("data", "model", "augment", "eval"))
@@ -219,9 +219,9 @@ def test_every_3d_variant_validates_on_at_least_one_window_of_real_sections(vari
   assert c.model.norm == "group"  # per-example statistics: 1-2 patches per device in 3D
 
 
-@pytest.mark.parametrize("variant", ["vnc", "synthetic", "tiny"])
+@pytest.mark.parametrize("variant", ["vnc", "synthetic", "iso", "tiny"])
 @pytest.mark.parametrize("mode", ["2d", "2.5d"])
-def test_2d_twins_take_the_2d_configs_network_and_schedule_and_the_3d_val_sections(variant, mode):
+def test_2d_twins_take_the_2d_configs_network_and_schedule_and_the_3d_val_sections_and_evaluation(variant, mode):
   twin, flat, three = (unet3d.get_config(f"{variant},mode={mode}"), unet3d.flat_config(variant),
                        unet3d.get_config(variant))
   config_check.validate(twin, ("data", "model", "augment", "eval"))
@@ -230,3 +230,8 @@ def test_2d_twins_take_the_2d_configs_network_and_schedule_and_the_3d_val_sectio
   for field in ("batch_size", "patch_size", "steps", "log_every", "eval_every", "checkpoint_every"):
     assert twin.train[field] == flat.train[field], field
   assert twin.data.val_slices == three.data.val_slices  # every mode validates on the same sections
+  assert twin.data.synthetic.to_dict() == three.data.synthetic.to_dict()  # and trains on the same volume
+  # and is scored alike: the 3D window's in-plane size (VNC: 256^2, not the 2D recipe's 1024^2), overlap, engine
+  assert tuple(twin.eval.window) == tuple(three.eval.window[1:])
+  for field in ("overlap", "engine", "tta", "blend", "min_size"):
+    assert twin.eval[field] == three.eval[field], field

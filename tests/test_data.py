@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage
 
+from configs import unet3d
 from unet_jax.errors import InputError
 from unet_jax.io import data, stacks, synthetic
 from unet_jax.training import sampling
@@ -142,6 +144,37 @@ def test_synthetic_is_seeded_and_em_like():
 def test_synthetic_3d_volume():
   image, mask = synthetic.make_stack(0, 24, (48, 48), ndim=3)
   assert image.shape == mask.shape == (24, 48, 48) and (mask > 0).any()
+
+
+def test_synthetic_tubes_are_3d_objects_crossing_sections_at_angles():
+  """objects='tubes' (configs/unet3d.py:iso): seeded; each tube runs through many sections, so the volume holds far
+  fewer objects than the profiles summed over its sections; curves and branches cut some sections into several
+  profiles of one object (only the volume joins them); long axes point neither only along z nor only in-plane."""
+  small = synthetic.make_stack(1, 12, (32, 32), ndim=3, mito_spacing=35.0, objects="tubes")
+  np.testing.assert_array_equal(small[0], synthetic.make_stack(1, 12, (32, 32), 3, 35.0, "tubes")[0])
+  assert not np.array_equal(small[0], synthetic.make_stack(2, 12, (32, 32), 3, 35.0, "tubes")[0])
+  image, mask = synthetic.make_stack(0, 32, (64, 64), ndim=3, mito_spacing=35.0, objects="tubes")
+  assert image.shape == mask.shape == (32, 64, 64) and set(np.unique(mask)) <= {0, 255}
+  fg = mask > 0
+  assert 0.02 < fg.mean() < 0.3 and image[fg].mean() < image[~fg].mean() - 20  # darker, as the ellipsoids
+  labels, n_3d = ndimage.label(fg)  # face connectivity, as unet_jax.scores.instances with dims=3
+  assert n_3d >= 3 and sum(ndimage.label(section)[1] for section in fg) > 10 * n_3d
+  assert any(ndimage.label(fg[z] & (labels[z] == k))[1] > 1 for z in range(32) for k in range(1, n_3d + 1))
+  angles = []  # of each object's principal axis to z, degrees
+  for k in range(1, n_3d + 1):
+    points = np.argwhere(labels == k).astype(float)
+    angles.append(np.degrees(np.arccos(abs(np.linalg.svd(points - points.mean(0), full_matrices=False)[2][0][0]))))
+  assert any(30 < angle < 60 for angle in angles) and max(angles) - min(angles) > 30
+
+
+def test_synthetic_objects_are_checked_and_read_from_the_config():
+  with pytest.raises(InputError, match=r"data.synthetic.objects='cubes' is invalid: .*\('ellipsoids', 'tubes'\)"):
+    synthetic.make_stack(0, 2, (32, 32), objects="cubes")
+  config = unet3d.get_config("tiny_iso").data.synthetic
+  assert config.objects == "tubes"
+  train, _ = synthetic.make_dataset(config)["train"]
+  np.testing.assert_array_equal(train, synthetic.make_stack(config.seed, config.train_slices, tuple(config.shape), 3,
+                                                            config.mito_spacing, "tubes")[0])
 
 
 def test_sampler_shapes_and_foreground_fraction():
