@@ -1,4 +1,5 @@
-"""Wilson intervals against published values; the seeded bootstrap's coverage, determinism and units."""
+"""Wilson intervals against published values; the t interval of repeats by hand; the seeded bootstrap's coverage,
+determinism and units."""
 
 import numpy as np
 import pytest
@@ -25,6 +26,17 @@ def test_wilson_vectorised_edges_and_level():
     intervals.wilson_interval(5, 3)
   with pytest.raises(InputError, match="confidence"):
     intervals.wilson_interval(1, 3, 1.5)
+
+
+def test_mean_interval_is_the_t_interval_of_repeats():
+  m = intervals.mean_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt(3)
+  assert (m["estimate"], m["sd"], m["n"], m["method"]) == (2.0, 1.0, 3, "t")
+  assert (m["low"], m["high"]) == pytest.approx((2 - 2.484138, 2 + 2.484138), abs=1e-6)
+  one = intervals.mean_interval([0.9])
+  assert one["estimate"] == 0.9 and one["low"] is None and one["high"] is None  # one run: no spread to measure
+  assert intervals.mean_interval([])["estimate"] is None
+  with pytest.raises(InputError, match="confidence"):
+    intervals.mean_interval([1.0, 2.0], 0.0)
 
 
 def test_resample_weights_are_seeded_multinomial_draws():
