@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   # scores become in-sample, so evaluate the latest checkpoint at a threshold chosen on a tuning run's val split
   c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # (z, y, x); morphometry in nm
   c.data.labels_root = ""  # model.num_classes > 1: folder of training_labels.tif, testing_labels.tif (class ids)
+  c.data.class_names = ()  # model.num_classes > 1: one name per class for reports (() = the class ids)
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.seed = 0
   c.data.synthetic.shape = (384, 384)
@@ -91,6 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
   c.train.loss = "log_dice"  # log_dice | log_one_minus_dice (the original code's ln(1 - Dice)) | dice | bce | bce_dice
   c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
+  c.train.class_sampling = ()  # model.num_classes > 1: one weight per class; patches are centred on a pixel of a
+  # class drawn with these probabilities (normalised), e.g. to favour rare classes; replaces fg_fraction (() = off)
   c.train.class_weights = ()  # model.num_classes > 1: one weight per class for Dice and cross-entropy (() = equal)
   c.train.log_every = 50
   c.train.eval_every = 200
@@ -171,6 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.calibrate = False  # True: apply the temperature fitted on the val split (workdir/calibration.json)
   c.eval.uncertainty = "none"  # none | tta: per-pixel disagreement of the 8 dihedral transforms (8x inference)
   c.eval.review_top_k = 20  # length of the review list of least confident predicted mitochondria
+  c.eval.object_classes = ()  # model.num_classes > 1: classes also scored per object (components matched by IoU)
 
   # explain.py (unet_jax/explain/explanation.py): how the network arrived at each object, which filters did it.
   c.explain = ml_collections.ConfigDict()
@@ -230,12 +234,14 @@ def vnc_classes(c: ml_collections.ConfigDict) -> None:
   synapse; one softmax, log-Dice averaged over the classes, argmax label maps."""
   vnc_data(c)
   c.data.labels_root = "../shared/data/vnc_classes"
+  c.data.class_names = ("cytoplasm", "membrane", "glia/extracellular", "mitochondria", "synapse")
   c.model.num_classes = 5
   c.model.output = "softmax"
   c.train.loss = "bce_dice"  # cross-entropy + (1 - mean soft Dice): rare classes (synapse, 0.7 %) still pull
   c.eval.engine = "xla"  # ONNX Runtime and threshold/calibration choices are binary-only
   c.eval.select_threshold = False
   c.eval.tta = "none"
+  c.eval.object_classes = (3, 4)  # mitochondria and synapses are objects: per-object scores and review lists
 
 
 def synthetic(c: ml_collections.ConfigDict) -> None:

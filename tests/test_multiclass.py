@@ -1,6 +1,7 @@
 """Multi-class segmentation: the K-class head, losses, label maps, augmentation, per-class scores, inference."""
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -238,10 +239,25 @@ def test_train_then_evaluate_reports_per_class_dice(tmp_path):
   c.data.val_fraction = 0.25
   c.train.steps = c.train.eval_every = c.train.checkpoint_every = c.train.log_every = 2
   c.train.batch_size, c.train.tensorboard, c.host_devices = 2, False, 1
+  c.train.class_sampling = (1.0, 1.0, 2.0)
+  c.eval.object_classes, c.eval.calibrate, c.eval.min_size = (1, 2), True, 2
+  c.data.class_names = ("background", "disc", "square")
   config_check.validate(c)
   scores = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   assert {"dice", "dice_0", "dice_1", "dice_2", "iou_2"} <= set(scores)
-  report = class_report.evaluate_classes(c, [str(tmp_path / "run")], str(tmp_path / "report"), ["test"])
-  run = report["runs"][0]
+  report = class_report.evaluate_classes(c, [str(tmp_path / "run")], str(tmp_path / "report"), ["val", "test"],
+                                         save_predictions=True)
+  val, run = report["runs"]
   assert len(run["dice"]) == 3 and np.asarray(run["confusion"]).sum() == 2 * 32 * 32
-  assert (tmp_path / "report" / "class_report.md").read_text().count("| test |") == 4
+  assert run["intervals"]["mean_dice"]["estimate"] == pytest.approx(run["mean_dice"])
+  assert run["intervals"]["per_class"][2]["dice"]["n"] == 2  # slices
+  assert set(run["objects"]) == set(run["review"]) == {"1", "2"} and set(run["objects"]["1"]) == {"2d", "3d"}
+  assert run["objects"]["2"]["2d"][0]["n_true"] > 0 and "intervals" in run["objects"]["2"]["2d"][0]
+  assert run["calibration"]["temperature"] > 0 and run["calibration"]["applied"] and val["calibration"]["in_sample"]
+  stored = json.loads((tmp_path / "run" / "calibration.json").read_text())
+  assert stored[str(run["step"])]["temperature"] == run["calibration"]["temperature"]
+  for key in ("class_maps", "reliability_diagram", "class_reliability_diagram", "labels_tif", "review_c2_2d_csv"):
+    for path in np.atleast_1d(run["files"][key]):
+      assert (tmp_path / "report" / path).is_file(), path
+  markdown = (tmp_path / "report" / "class_report.md").read_text()
+  assert "| run | test | 2 square |" in markdown and "### 1 disc: 2D components" in markdown

@@ -115,6 +115,34 @@ def test_voxel_size_is_read_from_each_kind_of_metadata(tmp_path):
     reader.close()
 
 
+def test_ome_tiff_physical_sizes_are_read_with_their_units(tmp_path):
+  page = np.zeros((2, 8, 8), np.uint8)
+  written = {  # tifffile writes the OME-XML (PhysicalSize*, units) into the first page's ImageDescription
+      "um.ome.tif": dict(PhysicalSizeX=0.0046, PhysicalSizeY=0.0046, PhysicalSizeZ=0.05),  # OME's default unit: um
+      "units.ome.tif": dict(PhysicalSizeX=46.0, PhysicalSizeXUnit="\u00c5", PhysicalSizeY=4.6, PhysicalSizeYUnit="nm",
+                            PhysicalSizeZ=5e-5, PhysicalSizeZUnit="mm"),
+      "no_z.ome.tif": dict(PhysicalSizeX=9.2, PhysicalSizeXUnit="nm", PhysicalSizeY=9.2, PhysicalSizeYUnit="nm"),
+      "pixel_unit.ome.tif": dict(PhysicalSizeX=1.0, PhysicalSizeXUnit="pixel", PhysicalSizeY=1.0,
+                                 PhysicalSizeYUnit="pixel"),
+      "none.ome.tif": {}}
+  for name, sizes in written.items():
+    tifffile.imwrite(str(tmp_path / name), page, ome=True, metadata={"axes": "ZYX", **sizes})
+  # OME-XML beside TIFF resolution tags that say otherwise: the OME sizes, with their explicit units, win
+  tifffile.imwrite(str(tmp_path / "both.ome.tif"), page, ome=True, resolution=(1e7 / 20.0, 1e7 / 20.0),
+                   resolutionunit="CENTIMETER", metadata={"axes": "ZYX", "PhysicalSizeX": 9.2, "PhysicalSizeXUnit": "nm",
+                                                          "PhysicalSizeY": 9.2, "PhysicalSizeYUnit": "nm"})
+  read = {}
+  for name in (*written, "both.ome.tif"):
+    with stacks.StackReader(str(tmp_path / name)) as reader:
+      read[name] = (reader.voxel_size_nm, reader.voxel_source)
+  np.testing.assert_allclose(read["um.ome.tif"][0], (50.0, 4.6, 4.6))
+  assert read["um.ome.tif"][1] == "OME-XML PhysicalSize"
+  np.testing.assert_allclose(read["units.ome.tif"][0], (50.0, 4.6, 4.6))
+  np.testing.assert_allclose(read["no_z.ome.tif"][0], (9.2, 9.2))
+  np.testing.assert_allclose(read["both.ome.tif"][0], (9.2, 9.2))
+  assert read["pixel_unit.ome.tif"][0] is None and read["none.ome.tif"][0] is None  # no length: unknown
+
+
 def difference_of_boxes(variables, patches):
   """A fixed 'network' tuned to one object size: the 7-pixel mean minus the 21-pixel mean, through a sigmoid."""
   del variables

@@ -52,7 +52,8 @@ config_flags.DEFINE_config_file("config", "configs/unet2d.py", "Config file (fil
 flags.DEFINE_list("workdir", None, "Training directories holding the checkpoints (comma-separated).")
 flags.DEFINE_list("split", ["test"], "Splits to score (comma-separated): test, val, train.")
 flags.DEFINE_string("report_dir", None, "Where to write the report (default <first workdir>/report).")
-flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction as prediction.tif (u8 0/255).")
+flags.DEFINE_bool("save_predictions", True, "Write each thresholded prediction as prediction.tif (u8 0/255; "
+                  "a multi-class model's label map as labels.tif, u8 class ids).")
 flags.DEFINE_string("input", None, "Segment this TIFF stack (unet_jax/inference/segment.py) or OME-Zarr volume "
                     "(*.zarr, unet_jax/inference/chunked.py) instead of scoring splits.")
 flags.DEFINE_string("mask", None, "With --input: its ground-truth mask (TIFF or OME-Zarr), to score the segmentation.")
@@ -93,10 +94,14 @@ def score(config) -> None:
   report_dir = FLAGS.report_dir or os.path.join(FLAGS.workdir[0], "report")
   if config.model.num_classes > 1:  # label maps: per-class Dice/IoU (unet_jax/reports/class_report.py)
     from unet_jax.reports import class_report  # pylint: disable=g-import-not-at-top
-    report = class_report.evaluate_classes(config, FLAGS.workdir, report_dir, FLAGS.split)
+    report = class_report.evaluate_classes(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,
+                                           cli.command_line())
     for run in report["runs"]:
-      print(f"{run['run']} {run['split']} (step {run['step']}): mean dice {run['mean_dice']:.4f}, per class "
-            + ", ".join(f"{k} {d:.4f}" for k, d in enumerate(run["dice"])))
+      mean = run["intervals"]["mean_dice"]
+      bounds = f" [{mean['low']:.4f}, {mean['high']:.4f}]" if mean["low"] is not None else ""
+      print(f"{run['run']} {run['split']} (step {run['step']}): mean dice {run['mean_dice']:.4f}{bounds} over "
+            f"{run['shape'][0]} slices, per class " + ", ".join(
+                f"{name} {d:.4f}" for name, d in zip(report["class_names"], run["dice"])))
     print(f"report: {os.path.join(report_dir, 'class_report.md')}")
     return
   report = evaluation.evaluate(config, FLAGS.workdir, report_dir, FLAGS.split, FLAGS.save_predictions,

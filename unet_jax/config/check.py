@@ -83,6 +83,7 @@ def _rules(section: str) -> list[Rule]:
             ("data.final_fit", _is(bool), "True or False"),
             ("data.labels_root", _is(str), "'' (binary masks) or a folder of training_labels.tif, testing_labels.tif"),
             ("data.voxel_size_nm", _seq(_num(0.0, lo_open=True), (3,)), "three positive sizes (z, y, x) in nm"),
+            ("data.class_names", lambda v: v in ((), []) or _seq(_is(str))(v), "() or one name per class"),
             ("data.synthetic.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
             ("data.synthetic.shape", _seq(_int(16, MAX_PIXELS), (2, 3)),
              f"2 or 3 sizes in [16, {MAX_PIXELS}] ((H, W) or (D, H, W))"),
@@ -113,6 +114,8 @@ def _rules(section: str) -> list[Rule]:
             ("train.smooth", _num(0.0, 1e6, lo_open=True), "a number in (0, 1e6]"),
             ("train.class_weights", lambda v: v in ((), []) or _seq(_num(0.0, 1e6))(v),
              "() or one weight in [0, 1e6] per class"),
+            ("train.class_sampling", lambda v: v in ((), []) or _seq(_num(0.0, 1e6))(v),
+             "() or one centre weight in [0, 1e6] per class"),
             ("train.log_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
             ("train.eval_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
             ("train.checkpoint_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
@@ -174,7 +177,8 @@ def _rules(section: str) -> list[Rule]:
             ("eval.calibration_bins", _int(2, 1000), "an integer in [2, 1000]"),
             ("eval.calibrate", _is(bool), "True or False"),
             ("eval.uncertainty", _one_of(*uncertainty.SOURCES), f"one of {uncertainty.SOURCES}"),
-            ("eval.review_top_k", _int(1), "an integer >= 1")]
+            ("eval.review_top_k", _int(1), "an integer >= 1"),
+            ("eval.object_classes", lambda v: v in ((), []) or _seq(_int(0, 255))(v), "() or class ids in [0, 255]")]
   if section == "explain":
     layers = lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v)
     return [("explain.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
@@ -264,19 +268,31 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
 def _class_checks(config: Any, sections: Sequence[str]) -> list[str]:
   """Problems of a multi-class model (model.num_classes > 1) with fields made for one class."""
   k, problems = config.model.num_classes, []
+  train = config.train if _present(config, "train") and "train" in sections else {}
+  e = config.eval if "eval" in sections and _present(config, "eval") else {}
   if k == 1:
-    return ["model.output='softmax' needs model.num_classes > 1 (a softmax over one class is constant); use "
-            "--config.model.output=sigmoid"] if config.model.output == "softmax" else []
-  weights = config.train.get("class_weights", ()) if _present(config, "train") and "train" in sections else ()
-  if weights and (len(weights) != k or not sum(weights) > 0):
-    problems.append(f"train.class_weights={tuple(weights)!r} must be () or {k} weights (model.num_classes) with a "
-                    "positive sum")
+    if config.model.output == "softmax":
+      problems.append("model.output='softmax' needs model.num_classes > 1 (a softmax over one class is constant); "
+                      "use --config.model.output=sigmoid")
+    for block, name in ((train, "train.class_sampling"), (e, "eval.object_classes")):
+      if block.get(name.split(".")[1], ()):
+        problems.append(f"{name} is for multi-class models (model.num_classes > 1); set it to () for a binary model")
+    return problems
+  for name in ("class_weights", "class_sampling"):
+    weights = train.get(name, ())
+    if weights and (len(weights) != k or not sum(weights) > 0):
+      problems.append(f"train.{name}={tuple(weights)!r} must be () or {k} weights (model.num_classes) with a "
+                      "positive sum")
+  names = config.data.get("class_names", ()) if "data" in sections and _present(config, "data") else ()
+  if names and len(names) != k:
+    problems.append(f"data.class_names has {len(names)} names for model.num_classes={k}; give {k} or ()")
   if "eval" in sections and _present(config, "eval"):
-    e = config.eval
-    if e.select_threshold or e.calibrate or e.uncertainty != "none":
-      problems.append(f"model.num_classes={k} predicts label maps by argmax, without threshold choice, calibration "
-                      "or uncertainty: set --config.eval.select_threshold=False --config.eval.calibrate=False "
-                      "--config.eval.uncertainty=none")
+    objects = tuple(e.get("object_classes", ()))
+    if any(c >= k for c in objects) or len(set(objects)) != len(objects):
+      problems.append(f"eval.object_classes={objects!r} must be distinct class ids below model.num_classes={k}")
+    if e.select_threshold or e.uncertainty != "none":
+      problems.append(f"model.num_classes={k} predicts label maps by argmax, without threshold choice or "
+                      "uncertainty maps: set --config.eval.select_threshold=False --config.eval.uncertainty=none")
   if "data" in sections and _present(config, "data") and (config.data.name == "synthetic" or not config.data.labels_root):
     problems.append(f"model.num_classes={k} needs integer label maps: data.name='folder' or 'lucchi' with "
                     "--config.data.labels_root set to a folder of training_labels.tif and testing_labels.tif")

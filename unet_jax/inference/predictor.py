@@ -43,7 +43,7 @@ from unet_jax.errors import InputError
 from unet_jax.inference import magnification, tiling, windows
 from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network.model import abstract_variables, build_model, UNet
-from unet_jax.scores import calibration, metrics
+from unet_jax.scores import calibration, class_calibration, metrics
 
 THRESHOLD_FILE = "threshold.json"
 PACKAGE_VARIABLES, PACKAGE_SETTINGS = "unet_jax_variables.msgpack", "unet_jax_predictor.json"  # in exported packages
@@ -172,15 +172,20 @@ class Predictor:
              ) -> "Predictor":
     """This predictor with its decisions made on the val split's raw probabilities `val_raw` f32[Z, H, W]
     and mask: the temperature fitted (stored in `workdir`/calibration.json, applied with `eval.calibrate`),
-    the threshold chosen on the probabilities as calibrated (stored with `eval.select_threshold`)."""
+    the threshold chosen on the probabilities as calibrated (stored with `eval.select_threshold`). A K-class
+    model's are f32[Z, H, W, K] and a label map, and it has no threshold (unet_jax/scores/class_calibration.py)."""
     e = config.eval
     record = _decision_record(config, self)
-    fitted = float(calibration.fit_temperature(val_raw, val_mask))
+    if self.num_classes > 1:
+      fitted = float(class_calibration.fit_temperature(val_raw, val_mask, self.model.output))
+    else:
+      fitted = float(calibration.fit_temperature(val_raw, val_mask))
     if workdir:
       calibration.save_temperature(workdir, {"step": self.step, "temperature": fitted, "fitted_on": "val",
                                              "pixels": int(val_mask.size), **record})
     temperature = fitted if e.calibrate else 1.0
-    threshold = choose_threshold(e, calibration.apply_temperature(val_raw, temperature), val_mask)
+    threshold = (fixed_threshold(e) if self.num_classes > 1
+                 else choose_threshold(e, calibration.apply_temperature(val_raw, temperature), val_mask))
     if e.select_threshold and workdir:
       _store_threshold(workdir, self.step, {**record, "temperature": temperature, **threshold})
     return dataclasses.replace(self, temperature=temperature, threshold=threshold, fitted_temperature=fitted)
@@ -284,6 +289,8 @@ class Predictor:
 
   def calibrate(self, raw: np.ndarray) -> np.ndarray:
     """Raw probabilities rescaled by this predictor's temperature (unchanged at 1)."""
+    if self.num_classes > 1:
+      return class_calibration.apply_temperature(raw, self.temperature, self.model.output)
     return calibration.apply_temperature(raw, self.temperature)
 
   def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -345,7 +352,7 @@ def _model_tiling(shape: tuple[int, int, int], block: tuple[int, int, int], mode
 
 def _val_split(config: Any) -> data.Split:
   try:
-    return data.load_splits(config.data)["val"]
+    return data.load_splits(config.data, config.model.get("num_classes", 1))["val"]
   except InputError as e:
     raise InputError(f"eval.select_threshold and eval.calibrate decide on the val split, which could not be read "
                      f"({e}); give --config.eval.select_threshold=False --config.eval.calibrate=False "

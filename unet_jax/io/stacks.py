@@ -12,15 +12,17 @@ Normalisation to float32 in [0, 1], the same for training and inference:
 - floats and signed integers already inside [0, 1] are kept, others min-max scaled over the stack;
 - NaN or infinite values are an error.
 
-Voxel size (`tiff_voxel_size`): in-plane from the XResolution/YResolution tags (pixels per unit), the
-unit being ImageJ's (its description's `unit`: nm, um/micron, ...) or else the ResolutionUnit tag's
-(centimetre, inch, ...); z from ImageJ's `spacing`. A unit of 'none' or 'pixel' leaves it unknown (None),
+Voxel size (`tiff_voxel_size`): an OME-TIFF's PhysicalSizeX/Y (and Z) of its first image, each in its
+PhysicalSize*Unit (OME's default: micrometres), when its OME-XML states them; otherwise in-plane from the
+XResolution/YResolution tags (pixels per unit), the unit being ImageJ's (its description's `unit`: nm,
+um/micron, ...) or else the ResolutionUnit tag's (centimetre, inch, ...), and z from ImageJ's `spacing`. A unit of 'none' or 'pixel' leaves it unknown (None),
 which is what most writers put by default, and so do pixels above `LARGEST_PIXEL_NM` (print resolutions
 such as 72 dpi).
 """
 
 import os
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
@@ -31,7 +33,8 @@ from unet_jax.io import outputs
 BIT_DEPTHS = (8, 10, 12, 14, 16, 32)
 UNIT_NM = {"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "micron": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3,
            "\\u00b5m": 1e3, "micrometer": 1e3, "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7,
-           "centimeter": 1e7, "m": 1e9, "meter": 1e9, "a": 0.1, "angstrom": 0.1, "inch": 2.54e7}
+           "centimeter": 1e7, "m": 1e9, "meter": 1e9, "a": 0.1, "angstrom": 0.1, "\u00e5": 0.1, "pm": 1e-3,
+           "inch": 2.54e7, "in": 2.54e7}
 RESOLUTION_UNIT_NM = {2: 2.54e7, 3: 1e7, 4: 1e6, 5: 1e3}  # TIFF ResolutionUnit: inch, cm (+ tifffile's mm, um)
 LARGEST_PIXEL_NM = 1e4  # a larger "pixel size" is a print resolution (72 dpi: 0.35 mm), not a microscope's
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
@@ -102,8 +105,34 @@ def _layout(path: str, axes: str, shape: tuple[int, ...]) -> tuple[int, int, lis
   return (stacked[0] if stacked else -1), sample, notes
 
 
+def ome_voxel_size(tif: tifffile.TiffFile) -> tuple[float, ...] | None:
+  """The voxel size in nm of an OME-TIFF's first image: (z, y, x) when its OME-XML states PhysicalSizeZ, else
+  (y, x); None when it states no positive in-plane size in a length unit."""
+  try:
+    pixels = ElementTree.fromstring(tif.ome_metadata).find("./{*}Image/{*}Pixels") if tif.ome_metadata else None
+  except ElementTree.ParseError:
+    return None
+  if pixels is None:
+    return None
+  sizes = []
+  for axis in "ZYX":
+    try:
+      value = float(pixels.get(f"PhysicalSize{axis}", "nan"))
+    except ValueError:
+      value = float("nan")
+    nm = UNIT_NM.get(pixels.get(f"PhysicalSize{axis}Unit", "\u00b5m").strip().lower())
+    sizes.append(value * nm if nm and np.isfinite(value) and value > 0 else None)
+  if sizes[1] is None or sizes[2] is None:
+    return None
+  return tuple(sizes) if sizes[0] is not None else tuple(sizes[1:])
+
+
 def tiff_voxel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, ...] | None, str]:
-  """(voxel size in nm, (z, y, x) with ImageJ's spacing else (y, x), or None when unknown; where it came from)."""
+  """(voxel size in nm, (z, y, x) with a z size (OME PhysicalSizeZ, ImageJ's spacing) else (y, x), or None when
+  unknown; where it came from)."""
+  ome = ome_voxel_size(tif)
+  if ome:
+    return ome, "OME-XML PhysicalSize"
   page = tif.pages[0]
   imagej = tif.imagej_metadata or {}
   unit = str(imagej.get("unit", "")).strip().lower()

@@ -1,9 +1,11 @@
 """Report pictures (PNG): prediction-vs-truth overlays, a montage, intensity histograms, training curves,
-reliability diagrams and uncertainty maps.
+reliability diagrams, uncertainty maps and class maps.
 
 Overlay colours (the seed's): true positives green, false positives red, false negatives blue,
-blended over the grey EM image; true negatives keep their grey. Pictures are downscaled so that
-their longest side is at most `max_px` pixels, which keeps a report folder small enough to commit.
+blended over the grey EM image; true negatives keep their grey. Class maps tint each class
+but 0 (the rest, e.g. cytoplasm, keeps the grey) with its colour of matplotlib's tab10 (tab20
+beyond 10 classes). Pictures are downscaled so that their longest side is at most `max_px`
+pixels, which keeps a report folder small enough to commit.
 Plots use matplotlib's object API (Figure.savefig), not pyplot: no GUI backend, no global state.
 """
 
@@ -11,6 +13,7 @@ import math
 import os
 from typing import Any, Sequence
 
+import matplotlib
 import matplotlib.image
 import numpy as np
 from matplotlib.figure import Figure
@@ -39,6 +42,51 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, alpha: float
   colour[~pred & truth] = FN_RGB
   tinted = np.where((pred | truth)[..., None], (1.0 - alpha) * grey + alpha * colour, grey)
   return np.round(tinted).astype(np.uint8)
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+  """RGB u8[K, 3] of classes 0..K-1: tab10's colours (tab20's beyond 10 classes, repeated beyond 20)."""
+  palette = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"].colors
+  return np.round(np.array([palette[c % len(palette)] for c in range(num_classes)]) * 255).astype(np.uint8)
+
+
+def label_overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+  """RGB u8[H, W, 3]: grey `image` f32[H, W] in [0, 1] with the pixels of each class id > 0 of `labels` i[H, W]
+  tinted by `alpha` with its row of `colours` u8[K, 3]; class 0 keeps the grey."""
+  if image.shape != labels.shape or image.ndim != 2:
+    raise InputError(f"a class overlay needs a 2D image and label map of one shape, got {image.shape}, {labels.shape}")
+  grey = np.repeat(np.clip(image, 0.0, 1.0)[..., None] * 255.0, 3, axis=-1)
+  tinted = np.where((labels > 0)[..., None], (1.0 - alpha) * grey + alpha * np.asarray(colours, np.float64)[labels],
+                    grey)
+  return np.round(tinted).astype(np.uint8)
+
+
+def save_class_panels(path: str, image: np.ndarray, truth: np.ndarray, pred: np.ndarray, names: Sequence[str],
+                      max_px: int, title: str = "") -> None:
+  """One slice of a class map as one PNG: the true and the predicted classes in colour, then each class > 0's
+  true positives, false positives and false negatives (`overlay`); every panel at most `max_px` on a side.
+
+  `image` f32[H, W] in [0, 1], `truth` and `pred` class ids i[H, W]; `names` one per class.
+  """
+  colours = class_colours(len(names))
+  panels = [("truth", label_overlay(image, truth, colours)), ("prediction", label_overlay(image, pred, colours))]
+  panels += [(f"{names[c]}: TP / FP / FN", overlay(image, pred == c, truth == c)) for c in range(1, len(names))]
+  columns = min(3, len(panels))
+  rows = math.ceil(len(panels) / columns)
+  side = max_px / 100 * 0.75  # inches per panel at 100 dpi
+  fig = Figure(figsize=(side * columns, side * rows + 0.9))
+  axes = fig.subplots(rows, columns, squeeze=False).ravel()
+  for ax in axes:
+    ax.axis("off")
+  for ax, (name, panel) in zip(axes, panels):
+    ax.imshow(downscale(panel, max_px), interpolation="nearest")
+    ax.set_title(name, fontsize=9)
+  handles = [Patch(color=colours[c] / 255, label=f"{c} {n}") for c, n in enumerate(names) if c]
+  handles += [Patch(color=np.array(c) / 255, label=n) for n, c in LEGEND]
+  fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False, fontsize=8)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout(rect=(0, 0.9 / (side * rows + 0.9), 1, 1))
+  fig.savefig(path, dpi=100)
 
 
 def downscale(picture: np.ndarray, max_px: int) -> np.ndarray:
@@ -98,11 +146,13 @@ def save_intensity_histogram(path: str, image: np.ndarray, mask: np.ndarray, bin
   fig.savefig(path, dpi=100)
 
 
-def save_reliability_diagram(path: str, curves: dict[str, dict[str, Any]], title: str = "") -> None:
+def save_reliability_diagram(path: str, curves: dict[str, dict[str, Any]], title: str = "",
+                             observed: str = "observed fraction of mitochondrion") -> None:
   """Observed foreground fraction against mean probability per bin, one line per curve, and pixel counts.
 
   `curves` maps a legend label (e.g. 'before, ECE 0.031') to reliability bins with 'mean_prob',
-  'fraction' and 'count' per bin (calibration.reliability_bins or its JSON lists; empty bins None/NaN).
+  'fraction' and 'count' per bin (calibration.reliability_bins or its JSON lists; empty bins None/NaN);
+  `observed` names the y axis.
   """
   fig = Figure(figsize=(5, 6))
   top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
@@ -113,7 +163,7 @@ def save_reliability_diagram(path: str, curves: dict[str, dict[str, Any]], title
     full = np.asarray(bins["count"]) > 0
     top.plot(mean[full], fraction[full], marker="o", markersize=3, label=label)
     bottom.plot(mean[full], np.asarray(bins["count"])[full], marker="o", markersize=3)
-  top.set_ylabel("observed fraction of mitochondrion")
+  top.set_ylabel(observed)
   top.set_xlim(0, 1)
   top.set_ylim(0, 1)
   top.legend(fontsize=8, loc="upper left")

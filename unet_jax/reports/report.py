@@ -82,12 +82,13 @@ def _f(value: Any, digits: int = 4) -> str:
   return f"{value:.3g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+  """Markdown lines of a table; numbers are formatted as `_f` does, strings kept."""
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
          ["| " + " | ".join(v if isinstance(v, str) else _f(v) for v in row) + " |" for row in rows]
 
 
-def _ci(interval: dict[str, Any], digits: int = 4) -> str:
+def interval_text(interval: dict[str, Any], digits: int = 4) -> str:
   """'estimate [low, high]' of an interval dict, with a dagger when it rests on too few units."""
   if interval["estimate"] is None:
     return "n/a"
@@ -125,19 +126,19 @@ def _split_section(r: dict[str, Any], max_slice_rows: int) -> list[str]:
       lines += [f"Review list, {dims.upper()} objects: the {len(shown)} least confident of {review['n_objects']} "
                 f"(all {review['top_k']} in {os.path.basename(f[f'review_{dims}_csv'])}); matched = correct at "
                 f"IoU >= {review['iou_threshold']:g}:", ""]
-      lines += _table(["rank", "label", "z", "y", "x", "voxels", "confidence", "mean prob", "mean uncertainty",
-                       "boundary sharpness", "matched"],
-                      [[str(i + 1), str(o["label"]), f"{o['centroid_z_px']:.0f}", f"{o['centroid_y_px']:.0f}",
-                        f"{o['centroid_x_px']:.0f}", str(o["voxels"]), o["confidence"], o["mean_prob"],
-                        o["mean_uncertainty"], o["boundary_sharpness"], "yes" if o["matched"] else "**no**"]
-                       for i, o in enumerate(shown)]) + [""]
+      lines += markdown_table(["rank", "label", "z", "y", "x", "voxels", "confidence", "mean prob", "mean uncertainty",
+                               "boundary sharpness", "matched"],
+                              [[str(i + 1), str(o["label"]), f"{o['centroid_z_px']:.0f}", f"{o['centroid_y_px']:.0f}",
+                                f"{o['centroid_x_px']:.0f}", str(o["voxels"]), o["confidence"], o["mean_prob"],
+                                o["mean_uncertainty"], o["boundary_sharpness"], "yes" if o["matched"] else "**no**"]
+                               for i, o in enumerate(shown)]) + [""]
   slices = list(enumerate(r["slices"]))
   if len(slices) > max_slice_rows:
     lines += [f"The {max_slice_rows} worst of {len(slices)} slices (all in slices.csv):", ""]
     slices = sorted(slices, key=lambda s: s[1]["dice"])[:max_slice_rows]
-  lines += _table(["slice", "Dice", "foreground IoU", "precision", "recall", "true px", "predicted px"],
-                  [[str(i), s["dice"], s["iou"], s["precision"], s["recall"], s["tp"] + s["fn"],
-                    s["tp"] + s["fp"]] for i, s in slices])
+  lines += markdown_table(["slice", "Dice", "foreground IoU", "precision", "recall", "true px", "predicted px"],
+                          [[str(i), s["dice"], s["iou"], s["precision"], s["recall"], s["tp"] + s["fn"],
+                            s["tp"] + s["fp"]] for i, s in slices])
   files = [f"[{os.path.basename(p)}]({p})" for k, p in f.items() if k.endswith(("_csv", "_tif"))]
   return lines + ["", "Files: " + ", ".join(files), ""]
 
@@ -153,7 +154,7 @@ def _calibration_section(runs: list[dict[str, Any]]) -> list[str]:
            + ("The report's scores use the scaled map (eval.calibrate=True)." if rows[0]["calibration"]["applied"]
               else "The report's scores use the map as predicted (eval.calibrate=False; scaling never changes "
                    "which pixels are above 0.5)."), ""]
-  return lines + _table(
+  return lines + markdown_table(
       ["run", "split", "T", "ECE as predicted", "ECE after T", "log-loss as predicted", "log-loss after T", "pixels"],
       [[r["run"], r["split"] + (" (in-sample)" if r["calibration"]["in_sample"] else ""),
         r["calibration"]["temperature"], r["calibration"]["ece_before"], r["calibration"]["ece_after"],
@@ -166,18 +167,18 @@ def _review_section(runs: list[dict[str, Any]]) -> list[str]:
   rows = [(r, dims, v) for r in runs for dims, v in r.get("review", {}).items()]
   if not rows:
     return []
-  score = lambda v, name: _ci(v["auroc"][name], 3)
+  score = lambda v, name: interval_text(v["auroc"][name], 3)
   lines = ["", "## Per-mitochondrion confidence and review list", "",
            "AUROC of each score for correct (matched) vs spurious predicted mitochondria, with bootstrap intervals "
            "over objects (n = predicted objects); caught = spurious objects among the review list's "
            "least confident k.", ""]
-  lines += _table(["run", "split", "objects", "IoU >=", "predicted", "spurious", "k", "caught", "random k",
-                   "AUROC confidence", "AUROC mean prob", "AUROC certainty", "AUROC boundary sharpness"],
-                  [[r["run"], r["split"], dims.upper(), f"{v['iou_threshold']:g}", v["n_objects"], v["n_wrong"],
-                    v["top_k"], v["caught"], f"{v['random_expected']:.1f}", score(v, "confidence"),
-                    score(v, "mean_prob"), score(v, "certainty") if r["uncertainty"]["source"] else "no map",
-                    score(v, "boundary_sharpness")]
-                   for r, dims, v in rows])
+  lines += markdown_table(["run", "split", "objects", "IoU >=", "predicted", "spurious", "k", "caught", "random k",
+                           "AUROC confidence", "AUROC mean prob", "AUROC certainty", "AUROC boundary sharpness"],
+                          [[r["run"], r["split"], dims.upper(), f"{v['iou_threshold']:g}", v["n_objects"], v["n_wrong"],
+                            v["top_k"], v["caught"], f"{v['random_expected']:.1f}", score(v, "confidence"),
+                            score(v, "mean_prob"), score(v, "certainty") if r["uncertainty"]["source"] else "no map",
+                            score(v, "boundary_sharpness")]
+                           for r, dims, v in rows])
   lines += [""] + [f"- {r['run']} / {r['split']} ({dims.upper()}): checking the {v['top_k']} least confident of "
                    f"{v['n_objects']} predicted mitochondria by hand would catch {v['caught']} of the {v['n_wrong']} "
                    f"spurious ones ({v['top_k'] * 100 // max(v['n_objects'], 1)} % of the objects checked; "
@@ -195,9 +196,9 @@ def _uncertainty_section(report: dict[str, Any]) -> list[str]:
   lines = ["", "## Uncertainty maps", "",
            "Mean per-pixel disagreement (standard deviation of probabilities, 0 to 0.5) on the pixels the "
            "thresholded map gets wrong (FP or FN) and right; maps per slice are in the sections below.", ""]
-  lines += _table(["run", "split", "source", "mean", "mean on wrong pixels", "mean on right pixels"],
-                  [[run, split, u["source"], u["mean"], u["mean_on_errors"], u["mean_on_correct"]]
-                   for run, split, u in rows])
+  lines += markdown_table(["run", "split", "source", "mean", "mean on wrong pixels", "mean on right pixels"],
+                          [[run, split, u["source"], u["mean"], u["mean_on_errors"], u["mean_on_correct"]]
+                           for run, split, u in rows])
   for e in report.get("ensembles", []):
     lines += ["", f"Ensemble of {e['checkpoints']} checkpoints on {e['split']} (mean map at threshold "
               f"{_threshold_note(e['threshold'])}: Dice {e['pixel']['dice']:.4f}):", ""]
@@ -219,34 +220,37 @@ def markdown(report: dict[str, Any], max_slice_rows: int = 32) -> str:
   lines += ["", "## Pixel scores (whole stack)", "",
             f"Estimate [{level} interval]; intervals by bootstrap over slices (n = slices; \u2020: fewer than "
             f"{intervals.MIN_UNITS}, too few to trust the interval).", ""]
-  lines += _table(["run", "split", "checkpoint (step)", "threshold", "Dice (= F1)", "foreground IoU",
-                   "mean IoU (2 classes)", "precision", "recall", "accuracy", "n slices"],
-                  [[r["run"], r["split"], f"{r['checkpoint']} ({r['step']})", _threshold_note(r["threshold"], r["split"])]
-                   + [_ci(r["pixel_intervals"]["dice"]), _ci(r["pixel_intervals"]["iou"]), r["pixel"]["mean_iou"],
-                      _ci(r["pixel_intervals"]["precision"]), _ci(r["pixel_intervals"]["recall"]),
-                      r["pixel"]["accuracy"], len(r["slices"])]
-                   for r in runs])
+  lines += markdown_table(["run", "split", "checkpoint (step)", "threshold", "Dice (= F1)", "foreground IoU",
+                           "mean IoU (2 classes)", "precision", "recall", "accuracy", "n slices"],
+                          [[r["run"], r["split"], f"{r['checkpoint']} ({r['step']})",
+                            _threshold_note(r["threshold"], r["split"])]
+                           + [interval_text(r["pixel_intervals"][k]) for k in ("dice", "iou")]
+                           + [r["pixel"]["mean_iou"]]
+                           + [interval_text(r["pixel_intervals"][k]) for k in ("precision", "recall")]
+                           + [r["pixel"]["accuracy"], len(r["slices"])]
+                           for r in runs])
   for dims, title in (("2d", "2D components, per slice"), ("3d", "3D components, over the volume")):
     lines += ["", f"## Instance scores: {title}", "",
               f"Precision and recall with Wilson {level} intervals (n = predicted, true); F1 and PQ with bootstrap "
               "intervals over the units of the matching (n = found + missed + spurious).", ""]
-    lines += _table(["run", "split", "IoU >=", "true", "predicted", "found", "missed", "spurious", "precision",
-                     "recall", "F1", "mean matched IoU", "PQ", "AP", "n units"],
-                    [[r["run"], r["split"], f"{s['iou_threshold']:g}"]
-                     + [s[k] for k in ("n_true", "n_pred", "found", "missed", "spurious")]
-                     + [_ci(s["intervals"][k]) for k in ("precision", "recall", "f1")]
-                     + [s["mean_matched_iou"], _ci(s["intervals"]["pq"]), s["ap"], s["intervals"]["f1"]["n"]]
-                     for r in runs for s in r["instances"][dims]])
+    lines += markdown_table(["run", "split", "IoU >=", "true", "predicted", "found", "missed", "spurious", "precision",
+                             "recall", "F1", "mean matched IoU", "PQ", "AP", "n units"],
+                            [[r["run"], r["split"], f"{s['iou_threshold']:g}"]
+                             + [s[k] for k in ("n_true", "n_pred", "found", "missed", "spurious")]
+                             + [interval_text(s["intervals"][k]) for k in ("precision", "recall", "f1")]
+                             + [s["mean_matched_iou"], interval_text(s["intervals"]["pq"]), s["ap"],
+                                s["intervals"]["f1"]["n"]]
+                             for r in runs for s in r["instances"][dims]])
   lines += _calibration_section(runs) + _review_section(runs) + _uncertainty_section(report)
   lines += ["", "## Morphometry (one row per mitochondrion in the CSV files below)", ""]
   g = lambda v, fmt=".3g": "n/a" if v is None else format(v, fmt)
-  lines += _table(["run", "split", "instances", "count", "median volume nm^3", "mean volume nm^3",
-                   "volume quartiles nm^3", "median cube side px", "median max area nm^2"],
-                  [[r["run"], r["split"], key.replace("_", " "), m["volume_nm3"]["count"],
-                    g(m["volume_nm3"]["median"]), g(m["volume_nm3"]["mean"]),
-                    f"{g(m['volume_nm3']['q25'])} - {g(m['volume_nm3']['q75'])}",
-                    g(m["cube_side_px"]["median"], ".1f"), g(m["max_area_nm2"]["median"])]
-                   for r in runs for key, m in r["morphometry"].items()])
+  lines += markdown_table(["run", "split", "instances", "count", "median volume nm^3", "mean volume nm^3",
+                           "volume quartiles nm^3", "median cube side px", "median max area nm^2"],
+                          [[r["run"], r["split"], key.replace("_", " "), m["volume_nm3"]["count"],
+                            g(m["volume_nm3"]["median"]), g(m["volume_nm3"]["mean"]),
+                            f"{g(m['volume_nm3']['q25'])} - {g(m['volume_nm3']['q75'])}",
+                            g(m["cube_side_px"]["median"], ".1f"), g(m["max_area_nm2"]["median"])]
+                           for r in runs for key, m in r["morphometry"].items()])
   for name in dict.fromkeys(r["run"] for r in runs):
     first = next(r for r in runs if r["run"] == name)
     lines += ["", f"## {name}", "", f"Workdir `{first['workdir']}`, checkpoint {first['checkpoint']} "

@@ -12,6 +12,11 @@ probability, per pixel, on its inner boundary: a crisp edge is near 0.5, a hesit
 and one ranking score, confidence = mean probability x (1 - 2 x mean uncertainty) (the mean
 probability alone without an uncertainty map).
 
+Per predicted object of a class map (a K-class model's object classes, `class_object_doubt`): the doubt, the
+mean over its pixels of the entropy of the pixel's class probabilities divided by log K (0 where one class holds
+all the probability, 1 where the classes are equally likely; sigmoid outputs are normalised to sum 1 first),
+its confidence 1 - doubt, the mean probability of its class and its boundary sharpness on that probability.
+
 The review list is the `k` predicted objects of lowest confidence: the ones a person should check
 first. How well a score separates correct detections (matched to a true mitochondrion at the
 first `eval.iou_thresholds`) from spurious ones is its AUROC, the probability that a random
@@ -22,7 +27,7 @@ bootstrap interval over predicted objects (`auroc_interval`, vectorised like une
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import ndimage, sparse, special
 
 from unet_jax.errors import InputError
 from unet_jax.inference import windows
@@ -31,6 +36,7 @@ from unet_jax.scores import intervals
 
 SOURCES = ("none", "tta")  # eval.uncertainty
 SCORES = ("confidence", "mean_prob", "certainty", "boundary_sharpness")  # higher = more likely correct
+CLASS_SCORES = ("confidence", "mean_prob", "boundary_sharpness")  # of class objects (`class_object_doubt`)
 
 
 def tta_group(window: Sequence[int]) -> str:
@@ -87,6 +93,23 @@ def object_confidence(probs: np.ndarray, labels: np.ndarray, uncertainty: np.nda
           "boundary_sharpness": mean(np.hypot(gy, gx), boundary), "confidence": mean_prob * certainty}
 
 
+def class_object_doubt(probs: np.ndarray, labels: np.ndarray, class_id: int) -> dict[str, np.ndarray]:
+  """Columns f64[n] for the objects 1..n of `labels` i32[Z, H, W], predicted as class `class_id` from class
+  probabilities f32[Z, H, W, K]: doubt, confidence (1 - doubt), mean_prob, boundary_sharpness (module docstring)."""
+  probs = np.asarray(probs, np.float32)
+  n, k = int(labels.max(initial=0)), probs.shape[-1]
+  inside = labels > 0
+  q = probs[inside].astype(np.float64)
+  q /= np.maximum(q.sum(-1, keepdims=True), np.finfo(np.float64).tiny)
+  entropy = special.entr(q).sum(-1) / np.log(k)
+  owner = labels[inside]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    doubt = np.bincount(owner, entropy, n + 1)[1:] / np.bincount(owner, minlength=n + 1)[1:]
+  own = object_confidence(probs[..., class_id], labels)
+  return {"doubt": doubt, "confidence": 1.0 - doubt, "mean_prob": own["mean_prob"],
+          "boundary_sharpness": own["boundary_sharpness"]}
+
+
 def _auroc(weights: np.ndarray, scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
   """AUROC f64[R] of `scores` f[N] for labels bool[N] under unit weights f[R, N] (NaN if a class is absent)."""
   groups, group = np.unique(scores, return_inverse=True)
@@ -126,11 +149,11 @@ def auroc_interval(scores: Any, positive: Any, resamples: int = 1000, confidence
 
 
 def review(table: dict[str, np.ndarray], matched: np.ndarray, top_k: int, resamples: int = 1000,
-           confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+           confidence: float = 0.95, seed: int = 0, scores: Sequence[str] = SCORES) -> dict[str, Any]:
   """The review list of the `top_k` least confident predicted objects, and how well each score separates.
 
-  `table` holds one row per predicted object (`object_confidence` columns and 'label'); `matched`
-  bool[n] says which objects are correct. Returns {'order' (row indices of the list), 'top_k',
+  `table` holds one row per predicted object (the `scores` columns, 'confidence' among them, and 'label');
+  `matched` bool[n] says which objects are correct. Returns {'order' (row indices of the list), 'top_k',
   'n_objects', 'n_wrong', 'caught' (wrong objects in the list), 'random_expected' (caught by k
   random objects, on average), 'k_all' (the shortest list holding every wrong object),
   'auroc': {score: interval}}.
@@ -145,4 +168,4 @@ def review(table: dict[str, np.ndarray], matched: np.ndarray, top_k: int, resamp
           "caught": int(np.sum(~matched[order])), "random_expected": k * wrong / n if n else 0.0,
           "k_all": int(np.flatnonzero(~matched[ranked]).max(initial=-1) + 1),
           "auroc": {s: auroc_interval(table[s], matched, resamples, confidence, seed)
-                    for s in SCORES}}
+                    for s in scores}}

@@ -1,9 +1,17 @@
-"""Host-side patch sampling from stacks, with a foreground-centred fraction, and prefetching."""
+"""Host-side patch sampling from stacks, with a foreground-centred fraction or class-centred patches, and
+prefetching.
+
+A patch's centre is drawn first, then jittered by up to a quarter patch: with `train.fg_fraction` a fraction of
+patches are centred on a foreground voxel (any class but 0 of a label map), the rest placed uniformly; with
+`train.class_sampling` (label maps) every patch is centred on a voxel of a class drawn with those weights, so a
+rare class (a synapse) can be seen as often as wanted. Classes absent from the training split get no patches and
+the other weights are renormalised.
+"""
 
 import dataclasses
 import queue
 import threading
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -22,13 +30,16 @@ class PatchSampler:
   split: Split
   patch_shape: tuple[int, ...]
   fg_fraction: float
-  foreground: np.ndarray  # flat indices of foreground voxels
+  foreground: np.ndarray  # flat indices of foreground voxels (empty with class sampling)
   context_slices: int = 0
+  class_probs: np.ndarray | None = None  # f64[K]: probability of centring on each class (train.class_sampling)
+  class_voxels: np.ndarray | None = None  # flat voxel indices sorted by class
+  class_starts: np.ndarray | None = None  # i64[K + 1]: class c's voxels are class_voxels[starts[c]:starts[c + 1]]
 
   @classmethod
   def create(cls, split: Split, patch_shape: tuple[int, ...], fg_fraction: float,
-             context_slices: int = 0) -> "PatchSampler":
-    """Validates sizes and indexes the foreground once."""
+             context_slices: int = 0, class_sampling: Sequence[float] = ()) -> "PatchSampler":
+    """Validates sizes and indexes the foreground (or, with `class_sampling`, each class's voxels) once."""
     full = (1,) * (3 - len(patch_shape)) + tuple(patch_shape)
     if len(patch_shape) not in (2, 3) or any(p > s for p, s in zip(full, split.image.shape)):
       raise InputError(f"patch {tuple(patch_shape)} does not fit in the stack {split.image.shape}; "
@@ -38,8 +49,22 @@ class PatchSampler:
     if context_slices and len(patch_shape) != 2:
       raise InputError(f"model.context_slices={context_slices} (2.5D) is for 2D models; a 3D model sees "
                        "its neighbouring slices already, set it to 0")
+    if class_sampling:
+      return cls(split, tuple(patch_shape), fg_fraction, np.empty(0, np.int64), context_slices,
+                 *_class_index(split.mask, class_sampling))
     return cls(split, tuple(patch_shape), fg_fraction, np.flatnonzero(split.mask).astype(np.int64),
                context_slices)
+
+  def draw_centre(self, rng: np.random.Generator) -> np.ndarray | None:
+    """The voxel (z, y, x) a patch is centred on, or None for a uniformly placed patch."""
+    if self.class_probs is not None:
+      c = rng.choice(len(self.class_probs), p=self.class_probs)
+      index = self.class_voxels[rng.integers(self.class_starts[c], self.class_starts[c + 1])]
+    elif self.foreground.size and rng.uniform() < self.fg_fraction:
+      index = rng.choice(self.foreground)
+    else:
+      return None
+    return np.array(np.unravel_index(index, self.split.image.shape))
 
   def sample(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
     """A batch {'image': f32[B, *patch, 2 * context_slices + 1], 'mask': f32[B, *patch, 1]}."""
@@ -48,8 +73,8 @@ class PatchSampler:
     high = np.array(stack) - full
     images, masks = [], []
     for _ in range(batch_size):
-      if self.foreground.size and rng.uniform() < self.fg_fraction:
-        center = np.array(np.unravel_index(rng.choice(self.foreground), stack))
+      center = self.draw_centre(rng)
+      if center is not None:
         origin = np.clip(center - full // 2 + rng.integers(-(full // 4), full // 4 + 1), 0, high)
       else:
         origin = rng.integers(0, high + 1)
@@ -62,6 +87,21 @@ class PatchSampler:
         images.append(self.split.image[window].reshape(self.patch_shape)[..., None])
     return {"image": np.stack(images).astype(np.float32),
             "mask": np.stack(masks)[..., None].astype(np.float32)}
+
+
+def _class_index(labels: np.ndarray, class_sampling: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(centre probabilities f64[K], voxel indices sorted by class, class starts i64[K + 1]) of a label map."""
+  flat = np.asarray(labels).ravel()
+  k = len(class_sampling)
+  counts = np.bincount(flat, minlength=k)
+  if len(counts) > k:
+    raise InputError(f"train.class_sampling has {k} weights but the training labels hold class ids up to "
+                     f"{len(counts) - 1}; give one weight per class (model.num_classes)")
+  weights = np.asarray(class_sampling, np.float64) * (counts > 0)
+  if not weights.sum() > 0:
+    raise InputError(f"train.class_sampling={tuple(class_sampling)!r} weighs only classes absent from the training "
+                     f"split (voxels per class: {counts.tolist()}); give weight to a class it holds")
+  return weights / weights.sum(), np.argsort(flat, kind="stable"), np.concatenate([[0], np.cumsum(counts)])
 
 
 def batches(sampler: PatchSampler, batch_size: int, seed: int, start_step: int, process_index: int = 0,

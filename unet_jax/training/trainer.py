@@ -233,7 +233,7 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   data.warn_if_empty(splits)
   volumes.check_splits(config, splits)
   sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction,
-                                         config.model.context_slices)
+                                         config.model.context_slices, config.train.get("class_sampling", ()))
   eval_model = build_model(config.model)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)
