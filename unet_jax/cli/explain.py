@@ -6,8 +6,10 @@ r"""Shows how a trained U-Net arrived at each mitochondrion, and which filters d
 --object: a predicted mitochondrion's id N (1..n within the slice), a pixel y,x (the component under
 it, or the missed true one), a box y0,x0,y1,x1, 'all' (all predicted foreground), 'every' (each
 predicted one) or 'cases' (one found, one false positive, one missed); several joined by ';'.
-Any TIFF stack: --input=stack.tif [--mask=truth.tif] --slice=Z. Methods and settings:
-unet_jax/explain/explanation.py and config.explain; output: panels, filter CSVs, explain.json, explain.md.
+Any TIFF stack: --input=stack.tif [--mask=truth.tif] --slice=Z. A multi-class model explains the objects
+of one class, --class_index=C (components of its label map; the score is that class's probability summed
+over the object). Methods and settings: unet_jax/explain/explanation.py and config.explain; output: panels,
+filter CSVs, explain.json, explain.md.
 """
 
 import os
@@ -29,6 +31,8 @@ flags.DEFINE_string("mask", None, "With --input: its ground-truth mask TIFF.")
 flags.DEFINE_string("output_dir", None, "Output folder (default <workdir>/explain_<split or input>_z<slice>).")
 flags.DEFINE_bool("filters", True, "Rank every filter (per object and by validation Dice) and picture the top ones.")
 flags.DEFINE_bool("sanity", True, "Run the cascading model-randomisation check per object.")
+flags.DEFINE_integer("class_index", None, "With a multi-class model (model.num_classes > 1): the class whose objects "
+                     "are explained, 0..K-1.")
 flags.mark_flags_as_required(["workdir", "object"])
 
 
@@ -38,7 +42,8 @@ def explain(config) -> None:
   name = os.path.splitext(os.path.basename(FLAGS.input))[0] if FLAGS.input else FLAGS.split
   output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, f"explain_{name}_z{FLAGS.slice}")
   doc = explanation.explain(config, FLAGS.workdir, output_dir, FLAGS.object, FLAGS.split, FLAGS.slice,
-                            FLAGS.input, FLAGS.mask, FLAGS.filters, FLAGS.sanity, cli.command_line())
+                            FLAGS.input, FLAGS.mask, FLAGS.filters, FLAGS.sanity, cli.command_line(),
+                            FLAGS.class_index)
   for o in doc["objects"]:
     print(f"{o['title']}: score {o['score']:.3f}, IG completeness error {o['ig_blurred']['completeness_error']:.2%}, "
           f"deletion check {'passed' if o['deletion']['passed'] else 'FAILED'}")

@@ -1,8 +1,8 @@
 """Pixel attribution for one object's score: integrated gradients, SmoothGrad, Seg-Grad-CAM, deletion curves.
 
-The score explained is `probe.object_scores`: the sum of the object's logits over a crop
-f32[H, W]. Each method is a pure function of (model, variables, image, object weights) built on
-jitted network calls (batched along the path, the noise samples or the deletion steps):
+The score explained is `probe.object_scores`: the sum of the object's logits (of one class's probability, for
+a K-class model) over a crop f32[H, W]. Each method is a pure function of (model, variables, image, object
+weights) built on jitted network calls (batched along the path, the noise samples or the deletion steps):
 
 - Integrated gradients (Sundararajan et al. 2017): (x - b) times the mean gradient on the straight
   path from a baseline b to x, by the midpoint rule with `steps` points, `batch_size` points per
@@ -120,7 +120,7 @@ def seg_grad_cam(model: UNet, variables: Any, image: jax.Array, weights: jax.Arr
 
   def score(delta):
     logits, features = probe.logits_edited(model, variables, image[None], {layer: lambda a: a + delta})
-    return jnp.sum(logits[0] * weights), features[layer][0]
+    return probe.weighted_outputs(model, logits, weights)[0], features[layer][0]
 
   grad, activation = jax.grad(score, has_aux=True)(jnp.zeros(shape))
   cam = jax.nn.relu(jnp.einsum("hwc,c->hw", activation, grad[0].mean((0, 1))))

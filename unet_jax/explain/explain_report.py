@@ -165,10 +165,14 @@ def top_filters(model: UNet, result: dict[str, Any], k: int) -> list[dict[str, A
 
 def _markdown(doc: dict[str, Any]) -> str:
   """explain.md from the explain.json document."""
-  lines = ["# How the network arrived at each mitochondrion", "",
-           f"Model `{doc['workdir']}` (step {doc['step']}), {doc['source']}, threshold {doc['threshold']:g}. "
+  target = doc.get("class")
+  decision = (f"class {target['index']} ({target['name']}) of the argmax label map" if target
+              else f"threshold {doc['threshold']:g}")
+  score = f"probability of class {target['index']}" if target else "logits"
+  lines = [f"# How the network arrived at each {target['name'] if target else 'mitochondrion'}", "",
+           f"Model `{doc['workdir']}` (step {doc['step']}), {doc['source']}, {decision}. "
            f"Command: `{doc['command']}`", "",
-           "Each object's score is the sum of its pixels' logits; every map explains that number on a crop "
+           f"Each object's score is the sum of its pixels' {score}; every map explains that number on a crop "
            "centred on the object. Red: raises the score, blue: lowers it.", ""]
   lines += ["## Objects", "", "| object | status | pixels | crop (y0, x0, y1, x1) | score | IG completeness error "
             "(black / blurred; steps) | deletion AUC (attribution / random) | deletion check |", "|---|---|---|---|---|---|---|---|"]
@@ -226,10 +230,12 @@ def _markdown(doc: dict[str, Any]) -> str:
 def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, source: str, image: np.ndarray,
           probs: np.ndarray, truth: np.ndarray | None, decisions: dict[str, Any],
           results: Sequence[tuple[Any, dict[str, Any]]], dataset: dict[str, Any], run_seconds: dict[str, float],
-          command: str | None) -> dict[str, Any]:
+          command: str | None, target_class: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes the panels, pictures, CSVs, explain.json and explain.md; returns the JSON document.
 
-  `decisions` is the predictor's `summary()`: its threshold, where it came from, and its temperature.
+  `decisions` is the predictor's `summary()`: its threshold, where it came from, and its temperature. A K-class
+  model's objects are those of `target_class` {'index', 'name'}, `probs` and `truth` that class's probability
+  f32[H, W] and mask.
   """
   os.makedirs(output_dir, exist_ok=True)
   k = config.explain.top_k
@@ -237,6 +243,8 @@ def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, so
                          "threshold": decisions["threshold"], "threshold_source": decisions["threshold_source"],
                          "temperature": decisions["temperature"],
                          "command": command or "", "objects": [], "dataset": {}}
+  if target_class:
+    doc["class"] = target_class
   for target, result in results:
     y0, x0, y1, x1 = target.box
     crop = {"image": image[y0:y1, x0:x1], "prob": probs[y0:y1, x0:x1], "object": target.pixels[y0:y1, x0:x1],

@@ -13,6 +13,11 @@ Several may be joined with ';'. With ground truth, predicted objects are true or
 by one-to-one matching at IoU >= eval.iou_thresholds[0] (unet_jax.scores.instances), missed ones false
 negatives.
 
+A K-class model (model.num_classes > 1) explains the objects of one class (`class_index`): its connected
+components in the argmax label map, matched against the true map's components of that class, with that
+class's summed probability over the object as the score (`probe.class_weights`); filters are ranked by that
+class's Dice.
+
 Each object is explained on a crop of `explain.crop` pixels (0: eval.window) centred on it, grown
 to cover it and clipped to the slice, so each method costs seconds on a CPU; the score explained
 is the sum of the object's logits (unet_jax.explain.probe). Per object: integrated gradients from black and
@@ -102,8 +107,9 @@ def _ints(text: str) -> list[int]:
   return values
 
 
-def parse_objects(spec: str, objects: SliceObjects, crop: int) -> list[Target]:
-  """The targets named by `spec` (see the module docstring); raises InputError listing what is valid."""
+def parse_objects(spec: str, objects: SliceObjects, crop: int, noun: str = "mitochondrion") -> list[Target]:
+  """The targets named by `spec` (see the module docstring), each called a `noun` (the class's name); raises
+  InputError listing what is valid."""
   labels, truth = objects.pred_labels, objects.true_labels
   shape = labels.shape
   n_pred = int(labels.max())
@@ -112,12 +118,12 @@ def parse_objects(spec: str, objects: SliceObjects, crop: int) -> list[Target]:
   def predicted(i: int) -> Target:
     pixels = labels == i
     status = objects.pred_status.get(i)
-    return Target(f"pred_{i}", f"predicted mitochondrion {i}" + (f" ({status})" if status else ""),
+    return Target(f"pred_{i}", f"predicted {noun} {i}" + (f" ({status})" if status else ""),
                   status, pixels, crop_box(pixels, crop))
 
   def missed(i: int) -> Target:
     pixels = truth == i
-    return Target(f"missed_{i}", f"missed mitochondrion (true {i}, false negative)", STATUSES[2], pixels,
+    return Target(f"missed_{i}", f"missed {noun} (true {i}, false negative)", STATUSES[2], pixels,
                   crop_box(pixels, crop))
 
   targets = []
@@ -146,7 +152,7 @@ def parse_objects(spec: str, objects: SliceObjects, crop: int) -> list[Target]:
       values = _ints(part)
       if len(values) == 1:
         if not 1 <= values[0] <= n_pred:
-          raise InputError(f"no predicted mitochondrion {values[0]} in this slice; valid {ids}")
+          raise InputError(f"no predicted {noun} {values[0]} in this slice; valid {ids}")
         targets.append(predicted(values[0]))
       elif len(values) == 2:
         y, x = values
@@ -207,7 +213,8 @@ def explain_steps(model: UNet, ex: Any, rank_filters: bool = True, sanity_checks
 def explain_object(model: UNet, variables: Any, image: np.ndarray, weights: np.ndarray, ex: Any,
                    key: jax.Array, rank_filters: bool = True, sanity_checks: bool = True,
                    on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
-  """Every per-object explanation of the object `weights` f32[h, w] on the crop `image` f32[h, w].
+  """Every per-object explanation of the object `weights` f32[h, w] (f32[h, w, K] for a K-class model:
+  `probe.class_weights`) on the crop `image` f32[h, w].
 
   Returns maps (f32[h, w]), numbers and per-method seconds ('seconds'); see the module docstring.
   `on_step(method)` is called after each computation (a viewer's progress bar; raising there stops the work).
@@ -278,12 +285,13 @@ def validation_tiles(image: np.ndarray, mask: np.ndarray, window: int, count: in
 
 
 def rank_filters_on_validation(model: UNet, variables: Any, tiles: np.ndarray, masks: np.ndarray, threshold: float,
-                               ex: Any, timings: dict[str, float]) -> dict[str, Any]:
-  """{'dice': float, 'layers': {block: f32[C] Dice drops}} over validation tiles."""
+                               ex: Any, timings: dict[str, float], class_index: int = 0) -> dict[str, Any]:
+  """{'dice': float, 'layers': {block: f32[C] Dice drops}} over validation tiles (of class `class_index`'s Dice
+  for a K-class model, whose masks are label maps)."""
   layers, dice = {}, 0.0
   for layer in probe.block_names(model):
     dice, zeroed = _timed(timings, "dice_ablation", lambda: filters.dice_per_channel_zeroed(
-        model, variables, tiles, masks, layer, threshold, max(1, ex.batch_size // 4)))
+        model, variables, tiles, masks, layer, threshold, max(1, ex.batch_size // 4), class_index))
     layers[layer] = dice - zeroed
   return {"dice": dice, "layers": layers}
 
@@ -308,8 +316,10 @@ def load_slice(config: Any, split: str, z: int, input_path: str | None, mask_pat
   """(image f32[H, W], truth bool[H, W] | None, val {'image', 'mask'} | None, source description).
 
   From a split of `config.data` (its val split then ranks filters by Dice), or from page `z` of the
-  TIFF `input_path` (with `mask_path` its truth, which then also serves for the Dice ranking).
+  TIFF `input_path` (with `mask_path` its truth, which then also serves for the Dice ranking). For a K-class
+  model the truth and val masks are label maps (class ids).
   """
+  k = config.model.num_classes
   if input_path:
     with StackReader(input_path) as reader:
       if not 0 <= z < len(reader):
@@ -321,40 +331,67 @@ def load_slice(config: Any, split: str, z: int, input_path: str | None, mask_pat
       mask = stacks.read_stack(mask_path)
       if mask.shape != shape:
         raise InputError(f"--mask {mask_path} has shape {mask.shape}, the input {shape}; they must match")
-      truth = data.binarize_mask(mask[z], mask_path).astype(bool)
+      truth = (data.binarize_mask(mask[z], mask_path).astype(bool) if k == 1
+               else data.check_labels(mask[z], k, mask_path))
     val = None if truth is None else {"image": image[None], "mask": truth[None], "source": f"{input_path} slice {z}"}
     return image, truth, val, f"{input_path} slice {z}"
   if split not in ("train", "val", "test"):
     raise InputError(f"--split={split!r} is not a split; valid splits: train, val, test")
-  splits = data.load_splits(config.data)
+  splits = data.load_splits(config.data, k)
   stack = splits[split]
   if not 0 <= z < stack.image.shape[0]:
     raise InputError(f"--slice={z} is outside the {split} split; valid slices 0..{stack.image.shape[0] - 1}")
   val = {"image": splits["val"].image, "mask": splits["val"].mask, "source": "val split"}
-  return stack.image[z], stack.mask[z].astype(bool), val, f"{split} split slice {z}"
+  return stack.image[z], stack.mask[z].astype(bool) if k == 1 else stack.mask[z], val, f"{split} split slice {z}"
+
+
+def class_name(config: Any, class_index: int | None) -> str | None:
+  """The name of the class a K-class model explains (`data.class_names`, else 'class k'); None for a binary
+  model. InputError for a class index the model does not have (or any given to a binary model)."""
+  k = config.model.num_classes
+  if k == 1:
+    if class_index not in (None, 0):
+      raise InputError(f"--class_index={class_index} needs a multi-class model (model.num_classes > 1); a binary "
+                       "model explains its mitochondria: leave --class_index out")
+    return None
+  names = list(config.data.get("class_names", ())) or [f"class {c}" for c in range(k)]
+  if class_index is None or not 0 <= class_index < k:
+    choices = ", ".join(f"{c} {n}" for c, n in enumerate(names))
+    raise InputError(f"a {k}-class model explains the objects of one class; give --class_index in 0..{k - 1} "
+                     f"({choices})" + ("" if class_index is None else f", got {class_index}"))
+  return names[class_index]
 
 
 def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split: str = "test", z: int = 0,
             input_path: str | None = None, mask_path: str | None = None, rank_filters: bool = True,
-            sanity_checks: bool = True, command: str | None = None) -> dict[str, Any]:
-  """Explains the objects `object_spec` of one slice; writes panels, explain.json and explain.md to `output_dir`."""
+            sanity_checks: bool = True, command: str | None = None, class_index: int | None = None,
+            ) -> dict[str, Any]:
+  """Explains the objects `object_spec` of one slice (of class `class_index` for a K-class model); writes panels,
+  explain.json and explain.md to `output_dir`."""
   outputs.check_creatable(output_dir, "output folder")  # before any work, creating nothing
   model = build_model(config.model)
   ex = config.explain
   check_explain_config(model, ex)
+  name = class_name(config, class_index)
+  c = class_index or 0
   image, truth, val, source = load_slice(config, split, z, input_path, mask_path)
   predictor = Predictor.load(config, workdir)
   variables, step = predictor.variables, predictor.step
   probs = predictor.probabilities(image)
-  objects = slice_objects(predictor.segment(probs), truth, config.eval.min_size, config.eval.iou_thresholds[0])
+  if name is not None:  # one class of a label map, as a binary model's mask and probabilities
+    pred, probs, truth = predictor.label_map(probs) == c, probs[..., c], None if truth is None else truth == c
+  else:
+    pred = predictor.segment(probs)
+  objects = slice_objects(pred, truth, config.eval.min_size, config.eval.iou_thresholds[0])
   crop = ex.crop or predictor.settings["window"][0]
-  targets = parse_objects(object_spec, objects, crop)
+  targets = parse_objects(object_spec, objects, crop, name or "mitochondrion")
   key = jax.random.PRNGKey(ex.seed)
   results = []
   for target, target_key in zip(targets, jax.random.split(key, len(targets))):
     y0, x0, y1, x1 = target.box
-    result = explain_object(model, variables, image[y0:y1, x0:x1], target.pixels[y0:y1, x0:x1].astype(np.float32),
-                            ex, target_key, rank_filters, sanity_checks)
+    weights = probe.class_weights(target.pixels[y0:y1, x0:x1].astype(np.float32), model.num_classes, c)
+    result = explain_object(model, variables, image[y0:y1, x0:x1], weights, ex, target_key, rank_filters,
+                            sanity_checks)
     results.append((target, result))
   run_timings: dict[str, float] = {}
   dataset: dict[str, Any] = {}
@@ -363,7 +400,7 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
       tiles, masks = validation_tiles(val["image"], val["mask"], crop, ex.dice_tiles)
       dataset["dice"] = {"source": val["source"], "tiles": int(len(tiles)), "tile_px": int(tiles.shape[1]),
                          **rank_filters_on_validation(model, variables, tiles, masks, predictor.raw_threshold, ex,
-                                                    run_timings)}
+                                                    run_timings, c)}
       gallery_tiles, ranking = tiles, dataset["dice"]["layers"]
     else:  # no truth anywhere: rank by the objects' summed score drops, patches from this slice
       gallery_tiles = validation_tiles(image[None], np.zeros((1, *image.shape)), crop, ex.dice_tiles)[0]
@@ -372,4 +409,5 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
     dataset["pictures"] = filter_pictures(model, variables, gallery_tiles, ranking, ex,
                                           jax.random.fold_in(key, 1), run_timings)
   return explain_report.write(output_dir, model, config, workdir, step, source, image, probs, truth,
-                              predictor.summary(), results, dataset, run_timings, command)
+                              predictor.summary(), results, dataset, run_timings, command,
+                              None if name is None else {"index": c, "name": name})

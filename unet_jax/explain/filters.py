@@ -58,36 +58,43 @@ def gradient_x_activation(model: UNet, variables: Any, image: jax.Array, weights
   def score(deltas):
     edits = {name: (lambda d: lambda a: a + d)(deltas[name]) for name in shapes}
     logits, features = probe.logits_edited(model, variables, image[None], edits)
-    return jnp.sum(logits[0] * weights), features
+    return probe.weighted_outputs(model, logits, weights)[0], features
 
   grads, features = jax.grad(score, has_aux=True)({n: jnp.zeros(s) for n, s in shapes.items()})
   return {name: jnp.sum(grads[name] * features[name], axis=(0, 1, 2)) for name in shapes}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "layer"))
+@functools.partial(jax.jit, static_argnames=("model", "layer", "class_index"))
 def _dice_zeroed(model: UNet, variables: Any, tiles: jax.Array, truth: jax.Array, layer: str, threshold: float,
-                 keep: jax.Array) -> jax.Array:
+                 keep: jax.Array, class_index: int = 0) -> jax.Array:
   n = tiles.shape[0]
   images = jnp.tile(tiles, (keep.shape[0], 1, 1))
   logits = probe.logits_edited(model, variables, images, _zeroing(layer, jnp.repeat(keep, n, axis=0)))[0]
-  pred = (jax.nn.sigmoid(logits) >= threshold).reshape(keep.shape[0], -1)
+  if logits.shape[-1] == 1:
+    pred = jax.nn.sigmoid(logits[..., 0]) >= threshold
+  else:  # the label map's pixels of the class (argmax of logits = argmax of probabilities)
+    pred = jnp.argmax(logits, axis=-1) == class_index
+  pred = pred.reshape(keep.shape[0], -1)
   truth = truth.reshape(1, -1)
   total = pred.sum(1) + truth.sum()
   return jnp.where(total > 0, 2.0 * (pred & truth).sum(1) / jnp.maximum(total, 1), 1.0)
 
 
 def dice_per_channel_zeroed(model: UNet, variables: Any, tiles: np.ndarray, masks: np.ndarray, layer: str,
-                            threshold: float = 0.5, batch_size: int = 2) -> tuple[float, np.ndarray]:
+                            threshold: float = 0.5, batch_size: int = 2, class_index: int = 0,
+                            ) -> tuple[float, np.ndarray]:
   """(Dice, Dice f32[C] with channel c of `layer` zeroed) over tiles f32[N, H, W] and masks [N, H, W].
 
   Dice pools every tile's pixels (2 |P & T| / (|P| + |T|), 1 when both are empty); each call runs
-  `batch_size` channel masks times N tiles.
+  `batch_size` channel masks times N tiles. For a K-class model, masks are label maps and the Dice is that of
+  class `class_index` in the argmax label map.
   """
   probe.check_block(model, layer)
   channels = probe.block_channels(model, layer)
   keep = np.concatenate([np.ones((1, channels)), 1.0 - np.eye(channels)]).astype(np.float32)
-  tiles, truth = jnp.asarray(tiles, jnp.float32), jnp.asarray(masks).astype(bool)
-  dice = probe.map_chunks(lambda k: _dice_zeroed(model, variables, tiles, truth, layer, threshold, k),
+  truth = np.asarray(masks) == class_index if model.num_classes > 1 else np.asarray(masks).astype(bool)
+  tiles, truth = jnp.asarray(tiles, jnp.float32), jnp.asarray(truth)
+  dice = probe.map_chunks(lambda k: _dice_zeroed(model, variables, tiles, truth, layer, threshold, k, class_index),
                           keep, batch_size)
   return float(dice[0]), dice[1:]
 

@@ -9,7 +9,9 @@ gradient is the block's gradient; multiply by a channel mask), while the sown in
 the unedited outputs. Everything here is traceable: jit, grad and vmap apply to it as to the model.
 
 An object's score is the sum of its pixels' logits (weights f32[H, W], 1 inside the object), the
-quantity every attribution method explains.
+quantity every attribution method explains. For a K-class model it is the sum of one class's probability
+over the object (weights f32[H, W, K], the object in that class's channel: `class_weights`): softmax logits
+are defined only up to a shift per pixel, so one class's logit alone is no evidence for that class.
 """
 
 from typing import Any, Callable, Mapping
@@ -51,7 +53,7 @@ def check_block(model: UNet, name: str) -> None:
 
 def logits_edited(model: UNet, variables: Any, images: jax.Array,
                   edits: Mapping[str, Edit] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(logits f32[B, H, W], block outputs {name: f32[B, h, w, C]}) of 2D images f32[B, H, W].
+  """(logits f32[B, H, W, K], block outputs {name: f32[B, h, w, C]}) of 2D images f32[B, H, W].
 
   The output of each block named in `edits` is replaced by `edits[name](output)` before the rest
   of the network sees it; the returned block outputs are the unedited ones. Any H, W work: images
@@ -75,13 +77,34 @@ def logits_edited(model: UNet, variables: Any, images: jax.Array,
   with nn.intercept_methods(interceptor):
     logits, state = model.apply(variables, padded[..., None], train=False, mutable=["intermediates"])
   features = {name: value["features"][0] for name, value in state.get("intermediates", {}).items()}
-  return logits[:, :h, :w, 0], features
+  return logits[:, :h, :w], features
+
+
+def class_weights(pixels: np.ndarray, num_classes: int, class_index: int = 0) -> np.ndarray:
+  """An object's weights: its pixels f32[H, W] for a binary model; for a K-class model f32[H, W, K], the pixels in
+  channel `class_index` (the class whose probability the score sums)."""
+  if num_classes == 1:
+    return pixels
+  weights = np.zeros((*pixels.shape, num_classes), np.float32)
+  weights[..., class_index] = pixels
+  return weights
+
+
+def weighted_outputs(model: UNet, logits: jax.Array, weights: jax.Array) -> jax.Array:
+  """f32[B]: the object scores of logits f32[B, H, W, K]: a binary model's logits weighted by `weights` f32[H, W]
+  and summed, a K-class model's class probabilities weighted by `weights` f32[H, W, K] (`class_weights`)."""
+  if logits.shape[-1] == 1:
+    return jnp.einsum("bhw,hw->b", logits[..., 0], weights)
+  if weights.ndim != 3:
+    raise InputError(f"a {logits.shape[-1]}-class model's object weights need a class axis, got shape "
+                     f"{weights.shape}; build them with probe.class_weights(pixels, num_classes, class_index)")
+  return jnp.einsum("bhwk,hwk->b", model.probabilities(logits), weights)
 
 
 def object_scores(model: UNet, variables: Any, images: jax.Array, weights: jax.Array,
                   edits: Mapping[str, Edit] | None = None) -> jax.Array:
-  """f32[B]: each image's logits weighted by `weights` f32[H, W] (1 on the object's pixels) and summed."""
-  return jnp.einsum("bhw,hw->b", logits_edited(model, variables, images, edits)[0], weights)
+  """f32[B]: each image's object score (`weighted_outputs`; weights 1 on the object's pixels)."""
+  return weighted_outputs(model, logits_edited(model, variables, images, edits)[0], weights)
 
 
 def feature_shapes(model: UNet, variables: Any, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
