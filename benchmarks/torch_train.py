@@ -20,6 +20,11 @@ sliding_window_inference (--window, --overlap, Gaussian blending, sigma 0.125, b
 and scored at threshold 0.5 over all its pixels; each checkpoint prints a JSON line
 {"minutes", "step", "test_dice", "precision", "recall"} (minutes of training so far), for
 time-to-accuracy curves. Skipped, with a message, when the data folder is absent.
+
+For cross-validation (benchmarks/cv_table.py): --val_slices=N holds the last N slices of training.tif out of
+training, as our data.val_slices does, and --probabilities=PATH writes the final weights' probabilities of
+those slices then the test slices (f16[N + Z_test, H, W], the same sliding window) as a TIFF, so decision
+thresholds can be compared afterwards without retraining.
 """
 
 import json
@@ -47,6 +52,8 @@ flags.DEFINE_integer("patch", 256, "Patch side, pixels.")
 flags.DEFINE_float("lr", 1e-3, "Peak learning rate of the cosine schedule.")
 flags.DEFINE_integer("window", 256, "Sliding window (square).")
 flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap.")
+flags.DEFINE_integer("val_slices", 0, "The last N training slices are held out of training (validation).")
+flags.DEFINE_string("probabilities", "", "Write the final val then test probabilities here (TIFF, float16).")
 FLAGS = flags.FLAGS
 
 
@@ -71,20 +78,25 @@ def random_batch(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, 
   return np.stack(images)[:, None].copy(), np.stack(masks)[:, None].copy()
 
 
-def test_scores(net: Any, image: np.ndarray, mask: np.ndarray, window: int, overlap: float) -> dict[str, float]:
-  """Dice, precision and recall at 0.5 over the whole stack, segmented slice by slice with MONAI."""
+def segment(net: Any, image: np.ndarray, window: int, overlap: float) -> np.ndarray:
+  """Probabilities f32[Z, H, W] of a stack f32[Z, H, W], slice by slice with MONAI's sliding window."""
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
   net.eval()
-  tp = fp = fn = 0
+  probs = np.zeros(image.shape, np.float32)
   with torch.inference_mode():
     for z in range(image.shape[0]):
       x = torch.from_numpy(image[z])[None, None].contiguous(memory_format=torch.channels_last)
-      probs = sliding_window_inference(x, (window, window), 8, lambda p: torch.sigmoid(net(p.contiguous(
-          memory_format=torch.channels_last))), overlap=overlap, mode="gaussian", sigma_scale=0.125)
-      pred, truth = probs[0, 0].numpy() >= 0.5, mask[z] > 0
-      tp, fp, fn = tp + np.sum(pred & truth), fp + np.sum(pred & ~truth), fn + np.sum(~pred & truth)
+      probs[z] = sliding_window_inference(x, (window, window), 8, lambda p: torch.sigmoid(net(p.contiguous(
+          memory_format=torch.channels_last))), overlap=overlap, mode="gaussian", sigma_scale=0.125)[0, 0].numpy()
   net.train()
+  return probs
+
+
+def test_scores(probs: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+  """Dice, precision and recall at 0.5 over the whole stack."""
+  pred, truth = probs >= 0.5, mask > 0
+  tp, fp, fn = np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth)
   return {"test_dice": 2 * tp / max(2 * tp + fp + fn, 1), "precision": tp / max(tp + fp, 1),
           "recall": tp / max(tp + fn, 1)}
 
@@ -108,6 +120,10 @@ def main(argv: list[str]) -> None:
   torch.set_num_threads(FLAGS.threads or os.cpu_count() or 1)
   rng = np.random.default_rng(FLAGS.seed)
   train_image, train_mask, test_image, test_mask = load(FLAGS.data)
+  if not 0 <= FLAGS.val_slices < train_image.shape[0]:
+    raise app.UsageError(f"--val_slices={FLAGS.val_slices} leaves no training slices of {train_image.shape[0]}")
+  held = train_image.shape[0] - FLAGS.val_slices
+  val_image, train_image, train_mask = train_image[held:], train_image[:held], train_mask[:held]
   net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").to(memory_format=torch.channels_last)
   optim = torch.optim.Adam(net.parameters(), lr=FLAGS.lr)
   total = [FLAGS.steps or 10 ** 9]  # fixed after the timed steps when training to a budget
@@ -136,8 +152,14 @@ def main(argv: list[str]) -> None:
       checkpoints = spaced(total[0])
       print(f"{per_step:.2f} s per step: {total[0]} steps in {FLAGS.minutes:g} min", flush=True)
     if step in checkpoints or step == total[0]:
-      scores = test_scores(net, test_image, test_mask, FLAGS.window, FLAGS.overlap)
+      probs = segment(net, test_image, FLAGS.window, FLAGS.overlap)
+      scores = test_scores(probs, test_mask)
       print(json.dumps({"minutes": trained / 60, "step": step, "loss": loss.item(), **scores}), flush=True)
+  if FLAGS.probabilities:
+    import tifffile  # pylint: disable=g-import-not-at-top
+    stack = np.concatenate([segment(net, val_image, FLAGS.window, FLAGS.overlap), probs])
+    tifffile.imwrite(FLAGS.probabilities + ".tmp", stack.astype(np.float16), photometric="minisblack")
+    os.replace(FLAGS.probabilities + ".tmp", FLAGS.probabilities)  # complete or absent: cv_table.py resumes on it
   print(f"after {step} steps, {trained / 60:.1f} min of training: test Dice {scores['test_dice']:.4f}, precision "
         f"{scores['precision']:.4f}, recall {scores['recall']:.4f} (threshold 0.5, {FLAGS.window}² windows, overlap "
         f"{FLAGS.overlap:g})")

@@ -1,0 +1,117 @@
+"""benchmarks/cv_table.py: folds that never test on a slice they train or validate on, the decision rules on
+hand-made probabilities, the paired interval by hand, the table's rows; end to end on synthetic data (slow)."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cv_table
+from script_runs import run_script
+from unet_jax.errors import InputError
+from unet_jax.io import stacks, synthetic
+
+
+@pytest.mark.parametrize("n, k, val", [(14, 7, 2), (14, 4, 2), (14, 3, 3), (8, 2, 1)])
+def test_every_slice_tests_once_apart_from_its_fold_training_and_validation(n, k, val):
+  folds = cv_table.assign_folds(n, k, val)
+  assert sorted(z for f in folds for z in f.test) == list(range(n))
+  for f in folds:
+    assert not set(f.test) & set(f.val) and not set(f.test) & set(f.train) and not set(f.val) & set(f.train)
+    assert sorted(f.test + f.val + f.train) == list(range(n))
+    assert len(f.val) == val and f.train
+    for run in (f.test, f.val):  # contiguous
+      assert list(run) == list(range(run[0], run[-1] + 1))
+    assert f.val[0] == f.test[-1] + 1 or f.val[-1] == f.test[0] - 1  # next to its test slices
+  assert [len(f.test) for f in folds] == sorted((len(f.test) for f in folds), reverse=True)
+
+
+def test_seven_folds_of_the_fourteen_vnc_slices():
+  folds = cv_table.assign_folds(14, 7, 2)
+  assert (folds[0].test, folds[0].val) == ((0, 1), (2, 3))
+  assert (folds[5].test, folds[5].val) == ((10, 11), (12, 13))
+  assert (folds[6].test, folds[6].val) == ((12, 13), (10, 11))  # nothing after the last: the slices before it
+  assert folds[6].train == tuple(range(10))
+
+
+@pytest.mark.parametrize("k, val", [(1, 2), (15, 1), (7, 0), (7, 12), (4, 10)])
+def test_folds_without_training_or_validation_slices_are_refused(k, val):
+  with pytest.raises(InputError, match="--folds|--val_slices"):
+    cv_table.assign_folds(14, k, val)
+
+
+def test_the_run_order_alternates_the_sides():
+  runs = cv_table.plan(cv_table.assign_folds(6, 3, 1), [0, 1], [10, 40])
+  assert [r.side for r in runs] == ["ours", "script"] * 12
+  assert [(r.seed, r.fold.index, r.minutes) for r in runs[:4]] == [(0, 0, 10), (0, 0, 10), (0, 0, 40), (0, 0, 40)]
+  assert runs[0].name == "ours_f0_s0_10min"
+
+
+def test_rules_on_probabilities_with_known_thresholds():
+  # val: truth at 0.3, background 0.1: the first perfect candidate is 0.15. Test: truth at 0.4.
+  mask = np.zeros((2, 32, 32), np.uint8)
+  mask[:, 4:14, 4:14] = mask[:, 18:28, 18:28] = 255
+  probs = np.where(mask > 0, np.float32([[[0.3]], [[0.4]]]), np.float32(0.1))
+  rules = cv_table.score(probs, mask, 1, [round(0.05 * i, 2) for i in range(1, 20)], min_size=20)
+  assert [rules[r]["threshold"] for r in ("val", "0.5", "halfway")] == [0.15, 0.5, 0.325]
+  assert rules["val"]["dice"] == rules["val"]["f1"] == rules["halfway"]["dice"] == rules["halfway"]["f1"] == 1.0
+  assert rules["0.5"]["dice"] == rules["0.5"]["f1"] == rules["0.5"]["recall"] == 0.0
+
+
+def test_paired_interval_by_hand():
+  # Fold means 0.02, 0, 0.02: mean 0.013333, sd 0.011547, t(0.975, 2) = 4.302653, half width 0.028684.
+  d = cv_table.paired_interval({0: [0.01, 0.03], 1: [0.0], 2: [0.02]})
+  assert d["n"] == 3 and d["mean"] == pytest.approx(0.013333, abs=1e-6)
+  assert (d["low"], d["high"]) == pytest.approx((0.013333 - 0.028684, 0.013333 + 0.028684), abs=1e-6)
+  assert cv_table.paired_interval({0: [0.01]}) == {"mean": 0.01, "low": None, "high": None, "n": 1}
+
+
+def record(side, fold, seed, minutes, dice):
+  rules = {r: {"threshold": 0.4, "dice": dice, "precision": 0.9, "recall": 0.9, "f1": dice - 0.1} for r in cv_table.RULES}
+  return {"side": side, "fold": fold, "seed": seed, "minutes": minutes, "wall_minutes": minutes + 1, "steps": 100,
+          "rules": rules}
+
+
+def test_table_pairs_each_fold_and_seed_and_compares_the_smallest_budget_with_the_largest():
+  records = [record(side, fold, seed, m, 0.9 + 0.01 * fold + (0.002 if side == "ours" else 0.0) + 0.001 * (m == 40))
+             for fold in range(3) for seed in (0, 1) for m in (10, 40) for side in cv_table.SIDES]
+  text = cv_table.table(records, [10, 40])
+  assert "| 10 | ours | 6 | 0.9120 / 0.812 |" in text and "| 40 | script | 6 | 0.9110 / 0.811 |" in text
+  assert "| ours@10 - script@10 | val | 3 | +0.0020 [+0.0020, +0.0020] |" in text
+  assert "| ours@10 - script@40 | halfway | 3 | +0.0010 [+0.0010, +0.0010] |" in text
+  assert "ours@40 - script@10" not in text
+
+
+installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed("torch", "monai"), reason="torch and monai are not installed "
+                    "(pip install -r benchmarks/requirements.txt)")
+def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
+  args = ["--data=synthetic", "--folds=2", "--val_slices=1", "--minutes=0.05", "--config=configs/unet2d.py:tiny",
+          "--script_flags=--patch=32 --window=32 --batch=2 --measure_steps=2", f"--out={tmp_path}",
+          "--config.train.budget_measure_steps=2"]
+  done = run_script("benchmarks/cv_table.py", *args, timeout=1800)  # 4 trainings; minutes on a quiet machine
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  image, mask = synthetic.make_stack(0, *cv_table.SYNTHETIC)
+  for k in range(2):
+    folder = tmp_path / "folds" / f"fold_{k}"
+    fold = json.load(open(folder / "fold.json"))
+    assert not set(fold["test"]) & set(fold["train"] + fold["val"])
+    np.testing.assert_array_equal(stacks.read_stack(str(folder / "training.tif")), image[fold["train"] + fold["val"]])
+    np.testing.assert_array_equal(stacks.read_stack(str(folder / "testing_groundtruth.tif")), mask[fold["test"]])
+  lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+  assert sorted((r["side"], r["fold"]) for r in lines) == [(s, k) for s in ("ours", "script") for k in range(2)]
+  for r in lines:
+    assert set(r["rules"]) == set(cv_table.RULES) and r["steps"] > 0
+    assert all(0 <= v["dice"] <= 1 and 0 <= v["f1"] <= 1 for v in r["rules"].values())
+  table = (tmp_path / "table.md").read_text()
+  assert "| 0.05 | ours | 2 |" in table and "| 0.05 | script | 2 |" in table
+  assert "| ours@0.05 - script@0.05 | 0.5 | 2 | " in table
+  again = run_script("benchmarks/cv_table.py", *args)
+  assert again.returncode == 0 and "$ " not in again.stdout  # every run was finished: nothing reruns
+  assert (tmp_path / "table.md").read_text() == table
+  assert os.path.isfile(tmp_path / "runs" / "script_f1_s0_0.05min" / "predicted" / "probabilities.tif")
