@@ -144,8 +144,8 @@ def labelled_stack(data: str) -> tuple[np.ndarray, np.ndarray]:
 
 def write_fold(folder: str, image: np.ndarray, mask: np.ndarray, fold: Fold) -> None:
   """The fold's stacks in `folder` (module docstring), unless its fold.json (written last) already matches."""
-  record, slices = os.path.join(folder, "fold.json"), json.loads(json.dumps(dataclasses.asdict(fold)))
-  if os.path.isfile(record) and json.load(open(record)) == slices:
+  record, indices = os.path.join(folder, "fold.json"), json.loads(json.dumps(dataclasses.asdict(fold)))
+  if os.path.isfile(record) and json.load(open(record)) == indices:
     return
   trained = list(fold.train + fold.val)  # data.val_slices carves the last ones
   for name, slices in (("training", trained), ("testing", list(fold.test))):
@@ -153,7 +153,7 @@ def write_fold(folder: str, image: np.ndarray, mask: np.ndarray, fold: Fold) -> 
     stacks.write_stack(os.path.join(folder, f"{name}_groundtruth.tif"), mask[slices])
   stacks.write_stack(os.path.join(folder, "val_test.tif"), image[list(fold.val + fold.test)])
   with open(record, "w") as f:
-    json.dump(slices, f)
+    json.dump(indices, f)
 
 
 def commands(run: Run, out: str, config: str, extra: Sequence[str], script_flags: Sequence[str]) -> list[list[str]]:

@@ -42,6 +42,22 @@ def test_folds_without_training_or_validation_slices_are_refused(k, val):
     cv_table.assign_folds(14, k, val)
 
 
+def test_a_fold_is_written_once_with_its_val_slices_last(tmp_path):
+  image = np.arange(6 * 8 * 8, dtype=np.uint8).reshape(6, 8, 8)
+  mask = np.where(image % 3 == 0, 255, 0).astype(np.uint8)
+  fold = cv_table.assign_folds(6, 3, 1)[1]  # test 2-3, val 4, train 0, 1, 5
+  cv_table.write_fold(str(tmp_path), image, mask, fold)
+  read = lambda name: stacks.read_stack(str(tmp_path / name))
+  np.testing.assert_array_equal(read("training.tif"), image[[0, 1, 5, 4]])
+  np.testing.assert_array_equal(read("training_groundtruth.tif"), mask[[0, 1, 5, 4]])
+  np.testing.assert_array_equal(read("testing_groundtruth.tif"), mask[[2, 3]])
+  np.testing.assert_array_equal(read("val_test.tif"), image[[4, 2, 3]])
+  assert json.load(open(tmp_path / "fold.json")) == {"index": 1, "test": [2, 3], "val": [4], "train": [0, 1, 5]}
+  written = os.path.getmtime(tmp_path / "training.tif")
+  cv_table.write_fold(str(tmp_path), image, mask, fold)
+  assert os.path.getmtime(tmp_path / "training.tif") == written
+
+
 def test_the_run_order_alternates_the_sides():
   runs = cv_table.plan(cv_table.assign_folds(6, 3, 1), [0, 1], [10, 40])
   assert [r.side for r in runs] == ["ours", "script"] * 12
