@@ -16,6 +16,9 @@ on, so the three runs can be compared on the same 4 test slices (stack 1, slices
   base held out (8-9), written to OUT/corrected as training.tif / training_groundtruth.tif beside
   links to the testing stacks; both slices train (`data.final_fit`), so validation there is in-sample
   and nothing is chosen on it: the last checkpoint is scored on test at the base's val threshold;
+- tuned_lr: fine-tuned as above at --tune_lr_scale times the recipe's learning rate;
+- tuned_all: fine-tuned at that learning rate on all 10 training slices (the base's 8 and the 2 corrected
+  ones, `data.final_fit` on the original folder): corrections added to the labels the model had;
 - scratch: the same --tune_minutes on the same 2 slices from fresh weights, scored the same way.
 
 Each training and evaluation runs as a subprocess (`$ command` and its output go to OUT/NAME.log). A run
@@ -40,13 +43,16 @@ from unet_jax.reports import report
 flags.DEFINE_string("config", "configs/unet2d.py:vnc", "Config of every run (file.py:variant).")
 flags.DEFINE_float("base_minutes", 8.0, "Training budget of the base model (train.budget_minutes).")
 flags.DEFINE_float("tune_minutes", 4.0, "Training budget of the fine-tuned and of the from-scratch run.")
+flags.DEFINE_float("tune_lr_scale", 0.1, "Learning rate of tuned_lr and tuned_all, as a multiple of the recipe's.")
 flags.DEFINE_string("out", "runs/fine_tune", "Folder of the runs, their logs, the corrected data folder and the table.")
 flags.DEFINE_bool("rerun", False, "Delete the runs and run them again.")
 FLAGS = flags.FLAGS
 
 SPLIT_FIELDS = {"data.root": str, "data.val_fraction": float, "data.val_slices": int}
-RUNS = ("base", "tuned", "scratch")
-TRAINED_ON = {"base": "8 slices (0-7)", "tuned": "2 corrected slices (8-9), from base", "scratch": "2 corrected slices (8-9)"}
+RUNS = ("base", "tuned", "tuned_lr", "tuned_all", "scratch")
+TRAINED_ON = {"base": "8 slices (0-7)", "tuned": "2 corrected slices (8-9), from base",
+              "tuned_lr": "2 corrected slices (8-9), from base, lower learning rate",
+              "tuned_all": "all 10 slices (0-9), from base, lower learning rate", "scratch": "2 corrected slices (8-9)"}
 
 
 def run(command: list[str], log: str, commands: str) -> None:
@@ -81,7 +87,7 @@ def test_scores(workdir: str) -> dict:
   """The test run of workdir/report/report.json: step, threshold, pixel scores, first 2D instance row."""
   test = next(r for r in report.load(os.path.join(workdir, "report"))["runs"] if r["split"] == "test")
   return {"step": test["step"], "threshold": test["threshold"]["value"], **test["pixel"],
-          "objects": test["instances"]["2d"][0]}
+          "dice_interval": test["pixel_intervals"]["dice"], "objects": test["instances"]["2d"][0]}
 
 
 def train_minutes(workdir: str) -> float | None:
@@ -92,7 +98,7 @@ def train_minutes(workdir: str) -> float | None:
 
 def table(args: flags.FlagValues) -> str:
   """The Markdown table of whatever runs have been scored."""
-  rows = ["| run | trained on | budget (min) | minutes | steps | threshold | test Dice | precision | recall | "
+  rows = ["| run | trained on | budget (min) | minutes | steps | threshold | test Dice [95 % interval] | precision | recall | "
           "object F1 (2D) |", "|---|---|---|---|---|---|---|---|---|---|"]
   for name in RUNS:
     workdir = os.path.join(args.out, name)
@@ -101,9 +107,9 @@ def table(args: flags.FlagValues) -> str:
       rows.append(f"| {name} | {TRAINED_ON[name]} | {budget:g} | not run | | | | | | |")
       continue
     s, minutes = test_scores(workdir), train_minutes(workdir)
-    o = s["objects"]
+    o, ci = s["objects"], s["dice_interval"]
     rows.append(f"| {name} | {TRAINED_ON[name]} | {budget:g} | {minutes:.1f} | {s['step']} | {s['threshold']:.2f} | "
-                f"{s['dice']:.4f} | {s['precision']:.3f} | {s['recall']:.3f} | {o['f1']:.3f} at IoU {o['iou_threshold']:g} "
+                f"{s['dice']:.4f} [{ci['low']:.4f}, {ci['high']:.4f}] | {s['precision']:.3f} | {s['recall']:.3f} | {o['f1']:.3f} at IoU {o['iou_threshold']:g} "
                 f"({o['found']} of {o['n_true']} found, {o['spurious']} spurious) |")
   return "\n".join(rows)
 
@@ -140,14 +146,20 @@ def main(argv: list[str]) -> None:
   print(f"{corrected}: training slices {first}-{end - 1} of {root} (the base run's val split), its testing stacks",
         flush=True)
 
-  # fine-tuned and scratch: both corrected slices train; last checkpoint, the base's val threshold
+  # fine-tuned and scratch: both corrected slices train (tuned_all: with the base's 8); last checkpoint, the base's
+  # val threshold
   on_corrected = [f"--config.data.root={corrected}", "--config.data.final_fit=True", "--config.eval.checkpoint=latest",
                   "--config.eval.select_threshold=False", f"--config.eval.threshold={threshold:g}"]
-  for name, init in (("tuned", [f"--config.train.init_from={base}"]), ("scratch", [])):
+  slow = [f"--config.train.init_from={base}",
+          f"--config.optim.learning_rate={config.optim.learning_rate * args.tune_lr_scale:g}"]
+  on_all = on_corrected[1:]  # the original folder: its 8 training slices and the 2 corrected ones
+  runs = {"tuned": ([f"--config.train.init_from={base}"], on_corrected), "tuned_lr": (slow, on_corrected),
+          "tuned_all": (slow, on_all), "scratch": ([], on_corrected)}
+  for name, (init, data_flags) in runs.items():
     workdir = os.path.join(args.out, name)
     if args.rerun or not os.path.isfile(os.path.join(workdir, "report", "report.json")):
       log = os.path.join(args.out, name + ".log")
-      shared = [*flags_of(workdir), *on_corrected]
+      shared = [*flags_of(workdir), *data_flags]
       run([sys.executable, "train.py", *shared, *init, f"--config.train.budget_minutes={args.tune_minutes:g}"], log,
           commands)
       run([sys.executable, "evaluate.py", *shared, "--split=test", "--save_predictions=false"], log, commands)
