@@ -41,7 +41,7 @@ def volume(shape, seed=0):
 def test_streamed_tiff_writes_the_class_map_and_k_channel_probabilities(class_predictor, tmp_path):
   image = volume((3, 21, 26))
   tifffile.imwrite(tmp_path / "in.tif", image, photometric="minisblack")
-  expected_probs = class_predictor.raw_probabilities(image / np.float32(255))
+  expected_probs = class_predictor.probabilities(image / np.float32(255))
   expected = class_predictor.label_map(expected_probs)
   assert len(np.unique(expected)) == K, "every class should appear for the comparison to mean anything"
   truth = np.roll(expected, 1, axis=2)
@@ -65,7 +65,7 @@ def test_chunked_ome_zarr_class_map_equals_the_label_map_in_memory(class_predict
   voxel = VOXEL if len(shape) == 3 else VOXEL[1:]
   ngff.write_image(str(tmp_path / "v.ome.zarr"), image, voxel, chunks=(2, 16, 16)[-len(shape):])
   stack3d = image if len(shape) == 3 else image[None]
-  expected_probs = class_predictor.raw_probabilities(stack3d / np.float32(255))
+  expected_probs = class_predictor.probabilities(stack3d / np.float32(255))
   expected = class_predictor.label_map(expected_probs)
   truth = np.flip(expected, -1)
   ngff.write_image(str(tmp_path / "truth.ome.zarr"), truth if len(shape) == 3 else truth[0], voxel)
@@ -105,6 +105,6 @@ def test_cli_input_writes_a_class_map(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr
   predictor = Predictor.restore(config, str(tmp_path / "run"))
-  expected = predictor.label_map(predictor.raw_probabilities(image / np.float32(255)))
+  expected = predictor.label_map(predictor.probabilities(image / np.float32(255)))
   np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "segmentation.tif"), expected)
   assert json.load(open(tmp_path / "out" / "summary.json"))["num_classes"] == K

@@ -25,8 +25,8 @@ This equals ndimage.label of the whole mask up to the numbering.
 
 A K-class model (model.num_classes > 1) writes instead the K class probabilities as the image, with a channel
 axis first (c, z, y, x; channel k = class k, `--probabilities` dtype), and one NGFF label image, labels/classes
-(u8 class ids 0..K-1: `Predictor.label_map` of each block's float32 probabilities, so it equals the label map of
-the whole volume in memory). Its blocks are the only stage (no instances); with a ground-truth label map each
+(u8 class ids 0..K-1: `Predictor.label_map` of each block's calibrated float32 probabilities, so it equals the
+label map of the whole volume in memory). Its blocks are the only stage (no instances); with a ground-truth label map each
 block adds its confusion matrix and the summary holds per-class scores.
 
 Resume and faults. The image is built in out/segmentation.ome.zarr.partial and renamed over an earlier
@@ -171,8 +171,9 @@ def _segment_block(block: tiling.Block, job: _Job) -> dict[str, Any]:
 
 def _classify_block(block: tiling.Block, job: _Job, predictor: Predictor, prob: np.ndarray,
                     truth: np.ndarray | None) -> dict[str, Any]:
-  """One block of a K-class model: probabilities f32[*block, K] and its class map written, then its record
-  {['confusion']}."""
+  """One block of a K-class model: its raw probabilities f32[*block, K] calibrated and written with their class
+  map, then its record {['confusion']}."""
+  prob = predictor.calibrate(prob)
   labels = predictor.label_map(prob)
   record = {}
   if truth is not None:

@@ -11,7 +11,7 @@ uint8 / 255, >= the predictor's threshold) pixel for pixel, whatever the dtype's
 another voxel size than the model's is resampled to it block by block and back (`Predictor.on_input`).
 
 A K-class model (model.num_classes > 1) writes segmentation.tif as its class map (u8 class ids 0..K-1,
-`Predictor.label_map` of the float32 probabilities, page for page what the in-memory label map is) and
+`Predictor.label_map` of the calibrated float32 probabilities, page for page the in-memory label map) and
 probabilities.tif as a (Z, K, H, W) stack (pages z-major; tifffile reads it back with that shape); with a
 ground-truth label map the summary holds per-class scores from the confusion matrix, counted slice by slice.
 
@@ -81,7 +81,8 @@ def _segment_classes(predictor: Predictor, reader: StackReader, paths: dict[str,
                      np.dtype(probability_dtype)) as write_prob:
     def pages() -> Iterator[np.ndarray]:
       probs = predictor.stream(reader.__getitem__, reader.shape)
-      for z, prob in enumerate(tqdm.tqdm(probs, total=len(reader), unit="slice", disable=not progress)):
+      for z, raw in enumerate(tqdm.tqdm(probs, total=len(reader), unit="slice", disable=not progress)):
+        prob = predictor.calibrate(raw)
         labels = predictor.label_map(prob)
         write_seg(labels)
         if mask is not None:
