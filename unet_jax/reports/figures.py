@@ -71,10 +71,11 @@ def save_class_panels(path: str, image: np.ndarray, truth: np.ndarray, pred: np.
   colours = class_colours(len(names))
   panels = [("truth", label_overlay(image, truth, colours)), ("prediction", label_overlay(image, pred, colours))]
   panels += [(f"{names[c]}: TP / FP / FN", overlay(image, pred == c, truth == c)) for c in range(1, len(names))]
-  columns = min(3, len(panels))
+  columns = len(panels) if len(panels) <= 3 else min(3, math.ceil(len(panels) / 2))  # 4 panels: 2 x 2
   rows = math.ceil(len(panels) / columns)
-  side = max_px / 100 * 0.75  # inches per panel at 100 dpi
-  fig = Figure(figsize=(side * columns, side * rows + 0.9))
+  side, margin = max_px / 100 * 0.75, 0.4  # inches per panel at 100 dpi; for the title, and for the legend
+  height = (side + 0.3) * rows + 2 * margin  # 0.3: each panel's title
+  fig = Figure(figsize=(side * columns, height))
   axes = fig.subplots(rows, columns, squeeze=False).ravel()
   for ax in axes:
     ax.axis("off")
@@ -85,7 +86,7 @@ def save_class_panels(path: str, image: np.ndarray, truth: np.ndarray, pred: np.
   handles += [Patch(color=np.array(c) / 255, label=n) for n, c in LEGEND]
   fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), frameon=False, fontsize=8)
   fig.suptitle(title, fontsize=10)
-  fig.tight_layout(rect=(0, 0.9 / (side * rows + 0.9), 1, 1))
+  fig.tight_layout(rect=(0, margin / height, 1, 1 - margin / height))
   fig.savefig(path, dpi=100)
 
 
