@@ -4,7 +4,7 @@
   python train.py --config=configs/unet2d.py:vnc --workdir=runs/vnc         # ../shared/data/vnc
   python train.py --config=configs/unet2d.py:synthetic --workdir=runs/syn   # no data needed
   python train.py --config=configs/unet2d.py:tiny --workdir=/tmp/tiny       # seconds; for tests
-  python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none
+  python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none | zoom | scale
   python train.py --config=configs/unet2d.py:vnc_classes --workdir=runs/vc  # VNC, five classes (softmax)
 
 Override any field on the command line, e.g. --config.train.steps=500 --config.data.root=/data.
@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.noise_std = 0.03
   c.augment.blur_prob = 0.2  # Gaussian blur, sigma uniform in [0, blur_sigma] pixels
   c.augment.blur_sigma = 1.0
+  c.augment.lowres_prob = 0.0  # shrink the (H, W) plane by a factor uniform in lowres_range and enlarge it back
+  # (image only): the interpolation blur of an input at another pixel size resampled onto the model's grid
+  c.augment.lowres_range = (1.0, 2.0)  # factors >= 1; 2: half the resolution
   # 3D patches only (unet_jax/training/sections.py): EM section artefacts; off here, on in configs/unet3d.py.
   c.augment.elastic_z = True  # elastic displacement along z too; False keeps anisotropic sections unmixed
   c.augment.misalign_prob = 0.0  # shift the sections from a random one on (or it alone) in-plane, mask too

@@ -226,3 +226,38 @@ def test_mismatched_shapes_raise_input_error(em_batch):
   images, masks = em_batch
   with pytest.raises(InputError, match="of one shape"):
     run(off_config(), images, masks[:, :32])
+
+
+@pytest.mark.slow
+def test_low_resolution_off_is_bit_for_bit_and_on_matches_a_resize_reference(em_batch):
+  """lowres_prob 0 returns the input bit for bit; factor 2 equals jax.image.resize down (linear, anti-aliased) and up
+  (cubic) away from the far edges, where the patch's edge is repeated instead of renormalising the cubic kernel."""
+  images, masks = em_batch
+  off = run(off_config(lowres_range=(2.0, 2.0)), images, masks)
+  assert np.array_equal(off[0], images) and np.array_equal(off[1], masks)
+  out_image, out_mask = run(off_config(lowres_prob=1.0, lowres_range=(2.0, 2.0)), images, masks, seed=1)
+  small = jax.image.resize(images, (3, 32, 32, 1), "linear", antialias=True)
+  reference = np.clip(np.asarray(jax.image.resize(small, images.shape, "cubic")), 0.0, 1.0)
+  np.testing.assert_allclose(out_image[:, :-3, :-3], reference[:, :-3, :-3], atol=1e-5)
+  np.testing.assert_allclose(out_image, reference, atol=0.05)
+  assert not np.array_equal(out_image, images) and np.array_equal(out_mask, masks)  # the mask is untouched
+
+
+@pytest.mark.slow
+def test_low_resolution_is_deterministic_per_key_and_leaves_other_draws_alone(em_batch):
+  images, masks = em_batch
+  lowres = augmenter(off_config(flips=True, lowres_prob=0.5, lowres_range=(1.0, 2.0)))
+  first, again, other = lowres(4, images, masks), lowres(4, images, masks), lowres(5, images, masks)
+  assert all(np.array_equal(a, b) for a, b in zip(first, again))
+  assert not np.array_equal(first[0], other[0])
+  flips_only = run(off_config(flips=True), images, masks, seed=4)
+  assert np.array_equal(first[1], flips_only[1])  # same flips: low resolution draws from a key of its own
+  assert np.all((first[0] >= 0.0) & (first[0] <= 1.0))
+
+
+def test_scale_preset_zooms_lowres_and_blurs():
+  config = preset_config("scale")
+  assert config.flips and config.scale_prob == 0.5 and tuple(config.scale_range) == (0.5, 2.0)
+  assert config.lowres_prob == 0.5 and tuple(config.lowres_range) == (1.0, 2.0) and config.blur_prob == 0.2
+  assert all(config[p] == 0 for p in augment.PROB_FIELDS if p not in ("scale_prob", "lowres_prob", "blur_prob"))
+  assert unet2d.get_config("synthetic").augment.lowres_prob == 0.0

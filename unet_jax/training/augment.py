@@ -16,7 +16,11 @@ C > 1 for 2.5D, the neighbouring slices, transformed alike):
 2. Photometry, image only: gamma, contrast, brightness, Gaussian blur, Gaussian noise; then the
    image is clipped to [0, 1] (the input range). With `elastic_z=False` (sections imaged apart,
    e.g. 50 nm ssTEM) the blur stays in the (H, W) plane too, so no section borrows its neighbours.
-3. 3D patches only: EM section artefacts (misalignment, per-section intensity, missing section),
+3. Low resolution, image only (nnU-Net's SimulateLowResolutionTransform): the (H, W) plane shrunk by a
+   factor uniform in `lowres_range` (anti-aliased, linear) and enlarged back to the patch (cubic, as
+   unet_jax/inference/magnification.py enlarges a coarser input): the blur of an input imaged at a coarser
+   pixel size and resampled onto the model's grid.
+4. 3D patches only: EM section artefacts (misalignment, per-section intensity, missing section),
    unet_jax/training/sections.py; a blanked section gets loss weight 0 (`augment_batch_with_weights`).
 
 Every transform fires with its own `*_prob` (see the `augment` block of configs/unet2d.py). A draw
@@ -26,9 +30,11 @@ sampler offers no margin), so zooming out and rotating fill the corners with the
 content, mirrored.
 
 Presets (`PRESETS`, chosen with `--config=configs/unet2d.py:VARIANT,aug=NAME`): 'full' (the
-config's defaults), 'flips' (dihedral only: every *_prob set to 0), 'none' (also flips=False) and 'zoom'
+config's defaults), 'flips' (dihedral only: every *_prob set to 0), 'none' (also flips=False), 'zoom'
 (flips and a zoom log-uniform in 0.5-2 on every patch: a model for inputs whose pixel size is not known
-exactly, unet_jax/inference/magnification.py).
+exactly, unet_jax/inference/magnification.py) and 'scale' (flips, that zoom on half the patches, low
+resolution up to x2 on half and blur on a fifth: a model for inputs at other magnifications, resampled
+onto its grid, whose interpolation blur a flips-only model does not tolerate).
 """
 
 import math
@@ -42,10 +48,12 @@ from unet_jax.training import sections
 
 SECTION_PROB_FIELDS = ("misalign_prob", "section_intensity_prob", "missing_section_prob")  # 3D: unet_jax/training/sections.py
 PROB_FIELDS = ("rotate_prob", "scale_prob", "shear_prob", "elastic_prob", "brightness_prob",
-               "contrast_prob", "gamma_prob", "noise_prob", "blur_prob") + SECTION_PROB_FIELDS
+               "contrast_prob", "gamma_prob", "noise_prob", "blur_prob", "lowres_prob") + SECTION_PROB_FIELDS
 PRESETS = {"full": {}, "flips": dict.fromkeys(PROB_FIELDS, 0.0),
            "none": {**dict.fromkeys(PROB_FIELDS, 0.0), "flips": False},
-           "zoom": {**dict.fromkeys(PROB_FIELDS, 0.0), "scale_prob": 1.0, "scale_range": (0.5, 2.0)}}
+           "zoom": {**dict.fromkeys(PROB_FIELDS, 0.0), "scale_prob": 1.0, "scale_range": (0.5, 2.0)},
+           "scale": {**dict.fromkeys(PROB_FIELDS, 0.0), "scale_prob": 0.5, "scale_range": (0.5, 2.0),
+                     "lowres_prob": 0.5, "lowres_range": (1.0, 2.0), "blur_prob": 0.2}}
 
 
 def apply_preset(config: Any, name: str) -> None:
@@ -211,15 +219,38 @@ def augment_intensity(key: jax.Array, image: jax.Array, config: Any) -> jax.Arra
   return jnp.clip(image, 0.0, 1.0)
 
 
+def low_resolution(image: jax.Array, factor: jax.Array) -> jax.Array:
+  """f32[*spatial, C] with its (H, W) plane shrunk by `factor` >= 1 (anti-aliased, linear) and enlarged back
+  (cubic). Shapes stay static: the shrunk plane fills the first H / factor rows and columns, the rest repeat
+  its last valid row and column so the enlarging sees the patch's edge, not zeros."""
+  axes = (image.ndim - 3, image.ndim - 2)
+  scale = jnp.stack([1.0 / factor, 1.0 / factor]).astype(jnp.float32)
+  zero = jnp.zeros(2, jnp.float32)
+  small = jax.image.scale_and_translate(image, image.shape, axes, scale, zero, "linear", antialias=True)
+  for axis in axes:
+    size = image.shape[axis]
+    valid = jnp.floor(size / factor - 0.5).astype(jnp.int32) + 1  # shrunk pixels whose centre lies in the patch
+    small = jnp.take(small, jnp.minimum(jnp.arange(size), valid - 1), axis=axis)
+  return jax.image.scale_and_translate(small, image.shape, axes, 1.0 / scale, zero, "cubic", antialias=False)
+
+
+def augment_low_resolution(key: jax.Array, image: jax.Array, config: Any) -> jax.Array:
+  """`low_resolution` with probability `lowres_prob`, factor uniform in `lowres_range`; clipped to [0, 1]."""
+  fired, factor = _draw(jax.random.uniform(key, (2, 1)), 0, config.lowres_prob, *config.lowres_range, 1.0)
+  return jnp.where(fired, jnp.clip(low_resolution(image, factor), 0.0, 1.0), image)
+
+
 def augment_example(key: jax.Array, image: jax.Array, mask: jax.Array,
                     config: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Augments one example image f32[*spatial, C] / mask f32[*spatial, 1]: geometry on both, intensity on
-  the image, then for 3D and 2.5D patches (2D with C > 1: the C channels are sections) the EM section
+  """Augments one example image f32[*spatial, C] / mask f32[*spatial, 1]: geometry on both, intensity and
+  low resolution on the image, then for 3D and 2.5D patches (2D with C > 1: the C channels are sections) the EM section
   artefacts (unet_jax/training/sections.py). Returns (image, mask, loss weight f32[*spatial, 1]): 0 on a
   blanked section, 1 elsewhere."""
   geometry_key, intensity_key = jax.random.split(key)
   image, mask = augment_geometry(geometry_key, image, mask, config)
   image = augment_intensity(intensity_key, image, config)
+  if config.get("lowres_prob", 0.0):  # a key of its own: the other draws, and so older runs, stay as they were
+    image = augment_low_resolution(jax.random.fold_in(key, 3), image, config)
   weight = jnp.ones(mask.shape, jnp.float32)
   slab = image.ndim == 3 and image.shape[-1] > 1  # 2.5D: the channels are neighbouring sections
   if (image.ndim == 4 or slab) and any(config.get(p, 0.0) for p in SECTION_PROB_FIELDS):
