@@ -256,3 +256,19 @@ def test_zoom_preset_moves_image_and_mask_together():
   assert np.array_equal(out_image >= 0.5, out_mask == 1.0) and set(np.unique(out_mask)) <= {0.0, 1.0}
   sizes = [np.median(np.bincount(ndimage.label(m[..., 0])[0].ravel())[1:]) for m in out_mask]
   assert max(sizes) / min(sizes) > 2.0  # objects zoomed to visibly different sizes
+
+
+def test_class_probabilities_map_back_per_class_and_still_sum_to_one(monkeypatch):
+  """A K-class model at another voxel size: each class channel goes back to the input grid linearly, so the
+  probabilities keep the input's shape, stay in [0, 1] and sum to 1; its label map is on the input grid too."""
+  monkeypatch.setattr(tiling, "volume_predictor",
+                      lambda *a: tiling.on_slices(lambda v, p: jnp.concatenate([p, 1.0 - p], axis=-1)))
+  predictor = Predictor.create(unet(2)[0], None, eval_config(16, (2, 12, 12)))
+  predictor = dataclasses.replace(predictor, model=predictor.model.clone(num_classes=2), voxel_size_nm=FINE)
+  image = smooth((2, 30, 40))
+  out = predictor.on_input(COARSE, "test").raw_probabilities(image)
+  assert out.shape == (*image.shape, 2)
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+  assert np.abs(out[..., 0] - image).max() < 0.02
+  assert predictor.on_input(COARSE, "test").label_map(out).shape == image.shape

@@ -243,16 +243,19 @@ class Predictor:
                                                      s["sigma"])
     if self.resampling is None or self.resampling.identity:
       return run(read, tiles, block)
-    if self.num_classes > 1:
-      raise InputError("inputs at another voxel size than the model's are resampled for binary models only; "
-                       f"resample the input to {self.voxel_size_nm} nm for this {self.num_classes}-class model")
     grid = _model_tiling(tiles.shape, tiles.block, self.resampling.model_shape(tiles.shape), tiles.window,
                          s["overlap"], tiles.context_slices)
     on_grid = next(b for b in grid.blocks if b.index == block.index)
     prob = run(lambda box: magnification.resample_box(read, tiles.shape, grid.shape, box), grid, on_grid)
     origin = [b.start for b in on_grid.box]
-    shifted = lambda box: prob[tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, origin))]
-    return magnification.resample_box(shifted, grid.shape, tiles.shape, block.box)
+    # probabilities go back linearly: cubic splines overshoot [0, 1], and a linear mix of K-class
+    # probabilities still sums to 1 (each class channel alike)
+    back = lambda channel: magnification.resample_box(
+        lambda box: channel[tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, origin))],
+        grid.shape, tiles.shape, block.box, order=1)
+    if prob.ndim == 3:
+      return back(prob)
+    return np.stack([back(prob[..., k]) for k in range(prob.shape[-1])], axis=-1)
 
   def _in_memory(self, image: np.ndarray, predict: windows.Predict | None = None, variables: Any = None,
                  ) -> np.ndarray:
@@ -345,7 +348,8 @@ def _model_tiling(shape: tuple[int, int, int], block: tuple[int, int, int], mode
   tiling (blocks of `block` voxels, same index): the model-grid voxels that block's output interpolates."""
   boxes = []
   for n, b, m in zip(shape, block, model_shape):
-    axis = [magnification.source_box((slice(lo, hi),), (m,), (n,))[0] for lo, hi in tiling.regular_boxes(n, b)]
+    axis = [magnification.source_box((slice(lo, hi),), (m,), (n,), order=1)[0]
+            for lo, hi in tiling.regular_boxes(n, b)]
     boxes.append([(s.start, s.stop) for s in axis])
   return tiling.plan_boxes(model_shape, window, overlap, boxes, context_slices)
 
