@@ -231,3 +231,58 @@ def test_the_package_states_what_its_own_output_gives(tmp_path):
   assert abs(pipeline["pixel"]["dice"] - measured["dice"]) > 1e-3  # not the report's numbers, which are quoted apart:
   assert "mean of 8 flips/rotations per window, calibrated, which this package does not do" in readme
   assert f"| test | {pipeline['pixel']['dice']:.4f} | " in readme
+
+
+@pytest.mark.slow
+def test_a_k_class_package_has_one_output_channel_per_class_and_validates(tmp_path):
+  """A 3-class model: named channels, ONNX equal to JAX, bioimageio.core's model test passes, the package's own
+  per-class scores, and unet-jax reads it back as the same 3-class predictor."""
+  from bioimageio.core import predict  # pylint: disable=g-import-not-at-top
+  from bioimageio.spec import load_model_description  # pylint: disable=g-import-not-at-top
+  from test_multiclass import class_config, write_labelled_folder  # pylint: disable=g-import-not-at-top
+  from unet_jax.inference.predictor import Predictor  # pylint: disable=g-import-not-at-top
+  from unet_jax.scores import classes  # pylint: disable=g-import-not-at-top
+  write_labelled_folder(tmp_path)
+  config = class_config(3)
+  config.data.root, config.data.labels_root = str(tmp_path), str(tmp_path / "labels")
+  config.data.class_names = ("background", "disc", "square")
+  model = build_model(config.model)
+  variables = spread_variables(model)
+  workdir = str(tmp_path / "run")
+  saver = checkpoint.Checkpoints(workdir)
+  saver.save(STEP, {**variables, "step": np.int32(STEP)}, val_dice=0.5)
+  saver.close()
+  os.makedirs(os.path.join(workdir, "report"))
+  run = {"split": "test", "step": STEP, "mean_dice": 0.8, "dice": [0.9, 0.8, 0.7]}
+  with open(os.path.join(workdir, "report", "class_report.json"), "w") as f:
+    json.dump({"created": "2026-11-26", "runs": [run]}, f)
+  package = str(tmp_path / "classes.zip")
+  summary = bioimage.build_package(config, workdir, package, str(tmp_path / "testing.tif"), license_id="CC-BY-4.0",
+                                   validate=True)
+  assert summary["bioimageio_test"] == {"status": "passed", "failed_checks": []}
+  assert summary["num_classes"] == 3 and summary["max_abs_onnx_minus_jax"] <= 1e-4
+  descr = load_model_description(package)
+  [output] = descr.outputs
+  assert str(output.id) == bioimage.CLASS_OUTPUT_ID
+  assert [a for a in output.axes if a.type == "channel"][0].channel_names == ["background", "disc", "square"]
+  with zipfile.ZipFile(package) as z:
+    raw, expected = np.load(z.open("test_input.npy")), np.load(z.open("test_output.npy"))
+    readme = z.read("README.md").decode()
+    assert "cover.png" in z.namelist()
+  assert expected.shape == (1, 32, 32, 3)
+  np.testing.assert_allclose(expected.sum(-1), 1.0, atol=1e-5)  # softmax
+  assert raw.dtype == np.float32  # the toy stack is stored as floats in [0, 1]: no scaling
+  jax_output = np.asarray(engines.forward(model, "xla")(variables, raw))
+  np.testing.assert_allclose(expected, jax_output, atol=1e-5)
+  sample = predict(model=descr, inputs={"raw": raw})
+  np.testing.assert_allclose(sample.members[bioimage.CLASS_OUTPUT_ID].data.values, jax_output, atol=1e-4)
+  splits = data.load_splits(config.data, 3)
+  plain = Predictor.create(model, variables, config.eval)
+  dice = classes.class_scores(plain.label_map(plain.raw_probabilities(splits["test"].image)), splits["test"].mask,
+                              3)["mean_dice"]
+  assert summary["package"]["scores"]["test"]["mean_dice"] == pytest.approx(dice)
+  assert f"| test | {dice:.4f} | " in readme and "| test | 0.8000 | 0.9000 | 0.8000 | 0.7000 |" in readme
+  restored = Predictor.from_package(package)
+  assert restored.num_classes == 3
+  np.testing.assert_array_equal(restored.label_map(restored.raw_probabilities(splits["test"].image)),
+                                plain.label_map(plain.raw_probabilities(splits["test"].image)))

@@ -7,6 +7,11 @@ output axes with the pixel size in nanometres, the preprocessing that maps the r
 report, and a README with the training data and scores. The ONNX weights are checked
 against JAX before packaging, and `validate_package` runs bioimageio.core's model test (offline).
 
+A K-class model (model.num_classes > 1) is exported the same way with one output channel per class (named by
+`data.class_names`, else class_0 ...), the model's softmax or per-class sigmoids in the ONNX graph, its scores
+per class from evaluate.py's class_report.json and from its own output's argmax label map, and a cover drawn
+from the test input and that label map.
+
 The package states what it is, not what unet-jax's pipeline around it is:
 - its scores and threshold are those of its own output, one pass of the network per window (no
   test-time augmentation, no calibration), measured at export on the report's splits with the
@@ -31,16 +36,18 @@ import flax.serialization
 import jax
 import numpy as np
 import tifffile
+from matplotlib import colormaps
+from PIL import Image
 
 from unet_jax.errors import InputError
 from unet_jax.inference import engines, onnx_export, predictor as predictor_lib
 from unet_jax.inference.predictor import choose_threshold, Predictor
 from unet_jax.io import data, outputs, stacks
 from unet_jax.network.model import build_model
-from unet_jax.scores import metrics
+from unet_jax.scores import classes, metrics
 
 TOLERANCE = 1e-4  # max |ONNX Runtime - JAX| probability on the test input, checked before packaging
-INPUT_ID, OUTPUT_ID = "raw", "mitochondria"
+INPUT_ID, OUTPUT_ID, CLASS_OUTPUT_ID = "raw", "mitochondria", "classes"  # CLASS_: a K-class model's output
 INSTALL = "pip install bioimageio.core==0.11.0 bioimageio.spec==0.5.12.0"
 LICENSE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "LICENCE", "LICENCE.txt", "LICENCE.md", "COPYING",
                  "README.md", "README.txt", "README")  # beside the training data, read in this order
@@ -204,6 +211,34 @@ def package_scores(config: Any, predictor: Predictor, split_names: list[str]) ->
           "overlap": float(plain.settings["overlap"]), "blend": plain.settings["blend"]}
 
 
+def class_names(config: Any) -> list[str]:
+  """One channel name per class of a K-class model: `data.class_names`, else class_0, class_1, ..."""
+  return list(config.data.get("class_names", ())) or [f"class_{c}" for c in range(config.model.num_classes)]
+
+
+def class_package_scores(config: Any, predictor: Predictor, split_names: list[str]) -> dict[str, Any]:
+  """`package_scores` of a K-class model: the per-class scores (classes.class_scores) of the argmax label map of
+  the network's own probabilities (one pass per window, no TTA, no calibration) on each of `split_names`."""
+  plain_eval = config.eval.copy_and_resolve_references()
+  plain_eval.tta, plain_eval.calibrate = "none", False
+  plain = Predictor.create(predictor.model, predictor.variables, plain_eval, predictor.step)
+  k = predictor.num_classes
+  splits = data.load_splits(config.data, k)
+  scores = {n: classes.class_scores(plain.label_map(plain.raw_probabilities(splits[n].image)), splits[n].mask, k)
+            for n in dict.fromkeys(split_names) if n in splits}
+  return {"scores": scores, "window": list(plain.settings["window"]), "overlap": float(plain.settings["overlap"]),
+          "blend": plain.settings["blend"]}
+
+
+def class_cover(raw: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """The package's cover u8[H, 2W, 3]: the test input (grey) beside its label map (one tab10/tab20 colour per class)."""
+  grey = raw.astype(np.float32)
+  grey = np.round(255 * (grey - grey.min()) / max(float(grey.max() - grey.min()), 1e-12)).astype(np.uint8)
+  palette = colormaps["tab10" if num_classes <= 10 else "tab20"].resampled(max(num_classes, 2))
+  colours = np.round(255 * palette(np.arange(num_classes))[:, :3]).astype(np.uint8)
+  return np.concatenate([np.repeat(grey[..., None], 3, -1), colours[labels]], axis=1)
+
+
 def _pipeline(config: Any) -> str:
   """How evaluate.py ran the network, in words (TTA and calibration)."""
   tta = {"none": "one pass", "flips": "mean of 4 flips", "dihedral": "mean of 8 flips/rotations"}.get(
@@ -255,6 +290,41 @@ def readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, in
   ])
 
 
+def class_readme(config: Any, report: dict[str, Any], step: int, window: tuple[int, int], own: dict[str, Any],
+                 license_id: str, license_source: str) -> str:
+  """README.md of a K-class model's package: its classes, training data and licence, the per-class Dice of its own
+  output's argmax label map (`class_package_scores`) and apart the report's."""
+  voxel, names = tuple(config.data.voxel_size_nm), class_names(config)
+  header = ["| split | mean Dice | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+  row = lambda split, s: f"| {split} | {s['mean_dice']:.4f} | " + " | ".join(f"{d:.4f}" for d in s["dice"]) + " |"
+  source = (f"the training data's, stated in its {os.path.basename(license_source)}" if os.path.isabs(license_source)
+            else f"from {license_source}")
+  output = "one softmax over the classes" if config.model.output == "softmax" else "one sigmoid per class"
+  return "\n".join([
+      f"# {len(names)}-class U-Net (unet-jax)", "",
+      f"Segments electron microscopy into {len(names)} classes, one 2D slice at a time: the output has one channel "
+      f"per class ({', '.join(names)}), the class probabilities ({output}); the class map is their argmax.", "",
+      "## Training data", "",
+      f"- data: `{data_label(config.data)}` from `{config.data.root}`, label maps from `{config.data.labels_root}`",
+      f"- pixel size (z, y, x): {voxel[0]:g} x {voxel[1]:g} x {voxel[2]:g} nm; other tools should resample inputs at "
+      "another pixel size to this one first",
+      f"- checkpoint of training step {step} (`eval.checkpoint={config.eval.checkpoint}`)",
+      f"- network: 2D U-Net, depth {config.model.depth}, {config.model.base_features} base features, "
+      f"{config.model.norm} normalisation; tiles of {window[0]} x {window[1]} px",
+      f"- licence: {license_id} ({source})", "",
+      "## Validation", "",
+      f"Per-class Dice of this package's own output, measured at export: the argmax of one pass of the network per "
+      f"{window[0]} x {window[1]} window (sliding windows, overlap {own['overlap']:g}, {own['blend']} blending; no "
+      "test-time augmentation, no calibration):", "",
+      *header, *(row(split, s) for split, s in own["scores"].items()), "",
+      f"unet-jax's own pipeline (evaluate.py, {report.get('created', '')}) scored this checkpoint as "
+      f"{_pipeline(config)} per window:", "",
+      *header, *(row(r["split"], r) for r in report["runs"]), "",
+      "## Preprocessing", "",
+      "Raw values are mapped to [0, 1] as in training (`scale_linear` in rdf.yaml, e.g. uint8 / 255).", "",
+  ])
+
+
 def with_training_voxel_size(predictor: Predictor, config: Any, workdir: str) -> Predictor:
   """`predictor` carrying `data.voxel_size_nm`, the pixel size the package states (rdf.yaml's input axes, its
   README, unet_jax_predictor.json); InputError when the workdir recorded another at training."""
@@ -291,11 +361,12 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
   predictor = with_training_voxel_size(Predictor.load(config, workdir), config, workdir)
   window = predictor.settings["window"]
   model.check_input((1, *window, 1))
-  variables, step = predictor.variables, predictor.step
-  report_path = report_path or os.path.join(workdir, "report", "report.json")
+  variables, step, k = predictor.variables, predictor.step, model.num_classes
+  report_path = report_path or os.path.join(workdir, "report", "report.json" if k == 1 else "class_report.json")
   report = read_report(report_path, step)
-  covers = [os.path.join(os.path.dirname(report_path), p) for r in report["runs"] for p in r["files"]["overlays"]]
-  if not covers or not os.path.isfile(covers[0]):
+  covers = [os.path.join(os.path.dirname(report_path), p) for r in report["runs"]
+            for p in r.get("files", {}).get("overlays", [])] if k == 1 else []
+  if k == 1 and (not covers or not os.path.isfile(covers[0])):
     raise InputError(f"{report_path} lists no overlay picture to use as the cover; rerun evaluate.py")
   image_path = image_path or os.path.join(config.data.root, "testing.tif")
   if not os.path.isfile(image_path):
@@ -313,8 +384,8 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     raise InputError(f"ONNX Runtime differs from JAX by {difference:.2e} > {TOLERANCE} on the test input; "
                      "the conversion is wrong for this model, do not ship it")
 
-  own = package_scores(config, predictor, [r["split"] for r in report["runs"]])
-  threshold = own["threshold"]["value"]  # for the package's output: one pass, the network's own probabilities
+  splits = [r["split"] for r in report["runs"]]
+  own = package_scores(config, predictor, splits) if k == 1 else class_package_scores(config, predictor, splits)
   with tempfile.TemporaryDirectory() as tmp:
     path = lambda name: os.path.join(tmp, name)
     with open(path("weights.onnx"), "wb") as f:
@@ -322,21 +393,25 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
     np.save(path("test_input.npy"), raw[None, ..., None])
     np.save(path("test_output.npy"), expected)
     tifffile.imwrite(path("sample_input.tif"), raw)  # the same window, as pictures for the website
-    tifffile.imwrite(path("sample_output.tif"), expected[0, ..., 0])
-    shutil.copy(covers[0], path("cover.png"))
+    if k == 1:
+      tifffile.imwrite(path("sample_output.tif"), expected[0, ..., 0])
+      shutil.copy(covers[0], path("cover.png"))
+    else:  # (K, H, W): one page per class
+      tifffile.imwrite(path("sample_output.tif"), np.moveaxis(expected[0], -1, 0), photometric="minisblack")
+      Image.fromarray(class_cover(raw, predictor.label_map(expected[0]), k)).save(path("cover.png"))
     with open(path(predictor_lib.PACKAGE_VARIABLES), "wb") as f:
       f.write(flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, variables)))
     with open(path(predictor_lib.PACKAGE_SETTINGS), "w") as f:
       json.dump(predictor.package_record(config), f, indent=1)
     with open(path("README.md"), "w") as f:
-      f.write(readme(config, report, step, window, own, license_id, license_source))
+      f.write((readme if k == 1 else class_readme)(config, report, step, window, own, license_id, license_source))
     descr = _describe(v0_5, config, own, step, window, raw.dtype, (offset, scale), author, license_id, path)
     package = spec.save_bioimageio_package(descr, output_path=path("package.zip"))
     summary = {"output": output, "workdir": workdir, "step": int(step), "window": list(window),
                "test_input": image_path, "input_dtype": str(raw.dtype), "license": license_id,
                "license_source": license_source, "max_abs_onnx_minus_jax": difference, "tolerance": TOLERANCE,
                "threshold": predictor.threshold, "temperature": predictor.temperature,
-               "raw_threshold": predictor.raw_threshold, "package": own}
+               "raw_threshold": predictor.raw_threshold, "num_classes": k, "package": own}
     if validate:
       summary["bioimageio_test"] = validate_package(str(package))
       if summary["bioimageio_test"]["status"] != "passed":
@@ -350,14 +425,17 @@ def build_package(config: Any, workdir: str, output: str, image_path: str | None
 
 def _describe(v0_5: Any, config: Any, own: dict[str, Any], step: int, window: tuple[int, int],
               dtype: np.dtype, normalization: tuple[float, float], author: str, license_id: str, path: Any) -> Any:
-  """The v0.5 ModelDescr of the files under `path(name)`; its numbers are the package's own (`package_scores`)."""
-  threshold = own["threshold"]["value"]
+  """The v0.5 ModelDescr of the files under `path(name)`; its numbers are the package's own (`package_scores`,
+  `class_package_scores` for a K-class model, whose output has one channel per class)."""
+  k = config.model.num_classes
   voxel_y, voxel_x = (float(v) for v in tuple(config.data.voxel_size_nm)[1:])
   space = lambda axis_id, size, scale, cls: cls(id=v0_5.AxisId(axis_id), size=size, scale=scale, unit="nanometer")
   offset, scale = normalization
   to_float = v0_5.EnsureDtypeDescr(kwargs=v0_5.EnsureDtypeKwargs(dtype="float32"))
-  preprocessing = [to_float, v0_5.ScaleLinearDescr(kwargs=v0_5.ScaleLinearKwargs(gain=1.0 / scale,
-                                                                                  offset=-offset / scale)), to_float]
+  preprocessing = [to_float]
+  if (offset, scale) != (0.0, 1.0):  # raw values already in [0, 1] (floats) need none; the spec refuses a no-op
+    preprocessing += [v0_5.ScaleLinearDescr(kwargs=v0_5.ScaleLinearKwargs(gain=1.0 / scale, offset=-offset / scale)),
+                      to_float]
   ref = lambda axis_id: v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT_ID), axis_id=v0_5.AxisId(axis_id))
   inputs = [v0_5.InputTensorDescr(
       id=v0_5.TensorId(INPUT_ID), description="raw EM slice, one channel",
@@ -366,24 +444,37 @@ def _describe(v0_5: Any, config: Any, own: dict[str, Any], step: int, window: tu
       test_tensor=v0_5.FileDescr(source=path("test_input.npy")),
       sample_tensor=v0_5.FileDescr(source=path("sample_input.tif")),
       data=v0_5.IntervalOrRatioDataDescr(type=str(dtype)), preprocessing=preprocessing)]
+  if k == 1:
+    threshold = own["threshold"]["value"]
+    output_id, channels = OUTPUT_ID, ["mitochondria"]
+    meaning = f"mitochondrion probability; threshold at {threshold:g}"
+    scores = "; ".join(f"{split} Dice {p['dice']:.3f}, IoU {p['iou']:.3f}" for split, p in own["scores"].items())
+    name, summary = "mitochondria", f"thresholded at {threshold:g}: {scores}"
+    tags = ["mitochondria", "electron-microscopy", "semantic-segmentation", "unet", "2d", "jax", "onnx"]
+  else:
+    output_id, channels = CLASS_OUTPUT_ID, class_names(config)
+    kind = "softmax" if config.model.output == "softmax" else "one sigmoid each"
+    meaning = f"{k} class probabilities, one channel per class ({kind}); the class map is their argmax"
+    scores = "; ".join(f"{split} mean Dice {s['mean_dice']:.3f}" for split, s in own["scores"].items())
+    name, summary = f"{k} classes", f"as a label map (argmax): {scores}"
+    tags = ["electron-microscopy", "semantic-segmentation", "multi-class", "unet", "2d", "jax", "onnx"]
   outputs = [v0_5.OutputTensorDescr(
-      id=v0_5.TensorId(OUTPUT_ID), description=f"mitochondrion probability; threshold at {threshold:g}",
+      id=v0_5.TensorId(output_id), description=meaning,
       axes=[v0_5.BatchAxis(size=1), space("y", ref("y"), voxel_y, v0_5.SpaceOutputAxis),
-            space("x", ref("x"), voxel_x, v0_5.SpaceOutputAxis), v0_5.ChannelAxis(channel_names=["mitochondria"])],
+            space("x", ref("x"), voxel_x, v0_5.SpaceOutputAxis), v0_5.ChannelAxis(channel_names=channels)],
       test_tensor=v0_5.FileDescr(source=path("test_output.npy")),
       sample_tensor=v0_5.FileDescr(source=path("sample_output.tif")),
       data=v0_5.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))]
-  scores = "; ".join(f"{split} Dice {p['dice']:.3f}, IoU {p['iou']:.3f}" for split, p in own["scores"].items())
   return v0_5.ModelDescr(
-      name=f"unet-jax mitochondria {data_label(config.data)}",
-      description=(f"2D U-Net for mitochondria in EM, trained on {data_label(config.data)} "
+      name=f"unet-jax {name} {data_label(config.data)}",
+      description=(f"2D U-Net for {name} in EM, trained on {data_label(config.data)} "
                    f"({voxel_y:g} nm pixels), checkpoint step {step}. Its output (one pass per window) "
-                   f"thresholded at {threshold:g}: {scores}.")[:1024],
+                   f"{summary}.")[:1024],
       authors=[v0_5.Author(name=author)],
       cite=[v0_5.CiteEntry(text=text, doi=v0_5.Doi(doi)) for text, doi in CITATIONS],
       license=v0_5.LicenseId(license_id),
       documentation=v0_5.FileDescr(source=path("README.md")), covers=[v0_5.FileDescr(source=path("cover.png"))],
-      tags=["mitochondria", "electron-microscopy", "semantic-segmentation", "unet", "2d", "jax", "onnx"],
+      tags=tags,
       inputs=inputs, outputs=outputs,
       attachments=[v0_5.FileDescr(source=path(predictor_lib.PACKAGE_VARIABLES)),
                    v0_5.FileDescr(source=path(predictor_lib.PACKAGE_SETTINGS))],
