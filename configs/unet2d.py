@@ -241,7 +241,7 @@ def vnc_classes(c: ml_collections.ConfigDict) -> None:
   c.model.num_classes = 5
   c.model.output = "softmax"
   c.train.loss = "bce_dice"  # cross-entropy + (1 - mean soft Dice): rare classes (synapse, 0.7 %) still pull
-  c.eval.engine = "xla"  # ONNX Runtime and threshold/calibration choices are binary-only
+  c.eval.engine = "xla"  # eval.engine='onnx' runs K-class models too; threshold choice is binary-only
   c.eval.select_threshold = False
   c.eval.tta = "none"
   c.eval.object_classes = (3, 4)  # mitochondria and synapses are objects: per-object scores and review lists
