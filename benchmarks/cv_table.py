@@ -104,8 +104,13 @@ def assign_folds(n_slices: int, k: int, val_slices: int) -> list[Fold]:
   folds, start = [], 0
   for i, size in enumerate(sizes):
     test = range(start, start + size)
-    val = range(test.stop, test.stop + val_slices) if test.stop + val_slices <= n_slices else range(
-        test.start - val_slices, test.start)
+    if test.stop + val_slices <= n_slices:
+      val = range(test.stop, test.stop + val_slices)
+    elif test.start >= val_slices:
+      val = range(test.start - val_slices, test.start)
+    else:
+      raise InputError(f"--val_slices={val_slices}: test fold {i} (slices {test.start}-{test.stop - 1}) has fewer "
+                       "slices on either side; choose fewer")
     train = tuple(z for z in range(n_slices) if z not in test and z not in val)
     folds.append(Fold(i, tuple(test), tuple(val), train))
     start += size

@@ -36,7 +36,7 @@ def test_seven_folds_of_the_fourteen_vnc_slices():
   assert folds[6].train == tuple(range(10))
 
 
-@pytest.mark.parametrize("k, val", [(1, 2), (15, 1), (7, 0), (7, 12), (4, 10)])
+@pytest.mark.parametrize("k, val", [(1, 2), (15, 1), (7, 0), (7, 12), (4, 10), (3, 8)])
 def test_folds_without_training_or_validation_slices_are_refused(k, val):
   with pytest.raises(InputError, match="--folds|--val_slices"):
     cv_table.assign_folds(14, k, val)
