@@ -106,6 +106,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.0  # > 0: validate, checkpoint and run an EMA of the weights with this decay (e.g. 0.99); 0 = off
   c.train.tensorboard = True  # TensorBoard summaries (loss, learning rate, validation scores, slices) in workdir/tensorboard
   c.train.init_from = ""  # fine-tuning: start from this workdir's eval.checkpoint or this export.py package ("" = fresh weights)
+  # Mean teacher on unlabelled images of the same tissue (unet_jax/training/consistency.py); off while
+  # consistency_weight = 0.
+  c.train.consistency_weight = 0.0  # > 0: weight of the teacher-student consistency loss; needs train.unlabeled
+  # and train.ema_decay > 0 (the teacher is the EMA of the weights)
+  c.train.unlabeled = ()  # stacks without masks (TIFF/OME-Zarr), e.g. ('../shared/data/vnc/unlabeled.tif',)
+  c.train.unlabeled_batch = 4  # unlabelled patches per step (global; a multiple of the devices)
+  c.train.consistency_rampup_steps = 500  # weight * exp(-5 (1 - step / this)^2) until then; 0: full from the start
+  c.train.consistency_noise = 0.03  # std of the Gaussian noise added to each view (images in [0, 1]); 0 = none
+  c.train.pseudo_label_threshold = 0.0  # in [0.5, 1): also cross-entropy against the teacher's labels where it
+  # is at least this confident; 0 = off
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"  # adam | adamw | sgd
@@ -157,6 +167,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.blend = "gaussian"  # gaussian | constant
   c.eval.sigma = 0.125  # gaussian blending: sigma as a fraction of the window
   c.eval.tta = "none"  # test-time augmentation, averaged: none | flips (4) | dihedral (8 flips/rotations)
+  c.eval.val_tta = ""  # TTA of the validations during training ("": eval.tta); none: 8x cheaper than dihedral
   c.eval.batch_size = 8
   c.eval.engine = "xla"  # xla | onnx (ONNX Runtime for the forward pass; pick by benchmarks/inference_engines.py)
   c.eval.chunk = (32, 1024, 1024)  # (z, y, x) voxels per block of chunked OME-Zarr segmentation; memory grows with it, not the volume

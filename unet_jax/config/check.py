@@ -127,7 +127,16 @@ def _rules(section: str) -> list[Rule]:
             ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]"),
             ("train.ema_decay", _num(0.0, 1.0, hi_open=True), "a number in [0, 1) (0: no weight average)"),
             ("train.tensorboard", _is(bool), "True or False"),
-            ("train.init_from", _is(str), "a workdir or a package made by export.py ('' for fresh weights)")]
+            ("train.init_from", _is(str), "a workdir or a package made by export.py ('' for fresh weights)"),
+            ("train.consistency_weight", _num(0.0, 1e6), "a number in [0, 1e6] (0: no unlabelled training)"),
+            ("train.unlabeled", lambda v: isinstance(v, (tuple, list)) and all(isinstance(p, str) and p for p in v),
+             "a tuple of paths of unlabelled TIFF/OME-Zarr stacks (() for none)"),
+            ("train.unlabeled_batch", _int(1, MAX_BATCH),
+             f"an integer in [1, {MAX_BATCH}] (a multiple of the devices)"),
+            ("train.consistency_rampup_steps", _int(0, MAX_STEPS), f"an integer in [0, {MAX_STEPS}] (0: no ramp-up)"),
+            ("train.consistency_noise", _num(0.0, 1.0), "a number in [0, 1] (0: no noise)"),
+            ("train.pseudo_label_threshold", lambda v: v == 0 or _num(0.5, 1.0, hi_open=True)(v),
+             "0 (off) or a probability in [0.5, 1)")]
   if section == "optim":
     return [("optim.name", _one_of(*optim.OPTIMIZERS), f"one of {optim.OPTIMIZERS}"),
             ("optim.learning_rate", _num(0.0, 10.0, lo_open=True), "a number in (0, 10]"),
@@ -160,6 +169,7 @@ def _rules(section: str) -> list[Rule]:
             ("eval.blend", _one_of(*windows.BLENDS), f"one of {windows.BLENDS}"),
             ("eval.sigma", _num(0.0, 10.0, lo_open=True), "a fraction of the window in (0, 10]"),
             ("eval.tta", _one_of(*windows.TTAS), f"one of {windows.TTAS}"),
+            ("eval.val_tta", _one_of("", *windows.TTAS), f"'' (eval.tta) or one of {windows.TTAS}"),
             ("eval.batch_size", _int(1, MAX_BATCH), f"an integer in [1, {MAX_BATCH}]"),
             ("eval.threshold", _num(0.0, 1.0, True, True), "a probability in (0, 1)"),
             ("eval.checkpoint", _one_of("best", "latest"), "'best' or 'latest'"),
@@ -258,6 +268,12 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
                       "--config.eval.threshold to the value a run without final_fit chose on val")
   if {"train", "optim"} <= set(sections) and _present(config, "train") and _present(config, "optim"):
     t, o = config.train, config.optim
+    if t.consistency_weight and not (t.unlabeled and t.ema_decay):
+      problems.append(f"train.consistency_weight={t.consistency_weight} needs unlabelled stacks (train.unlabeled="
+                      f"{tuple(t.unlabeled)!r}) and a teacher (train.ema_decay={t.ema_decay}, e.g. 0.99); set both")
+    if t.pseudo_label_threshold and not t.consistency_weight:
+      problems.append(f"train.pseudo_label_threshold={t.pseudo_label_threshold} is part of the consistency loss: set "
+                      "train.consistency_weight > 0 too")
     if t.budget_minutes and o.warmup_steps < t.budget_measure_steps:
       problems.append(f"train.budget_minutes needs optim.warmup_steps ({o.warmup_steps}) >= "
                       f"train.budget_measure_steps ({t.budget_measure_steps}), so the measured steps do not "

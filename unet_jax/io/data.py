@@ -3,7 +3,8 @@
 Images are read and normalised to [0, 1] by unet_jax/io/stacks.py (TIFF) or unet_jax/io/ngff.py (OME-Zarr),
 the readers inference uses. A data folder holds each stack of STACK_FILES as that TIFF or as an
 OME-Zarr image of the same stem (training.ome.zarr for training.tif). Masks may hold {0, 1} or
-{0, 255}; anything else is an error naming the values found.
+{0, 255}; anything else is an error naming the values found. Unlabelled stacks for semi-supervised
+training (`load_unlabeled`, unet_jax/training/consistency.py) are read the same way, without masks.
 
 Multi-class models (model.num_classes = K > 1) learn integer label maps instead: the images as above,
 the labels from `data.labels_root` (LABEL_FILES, class ids 0..K-1 per pixel, kept as they are: a
@@ -12,7 +13,7 @@ value outside that range is an error, never clipped or remapped).
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from absl import logging
@@ -130,6 +131,22 @@ def load_folder(root: str) -> dict[str, Split]:
                      f"to a folder holding {', '.join(f for p in STACK_FILES.values() for f in p)} "
                      "(or OME-Zarr images named like them, e.g. training.ome.zarr)")
   return {k: load_pair(stack_path(root, a), stack_path(root, b)) for k, (a, b) in STACK_FILES.items()}
+
+
+def load_unlabeled(paths: Sequence[str], data_config: Any) -> list[np.ndarray]:
+  """The unlabelled stacks of `train.unlabeled` (TIFF or OME-Zarr), each f32[Z, H, W] in [0, 1]. The data
+  folder's own stacks are refused: the training stack holds the val slices and the test stack is never seen."""
+  own = [] if data_config.name == "synthetic" else [stack_path(data_config.root, a) for a, _ in STACK_FILES.values()]
+  own = {os.path.realpath(p) for p in own if p is not None}
+  stacks = []
+  for path in paths:
+    if not os.path.exists(path):
+      raise InputError(f"train.unlabeled: {path!r} does not exist; give TIFF or OME-Zarr stacks of unlabelled images")
+    if os.path.realpath(path) in own:
+      raise InputError(f"train.unlabeled: {path!r} is a stack of data.root (its val or test slices would train); "
+                       "give stacks of other images, e.g. ../shared/data/vnc/unlabeled.tif")
+    stacks.append(_read(path, True))
+  return stacks
 
 
 def warn_if_empty(splits: dict[str, Split]) -> None:

@@ -21,7 +21,7 @@ from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network import anisotropy, volumes
 from unet_jax.network.model import abstract_variables, build_model, UNet
 from unet_jax.scores import classes, metrics
-from unet_jax.training import augment, losses, optim, parallel, sampling, summaries
+from unet_jax.training import augment, consistency, losses, optim, parallel, sampling, summaries
 
 
 class TrainState(train_state.TrainState):
@@ -41,6 +41,14 @@ def averaged_params(state: TrainState) -> Any:
   if state.ema is None:
     return state.params
   return optax.tree_utils.tree_bias_correction(state.ema.ema, state.ema_decay, state.ema.count)
+
+
+def teacher_params(state: TrainState) -> Any:
+  """The mean teacher (unet_jax/training/consistency.py): the EMA's average, or the parameters before the
+  first step, when there is no average yet."""
+  ema = state.ema._replace(count=jnp.maximum(state.ema.count, 1))
+  return jax.tree.map(lambda average, p: jnp.where(state.ema.count > 0, average, p),
+                      averaged_params(state.replace(ema=ema)), state.params)
 
 
 def patch_shape(config: Any) -> tuple[int, ...]:
@@ -101,12 +109,15 @@ def from_state_tree(state: TrainState, tree: dict[str, Any]) -> TrainState:
   return state.replace(**tree)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, *,
-               config: Any, axis_name: str | None = parallel.AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array,
+               unlabeled_keys: jax.Array | None = None,
+               *, config: Any, axis_name: str | None = parallel.AXIS) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser step on the global batch, of which this device holds a shard.
 
   batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation, which also
-  gives each pixel its loss weight: 0 on a blanked section).
+  gives each pixel its loss weight: 0 on a blanked section). Mean teacher (train.consistency_weight > 0):
+  batch['unlabeled'] f32[U, *patch, C] and `unlabeled_keys`, one per unlabelled example (its two views), add
+  the weighted consistency loss of unet_jax/training/consistency.py.
   The loss is a function of batch sums (unet_jax/training/losses.py): the shards' sums are added over
   `axis_name`, and the gradient is the sum over devices of each shard's vector-Jacobian product
   with d loss / d sums, i.e. exactly the single-device gradient of the global batch.
@@ -119,19 +130,39 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
   loss_fn = losses.get_loss(config.train.loss)
   if multi_class:  # a mean over the classes, weighted by train.class_weights
     loss_fn = functools.partial(loss_fn, weights=class_weights)
+  if unlabeled_keys is not None:  # the teacher's view is predicted once, outside the differentiated function
+    teacher_view, student_view, flips = consistency.views(unlabeled_keys, batch["unlabeled"], config)
+    teacher_logits, _ = state.apply_fn({"params": teacher_params(state), "batch_stats": state.batch_stats},
+                                       teacher_view, train=True, mutable=["batch_stats"])
 
   def shard_sums(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, image,
-                                     train=True, mutable=["batch_stats"])
+    variables = {"params": params, "batch_stats": state.batch_stats}
+    logits, updates = state.apply_fn(variables, image, train=True, mutable=["batch_stats"])
     if multi_class:
-      return losses.class_sums(logits, mask, config.model.output, class_weights), updates
-    return losses.batch_sums(logits, mask, weight), updates
+      sums = {"labeled": losses.class_sums(logits, mask, config.model.output, class_weights)}
+    else:
+      sums = {"labeled": losses.batch_sums(logits, mask, weight)}
+    if unlabeled_keys is not None:  # BatchNorm statistics are updated from the labelled batch only
+      student_logits, _ = state.apply_fn(variables, student_view, train=True, mutable=["batch_stats"])
+      sums["unlabeled"] = consistency.consistency_sums(consistency.to_teacher_frame(student_logits, flips),
+                                                       teacher_logits, config.model.output,
+                                                       config.train.pseudo_label_threshold)
+    return sums, updates
+
+  def objective(s: dict[str, losses.Sums]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    loss = loss_fn(s["labeled"], config.train.smooth)
+    if "unlabeled" not in s:
+      return loss, {"loss": loss}
+    unsupervised = consistency.consistency_loss(s["unlabeled"])
+    weight = consistency.rampup_weight(state.step, config.train.consistency_weight,
+                                       config.train.consistency_rampup_steps)
+    return loss + weight * unsupervised, {"loss": loss, "consistency": unsupervised}
 
   sums, pullback, updates = jax.vjp(shard_sums, state.params, has_aux=True)
   batch_stats = updates.get("batch_stats", {})
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
-  loss, dloss_dsums = jax.value_and_grad(loss_fn)(sums, config.train.smooth)
+  (total, step_metrics), dloss_dsums = jax.value_and_grad(objective, has_aux=True)(sums)
   (grads,) = pullback(dloss_dsums)
   if axis_name is not None:
     grads = jax.lax.psum(grads, axis_name)
@@ -139,27 +170,42 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array, 
   updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if state.ema is not None:
     updated = updated.replace(ema=optax.ema(state.ema_decay).update(updated.params, state.ema)[1])
-  finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  finite = jnp.isfinite(total) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
   # A non-finite step changes nothing but the step count, so no NaN ever reaches a saved state.
   state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state.replace(step=updated.step))
-  return state, {"loss": loss, "nonfinite": 1 - finite.astype(jnp.int32)}
+  return state, {**step_metrics, "nonfinite": 1 - finite.astype(jnp.int32)}
 
 
 def make_parallel_train_step(mesh: Any, config: Any):
   """`train_step` under shard_map over the mesh's 'batch' axis, jitted, state donated.
 
-  Per-example augmentation keys are split from one key over the global batch, so results do
-  not depend on the number of devices.
+  Per-example augmentation keys (and the unlabelled examples' view keys, from the step key folded with
+  consistency.STREAM) are split from one key over the global batch, so results do not depend on the
+  number of devices.
   """
+  semi = config.train.consistency_weight > 0
   body = functools.partial(train_step, config=config)
-  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(parallel.AXIS), P(parallel.AXIS)),
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), *[P(parallel.AXIS)] * (3 if semi else 2)),
                           out_specs=(P(), P()), check_vma=False)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array):
     keys = jax.random.split(key, batch["image"].shape[0])
-    return sharded(state, batch, keys)
+    if not semi:
+      return sharded(state, batch, keys)
+    unlabeled_keys = jax.random.split(jax.random.fold_in(key, consistency.STREAM), batch["unlabeled"].shape[0])
+    return sharded(state, batch, keys, unlabeled_keys)
   return step
+
+
+def validation_settings(eval_config: Any) -> Any:
+  """`config.eval` for the validations during training: its TTA is `eval.val_tta` when set (e.g. 'none', 8x
+  cheaper than 'dihedral', leaving more of a budget to training); evaluate.py keeps `eval.tta`."""
+  if not eval_config.get("val_tta", ""):
+    return eval_config
+  settings = eval_config.copy_and_resolve_references()
+  settings.tta = eval_config.val_tta
+  return settings
 
 
 def evaluate_split(model: UNet, variables: Any, split: data.Split, eval_config: Any) -> dict[str, float]:
@@ -185,8 +231,9 @@ def score_split(model: UNet, variables: Any, split: data.Split,
 
 def budget_steps(train_config: Any, done: int, minutes_used: float, seconds_per_step: float,
                  seconds_per_validation: float) -> int:
-  """The run's total steps under `train.budget_minutes`: as many as the time left allows, validations included."""
-  left = 60.0 * (train_config.budget_minutes - minutes_used)
+  """The run's total steps under `train.budget_minutes`: as many as the time left allows, with a validation every
+  train.eval_every steps and one more at the end."""
+  left = 60.0 * (train_config.budget_minutes - minutes_used) - seconds_per_validation
   per_step = seconds_per_step + seconds_per_validation / train_config.eval_every
   return done + max(0, int(left / per_step))
 
@@ -201,31 +248,51 @@ def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, 
                      f"train.smooth) and rerun with --workdir={workdir}: {resume}")
 
 
-def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, minutes: float, eval_model: UNet,
-               val: data.Split) -> int:
-  """The total steps that fit train.budget_minutes, from the step time since `measured_from` and one timed
-  validation; decided by process 0 and shared, so every process stops at the same step."""
+def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, elapsed: Callable[[], float],
+               eval_model: UNet, val: data.Split) -> tuple[int, float]:
+  """(the total steps that fit train.budget_minutes, the seconds of one validation), from the step time since
+  `measured_from` and a validation timed on its second run (the first compiles, which the minutes used so far
+  then hold); the total is decided by process 0 and shared, so every process stops at the same step."""
   jax.block_until_ready(state)
   seconds_per_step = (time.time() - measured_from) / (config.train.budget_measure_steps - 1)
+  variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
+  evaluate_split(eval_model, variables, val, validation_settings(config.eval))
   start = time.time()
-  evaluate_split(eval_model, parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats}),
-                 val, config.eval)
+  evaluate_split(eval_model, variables, val, validation_settings(config.eval))
   seconds_per_validation = time.time() - start
-  total = budget_steps(config.train, done, minutes + seconds_per_validation / 60.0, seconds_per_step,
-                       seconds_per_validation)
-  return int(multihost_utils.broadcast_one_to_all(np.int32(total))) if jax.process_count() > 1 else total
+  total = budget_steps(config.train, done, elapsed(), seconds_per_step, seconds_per_validation)
+  if jax.process_count() > 1:
+    total = int(multihost_utils.broadcast_one_to_all(np.int32(total)))
+  return total, seconds_per_validation
+
+
+def time_limit(train_config: Any, minutes: float, reserve_seconds: float | None) -> str:
+  """The time limit a run `minutes` long has reached ('' if none): train.max_minutes, or train.budget_minutes
+  less `reserve_seconds` for the last validation (None: the budget's steps are not fixed yet)."""
+  if train_config.max_minutes and minutes >= train_config.max_minutes:
+    return f"train.max_minutes={train_config.max_minutes} reached"
+  if train_config.budget_minutes and reserve_seconds is not None and (
+      60.0 * minutes + reserve_seconds >= 60.0 * train_config.budget_minutes):
+    return f"train.budget_minutes={train_config.budget_minutes} spent (less the last validation)"
+  return ""
 
 
 def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None) -> dict[str, Any]:
   """Trains in `workdir` (resuming from its latest checkpoint); returns the last validation scores.
 
   `on_eval(step, scores)` is called after each validation (and its checkpoint); True stops the run
-  there (a sweep's pruner, unet_jax/tuning/sweeps.py).
+  there (a sweep's pruner, unet_jax/tuning/sweeps.py). The logged minutes, which `train.budget_minutes` and
+  `train.max_minutes` limit, start here: loading, initialising and compiling count.
   """
+  clock = time.time()
   print(anisotropy.describe(build_model(config.model).plan(), config.data.voxel_size_nm))
   mesh = parallel.make_mesh()
   if config.train.batch_size % mesh.size:
     raise InputError(f"train.batch_size={config.train.batch_size} must be a multiple of the {mesh.size} "
+                     "devices; change it or --config.host_devices")
+  semi = config.train.consistency_weight > 0  # mean teacher on unlabelled stacks
+  if semi and config.train.unlabeled_batch % mesh.size:
+    raise InputError(f"train.unlabeled_batch={config.train.unlabeled_batch} must be a multiple of the {mesh.size} "
                      "devices; change it or --config.host_devices")
   outputs.check_writable(workdir, "work folder")
   lock = outputs.lock_workdir(workdir) if jax.process_index() == 0 else None  # held until the process ends
@@ -234,6 +301,8 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   volumes.check_splits(config, splits)
   sampler = sampling.PatchSampler.create(splits["train"], patch_shape(config), config.train.fg_fraction,
                                          config.model.context_slices, config.train.get("class_sampling", ()))
+  unlabeled = consistency.make_samplers(data.load_unlabeled(config.train.unlabeled, config.data), patch_shape(config),
+                                        config.model.context_slices) if semi else []
   eval_model = build_model(config.model)
   init_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, build_model(config.model, parallel.AXIS), init_key)
@@ -256,13 +325,18 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   total = optim.total_steps(state.opt_state)  # 0 until a budgeted run has measured its speed
   state = parallel.replicate(mesh, state)
   step_fn = make_parallel_train_step(mesh, config)
-  batches = sampling.prefetch(sampling.batches(sampler, config.train.batch_size, config.seed, start,
-                                               jax.process_index(), jax.process_count()),
-                              config.train.prefetch)
-  t0, minutes0, scores, nonfinite = time.time(), log.minutes, {}, 0
-  elapsed = lambda: minutes0 + (time.time() - t0) / 60.0
+  batches = sampling.batches(sampler, config.train.batch_size, config.seed, start, jax.process_index(),
+                             jax.process_count())
+  if semi:
+    batches = ({**b, "unlabeled": u} for b, u in zip(batches, consistency.unlabeled_batches(
+        unlabeled, config.train.unlabeled_batch, config.seed, start, jax.process_index(), jax.process_count())))
+  batches = sampling.prefetch(batches, config.train.prefetch)
+  validation = validation_settings(config.eval)
+  minutes0, scores, nonfinite = log.minutes, {}, 0
+  elapsed = lambda: minutes0 + (time.time() - clock) / 60.0
   bar = tqdm(initial=start, total=total or None, desc="train", disable=not primary)
   measured_from, step = None, start
+  reserve = 0.0 if total else None  # seconds kept for the last validation; None until a budget is fixed
   while not total or step < total:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
@@ -273,13 +347,14 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
       jax.block_until_ready(state)
       measured_from = time.time()
     if not total and done == start + config.train.budget_measure_steps:
-      total = fix_budget(config, state, measured_from, done, elapsed(), eval_model, splits["val"])
+      total, reserve = fix_budget(config, state, measured_from, done, elapsed, eval_model, splits["val"])
       state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
       log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed()})
       bar.total = total
       bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all (logged; a resumed "
                 "run keeps them)")
-    out_of_time = bool(config.train.max_minutes and elapsed() >= config.train.max_minutes)
+    limit = "" if done == total else time_limit(config.train, elapsed(), reserve)
+    out_of_time = bool(limit)
     if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
       out_of_time = done % config.train.log_every == 0 and bool(
           multihost_utils.broadcast_one_to_all(np.array(out_of_time)))
@@ -289,13 +364,14 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
       check_finite(int(nonfinite), done, ckpt, workdir)
     if done % config.train.log_every == 0 or last:
       loss = float(step_metrics["loss"])
+      extra = {"consistency": float(step_metrics["consistency"])} if semi else {}
       bar.set_postfix(loss=f"{loss:.4f}")
-      log.write({"step": done, "loss": loss, "minutes": elapsed()})
-      tensorboard.scalars(done, {"loss": loss, "learning_rate": optim.learning_rate(config.optim, done - 1, total)},
-                          "train")
+      log.write({"step": done, "loss": loss, **extra, "minutes": elapsed()})
+      tensorboard.scalars(done, {"loss": loss, **extra,
+                                 "learning_rate": optim.learning_rate(config.optim, done - 1, total)}, "train")
     if done % config.train.eval_every == 0 or last:
       variables = parallel.local_replica({"params": averaged_params(state), "batch_stats": state.batch_stats})
-      scores, probs = score_split(eval_model, variables, splits["val"], config.eval)
+      scores, probs = score_split(eval_model, variables, splits["val"], validation)
       log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
       tensorboard.scalars(done, scores, "val")
       if probs.ndim == splits["val"].mask.ndim:  # binary; class maps have no picture yet
@@ -308,7 +384,9 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
     elif done % config.train.checkpoint_every == 0:
       ckpt.save(done, state_tree(state))
     if out_of_time:
-      bar.write(f"stopping at step {done}: train.max_minutes={config.train.max_minutes} reached")
+      log.write({"event": "stopped", "step": done, "total_steps": total, "reason": limit or "process 0's time limit",
+                 "minutes": elapsed()})
+      bar.write(f"stopping at step {done}: {limit or 'process 0 reached a time limit'}")
       break
   bar.close()
   tensorboard.close()
