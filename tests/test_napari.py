@@ -273,7 +273,7 @@ def test_segmenting_with_a_package_equals_its_workdir(make_napari_viewer, qtbot,
 
 
 @pytest.mark.slow
-def test_a_multi_class_model_gives_class_layers(make_napari_viewer, qtbot, tmp_path):
+def test_a_multi_class_model_gives_class_layers_equal_to_evaluate_input(make_napari_viewer, qtbot, tmp_path):
   spec = write_config(tmp_path, "classes.py", CLASSES_CONFIG)
   config = layers.load_config(spec)
   save_random_checkpoint(config, str(tmp_path / "run"))
@@ -284,12 +284,15 @@ def test_a_multi_class_model_gives_class_layers(make_napari_viewer, qtbot, tmp_p
   seg.config.value, seg.model.value, seg.image.value = spec, str(tmp_path / "run"), viewer.layers["em"]
   run(qtbot, seg)
   assert seg.status.value.startswith("step 3, 3 classes"), seg.status.value
-  predictor = Predictor.load(config, str(tmp_path / "run"))
-  expected = predictor.probabilities(layers.image_stack(image, "em"))  # f32[Z, H, W, 3], in memory
+  tifffile.imwrite(tmp_path / "em.tif", image, photometric="minisblack")
+  segment.segment_file(config, str(tmp_path / "run"), str(tmp_path / "em.tif"), str(tmp_path / "out"),
+                       probability_dtype="float32", progress=False)
+  expected = np.moveaxis(tifffile.imread(tmp_path / "out" / "probabilities.tif"), 1, -1)  # (Z, K, H, W) -> K last
   shown = np.stack([viewer.layers[f"em class {c} probabilities"].data for c in range(3)], axis=-1)
-  np.testing.assert_allclose(shown, expected, atol=2e-5)  # streamed page by page: equal up to float rounding
+  np.testing.assert_array_equal(shown, expected)
   classes = viewer.layers["em classes"]
-  np.testing.assert_array_equal(classes.data, predictor.label_map(shown))
+  np.testing.assert_array_equal(classes.data, tifffile.imread(tmp_path / "out" / "segmentation.tif"))
+  np.testing.assert_array_equal(classes.data, Predictor.load(config, str(tmp_path / "run")).label_map(shown))
   assert len(np.unique(classes.data)) > 1 and tuple(classes.scale) == (50.0, 4.6, 4.6)
   assert "em mask" not in viewer.layers and "em probabilities" not in viewer.layers
   score = dock(viewer, widgets.ScoreWidget)
