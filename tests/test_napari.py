@@ -117,7 +117,8 @@ def test_segmenting_a_layer_equals_evaluate_input(make_napari_viewer, qtbot, mod
   tifffile.imwrite(tmp_path / "em.tif", image)
   out = tmp_path / "out"
   summary = segment.segment_file(layers.load_config(spec), workdir, str(tmp_path / "em.tif"), str(out),
-                                 probability_dtype="float32", progress=False)
+                                 probability_dtype="float32", progress=False, voxel_size_nm=(50.0, 4.6, 4.6))
+  assert summary["voxel_size"]["factors"] == [1.0, 4.6 / 5.0, 4.6 / 5.0]  # the layer's 4.6 nm, the model's 5 nm
   np.testing.assert_array_equal(viewer.layers["em probabilities"].data, tifffile.imread(out / "probabilities.tif"))
   np.testing.assert_array_equal(viewer.layers["em mask"].data * 255, tifffile.imread(out / "segmentation.tif"))
   assert viewer.layers["em mask"].data.any()
@@ -268,7 +269,7 @@ def test_segmenting_with_a_package_equals_its_workdir(make_napari_viewer, qtbot,
     assert viewer.layers["em probabilities"].metadata["unet_jax"]["model"] == path
     assert seg.status.value.startswith(f"step {Predictor.load(config, workdir).step}, ")
   segment.segment_file(config, str(tmp_path / "unpacked"), str(tmp_path / "em.tif"), str(tmp_path / "out"),
-                       probability_dtype="float32", progress=False)
+                       probability_dtype="float32", progress=False, voxel_size_nm=(50.0, 4.6, 4.6))
   np.testing.assert_array_equal(expected["probabilities"], tifffile.imread(tmp_path / "out" / "probabilities.tif"))
 
 

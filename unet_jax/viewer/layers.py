@@ -76,6 +76,13 @@ def voxel_size(scale: Sequence[float], config: Any) -> tuple[float, float, float
   return scale if len(scale) == 3 else (float(config.data.voxel_size_nm[0]), *scale[-2:])
 
 
+def layer_voxel_size(scale: Sequence[float]) -> tuple[float, ...] | None:
+  """The voxel size in nm that a layer's scale states, (y, x) or (z, y, x); None for napari's default scale of
+  1s, which states nothing (the model's voxel size is then assumed, as for a TIFF without metadata)."""
+  scale = tuple(float(s) for s in scale)[-3:]
+  return None if all(s == 1.0 for s in scale) else scale
+
+
 def calibrated_slices(predictor: Predictor, stack: np.ndarray) -> Iterator[np.ndarray]:
   """Calibrated probabilities f32[H, W] (f32[H, W, K] for a K-class model) of z = 0, 1, ... of `stack`
   f32[Z, H, W]: `evaluate.py --input`'s (`Predictor.stream` page by page, then the predictor's temperature);

@@ -178,9 +178,11 @@ class SegmentWidget(Panel):
     layers.check_shape(data.shape, layer.name)
     layers.check_model_path(path)
     dims = 2 if self.objects.value == OBJECTS[0] else 3
+    voxel = layers.layer_voxel_size(layer.scale)  # resampled to the model's voxel size where they differ
 
     def work() -> dict[str, Any]:
       config, predictor = layers.load_model(spec, path)
+      predictor = predictor.on_input(voxel, f"layer {layer.name!r} scale")
       stack = layers.image_stack(data, layer.name)
       k = predictor.num_classes
       probs = np.empty(stack.shape if k == 1 else (*stack.shape, k), np.float32)
@@ -209,7 +211,7 @@ class SegmentWidget(Panel):
     self.put_layer("labels", f"{layer.name} objects", _squeezed(r["labels"], ndim), **common)
     s = r["summary"]
     self.status.value = (f"step {s['step']}, threshold {s['threshold']:g} ({s['threshold_source']}), temperature "
-                         f"{s['temperature']:.3g}: {int(r['labels'].max())} objects")
+                         f"{s['temperature']:.3g}: {int(r['labels'].max())} objects; {s['voxel_size']['note']}")
 
   def _show_classes(self, r: dict[str, Any], common: dict[str, Any]) -> None:
     """A K-class model's layers: each class's probabilities (hidden until chosen) and the class map."""
