@@ -1,30 +1,51 @@
-"""2D vs 2.5D vs 3D on one data set at the same training budget: the README's "does 3D help?" table.
+"""2D vs 2.5D vs 3D on one data set at the same training budget, over seeds: the "does 3D help?" tables.
 
-  python benchmarks/compare_dims.py --data=synthetic --minutes=5 --out=runs/dims_synthetic
-  python benchmarks/compare_dims.py --data=vnc --minutes=6 --out=runs/dims_vnc
+  python benchmarks/compare_dims.py --data=vnc --minutes=10 --seeds=0,1,2 --out=runs/dims_vnc \
+      --doc=docs/results/dimensions.md
+  python benchmarks/compare_dims.py --data=iso --minutes=4 --seeds=0,1,2 --out=runs/dims_iso \
+      --doc=docs/results/dimensions.md
+  python benchmarks/compare_dims.py --data=tiny_iso --minutes=0.3 --seeds=0,1 --out=/tmp/dims   # a smoke test
 
-For each mode (configs/unet3d.py:DATA,mode=MODE), one at a time, each in its own process:
-1. `benchmarks/train_3d.py` times the train step (median of 3 after compiling) and the segmentation of
-   one test volume (evaluate.py's inference, compile excluded);
-2. `train.py` trains for the budget: train.budget_minutes fits the run and its cosine schedule into
-   it (the trainer times its first steps and a validation pass), train.max_minutes caps it; the
-   budget includes compiling, as a user would wait for it. Warm-up and validation intervals are
-   sized from step 1's step time (10 % and 20 % of the steps it predicts);
-3. `evaluate.py --split=val,test` scores the best-validation checkpoint, the threshold chosen on the
-   val split (eval.select_threshold) and never on test.
-With --quiet_speed (the JSON lines of step 1 run earlier on a quiet machine, e.g. by --speed_only),
-the budget becomes a fixed amount of work instead: steps = 0.9 * (minutes * 60 - compile_s) / step_s
-(10 % kept for validation passes), trained with train.steps and no clock, so a machine loaded by
-other jobs takes longer but every mode does what the budget buys on the quiet machine.
+Each mode is configs/unet3d.py:DATA,mode=MODE: the 3D U-Net and its 2D and 2.5D twins on the same data, val
+sections and evaluation (the 3D window's in-plane size and overlap, XLA). `iso` is a generated isotropic volume
+whose mitochondria are branching tubes crossing sections at every angle (unet_jax/io/synthetic.py), where a
+per-section model has to join profiles it sees apart; `vnc` is 50 nm ssTEM. Steps:
+1. once per mode (cached in OUT/speed.jsonl), `benchmarks/train_3d.py` times the train step (median of 6 after
+   compiling) and the segmentation of the test volume (compile excluded);
+2. for each seed (--config.seed) and mode, in the order of benchmarks/seed_runs.py (seed by seed, the modes
+   rotated one place at each seed), `train.py` trains for the budget: train.budget_minutes fits the run and its
+   cosine schedule into it (the trainer times its first steps and a validation pass), train.max_minutes caps
+   it; the budget includes compiling, as a user would wait for it. Warm-up and validation intervals are sized
+   from step 1's step time (10 % and 20 % of the steps it predicts);
+3. `evaluate.py --split=val,test` scores the best-validation checkpoint at the threshold chosen on the val split
+   (eval.select_threshold), never on test; its report holds pixel scores and instance scores with 2D
+   (per-section) and 3D (6-connected, unet_jax/scores/instances.py) components.
+A rerun of the same command skips every finished stage (an interrupted training resumes from its checkpoint),
+so it also just rebuilds the tables. With --quiet_speed (step 1's JSON lines from a quiet machine, e.g. by
+--speed_only) the budget becomes a fixed amount of work instead: steps = 0.9 * (minutes * 60 - compile_s) /
+step_s (10 % kept for validation passes), trained with train.steps and no clock, so a machine loaded by other
+jobs takes longer but every mode does what the budget buys on the quiet machine:
 
-  python benchmarks/compare_dims.py --data=vnc --out=runs/dims_vnc --speed_only > runs/dims_vnc/quiet_speed.log
-  python benchmarks/compare_dims.py --data=vnc --minutes=10 --out=runs/dims_vnc --quiet_speed=runs/dims_vnc/quiet_speed.log
+  python benchmarks/compare_dims.py --data=vnc --out=runs/dims_vnc --speed_only > quiet_speed.log  # quiet machine
+  python benchmarks/compare_dims.py --data=vnc --minutes=10 --out=runs/dims_vnc --quiet_speed=quiet_speed.log
 
-Then prints one Markdown table: test Dice, foreground IoU, 3D instance F1 at IoU 0.5, minutes of
-training (wall, validation included), steps, step minutes (compile + steps x s/step: the work done,
-as the timed machine would take it), seconds per test volume. Extra arguments after `--` go to every train and evaluate.
+Prints one JSON line per run (also OUT/results.jsonl) and writes OUT/table.md: per mode the mean over seeds,
+with its 95 % t interval, of test Dice and 3D instance F1 at IoU 0.5 (2D instance F1 beside it), steps, training
+minutes, seconds per train step (median of the run's logged intervals, validations excluded) and per test
+volume; then each mode's paired difference from 2D. --doc writes that table into the Markdown file's
+`<!-- compare_dims DATA begin/end -->` block; OUT/readme_rows.md (also printed) holds the README's result rows.
+Arguments after `--` go to every timing, train and evaluate run. Logs: OUT/NAME.log; run records: OUT/NAME.json.
+
+Cost: each run is --minutes of training (compiling included) plus about half a minute of process start, data
+loading and the last validation, and the evaluation (val and test inference, 2 x 4 x 1024^2 on VNC at 4.6-6.9 s a
+volume on the quiet 2-core machine, its compile, threshold search, instances and report: about 1-1.5 minutes);
+step 1 adds two processes per mode (compile, 7 steps; compile, 2 test-volume passes: about 2-2.5 minutes on VNC).
+On VNC at 10 minutes, 3 modes x 3 seeds: about 7 + 9 x 12 = 115 minutes there; `iso` at 4 minutes about
+3 + 9 x 5.5 = 53 minutes. These are estimates from those parts, not timed runs of the whole tables; the script
+prints the minutes its runs took, and each run's OUT/NAME.json keeps its stages'.
 """
 
+import datetime
 import json
 import os
 import subprocess
@@ -33,31 +54,40 @@ import sys
 from absl import app, flags
 
 import common
-from unet_jax.io import runlog
+import seed_runs
+from unet_jax.errors import InputError
 from unet_jax.reports import report as report_doc
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("data", "synthetic", ["synthetic", "vnc", "lucchi", "tiny"], "configs/unet3d.py variant (tiny: a smoke test).")
-flags.DEFINE_float("minutes", 5.0, "Training budget per mode, wall minutes.")
-flags.DEFINE_string("out", None, "Parent folder of the runs (one workdir per mode).")
-flags.DEFINE_list("modes", ["2d", "2.5d", "3d"], "Modes to compare.")
+flags.DEFINE_enum("data", "iso", ["synthetic", "iso", "vnc", "lucchi", "tiny", "tiny_iso"],
+                  "configs/unet3d.py variant (tiny, tiny_iso: smoke tests).")
+flags.DEFINE_float("minutes", 5.0, "Training budget per run, wall minutes (compiling included).")
+flags.DEFINE_string("out", None, "Parent folder of the runs (one workdir per mode and seed).")
+flags.DEFINE_list("modes", ["2d", "2.5d", "3d"], "Modes to compare (the first is the reference of the differences).")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (--config.seed), one run of each mode per seed.")
 flags.DEFINE_string("quiet_speed", None, "JSON lines of --speed_only from a quiet machine: train fixed step counts.")
 flags.DEFINE_bool("speed_only", False, "Only time each mode's train step and test-volume inference; print JSON lines.")
+flags.DEFINE_string("doc", None, "Markdown file whose `<!-- compare_dims DATA begin/end -->` block gets the table.")
 flags.mark_flags_as_required(["out"])
 
 EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
+LABELS = {"2d": "2D", "2.5d": "2.5D (k = 1)", "3d": "3D"}
+DATA_NAMES = {"vnc": "VNC", "iso": "Isotropic synthetic (tubes)", "synthetic": "Synthetic volume", "lucchi": "Lucchi",
+              "tiny": "tiny", "tiny_iso": "tiny iso"}
 
 
 def run(args: list[str]) -> str:
-  """Runs `python args...` from the repository root; returns stdout (raises on failure)."""
+  """Runs `python args...` from the repository root; returns stdout (RuntimeError with its output's end)."""
   print("$ python " + " ".join(args), flush=True)
   done = subprocess.run([sys.executable, *args], cwd=common.ROOT, capture_output=True, text=True, check=False)
   if done.returncode:
-    sys.exit(f"failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    raise RuntimeError(f"failed ({done.returncode}): python {' '.join(args)}\n{done.stdout[-2000:]}\n"
+                       f"{done.stderr[-4000:]}")
   return done.stdout
 
 
 def json_line(stdout: str) -> dict:
+  """The last JSON line of a process's output."""
   return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
@@ -66,54 +96,141 @@ def mode_of(measure: dict) -> str:
   return "3d" if measure["ndim"] == 3 else ("2.5d" if measure["context_slices"] else "2d")
 
 
-def quiet_speeds(path: str) -> dict[str, tuple[dict, dict]]:
-  """mode -> (train line, predict line) from a --speed_only log."""
-  lines = [json.loads(line) for line in open(path) if line.startswith("{")]
+def read_speeds(path: str) -> dict[str, tuple[dict, dict]]:
+  """mode -> (train line, predict line) from a --speed_only log or OUT/speed.jsonl (the last pair of a mode wins)."""
+  with open(path) as f:
+    lines = [json.loads(line) for line in f if line.startswith("{")]
   return {mode_of(t): (t, p) for t, p in zip(lines[::2], lines[1::2])}
+
+
+def measure_speed(mode: str, extra: list[str]) -> tuple[dict, dict]:
+  """(train step, test-volume inference) timings of one mode, each from its own train_3d.py process."""
+  config = f"--config=configs/unet3d.py:{FLAGS.data},mode={mode}"
+  return (json_line(run(["benchmarks/train_3d.py", config, "--steps=6", *extra])),
+          json_line(run(["benchmarks/train_3d.py", config, "--mode=predict", *extra])))
+
+
+def speeds(extra: list[str]) -> dict[str, tuple[dict, dict]]:
+  """Every mode's timings: --quiet_speed's, else OUT/speed.jsonl's, measured (and appended there) when missing."""
+  if FLAGS.quiet_speed:
+    found = read_speeds(FLAGS.quiet_speed)
+    if set(FLAGS.modes) - set(found):
+      raise InputError(f"--quiet_speed={FLAGS.quiet_speed} lacks mode(s) {sorted(set(FLAGS.modes) - set(found))}; "
+                       "time them with --speed_only")
+    return found
+  cache = os.path.join(FLAGS.out, "speed.jsonl")
+  found = read_speeds(cache) if os.path.isfile(cache) else {}
+  for mode in FLAGS.modes:
+    if mode not in found:
+      found[mode] = measure_speed(mode, extra)
+      with open(cache, "a") as f:
+        f.writelines(json.dumps(line) + "\n" for line in found[mode])
+  return found
+
+
+def train_and_score(mode: str, seed: int, speed: dict, extra: list[str]) -> dict:
+  """Trains one mode at `seed` for the budget and scores val and test (unless done); the run's values."""
+  name = seed_runs.run_name(mode, seed)
+  workdir = os.path.join(FLAGS.out, name)
+  config = [f"--config=configs/unet3d.py:{FLAGS.data},mode={mode}", f"--config.seed={seed}", f"--workdir={workdir}"]
+  if FLAGS.quiet_speed:
+    steps = max(20, int(0.9 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))
+    length = [f"--config.train.steps={steps}", "--config.train.budget_minutes=0", "--config.train.max_minutes=0"]
+  else:
+    steps = max(20, int(0.8 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))  # an estimate
+    length = [f"--config.train.budget_minutes={FLAGS.minutes}", f"--config.train.max_minutes={FLAGS.minutes}"]
+  every = max(5, steps // 5)
+  schedule = [f"--config.train.eval_every={every}", f"--config.train.checkpoint_every={every}",
+              f"--config.optim.warmup_steps={max(11, steps // 10)}"]
+  seconds = seed_runs.run_stages(FLAGS.out, name, {
+      "train": ["train.py", *config, *length, *schedule, *extra],
+      "evaluate": ["evaluate.py", *config, "--split=val,test", "--save_predictions=false", *EVAL_OVERRIDES, *extra]})
+  test = next(r for r in report_doc.load(os.path.join(workdir, "report"))["runs"] if r["split"] == "test")
+  f1 = {dims: next(s["f1"] for s in test["instances"][dims] if abs(s["iou_threshold"] - 0.5) < 1e-9)
+        for dims in ("2d", "3d")}
+  return {"mode": mode, "seed": seed, "test_dice": test["pixel"]["dice"], "test_iou": test["pixel"]["iou"],
+          "f1_3d": f1["3d"], "f1_2d": f1["2d"], "threshold": test["threshold"]["value"],
+          **seed_runs.training_time(workdir), "train_s": seconds["train"], "evaluate_s": seconds["evaluate"]}
+
+
+def describe(mode: str, speed: dict) -> str:
+  """'3D (2 x 4 x 256²)': the mode and its training batch."""
+  return f"{LABELS[mode]} ({speed['batch']} x {' x '.join(str(p) for p in speed['patch'])})"
+
+
+def table(rows: list[dict], timings: dict[str, tuple[dict, dict]]) -> str:
+  """The Markdown summary: one line per mode (means over seeds, 95 % t intervals), then differences from the first."""
+  by = {m: {r["seed"]: r for r in rows if r["mode"] == m} for m in FLAGS.modes}
+
+  def of(mode: str, key: str) -> dict:
+    return seed_runs.summary({s: r[key] for s, r in by[mode].items()})
+
+  lines = ["| mode (batch x patch) | seeds | test Dice [95 % CI over seeds] | 3D instance F1 @ IoU 0.5 [95 % CI] | "
+           "2D instance F1 | steps | train min | s / step | s per test volume |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for m in FLAGS.modes:
+    means = [seed_runs.mean_text(by[m], key, digits) for key, digits in (("f1_2d", 3), ("steps", 0), ("minutes", 1),
+                                                                          ("s_per_step", 2))]
+    lines.append(f"| {describe(m, timings[m][0])} | {len(by[m])} | {seed_runs.with_interval(of(m, 'test_dice'))} | "
+                 f"{seed_runs.with_interval(of(m, 'f1_3d'), 3)} | {' | '.join(means)} | "
+                 f"{timings[m][1]['predict_s_per_volume']:.1f} |")
+  reference = FLAGS.modes[0]
+  lines += ["", f"| paired difference from {LABELS[reference]} | seeds | test Dice [95 % CI] | "
+                "3D instance F1 [95 % CI] |", "|---|---|---|---|"]
+  for m in FLAGS.modes[1:]:
+    dice, f1 = (seed_runs.paired_difference({s: r[k] for s, r in by[reference].items()},
+                                            {s: r[k] for s, r in by[m].items()}) for k in ("test_dice", "f1_3d"))
+    lines.append(f"| {LABELS[m]} - {LABELS[reference]} | {dice['n']} | {seed_runs.with_interval(dice, signed=True)} | "
+                 f"{seed_runs.with_interval(f1, 3, signed=True)} |")
+  return "\n".join(lines)
+
+
+def readme_rows(rows: list[dict], command: str) -> str:
+  """The README result rows (result | ours | PyTorch script | command): each mode's test Dice and 3D instance F1."""
+  lines = []
+  for i, m in enumerate(FLAGS.modes):
+    runs = {r["seed"]: r for r in rows if r["mode"] == m}
+    dice, f1 = (seed_runs.summary({s: r[k] for s, r in runs.items()}) for k in ("test_dice", "f1_3d"))
+    lines.append(f"| {DATA_NAMES[FLAGS.data]} testing Dice, {LABELS[m]}, {FLAGS.minutes:g} minutes ({len(runs)} seeds; "
+                 f"3D instance F1) | {seed_runs.with_interval(dice)} ({f1['estimate']:.3f}) | | "
+                 f"{f'`{command}`' if i == 0 else '(same)'} |")
+  return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
   extra = argv[1:]
-  quiet = quiet_speeds(FLAGS.quiet_speed) if FLAGS.quiet_speed else {}
-  rows = []
-  for mode in FLAGS.modes:
-    config = f"--config=configs/unet3d.py:{FLAGS.data},mode={mode}"
-    workdir = os.path.join(FLAGS.out, mode)
-    if mode in quiet:
-      speed, predict = quiet[mode]
-    else:
-      speed = json_line(run(["benchmarks/train_3d.py", config, "--steps=6", *extra]))
-      predict = json_line(run(["benchmarks/train_3d.py", config, "--mode=predict", *extra]))
+  try:
+    seeds = seed_runs.parse_seeds(FLAGS.seeds)
+    if set(FLAGS.modes) - set(LABELS) or len(set(FLAGS.modes)) != len(FLAGS.modes):
+      raise InputError(f"--modes={','.join(FLAGS.modes)}: give distinct modes from {tuple(LABELS)}")
+    os.makedirs(FLAGS.out, exist_ok=True)
+    FLAGS.out = os.path.abspath(FLAGS.out)
     if FLAGS.speed_only:
-      print(json.dumps(speed), json.dumps(predict), sep="\n", flush=True)
-      continue
-    if mode in quiet:
-      steps = max(20, int(0.9 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))
-      length = [f"--config.train.steps={steps}", "--config.train.budget_minutes=0", "--config.train.max_minutes=0"]
-    else:
-      steps = max(20, int(0.8 * (FLAGS.minutes * 60 - speed["compile_s"]) / speed["step_s"]))  # an estimate
-      length = [f"--config.train.budget_minutes={FLAGS.minutes}", f"--config.train.max_minutes={FLAGS.minutes}"]
-    run(["train.py", config, f"--workdir={workdir}", *length, f"--config.train.eval_every={max(5, steps // 5)}",
-         f"--config.train.checkpoint_every={max(5, steps // 5)}",
-         f"--config.optim.warmup_steps={max(11, steps // 10)}", *extra])
-    run(["evaluate.py", config, f"--workdir={workdir}", "--split=val,test", *EVAL_OVERRIDES, *extra])
-    report = report_doc.load(os.path.join(common.ROOT, workdir, "report"))
-    test = next(r for r in report["runs"] if r["split"] == "test")
-    f1 = next(s["f1"] for s in test["instances"]["3d"] if abs(s["iou_threshold"] - 0.5) < 1e-9)
-    minutes_by_step = runlog.minutes_by_step(runlog.log_path(os.path.join(common.ROOT, workdir)))
-    minutes, trained = max(minutes_by_step.values()), max(minutes_by_step)
-    rows.append([mode, f"{test['pixel']['dice']:.4f}", f"{test['pixel']['iou']:.4f}", f"{f1:.3f}",
-                 f"{test['threshold']['value']:g}", f"{minutes:.1f}", f"{trained}",
-                 f"{(speed['compile_s'] + trained * speed['step_s']) / 60:.1f}",
-                 f"{speed['step_s']:.2f}", f"{predict['predict_s_per_volume']:.1f}"])
-    print(json.dumps({"mode": mode, "row": rows[-1], "speed": speed, "predict": predict}), flush=True)
-  if FLAGS.speed_only:
-    return
-  header = ["mode", "test Dice", "test fg IoU", "3D instance F1 @0.5", "threshold (val)", "train min", "steps",
-            "step min", "s/step", "s per test volume"]
-  print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-  for row in rows:
-    print("| " + " | ".join(row) + " |")
+      for mode in FLAGS.modes:
+        print(*(json.dumps(line) for line in measure_speed(mode, extra)), sep="\n", flush=True)
+      return
+    timings = speeds(extra)
+    rows = []
+    for seed, mode in seed_runs.run_order(FLAGS.modes, seeds):
+      rows.append(train_and_score(mode, seed, timings[mode][0], extra))
+      print(json.dumps(rows[-1]), flush=True)
+    with open(os.path.join(FLAGS.out, "results.jsonl"), "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    command = f"python benchmarks/compare_dims.py {' '.join(sys.argv[1:])}"
+    budget = "fixed steps from --quiet_speed" if FLAGS.quiet_speed else "wall minutes, compiling included"
+    text = (f"{table(rows, timings)}\n\n`{command}`, {datetime.date.today().isoformat()}: {FLAGS.minutes:g} "
+            f"minutes of training per run ({budget}).")
+    rows_md = readme_rows(rows, command)
+    for name, content in (("table.md", text), ("readme_rows.md", rows_md)):
+      with open(os.path.join(FLAGS.out, name), "w") as f:
+        f.write(content + "\n")
+    print(text, "", "README rows:", rows_md, sep="\n")
+    total = sum(r["train_s"] + r["evaluate_s"] for r in rows) / 60
+    print(f"{len(rows)} runs: {total:.1f} minutes of train.py and evaluate.py processes (this call and earlier ones)")
+    if FLAGS.doc:
+      seed_runs.replace_block(FLAGS.doc, f"compare_dims {FLAGS.data}", text)
+  except (InputError, RuntimeError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def _tube(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray,
     side -= parent * (side @ parent)  # perpendicular to the trunk
     side /= np.linalg.norm(side) + 1e-12
     angle = np.deg2rad(rng.uniform(35, 70))
-    branch = _walk(rng, trunk[at], np.cos(angle) * parent + np.sin(angle) * side, int(rng.uniform(0.3, 0.6) * len(trunk)))
+    steps = int(rng.uniform(0.3, 0.6) * len(trunk))
+    branch = _walk(rng, trunk[at], np.cos(angle) * parent + np.sin(angle) * side, steps)
     points.append(branch)
     widths.append(np.full(len(branch), 0.7 * radii[at]))
   return np.concatenate(points), np.concatenate(widths)

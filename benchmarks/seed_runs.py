@@ -1,0 +1,127 @@
+"""Benchmarks repeated over training seeds: the order of the runs, resuming, the per-arm summaries.
+
+benchmarks/in_plane_3d.py and benchmarks/compare_dims.py train each arm (a network, a mode) once per seed
+(`--config.seed`). Runs go seed by seed with the arms rotated one place at each seed (A, B / B, A / A, B;
+three arms a Latin square), so a machine that drifts slower over hours of runs costs every arm alike and
+a steady drift largely cancels from the paired differences. Each run keeps a record, OUT/NAME.json: its
+commands and the wall seconds of every finished stage; a rerun of the same command skips the finished
+stages (train.py resumes an interrupted training from its checkpoint) and refuses a record made with
+other arguments instead of mixing the two. Scores are read back from each run's report, so a rerun
+with every run done just prints the tables again.
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+import common
+from unet_jax.errors import InputError
+from unet_jax.io import runlog
+from unet_jax.scores import intervals
+
+
+def parse_seeds(text: Sequence[str]) -> list[int]:
+  """--seeds=0,1,2 (absl's list) -> [0, 1, 2]; InputError for anything but distinct integers >= 0."""
+  try:
+    seeds = [int(s) for s in text]
+  except ValueError:
+    raise InputError(f"--seeds={','.join(text)}: give distinct integers >= 0, e.g. --seeds=0,1,2") from None
+  if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    raise InputError(f"--seeds={','.join(text)}: give distinct integers >= 0, e.g. --seeds=0,1,2")
+  return seeds
+
+
+def run_order(arms: Sequence[str], seeds: Sequence[int]) -> list[tuple[int, str]]:
+  """(seed, arm) in running order: seed by seed, the arms rotated one place at each seed."""
+  return [(seed, arms[(i + j) % len(arms)]) for i, seed in enumerate(seeds) for j in range(len(arms))]
+
+
+def run_name(arm: str, seed: int) -> str:
+  """The run's workdir and file stem under OUT."""
+  return f"{arm}_s{seed}"
+
+
+def run_stages(out: str, name: str, stages: dict[str, list[str]]) -> dict[str, float]:
+  """Runs `python ARGS` of each stage in order ({'train': [...], 'evaluate': [...]}), logged to OUT/NAME.log,
+  except the stages OUT/NAME.json records as done; returns {stage: wall seconds} of them all."""
+  path = os.path.join(out, name + ".json")
+  record = {"stages": stages, "seconds": {}}
+  if os.path.isfile(path):
+    with open(path) as f:
+      record = json.load(f)
+    if record["stages"] != stages:
+      raise InputError(f"{path} records run {name} with other arguments; use another --out, or delete "
+                       f"{os.path.join(out, name)}* to run it again")
+  for stage, args in stages.items():
+    if stage in record["seconds"]:
+      continue
+    _write(path, record)
+    start = time.perf_counter()
+    common.run_logged([sys.executable, *args], os.path.join(out, name + ".log"))
+    record["seconds"][stage] = round(time.perf_counter() - start, 1)
+  _write(path, record)
+  return record["seconds"]
+
+
+def _write(path: str, record: dict) -> None:
+  """Writes `record` as JSON atomically (a kill leaves the old or the new one)."""
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def training_time(workdir: str) -> dict[str, float]:
+  """{'steps', 'minutes' (training wall, validations included), 's_per_step'} from the run's log.jsonl.
+
+  s/step is the median over the logged intervals that end at a loss record and start at a record of the same
+  process (not at a start, whose interval holds the compile): training steps only, no validation pass.
+  """
+  records = [r for r in runlog.records(runlog.log_path(workdir)) if "step" in r and "minutes" in r]
+  rates = [60.0 * (b["minutes"] - a["minutes"]) / (b["step"] - a["step"]) for a, b in zip(records, records[1:])
+           if "loss" in b and "event" not in b and a.get("event") != "start" and b["step"] > a["step"]]
+  trained = [r for r in records if "event" not in r]
+  return {"steps": max(r["step"] for r in trained), "minutes": max(r["minutes"] for r in trained),
+          "s_per_step": statistics.median(rates) if rates else None}
+
+
+def summary(values: dict[int, float | None]) -> dict[str, Any]:
+  """seed -> value: their mean with its 95 % t interval over the seeds (unet_jax.scores.intervals); None values
+  (a run too short to time) are left out."""
+  return intervals.mean_interval([values[s] for s in sorted(values) if values[s] is not None])
+
+
+def mean_text(runs: dict[int, dict], key: str, digits: int) -> str:
+  """The mean of runs[seed][key] over the seeds, with `digits` decimals ('-' without a value)."""
+  mean = summary({s: r[key] for s, r in runs.items()})["estimate"]
+  return "-" if mean is None else f"{mean:.{digits}f}"
+
+
+def paired_difference(first: dict[int, float], second: dict[int, float]) -> dict[str, Any]:
+  """second - first, seed by seed over the seeds both have: the mean difference with its 95 % t interval."""
+  return summary({s: second[s] - first[s] for s in first.keys() & second.keys()})
+
+
+def with_interval(s: dict[str, Any], digits: int = 4, signed: bool = False) -> str:
+  """'0.9153 [0.9088, 0.9210]' (one value: no interval)."""
+  f = f"{{:{'+' if signed else ''}.{digits}f}}"
+  if s["estimate"] is None:
+    return "-"
+  if s["low"] is None:
+    return f.format(s["estimate"])
+  return f"{f.format(s['estimate'])} [{f.format(s['low'])}, {f.format(s['high'])}]"
+
+
+def replace_block(path: str, key: str, text: str) -> None:
+  """Replaces what lies between the lines `<!-- KEY begin -->` and `<!-- KEY end -->` of a Markdown file."""
+  with open(path) as f:
+    doc = f.read()
+  begin, end = f"<!-- {key} begin -->", f"<!-- {key} end -->"
+  pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.S)
+  if not pattern.search(doc):
+    raise InputError(f"{path} has no block '{begin}' ... '{end}' to write the table into")
+  with open(path, "w") as f:
+    f.write(pattern.sub(lambda _: f"{begin}\n{text.rstrip()}\n{end}", doc))
