@@ -3,12 +3,13 @@
   python benchmarks/magnification.py --workdir=runs/vnc [--zoom_workdir=runs/vnc_zoom] [--factors=0.5,0.75,1,1.5,2]
 
 The VNC test stack (../shared/data/vnc/testing.tif, 4.6 nm pixels) is resampled to each --factors multiple of
-its pixel size (unet_jax/inference/magnification.py: linear, anti-aliased when shrinking; the mask alike,
+its pixel size (unet_jax/inference/magnification.py: cubic, anti-aliased when shrinking; the mask by
 nearest), then segmented three ways at each checkpoint's own threshold (`Predictor.load`, the
 configs/unet2d.py:vnc policy: chosen on val):
   (a) naive: --workdir's model run on the resampled pixels as they are;
   (b) aware: the same model told the input's voxel size (`Predictor.on_input`), so it resamples to its own;
-  (c) zoom: --zoom_workdir's model (trained with --config=configs/unet2d.py:vnc,aug=zoom), naive.
+  (c) zoom: --zoom_workdir's model (trained with --config=configs/unet2d.py:vnc,aug=zoom or aug=scale), naive.
+Results: docs/results/magnification.md.
 Prints pixel Dice and per-object F1 (2D components matched at IoU >= 0.5, predicted components under
 eval.min_size scaled to the pixel size removed) as a Markdown table. A workdir trained before the voxel size was
 recorded is taken to be at data.voxel_size_nm (noted).

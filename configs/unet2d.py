@@ -4,7 +4,7 @@
   python train.py --config=configs/unet2d.py:vnc --workdir=runs/vnc         # ../shared/data/vnc
   python train.py --config=configs/unet2d.py:synthetic --workdir=runs/syn   # no data needed
   python train.py --config=configs/unet2d.py:tiny --workdir=/tmp/tiny       # seconds; for tests
-  python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none | zoom | scale
+  python train.py --config=configs/unet2d.py:vnc,aug=flips --workdir=...   # augmentation preset: full | flips | none | zoom | scale | lowres
   python train.py --config=configs/unet2d.py:vnc_classes --workdir=runs/vc  # VNC, five classes (softmax)
 
 Override any field on the command line, e.g. --config.train.steps=500 --config.data.root=/data.

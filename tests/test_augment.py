@@ -255,9 +255,13 @@ def test_low_resolution_is_deterministic_per_key_and_leaves_other_draws_alone(em
   assert np.all((first[0] >= 0.0) & (first[0] <= 1.0))
 
 
-def test_scale_preset_zooms_lowres_and_blurs():
+def test_scale_and_lowres_presets():
   config = preset_config("scale")
   assert config.flips and config.scale_prob == 0.5 and tuple(config.scale_range) == (0.5, 2.0)
   assert config.lowres_prob == 0.5 and tuple(config.lowres_range) == (1.0, 2.0) and config.blur_prob == 0.2
   assert all(config[p] == 0 for p in augment.PROB_FIELDS if p not in ("scale_prob", "lowres_prob", "blur_prob"))
   assert unet2d.get_config("synthetic").augment.lowres_prob == 0.0
+  lowres = preset_config("lowres")
+  assert lowres.flips and lowres.lowres_prob == 0.5 and tuple(lowres.lowres_range) == (1.0, 2.0)
+  assert lowres.blur_prob == 0.2
+  assert all(lowres[p] == 0 for p in augment.PROB_FIELDS if p not in ("lowres_prob", "blur_prob"))

@@ -4,7 +4,7 @@ A network learns mitochondria at one magnification: at twice the pixel size they
 its filters no longer fit them. So the input's voxel size (OME-Zarr scale, TIFF resolution or ImageJ
 spacing, or --voxel_size_nm) is compared with the one recorded at training (`compare`); when they differ
 by more than `TOLERANCE`, the input is resampled to the model's voxel size (y, x; z too for 3D models),
-predicted there, and the probabilities resampled back onto the input grid (the same way, then thresholded),
+predicted there, and the probabilities resampled back onto the input grid (linearly, then thresholded),
 so every output matches the input voxel for voxel (unet_jax/inference/predictor.py).
 
 Resampling is pointwise: voxel i of an axis of m target voxels lies at source coordinate

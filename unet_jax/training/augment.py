@@ -32,9 +32,10 @@ content, mirrored.
 Presets (`PRESETS`, chosen with `--config=configs/unet2d.py:VARIANT,aug=NAME`): 'full' (the
 config's defaults), 'flips' (dihedral only: every *_prob set to 0), 'none' (also flips=False), 'zoom'
 (flips and a zoom log-uniform in 0.5-2 on every patch: a model for inputs whose pixel size is not known
-exactly, unet_jax/inference/magnification.py) and 'scale' (flips, that zoom on half the patches, low
-resolution up to x2 on half and blur on a fifth: a model for inputs at other magnifications, resampled
-onto its grid, whose interpolation blur a flips-only model does not tolerate).
+exactly, unet_jax/inference/magnification.py), 'scale' (flips, that zoom on half the patches, low
+resolution up to x2 on half and blur on a fifth) and 'lowres' ('scale' without the zoom: a model for
+inputs whose voxel size is recorded, resampled onto its grid, whose interpolation blur a flips-only
+model does not tolerate; docs/results/magnification.md).
 """
 
 import math
@@ -53,7 +54,9 @@ PRESETS = {"full": {}, "flips": dict.fromkeys(PROB_FIELDS, 0.0),
            "none": {**dict.fromkeys(PROB_FIELDS, 0.0), "flips": False},
            "zoom": {**dict.fromkeys(PROB_FIELDS, 0.0), "scale_prob": 1.0, "scale_range": (0.5, 2.0)},
            "scale": {**dict.fromkeys(PROB_FIELDS, 0.0), "scale_prob": 0.5, "scale_range": (0.5, 2.0),
-                     "lowres_prob": 0.5, "lowres_range": (1.0, 2.0), "blur_prob": 0.2}}
+                     "lowres_prob": 0.5, "lowres_range": (1.0, 2.0), "blur_prob": 0.2},
+           "lowres": {**dict.fromkeys(PROB_FIELDS, 0.0), "lowres_prob": 0.5, "lowres_range": (1.0, 2.0),
+                      "blur_prob": 0.2}}
 
 
 def apply_preset(config: Any, name: str) -> None:
