@@ -214,8 +214,6 @@ def main(argv: list[str]) -> None:
     for seed, mode in seed_runs.run_order(FLAGS.modes, seeds):
       rows.append(train_and_score(mode, seed, timings[mode][0], extra))
       print(json.dumps(rows[-1]), flush=True)
-    with open(os.path.join(FLAGS.out, "results.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
     command = f"python benchmarks/compare_dims.py {' '.join(sys.argv[1:])}"
     budget = "fixed steps from --quiet_speed" if FLAGS.quiet_speed else "wall minutes, compiling included"
     text = (f"{table(rows, timings)}\n\n`{command}`, {datetime.date.today().isoformat()}: {FLAGS.minutes:g} "
@@ -225,10 +223,7 @@ def main(argv: list[str]) -> None:
       with open(os.path.join(FLAGS.out, name), "w") as f:
         f.write(content + "\n")
     print(text, "", "README rows:", rows_md, sep="\n")
-    total = sum(r["train_s"] + r["evaluate_s"] for r in rows) / 60
-    print(f"{len(rows)} runs: {total:.1f} minutes of train.py and evaluate.py processes (this call and earlier ones)")
-    if FLAGS.doc:
-      seed_runs.replace_block(FLAGS.doc, f"compare_dims {FLAGS.data}", text)
+    seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, f"compare_dims {FLAGS.data}")
   except (InputError, RuntimeError) as e:
     sys.exit(f"error: {e}")
 

@@ -106,15 +106,10 @@ def main(argv: list[str]) -> None:
     for seed, network in seed_runs.run_order(NETWORKS, seeds):
       rows.append(train_and_score(network, seed, extra))
       print(json.dumps(rows[-1]), flush=True)
-    with open(os.path.join(FLAGS.out, "results.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
     text = (f"{table(rows)}\n\n`python benchmarks/in_plane_3d.py {' '.join(sys.argv[1:])}`, "
             f"{datetime.date.today().isoformat()}: {FLAGS.minutes:g} minutes of training per run.")
     print(text)
-    total = sum(r["train_s"] + r["evaluate_s"] for r in rows) / 60
-    print(f"{len(rows)} runs: {total:.1f} minutes of train.py and evaluate.py processes (this call and earlier ones)")
-    if FLAGS.doc:
-      seed_runs.replace_block(FLAGS.doc, f"in_plane_3d {FLAGS.data}", text)
+    seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, f"in_plane_3d {FLAGS.data}")
   except (InputError, RuntimeError) as e:
     sys.exit(f"error: {e}")
 

@@ -125,3 +125,14 @@ def replace_block(path: str, key: str, text: str) -> None:
     raise InputError(f"{path} has no block '{begin}' ... '{end}' to write the table into")
   with open(path, "w") as f:
     f.write(pattern.sub(lambda _: f"{begin}\n{text.rstrip()}\n{end}", doc))
+
+
+def finish(out: str, rows: list[dict[str, Any]], text: str, doc: str | None, key: str) -> None:
+  """Keeps the runs' records (OUT/results.jsonl), prints what their processes took and writes the table `text`
+  into `doc`'s block `key` (if a doc is given)."""
+  with open(os.path.join(out, "results.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  total = sum(r["train_s"] + r["evaluate_s"] for r in rows) / 60
+  print(f"{len(rows)} runs: {total:.1f} minutes of train.py and evaluate.py processes (this call and earlier ones)")
+  if doc:
+    replace_block(doc, key, text)
