@@ -14,7 +14,7 @@ val_test.tif = val then test images, for prediction).
 
 For every seed, fold and budget M, in that nesting, the two sides run alternately (ours, script, ours,
 ...), so drift of the machine during the sitting falls on both:
-- ours: train.py --config (default configs/unet2d.py:vnc) on the fold, `train.budget_minutes=M`, then
+- ours: train.py --config=OURS_CONFIG (--ours_config, default configs/unet2d.py:vnc) on the fold, `train.budget_minutes=M`, then
   evaluate.py --input=val_test.tif (its eval.checkpoint, TTA as configured) for the probabilities;
 - the script: benchmarks/torch_train.py --minutes=M on the same training slices (--val_slices holds the
   val ones out), its final weights' probabilities of the same slices.
@@ -22,9 +22,9 @@ Each run keeps its probabilities (OUT/runs/NAME/predicted/probabilities.tif), so
 compared without retraining (RULES): the candidate threshold of best val Dice (what our recipe does), a
 fixed 0.5 (what the script does), and the val threshold shrunk halfway to 0.5. Per run and rule: test Dice
 (pixels of the test slices) and per-object F1 at IoU 0.5 (2D components, predicted ones under eval.min_size
-dropped; unet_jax/scores/instances.py). Candidates and min_size are --config's (its file, not the
+dropped; unet_jax/scores/instances.py). Candidates and min_size are --ours_config's (its file, not the
 --config.x=v overrides). Thresholds are chosen on val only; test decides nothing. The folds join slices that
-are not neighbours, so --config must be 2D without model.context_slices.
+are not neighbours, so --ours_config must be 2D without model.context_slices.
 
 The table (OUT/table.md, printed after every run) gives each side's mean over folds and seeds, and the
 difference ours - script at each budget (and ours at the smallest budget against the script at the largest)
@@ -36,7 +36,7 @@ probabilities yet); each finished run prints one JSON line. Extra `--config.x=v`
 evaluate.py; --script_flags go to torch_train.py. Smoke run (seconds per run):
 
   python benchmarks/cv_table.py --data=synthetic --folds=2 --val_slices=1 --minutes=0.05 \
-      --config=configs/unet2d.py:tiny --config.train.budget_measure_steps=2 \
+      --ours_config=configs/unet2d.py:tiny --config.train.budget_measure_steps=2 \
       --script_flags="--patch=32 --window=32 --batch=2 --measure_steps=2" --out=/tmp/cv_smoke
 """
 
@@ -73,7 +73,7 @@ flags.DEFINE_integer("folds", 7, "Contiguous test folds over the labelled slices
 flags.DEFINE_integer("val_slices", 2, "Validation slices per fold, next to its test slices.")
 flags.DEFINE_string("seeds", "0", "Seeds of both sides, comma-separated.")
 flags.DEFINE_string("minutes", "10,20,40", "Budgets, comma-separated.")
-flags.DEFINE_string("config", "configs/unet2d.py:vnc", "Config of our runs (file.py:variant).")
+flags.DEFINE_string("ours_config", "configs/unet2d.py:vnc", "Config of our runs (file.py:variant); named apart from the scripts' --config.")
 flags.DEFINE_string("script_flags", "", "Extra flags of benchmarks/torch_train.py, space-separated.")
 flags.DEFINE_string("out", "runs/cv_table", "Folder of the folds, the runs, their logs and table.md.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and the estimated minutes; run nothing.")
@@ -294,7 +294,7 @@ def main(argv: list[str]) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
   except ValueError as e:
     sys.exit(f"error: --minutes and --seeds take comma-separated numbers ({e})")
-  config = common.load_config(args.config)
+  config = common.load_config(args.ours_config)
   if config.model.ndim != 2 or config.model.context_slices:
     sys.exit("error: a fold's training stack joins slices that are not neighbours: use a 2D config without "
              "model.context_slices")
@@ -307,7 +307,7 @@ def main(argv: list[str]) -> None:
   done = lambda run: os.path.isfile(os.path.join(args.out, "runs", run.name, "scores.json"))
   if args.dry_run:
     for run in runs:
-      for command in commands(run, args.out, args.config, extra, script_flags):
+      for command in commands(run, args.out, args.ours_config, extra, script_flags):
         print(("# done: " if done(run) else "") + shlex.join(command))
     left = sum(estimate(r, args.ours_overhead, args.script_overhead) for r in runs if not done(r))
     print(f"{len(runs)} runs ({sum(map(done, runs))} done); estimated {left:.0f} minutes ({left / 60:.1f} h) "
@@ -321,7 +321,7 @@ def main(argv: list[str]) -> None:
     path = os.path.join(args.out, "runs", run.name, "scores.json")
     if not done(run):
       try:
-        execute(run, args.out, commands(run, args.out, args.config, extra, script_flags), stack, config.eval)
+        execute(run, args.out, commands(run, args.out, args.ours_config, extra, script_flags), stack, config.eval)
       except RuntimeError as e:
         sys.exit(str(e))
     records.append(json.load(open(path)))

@@ -107,7 +107,7 @@ installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
 @pytest.mark.skipif(not installed("torch", "monai"), reason="torch and monai are not installed "
                     "(pip install -r benchmarks/requirements.txt)")
 def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
-  args = ["--data=synthetic", "--folds=2", "--val_slices=1", "--minutes=0.05", "--config=configs/unet2d.py:tiny",
+  args = ["--data=synthetic", "--folds=2", "--val_slices=1", "--minutes=0.05", "--ours_config=configs/unet2d.py:tiny",
           "--script_flags=--patch=32 --window=32 --batch=2 --measure_steps=2", f"--out={tmp_path}",
           "--config.train.budget_measure_steps=2"]
   done = run_script("benchmarks/cv_table.py", *args, timeout=1800)  # 4 trainings; minutes on a quiet machine
