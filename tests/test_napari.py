@@ -151,7 +151,7 @@ def test_overlay_and_tables_count_as_the_report(make_napari_viewer, qtbot, model
   if errors:
     score._centre(0)  # pylint: disable=protected-access  (what clicking the first row does)
     o = score.error_rows[0]
-    np.testing.assert_allclose(viewer.camera.center[-2:], (o["y"] * 4.6, o["x"] * 4.6), rtol=1e-5)
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], (o["y"] * 4.6, o["x"] * 4.6), rtol=1e-5)
     assert viewer.dims.point[0] == pytest.approx(round(o["z"]) * 50.0, abs=25.0)
 
 

@@ -143,7 +143,7 @@ class Panel(Container):
     world = layer.data_to_world(point[-layer.ndim:])
     if layer.ndim == 3:
       self.viewer.dims.set_point(0, world[0])
-    self.viewer.camera.center = tuple(world[-2:])
+    self.viewer.scene.camera.center = tuple(world[-2:])
 
 
 def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
