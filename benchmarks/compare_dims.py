@@ -1,9 +1,9 @@
 """2D vs 2.5D vs 3D on one data set at the same training budget, over seeds: the "does 3D help?" tables.
 
   python benchmarks/compare_dims.py --data=vnc --minutes=10 --seeds=0,1,2 --out=runs/dims_vnc \
-      --doc=docs/results/dimensions.md
+      --doc=docs/results/dimensions.md --readme=README.md
   python benchmarks/compare_dims.py --data=iso --minutes=4 --seeds=0,1,2 --out=runs/dims_iso \
-      --doc=docs/results/dimensions.md
+      --doc=docs/results/dimensions.md --readme=README.md
   python benchmarks/compare_dims.py --data=tiny_iso --minutes=0.3 --seeds=0,1 --out=/tmp/dims   # a smoke test
 
 Each mode is configs/unet3d.py:DATA,mode=MODE: the 3D U-Net and its 2D and 2.5D twins on the same data, val
@@ -33,7 +33,8 @@ Prints one JSON line per run (also OUT/results.jsonl) and writes OUT/table.md: p
 with its 95 % t interval, of test Dice and 3D instance F1 at IoU 0.5 (2D instance F1 beside it), steps, training
 minutes, seconds per train step (median of the run's logged intervals, validations excluded) and per test
 volume; then each mode's paired difference from 2D. --doc writes that table into the Markdown file's
-`<!-- compare_dims DATA begin/end -->` block; OUT/readme_rows.md (also printed) holds the README's result rows.
+`<!-- compare_dims DATA begin/end -->` block; OUT/readme_rows.md (also printed) holds the README's table of this data
+set, which --readme=README.md writes into its `<!-- compare_dims DATA rows begin/end -->` block.
 Arguments after `--` go to every timing, train and evaluate run. Logs: OUT/NAME.log; run records: OUT/NAME.json.
 
 Cost: each run is --minutes of training (compiling included) plus about half a minute of process start, data
@@ -68,6 +69,8 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (--config.seed), one
 flags.DEFINE_string("quiet_speed", None, "JSON lines of --speed_only from a quiet machine: train fixed step counts.")
 flags.DEFINE_bool("speed_only", False, "Only time each mode's train step and test-volume inference; print JSON lines.")
 flags.DEFINE_string("doc", None, "Markdown file whose `<!-- compare_dims DATA begin/end -->` block gets the table.")
+flags.DEFINE_string("readme", None, "Markdown file whose `<!-- compare_dims DATA rows begin/end -->` block gets the "
+                    "README's table (OUT/readme_rows.md).")
 flags.mark_flags_as_required(["out"])
 
 EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
@@ -186,13 +189,13 @@ def table(rows: list[dict], timings: dict[str, tuple[dict, dict]]) -> str:
 
 
 def readme_rows(rows: list[dict], command: str) -> str:
-  """The README result rows (result | ours | PyTorch script | command): each mode's test Dice and 3D instance F1."""
-  lines = []
+  """The README's table for this data set: each mode's test Dice over the seeds, its 3D instance F1, the command."""
+  lines = [f"| {DATA_NAMES[FLAGS.data]}, {FLAGS.minutes:g} minutes of training | test Dice [95 % CI over seeds] | "
+           "3D instance F1 | command |", "|---|---|---|---|"]
   for i, m in enumerate(FLAGS.modes):
     runs = {r["seed"]: r for r in rows if r["mode"] == m}
     dice, f1 = (seed_runs.summary({s: r[k] for s, r in runs.items()}) for k in ("test_dice", "f1_3d"))
-    lines.append(f"| {DATA_NAMES[FLAGS.data]} testing Dice, {LABELS[m]}, {FLAGS.minutes:g} minutes ({len(runs)} seeds; "
-                 f"3D instance F1) | {seed_runs.with_interval(dice)} ({f1['estimate']:.3f}) | | "
+    lines.append(f"| {LABELS[m]} ({len(runs)} seed{'s' * (len(runs) != 1)}) | {seed_runs.with_interval(dice)} | {f1['estimate']:.3f} | "
                  f"{f'`{command}`' if i == 0 else '(same)'} |")
   return "\n".join(lines)
 
@@ -224,6 +227,8 @@ def main(argv: list[str]) -> None:
         f.write(content + "\n")
     print(text, "", "README rows:", rows_md, sep="\n")
     seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, f"compare_dims {FLAGS.data}")
+    if FLAGS.readme:
+      seed_runs.replace_block(FLAGS.readme, f"compare_dims {FLAGS.data} rows", rows_md)
   except (InputError, RuntimeError) as e:
     sys.exit(f"error: {e}")
 
