@@ -195,7 +195,8 @@ def readme_rows(rows: list[dict], command: str) -> str:
   for i, m in enumerate(FLAGS.modes):
     runs = {r["seed"]: r for r in rows if r["mode"] == m}
     dice, f1 = (seed_runs.summary({s: r[k] for s, r in runs.items()}) for k in ("test_dice", "f1_3d"))
-    lines.append(f"| {LABELS[m]} ({len(runs)} seed{'s' * (len(runs) != 1)}) | {seed_runs.with_interval(dice)} | {f1['estimate']:.3f} | "
+    seeds = f"{len(runs)} seed{'s' * (len(runs) != 1)}"
+    lines.append(f"| {LABELS[m]} ({seeds}) | {seed_runs.with_interval(dice)} | {f1['estimate']:.3f} | "
                  f"{f'`{command}`' if i == 0 else '(same)'} |")
   return "\n".join(lines)
 

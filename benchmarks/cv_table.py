@@ -14,8 +14,9 @@ val_test.tif = val then test images, for prediction).
 
 For every seed, fold and budget M, in that nesting, the two sides run alternately (ours, script, ours,
 ...), so drift of the machine during the sitting falls on both:
-- ours: train.py --config=OURS_CONFIG (--ours_config, default configs/unet2d.py:vnc) on the fold, `train.budget_minutes=M`, then
-  evaluate.py --input=val_test.tif (its eval.checkpoint, TTA as configured) for the probabilities;
+- ours: train.py --config=OURS_CONFIG (--ours_config, default configs/unet2d.py:vnc) on the fold,
+  `train.budget_minutes=M`, then evaluate.py --input=val_test.tif (its eval.checkpoint, TTA as configured)
+  for the probabilities;
 - the script: benchmarks/torch_train.py --minutes=M on the same training slices (--val_slices holds the
   val ones out), its final weights' probabilities of the same slices.
 Each run keeps its probabilities (OUT/runs/NAME/predicted/probabilities.tif), so decision rules are
@@ -73,7 +74,8 @@ flags.DEFINE_integer("folds", 7, "Contiguous test folds over the labelled slices
 flags.DEFINE_integer("val_slices", 2, "Validation slices per fold, next to its test slices.")
 flags.DEFINE_string("seeds", "0", "Seeds of both sides, comma-separated.")
 flags.DEFINE_string("minutes", "10,20,40", "Budgets, comma-separated.")
-flags.DEFINE_string("ours_config", "configs/unet2d.py:vnc", "Config of our runs (file.py:variant); named apart from the scripts' --config.")
+flags.DEFINE_string("ours_config", "configs/unet2d.py:vnc",
+                    "Config of our runs (file.py:variant); named apart from the benchmarks' --config.")
 flags.DEFINE_string("script_flags", "", "Extra flags of benchmarks/torch_train.py, space-separated.")
 flags.DEFINE_string("out", "runs/cv_table", "Folder of the folds, the runs, their logs and table.md.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and the estimated minutes; run nothing.")

@@ -195,7 +195,7 @@ def test_chunked_blocks_equal_the_whole_volume_resampled_at_once(tmp_path, monke
   blockwise = ngff.read_image(str(tmp_path / "out" / chunked.OUTPUT))[0]
   in_memory = predictor.raw_probabilities(volume)
   on_model_grid = base.raw_probabilities(magnification.resample(volume, (2, 60, 56)))
-  at_once = magnification.resample(on_model_grid, volume.shape, order=1)  # probabilities go back linearly
+  at_once = magnification.resample(on_model_grid, volume.shape, order=magnification.PROBABILITY_ORDER)
   assert blockwise.shape == volume.shape
   np.testing.assert_allclose(blockwise, in_memory, atol=2e-5)
   np.testing.assert_allclose(blockwise, at_once, atol=2e-5)

@@ -33,6 +33,8 @@ TOLERANCE = 0.05  # relative difference taken as equal: within training's defaul
 MAX_FACTOR = 16.0  # a larger rescale means metadata that is not the pixel size (e.g. a 72 dpi TIFF)
 TRUNCATE = 4.0  # Gaussian radius in sigmas (scipy's default)
 SPLINE_MARGIN = 16  # extra source voxels per side for the spline prefilter of orders > 1: 0.268^16 < 1e-9
+PROBABILITY_ORDER = 1  # probabilities go back linearly: cubic splines overshoot [0, 1]; a linear mix of K-class
+# probabilities still sums to 1
 AXES = ("z", "y", "x")
 
 Box = tuple[slice, ...]

@@ -248,11 +248,9 @@ class Predictor:
     on_grid = next(b for b in grid.blocks if b.index == block.index)
     prob = run(lambda box: magnification.resample_box(read, tiles.shape, grid.shape, box), grid, on_grid)
     origin = [b.start for b in on_grid.box]
-    # probabilities go back linearly: cubic splines overshoot [0, 1], and a linear mix of K-class
-    # probabilities still sums to 1 (each class channel alike)
     back = lambda channel: magnification.resample_box(
         lambda box: channel[tuple(slice(b.start - o, b.stop - o) for b, o in zip(box, origin))],
-        grid.shape, tiles.shape, block.box, order=1)
+        grid.shape, tiles.shape, block.box, order=magnification.PROBABILITY_ORDER)
     if prob.ndim == 3:
       return back(prob)
     return np.stack([back(prob[..., k]) for k in range(prob.shape[-1])], axis=-1)
@@ -348,7 +346,7 @@ def _model_tiling(shape: tuple[int, int, int], block: tuple[int, int, int], mode
   tiling (blocks of `block` voxels, same index): the model-grid voxels that block's output interpolates."""
   boxes = []
   for n, b, m in zip(shape, block, model_shape):
-    axis = [magnification.source_box((slice(lo, hi),), (m,), (n,), order=1)[0]
+    axis = [magnification.source_box((slice(lo, hi),), (m,), (n,), order=magnification.PROBABILITY_ORDER)[0]
             for lo, hi in tiling.regular_boxes(n, b)]
     boxes.append([(s.start, s.stop) for s in axis])
   return tiling.plan_boxes(model_shape, window, overlap, boxes, context_slices)
