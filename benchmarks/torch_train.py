@@ -6,7 +6,8 @@
 
 The U-Net of benchmarks/torch_unet.py in our default shape (depth 4, 16 features, BatchNorm, 1x1 conv +
 bilinear upsampling; channels_last, --threads intra-op threads, default one per core), trained on all ten VNC training
-slices (training.tif / training_groundtruth.tif, masks 0/255): batches of --batch uniformly random
+slices (training.tif / training_groundtruth.tif, masks 0/255), on the GPU when PyTorch sees one (--device;
+there cuDNN autotunes its kernels, as a user's GPU script would, and runs are not bitwise reproducible): batches of --batch uniformly random
 --patch crops, each one of the 8 flips/90-degree rotations, loss BCE + (1 - soft Dice) of the batch
 (torch_unet.bce_dice_loss: our train.loss='bce_dice', smooth 1),
 Adam with a cosine learning rate from --lr to 0. The schedule is sized to the budget as our
@@ -54,6 +55,7 @@ flags.DEFINE_integer("window", 256, "Sliding window (square).")
 flags.DEFINE_float("overlap", 0.5, "Sliding-window overlap.")
 flags.DEFINE_integer("val_slices", 0, "The last N training slices are held out of training (validation).")
 flags.DEFINE_string("probabilities", "", "Write the final val then test probabilities here (TIFF, float16).")
+flags.DEFINE_string("device", "auto", "cpu | cuda | auto (cuda when PyTorch sees a GPU, else cpu).")
 FLAGS = flags.FLAGS
 
 
@@ -78,17 +80,17 @@ def random_batch(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, 
   return np.stack(images)[:, None].copy(), np.stack(masks)[:, None].copy()
 
 
-def segment(net: Any, image: np.ndarray, window: int, overlap: float) -> np.ndarray:
-  """Probabilities f32[Z, H, W] of a stack f32[Z, H, W], slice by slice with MONAI's sliding window."""
+def segment(net: Any, image: np.ndarray, window: int, overlap: float, device: Any) -> np.ndarray:
+  """Probabilities f32[Z, H, W] of a stack f32[Z, H, W], slice by slice with MONAI's sliding window on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
   net.eval()
   probs = np.zeros(image.shape, np.float32)
   with torch.inference_mode():
     for z in range(image.shape[0]):
-      x = torch.from_numpy(image[z])[None, None].contiguous(memory_format=torch.channels_last)
+      x = torch.from_numpy(image[z])[None, None].to(device).contiguous(memory_format=torch.channels_last)
       probs[z] = sliding_window_inference(x, (window, window), 8, lambda p: torch.sigmoid(net(p.contiguous(
-          memory_format=torch.channels_last))), overlap=overlap, mode="gaussian", sigma_scale=0.125)[0, 0].numpy()
+          memory_format=torch.channels_last))), overlap=overlap, mode="gaussian", sigma_scale=0.125)[0, 0].cpu().numpy()
   net.train()
   return probs
 
@@ -116,32 +118,40 @@ def main(argv: list[str]) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   from torch_unet import TorchUNet, bce_dice_loss  # pylint: disable=g-import-not-at-top
   torch.manual_seed(FLAGS.seed)
-  torch.use_deterministic_algorithms(True, warn_only=True)
-  torch.set_num_threads(FLAGS.threads or os.cpu_count() or 1)
+  device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if FLAGS.device == "auto" else FLAGS.device)
+  if device.type == "cuda":  # what a user's GPU script does: cuDNN picks its fastest kernels, not reproducible ones
+    torch.backends.cudnn.benchmark = True
+  else:
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(FLAGS.threads or os.cpu_count() or 1)
   rng = np.random.default_rng(FLAGS.seed)
   train_image, train_mask, test_image, test_mask = load(FLAGS.data)
   if not 0 <= FLAGS.val_slices < train_image.shape[0]:
     raise app.UsageError(f"--val_slices={FLAGS.val_slices} leaves no training slices of {train_image.shape[0]}")
   held = train_image.shape[0] - FLAGS.val_slices
   val_image, train_image, train_mask = train_image[held:], train_image[:held], train_mask[:held]
-  net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").to(memory_format=torch.channels_last)
+  net = TorchUNet(depth=4, base_features=16, norm="batch", upsample="resize").to(device,
+                                                                                 memory_format=torch.channels_last)
   optim = torch.optim.Adam(net.parameters(), lr=FLAGS.lr)
   total = [FLAGS.steps or 10 ** 9]  # fixed after the timed steps when training to a budget
   schedule = torch.optim.lr_scheduler.LambdaLR(optim, cosine(total))
-  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {train_image.shape[0]} training slices of "
+  where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+  print(f"torch {torch.__version__}, {where}; {train_image.shape[0]} training slices of "
         f"{train_image.shape[1]} x {train_image.shape[2]}; batch {FLAGS.batch} of {FLAGS.patch}²; "
         + (f"{FLAGS.steps} steps" if FLAGS.steps else f"budget {FLAGS.minutes:g} min"), flush=True)
   spaced = lambda n: {max(1, round(n * (i + 1) / FLAGS.checkpoints)) for i in range(FLAGS.checkpoints)}
   trained, step, checkpoints, timed_from = 0.0, 0, spaced(FLAGS.steps) if FLAGS.steps else set(), 0.0
   while step < total[0]:
     start = time.perf_counter()
-    image, mask = (torch.from_numpy(a).contiguous(memory_format=torch.channels_last)
+    image, mask = (torch.from_numpy(a).to(device).contiguous(memory_format=torch.channels_last)
                    for a in random_batch(rng, train_image, train_mask, FLAGS.batch, FLAGS.patch))
     optim.zero_grad(set_to_none=True)
     loss = bce_dice_loss(net(image), mask)
     loss.backward()
     optim.step()
     schedule.step()
+    if device.type == "cuda":
+      torch.cuda.synchronize()  # the clock counts the step's GPU work, not only its launch
     trained += time.perf_counter() - start
     step += 1
     if not FLAGS.steps and step == 1:
@@ -152,12 +162,12 @@ def main(argv: list[str]) -> None:
       checkpoints = spaced(total[0])
       print(f"{per_step:.2f} s per step: {total[0]} steps in {FLAGS.minutes:g} min", flush=True)
     if step in checkpoints or step == total[0]:
-      probs = segment(net, test_image, FLAGS.window, FLAGS.overlap)
+      probs = segment(net, test_image, FLAGS.window, FLAGS.overlap, device)
       scores = test_scores(probs, test_mask)
       print(json.dumps({"minutes": trained / 60, "step": step, "loss": loss.item(), **scores}), flush=True)
   if FLAGS.probabilities:
     import tifffile  # pylint: disable=g-import-not-at-top
-    stack = np.concatenate([segment(net, val_image, FLAGS.window, FLAGS.overlap), probs])
+    stack = np.concatenate([segment(net, val_image, FLAGS.window, FLAGS.overlap, device), probs])
     tifffile.imwrite(FLAGS.probabilities + ".tmp", stack.astype(np.float16), photometric="minisblack")
     os.replace(FLAGS.probabilities + ".tmp", FLAGS.probabilities)  # complete or absent: cv_table.py resumes on it
   print(f"after {step} steps, {trained / 60:.1f} min of training: test Dice {scores['test_dice']:.4f}, precision "

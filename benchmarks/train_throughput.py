@@ -10,7 +10,8 @@ is `benchmarks/torch_unet.py` (same layers) with the same loss (the config's tra
 torch_unet.LOSSES, equal to unet_jax/training/losses.py), AdamW with the same hyper-parameters and global-norm clipping, channels_last
 (its fastest layout here), eager (torch.compile was no faster here; --peer_compile to try it), run
 twice: with one intra-op thread per core and with one thread (more efficient per CPU second, and
-much faster when other jobs load the machine); ratios are against the better of the two.
+much faster when other jobs load the machine); ratios are against the better of the two. When JAX runs on a GPU,
+the peer runs on it too (torch/gpu, cuDNN autotuned) and each timed step waits for the GPU to finish.
 Augmentation is off in both unless --augment (then only ours augments, with the config's settings).
 
 Ours and the peer run in alternating rounds in one process, so background load hits both alike. Each
@@ -120,12 +121,15 @@ def jax_side(config: Any, batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, Any]:
-  """The PyTorch twin's train step (and, with --parts, forward and forward+backward) as timers."""
+  """The PyTorch twin's train step (and, with --parts, forward and forward+backward) as timers: on the CPU with
+  `threads` intra-op threads, or on the GPU when `threads` is 0 (each timer then waits for the GPU's work)."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch_unet import LOSSES, TorchUNet  # pylint: disable=g-import-not-at-top
   m = config.model
+  device = torch.device("cuda" if threads == 0 else "cpu")
+  torch.backends.cudnn.benchmark = True  # a GPU script's usual setting; no effect on the CPU
   net = TorchUNet(depth=m.depth, base_features=m.base_features, norm=m.norm, upsample=m.upsample,
-                  ndim=m.ndim).to(memory_format=torch.channels_last).train()
+                  ndim=m.ndim).to(device, memory_format=torch.channels_last).train()
   model = net
   if FLAGS.peer_compile:
     try:
@@ -134,7 +138,9 @@ def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, An
     except Exception as e:  # inductor needs a C++ toolchain; eager is still a fair peer
       print(f"torch.compile failed ({type(e).__name__}: {str(e)[:200]}); the peer runs eagerly")
       model = net
-  to_torch = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+  to_torch = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).to(device).contiguous(memory_format=torch.channels_last)
+  wait = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+  use_threads = (lambda: torch.set_num_threads(threads)) if threads else lambda: None
   image, mask = to_torch(batch["image"]), to_torch(batch["mask"])
   optim = torch.optim.AdamW(net.parameters(), lr=config.optim.learning_rate,
                             weight_decay=config.optim.weight_decay, eps=1e-8)
@@ -142,21 +148,24 @@ def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, An
   loss = lambda: loss_fn(model(image), mask, config.train.smooth)  # our train.loss, as losses.py computes it
 
   def step() -> None:
-    torch.set_num_threads(threads)
+    use_threads()
     optim.zero_grad(set_to_none=True)
     loss().backward()
     if config.optim.grad_clip:
       torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip)
     optim.step()
+    wait()
 
   def forward() -> None:
-    torch.set_num_threads(threads)
+    use_threads()
     with torch.no_grad():
       model(image)
+    wait()
 
   def forward_backward() -> None:
-    torch.set_num_threads(threads)
+    use_threads()
     loss().backward()
+    wait()
   step()
   out = {"step": step, "compiled": model is not net}
   if FLAGS.parts:
@@ -187,7 +196,9 @@ def main(argv: list[str]) -> None:
 
   peak_wall, peak_cpu = matmul_peak(FLAGS.matmul_size)
   sides = {"jax": jax_side(config, batch)}
-  if FLAGS.peer:
+  if FLAGS.peer and jax.devices()[0].platform == "gpu":
+    sides["torch/gpu"] = torch_side(config, batch, 0)  # both on the GPU
+  elif FLAGS.peer:
     for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
       sides[f"torch/{threads}"] = torch_side(config, batch, threads)
   peers = [side for side in sides if side != "jax"]
