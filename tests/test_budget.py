@@ -78,6 +78,44 @@ def test_budget_needs_the_measured_steps_inside_the_warmup():
     config_check.validate(config)
 
 
+def test_the_length_is_timed_again_at_the_end_of_the_warmup_when_it_leaves_room():
+  config = unet2d.get_config("vnc")  # warm-up 70 steps, 10 timed steps
+  assert trainer.refit_step(config, 0) == 70
+  assert trainer.refit_step(config, 50) == 70  # its first timing ends at 60, leaving 10 steps to time again
+  assert trainer.refit_step(config, 55) == 0  # too few left
+  config.optim.warmup_steps = 19
+  assert trainer.refit_step(config, 0) == 0  # fewer steps than the first timing
+  config.optim.warmup_steps, config.train.budget_minutes = 70, 0.0
+  assert trainer.refit_step(config, 0) == 0  # trained by step count
+
+
+@pytest.mark.slow
+def test_a_refitted_run_logs_both_lengths_and_equals_the_run_of_its_final_length(tiny_config, tmp_path):
+  """The warm-up's learning rates do not depend on the length, so fixing it again at the warm-up's end changes no
+  step already taken: the run equals, bit for bit, a step-count run of its final length."""
+  tiny_config.train.budget_minutes = 0.3
+  tiny_config.train.budget_measure_steps = 3
+  tiny_config.optim.warmup_steps = 8
+  tiny_config.train.eval_every = tiny_config.train.checkpoint_every = 10
+  budgeted = str(tmp_path / "budget")
+  trainer.train_and_evaluate(tiny_config, budgeted)
+  events = [r for r in runlog.records(runlog.log_path(budgeted)) if r.get("event") == "budget"]
+  assert [e["step"] for e in events] == [3, 8]
+  total = events[-1]["total_steps"]
+  tiny_config.train.budget_minutes = 30.0  # resumed (to its length, if a slowdown stopped it short): no third timing
+  assert trainer.train_and_evaluate(tiny_config, budgeted)["step"] == total
+  assert [r.get("event") for r in runlog.records(runlog.log_path(budgeted))].count("budget") == 2
+  tiny_config.train.budget_minutes, tiny_config.train.steps = 0.0, total
+  by_steps = str(tmp_path / "steps")
+  trainer.train_and_evaluate(tiny_config, by_steps)
+  target = jax.eval_shape(lambda: trainer.state_tree(trainer.create_train_state(
+      tiny_config, trainer.build_model(tiny_config.model), jax.random.PRNGKey(0))))
+  a, _ = checkpoint.restore(budgeted, target, "latest")
+  b, _ = checkpoint.restore(by_steps, target, "latest")
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  assert optim.total_steps(a["opt_state"]) == optim.total_steps(b["opt_state"]) == total
+
+
 @pytest.mark.slow
 def test_budgeted_run_logs_its_length_keeps_it_and_is_reproducible(tiny_config, tmp_path):
   tiny_config.train.budget_minutes = 0.4

@@ -249,8 +249,8 @@ def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, 
 
 
 def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, elapsed: Callable[[], float],
-               eval_model: UNet, val: data.Split) -> tuple[int, float]:
-  """(the total steps that fit train.budget_minutes, the seconds of one validation), from the step time since
+               eval_model: UNet, val: data.Split) -> tuple[int, float, float]:
+  """(the total steps that fit train.budget_minutes, the seconds of one step, of one validation), from the step time since
   `measured_from` and a validation timed on its second run (the first compiles, which the minutes used so far
   then hold); the total is decided by process 0 and shared, so every process stops at the same step."""
   jax.block_until_ready(state)
@@ -261,9 +261,23 @@ def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, 
   evaluate_split(eval_model, variables, val, validation_settings(config.eval))
   seconds_per_validation = time.time() - start
   total = budget_steps(config.train, done, elapsed(), seconds_per_step, seconds_per_validation)
-  if jax.process_count() > 1:
-    total = int(multihost_utils.broadcast_one_to_all(np.int32(total)))
-  return total, seconds_per_validation
+  return shared_total(total), seconds_per_step, seconds_per_validation
+
+
+def refit_step(config: Any, start: int) -> int:
+  """The step at which a budgeted run starting at `start` times its steps again and fixes its length for good (0:
+  never): the end of the warm-up, whose learning rates do not depend on the length, so the steps already taken stay
+  what they were. The first timed steps run slower than the rest: a 10-minute VNC run on the project's 2-core CPU
+  fixed 187 steps from them, ran 2.43-2.59 s per step afterwards and trained 8.5 of its 10 minutes. The longer
+  second timing fits the length to the run's real speed. Only when the warm-up leaves as many steps to time again."""
+  after_first = start + config.train.budget_measure_steps
+  return config.optim.warmup_steps if config.train.budget_minutes and (
+      config.optim.warmup_steps >= after_first + config.train.budget_measure_steps) else 0
+
+
+def shared_total(total: int) -> int:
+  """Process 0's run length, so that every process stops at the same step."""
+  return int(multihost_utils.broadcast_one_to_all(np.int32(total))) if jax.process_count() > 1 else total
 
 
 def time_limit(train_config: Any, minutes: float, reserve_seconds: float | None) -> str:
@@ -337,6 +351,8 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   bar = tqdm(initial=start, total=total or None, desc="train", disable=not primary)
   measured_from, step = None, start
   reserve = 0.0 if total else None  # seconds kept for the last validation; None until a budget is fixed
+  refit_at = 0 if total else refit_step(config, start)  # a resumed run keeps the length it logged
+  timed_from = (start, 0.0)  # (step, time) the timing at refit_at counts from
   while not total or step < total:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
@@ -346,13 +362,23 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
     if not total and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
       jax.block_until_ready(state)
       measured_from = time.time()
-    if not total and done == start + config.train.budget_measure_steps:
-      total, reserve = fix_budget(config, state, measured_from, done, elapsed, eval_model, splits["val"])
+    first_fix, refit = not total and done == start + config.train.budget_measure_steps, done == refit_at
+    if first_fix:
+      total, seconds_per_step, reserve = fix_budget(config, state, measured_from, done, elapsed, eval_model,
+                                                    splits["val"])
+      timed_from = (done, time.time())  # after the validations fix_budget timed
+    elif refit:  # the end of the warm-up: time the steps since the first fix, fix the length for good
+      jax.block_until_ready(state)
+      seconds_per_step = (time.time() - timed_from[1]) / (done - timed_from[0])
+      total = shared_total(budget_steps(config.train, done, elapsed(), seconds_per_step, reserve))
+    if first_fix or refit:
       state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
-      log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed()})
+      log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed(),
+                 "seconds_per_step": seconds_per_step, "seconds_per_validation": reserve})
       bar.total = total
-      bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all (logged; a resumed "
-                "run keeps them)")
+      again = f"; timed again at the end of the warm-up (step {refit_at})" if refit_at and not refit else ""
+      bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all{again} (logged; a "
+                "resumed run keeps the last)")
     limit = "" if done == total else time_limit(config.train, elapsed(), reserve)
     out_of_time = bool(limit)
     if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
