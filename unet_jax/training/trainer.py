@@ -267,9 +267,11 @@ def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, 
 def refit_step(config: Any, start: int) -> int:
   """The step at which a budgeted run starting at `start` times its steps again and fixes its length for good (0:
   never): the end of the warm-up, whose learning rates do not depend on the length, so the steps already taken stay
-  what they were. The first timed steps run slower than the rest: a 10-minute VNC run on the project's 2-core CPU
-  fixed 187 steps from them, ran 2.43-2.59 s per step afterwards and trained 8.5 of its 10 minutes. The longer
-  second timing fits the length to the run's real speed. Only when the warm-up leaves as many steps to time again."""
+  what they were. The first few timed steps misjudge the run's speed either way. On the project's 2-core CPU, one
+  10-minute VNC run fixed 187 steps from them, ran 2.43-2.59 s per step afterwards and trained 8.5 of its 10
+  minutes. Another timed 3.02 s per step at first and 3.21 s over the next 60 steps. The longer second timing fits
+  the length to the run's real speed. There is a second timing only when the warm-up leaves as many steps to time
+  again."""
   after_first = start + config.train.budget_measure_steps
   return config.optim.warmup_steps if config.train.budget_minutes and (
       config.optim.warmup_steps >= after_first + config.train.budget_measure_steps) else 0
