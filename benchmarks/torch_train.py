@@ -4,17 +4,16 @@
   .venv/bin/python benchmarks/torch_train.py --steps=1200           # a fixed step count instead of a budget
   pip install -r benchmarks/requirements.txt   # torch, monai
 
-The U-Net of benchmarks/torch_unet.py in our default shape (depth 4, 16 features, BatchNorm, 1x1 conv +
-bilinear upsampling; channels_last, --threads intra-op threads, default one per core), trained on all ten VNC training
-slices (training.tif / training_groundtruth.tif, masks 0/255), on the GPU when PyTorch sees one (--device;
-there cuDNN autotunes its kernels, as a user's GPU script would, and runs are not bitwise reproducible): batches of --batch uniformly random
---patch crops, each one of the 8 flips/90-degree rotations, loss BCE + (1 - soft Dice) of the batch
-(torch_unet.bce_dice_loss: our train.loss='bce_dice', smooth 1),
-Adam with a cosine learning rate from --lr to 0. The schedule is sized to the budget as our
-`train.budget_minutes` does: the first step (warm-up) is excluded, the next --measure_steps are timed,
-and the total step count is fixed from them and printed (a budget shorter than those steps overruns);
-the run is deterministic given that count (--steps=N skips the timing). The clock counts training
-only; scoring is paused out of it.
+The U-Net of benchmarks/torch_unet.py in our default shape (depth 4, 16 features, BatchNorm, 1x1 conv + bilinear
+upsampling; channels_last, --threads intra-op threads, default one per core), trained on all ten VNC training
+slices (training.tif / training_groundtruth.tif, masks 0/255), on the GPU when PyTorch sees one (--device; there
+cuDNN autotunes its kernels, as a user's GPU script would, and runs are not bitwise reproducible): batches of
+--batch uniformly random --patch crops, each one of the 8 flips/90-degree rotations, loss BCE + (1 - soft Dice) of
+the batch (torch_unet.bce_dice_loss: our train.loss='bce_dice', smooth 1), Adam with a cosine learning rate from
+--lr to 0. The schedule is sized to the budget as our `train.budget_minutes` does: the first step (warm-up) is
+excluded, the next --measure_steps are timed, and the total step count is fixed from them and printed (a budget
+shorter than those steps overruns); the run is deterministic given that count (--steps=N skips the timing). The
+clock counts training only; scoring is paused out of it.
 
 At every 10 % of the steps the test stack (testing.tif) is segmented with MONAI's
 sliding_window_inference (--window, --overlap, Gaussian blending, sigma 0.125, batches of 8 windows)

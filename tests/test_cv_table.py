@@ -65,6 +65,17 @@ def test_the_run_order_alternates_the_sides():
   assert runs[0].name == "ours_f0_s0_10min"
 
 
+def test_the_warm_up_compiles_ours_on_the_first_fold_for_two_steps_then_predicts():
+  fold = cv_table.assign_folds(14, 7, 2)[0]
+  train, predict = cv_table.warm_up_commands("out", fold, "configs/unet2d.py:vnc", ["--config.x=1"])
+  assert train[1] == "train.py" and predict[1] == "evaluate.py"
+  assert "--workdir=out/warm_up" in train and "--config.data.root=out/folds/fold_0" in train
+  assert train[-2:] == ["--config.train.budget_minutes=0", "--config.train.steps=2"] and "--config.x=1" in train
+  assert "--input=out/folds/fold_0/val_test.tif" in predict and "--output_dir=out/warm_up/predicted" in predict
+  run = cv_table.Run("ours", fold, 0, 10.0)
+  assert cv_table.commands(run, "out", "configs/unet2d.py:vnc", [], [])[0][-1] == "--config.train.budget_minutes=10"
+
+
 def test_rules_on_probabilities_with_known_thresholds():
   # val: truth at 0.3, background 0.1: the first perfect candidate is 0.15. Test: truth at 0.4.
   mask = np.zeros((2, 32, 32), np.uint8)
@@ -124,6 +135,8 @@ def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
   for r in lines:
     assert set(r["rules"]) == set(cv_table.RULES) and r["steps"] > 0
     assert all(0 <= v["dice"] <= 1 and 0 <= v["f1"] <= 1 for v in r["rules"].values())
+  assert (tmp_path / "warm_up" / "predicted" / "probabilities.tif").is_file()  # before the runs of ours
+  assert done.stdout.index("warm_up") < done.stdout.index("runs/ours_f0")
   table = (tmp_path / "table.md").read_text()
   assert "| 0.05 | ours | 2 |" in table and "| 0.05 | script | 2 |" in table
   assert "| ours@0.05 - script@0.05 | 0.5 | 2 | " in table

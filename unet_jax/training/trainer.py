@@ -250,9 +250,9 @@ def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, 
 
 def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, elapsed: Callable[[], float],
                eval_model: UNet, val: data.Split) -> tuple[int, float, float]:
-  """(the total steps that fit train.budget_minutes, the seconds of one step, of one validation), from the step time since
-  `measured_from` and a validation timed on its second run (the first compiles, which the minutes used so far
-  then hold); the total is decided by process 0 and shared, so every process stops at the same step."""
+  """(the total steps that fit train.budget_minutes, the seconds of one step, of one validation), from the step
+  time since `measured_from` and a validation timed on its second run (the first compiles, which the minutes used
+  so far then hold); the total is decided by process 0 and shared, so every process stops at the same step."""
   jax.block_until_ready(state)
   seconds_per_step = (time.time() - measured_from) / (config.train.budget_measure_steps - 1)
   variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
