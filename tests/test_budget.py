@@ -89,6 +89,18 @@ def test_the_length_is_timed_again_at_the_end_of_the_warmup_when_it_leaves_room(
   assert trainer.refit_step(config, 0) == 0  # trained by step count
 
 
+def assert_equals_the_run_of_steps(config, budgeted: str, total: int, by_steps: str) -> None:
+  """The budgeted run in `budgeted` has the parameters and length of `config` trained for `total` steps."""
+  config.train.budget_minutes, config.train.steps = 0.0, total
+  trainer.train_and_evaluate(config, by_steps)
+  target = jax.eval_shape(lambda: trainer.state_tree(trainer.create_train_state(
+      config, trainer.build_model(config.model), jax.random.PRNGKey(0))))
+  a, _ = checkpoint.restore(budgeted, target, "latest")
+  b, _ = checkpoint.restore(by_steps, target, "latest")
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  assert optim.total_steps(a["opt_state"]) == optim.total_steps(b["opt_state"]) == total
+
+
 @pytest.mark.slow
 def test_a_refitted_run_logs_both_lengths_and_equals_the_run_of_its_final_length(tiny_config, tmp_path):
   """The warm-up's learning rates do not depend on the length, so fixing it again at the warm-up's end changes no
@@ -105,15 +117,7 @@ def test_a_refitted_run_logs_both_lengths_and_equals_the_run_of_its_final_length
   tiny_config.train.budget_minutes = 30.0  # resumed (to its length, if a slowdown stopped it short): no third timing
   assert trainer.train_and_evaluate(tiny_config, budgeted)["step"] == total
   assert [r.get("event") for r in runlog.records(runlog.log_path(budgeted))].count("budget") == 2
-  tiny_config.train.budget_minutes, tiny_config.train.steps = 0.0, total
-  by_steps = str(tmp_path / "steps")
-  trainer.train_and_evaluate(tiny_config, by_steps)
-  target = jax.eval_shape(lambda: trainer.state_tree(trainer.create_train_state(
-      tiny_config, trainer.build_model(tiny_config.model), jax.random.PRNGKey(0))))
-  a, _ = checkpoint.restore(budgeted, target, "latest")
-  b, _ = checkpoint.restore(by_steps, target, "latest")
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-  assert optim.total_steps(a["opt_state"]) == optim.total_steps(b["opt_state"]) == total
+  assert_equals_the_run_of_steps(tiny_config, budgeted, total, str(tmp_path / "steps"))
 
 
 @pytest.mark.slow
@@ -132,15 +136,7 @@ def test_budgeted_run_logs_its_length_keeps_it_and_is_reproducible(tiny_config, 
   assert trainer.train_and_evaluate(tiny_config, budgeted)["step"] == total
   assert [r.get("event") for r in runlog.records(runlog.log_path(budgeted))].count("budget") == 1
   # The same run by step count (the logged number) gives the same parameters, bit for bit.
-  tiny_config.train.budget_minutes, tiny_config.train.steps = 0.0, total
-  by_steps = str(tmp_path / "steps")
-  trainer.train_and_evaluate(tiny_config, by_steps)
-  target = jax.eval_shape(lambda: trainer.state_tree(trainer.create_train_state(
-      tiny_config, trainer.build_model(tiny_config.model), jax.random.PRNGKey(0))))
-  a, _ = checkpoint.restore(budgeted, target, "latest")
-  b, _ = checkpoint.restore(by_steps, target, "latest")
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-  assert optim.total_steps(a["opt_state"]) == optim.total_steps(b["opt_state"]) == total
+  assert_equals_the_run_of_steps(tiny_config, budgeted, total, str(tmp_path / "steps"))
 
 
 @pytest.mark.slow
