@@ -248,20 +248,24 @@ def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, 
                      f"train.smooth) and rerun with --workdir={workdir}: {resume}")
 
 
-def fix_budget(config: Any, state: TrainState, measured_from: float, done: int, elapsed: Callable[[], float],
-               eval_model: UNet, val: data.Split) -> tuple[int, float, float]:
+def fix_budget(config: Any, state: TrainState, timed_from: tuple[int, float], done: int, elapsed: Callable[[], float],
+               eval_model: UNet, val: data.Split, seconds_per_validation: float | None) -> tuple[int, float, float]:
   """(the total steps that fit train.budget_minutes, the seconds of one step, of one validation), from the step
-  time since `measured_from` and a validation timed on its second run (the first compiles, which the minutes used
-  so far then hold); the total is decided by process 0 and shared, so every process stops at the same step."""
+  time since `timed_from` (step, time) and the validation's seconds, or (None) a validation timed on its second run
+  (the first compiles, which the minutes used so far then hold); the total is decided by process 0 and shared, so
+  every process stops at the same step."""
   jax.block_until_ready(state)
-  seconds_per_step = (time.time() - measured_from) / (config.train.budget_measure_steps - 1)
-  variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
-  evaluate_split(eval_model, variables, val, validation_settings(config.eval))
-  start = time.time()
-  evaluate_split(eval_model, variables, val, validation_settings(config.eval))
-  seconds_per_validation = time.time() - start
+  seconds_per_step = (time.time() - timed_from[1]) / (done - timed_from[0])
+  if seconds_per_validation is None:
+    variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
+    evaluate_split(eval_model, variables, val, validation_settings(config.eval))
+    start = time.time()
+    evaluate_split(eval_model, variables, val, validation_settings(config.eval))
+    seconds_per_validation = time.time() - start
   total = budget_steps(config.train, done, elapsed(), seconds_per_step, seconds_per_validation)
-  return shared_total(total), seconds_per_step, seconds_per_validation
+  if jax.process_count() > 1:
+    total = int(multihost_utils.broadcast_one_to_all(np.int32(total)))
+  return total, seconds_per_step, seconds_per_validation
 
 
 def refit_step(config: Any, start: int) -> int:
@@ -275,11 +279,6 @@ def refit_step(config: Any, start: int) -> int:
   after_first = start + config.train.budget_measure_steps
   return config.optim.warmup_steps if config.train.budget_minutes and (
       config.optim.warmup_steps >= after_first + config.train.budget_measure_steps) else 0
-
-
-def shared_total(total: int) -> int:
-  """Process 0's run length, so that every process stops at the same step."""
-  return int(multihost_utils.broadcast_one_to_all(np.int32(total))) if jax.process_count() > 1 else total
 
 
 def time_limit(train_config: Any, minutes: float, reserve_seconds: float | None) -> str:
@@ -351,10 +350,9 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   minutes0, scores, nonfinite = log.minutes, {}, 0
   elapsed = lambda: minutes0 + (time.time() - clock) / 60.0
   bar = tqdm(initial=start, total=total or None, desc="train", disable=not primary)
-  measured_from, step = None, start
+  timed_from, step = None, start  # (step, time) the next budget timing counts from
   reserve = 0.0 if total else None  # seconds kept for the last validation; None until a budget is fixed
   refit_at = 0 if total else refit_step(config, start)  # a resumed run keeps the length it logged
-  timed_from = (start, 0.0)  # (step, time) the timing at refit_at counts from
   while not total or step < total:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
@@ -363,17 +361,12 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
     bar.update()
     if not total and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
       jax.block_until_ready(state)
-      measured_from = time.time()
+      timed_from = (done, time.time())
     first_fix, refit = not total and done == start + config.train.budget_measure_steps, done == refit_at
-    if first_fix:
-      total, seconds_per_step, reserve = fix_budget(config, state, measured_from, done, elapsed, eval_model,
-                                                    splits["val"])
+    if first_fix or refit:  # refit: the end of the warm-up, timed since the first fix; the length for good
+      total, seconds_per_step, reserve = fix_budget(config, state, timed_from, done, elapsed, eval_model,
+                                                    splits["val"], reserve)
       timed_from = (done, time.time())  # after the validations fix_budget timed
-    elif refit:  # the end of the warm-up: time the steps since the first fix, fix the length for good
-      jax.block_until_ready(state)
-      seconds_per_step = (time.time() - timed_from[1]) / (done - timed_from[0])
-      total = shared_total(budget_steps(config.train, done, elapsed(), seconds_per_step, reserve))
-    if first_fix or refit:
       state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
       log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed(),
                  "seconds_per_step": seconds_per_step, "seconds_per_validation": reserve})
