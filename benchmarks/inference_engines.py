@@ -40,9 +40,9 @@ def monai_runner(model: Any, variables: Any, window: tuple[int, int], overlap: f
   """image f32[H, W] -> probabilities by MONAI's sliding window over the PyTorch twin (channels_last)."""
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
-  from torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
+  from torch_unet import copy_flax_variables, twin  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(2)
-  net = copy_flax_variables(TorchUNet(model.depth, model.base_features, model.norm, model.upsample), variables)
+  net = copy_flax_variables(twin(model), variables)
   net = net.eval().to(memory_format=torch.channels_last)
   def run(image: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(image)[None, None].contiguous(memory_format=torch.channels_last)

@@ -79,7 +79,7 @@ def throughput(args: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from monai.inferers import sliding_window_inference  # pylint: disable=g-import-not-at-top
-  from torch_unet import TorchUNet, copy_flax_variables  # pylint: disable=g-import-not-at-top
+  from torch_unet import copy_flax_variables, twin  # pylint: disable=g-import-not-at-top
   from unet_jax.inference import windows  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(2)
@@ -96,7 +96,7 @@ def throughput(args: flags.FlagValues) -> None:
   predict = windows.predictor(model)
   ours = lambda image: np.asarray(windows.sliding_window_predict(
       predict, variables, image, window, args.overlap, "gaussian", args.batch))
-  net = copy_flax_variables(TorchUNet(model.depth, model.base_features, model.norm, model.upsample), variables).eval()
+  net = copy_flax_variables(twin(model), variables).eval()
 
   def monai(image: np.ndarray, channels_last: bool, mode: str = "gaussian") -> np.ndarray:
     layout = torch.channels_last if channels_last else torch.contiguous_format

@@ -130,10 +130,9 @@ def make_loader(config: Any, workers: int, steps: int) -> Iterator[dict[str, Any
 def make_step(config: Any) -> tuple[Callable[[dict[str, Any]], None], Callable[[], None]]:
   """(step(batch), finish()): the twin's training step on a loader batch, channels_last; PyTorch is synchronous."""
   import torch  # pylint: disable=g-import-not-at-top
-  from torch_unet import TorchUNet, make_train_step  # pylint: disable=g-import-not-at-top
-  m = config.model
-  net = TorchUNet(depth=m.depth, base_features=m.base_features, norm=m.norm, upsample=m.upsample,
-                  in_channels=2 * m.context_slices + 1).to(memory_format=torch.channels_last).train()
+  from torch_unet import make_train_step, twin  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import build_model  # pylint: disable=g-import-not-at-top
+  net = twin(build_model(config.model)).to(memory_format=torch.channels_last).train()
   train_step = make_train_step(net, config)
 
   def step(batch: dict[str, Any]) -> None:

@@ -52,21 +52,28 @@ class TorchUNet(nn.Module):
   """U-Net: `depth` poolings, widths base_features * 2**level, skip connections (see module doc)."""
 
   def __init__(self, depth: int = 4, base_features: int = 32, norm: str = "batch",
-               upsample: str = "transpose", ndim: int = 2, in_channels: int = 1):
+               upsample: str = "transpose", ndim: int = 2, in_channels: int = 1, stem: int = 1):
     super().__init__()
+    if stem > 1 and (ndim != 2 or in_channels != 1):
+      raise ValueError("the twin's space-to-depth stem is 2D with one input channel (pixel (un)shuffle orders "
+                       "channels as ours only then)")
     conv, conv_transpose, _, max_pool = _layers(ndim)
     width = lambda level: base_features * 2 ** level
     self.upsample, self.ndim = upsample, ndim
-    self.enc = nn.ModuleList(ConvBlock(in_channels if level == 0 else width(level - 1), width(level), ndim, norm)
-                             for level in range(depth))
+    # Our space_to_depth/depth_to_space with one channel in and one logit out: pixel (un)shuffle.
+    self.unshuffle = nn.PixelUnshuffle(stem) if stem > 1 else nn.Identity()
+    self.shuffle = nn.PixelShuffle(stem) if stem > 1 else nn.Identity()
+    self.enc = nn.ModuleList(ConvBlock(in_channels * stem ** 2 if level == 0 else width(level - 1), width(level),
+                                       ndim, norm) for level in range(depth))
     self.pool = max_pool(2)
     self.bottleneck = ConvBlock(width(depth - 1), width(depth), ndim, norm)
     self.up = nn.ModuleList(conv_transpose(width(level + 1), width(level), 2, stride=2) if upsample == "transpose"
                             else conv(width(level + 1), width(level), 1) for level in range(depth))
     self.dec = nn.ModuleList(ConvBlock(2 * width(level), width(level), ndim, norm) for level in range(depth))
-    self.head = conv(width(0), 1, 1)
+    self.head = conv(width(0), stem ** 2, 1)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
+    x = self.unshuffle(x)
     skips = []
     for block in self.enc:
       x = block(x)
@@ -79,7 +86,14 @@ class TorchUNet(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="bilinear" if self.ndim == 2 else "trilinear",
                           align_corners=False)
       x = self.dec[level](torch.cat([x, skips[level]], 1))
-    return self.head(x)
+    return self.shuffle(self.head(x))
+
+
+def twin(model: Any) -> TorchUNet:
+  """The TorchUNet of our flax `UNet` (e.g. `build_model(config.model)`): same depth, widths, norm, upsampling,
+  input channels and stem."""
+  return TorchUNet(depth=model.depth, base_features=model.base_features, norm=model.norm, upsample=model.upsample,
+                   ndim=model.ndim, in_channels=model.in_channels, stem=model.stem[-1] if model.stem else 1)
 
 
 def _copy_conv(conv: nn.Module, params: dict[str, Any], transpose: bool = False) -> None:

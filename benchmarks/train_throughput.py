@@ -124,12 +124,11 @@ def torch_side(config: Any, batch: dict[str, Any], threads: int) -> dict[str, An
   """The PyTorch twin's train step (and, with --parts, forward and forward+backward) as timers: on the CPU with
   `threads` intra-op threads, or on the GPU when `threads` is 0 (each timer then waits for the GPU's work)."""
   import torch  # pylint: disable=g-import-not-at-top
-  from torch_unet import LOSSES, TorchUNet  # pylint: disable=g-import-not-at-top
-  m = config.model
+  from torch_unet import LOSSES, twin  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import build_model  # pylint: disable=g-import-not-at-top
   device = torch.device("cuda" if threads == 0 else "cpu")
   torch.backends.cudnn.benchmark = True  # a GPU script's usual setting; no effect on the CPU
-  net = TorchUNet(depth=m.depth, base_features=m.base_features, norm=m.norm, upsample=m.upsample,
-                  ndim=m.ndim).to(device, memory_format=torch.channels_last).train()
+  net = twin(build_model(config.model)).to(device, memory_format=torch.channels_last).train()
   model = net
   if FLAGS.peer_compile:
     try:
@@ -213,7 +212,8 @@ def main(argv: list[str]) -> None:
   m = config.model
   print(f"{jax.device_count()} JAX {jax.devices()[0].platform} device(s) on {os.cpu_count()} cores; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"model depth {m.depth} base {m.base_features} norm {m.norm} upsample {m.upsample} dtype {m.dtype}; "
+  print(f"model depth {m.depth} base {m.base_features} norm {m.norm} upsample {m.upsample} dtype {m.dtype} "
+        f"space-to-depth {m.space_to_depth}; "
         f"batch {batch_size} of {patch}; augmentation {'on (ours only)' if FLAGS.augment else 'off'}; "
         f"{FLAGS.rounds} rounds x {FLAGS.steps} steps, medians")
   print(f"ours: compile {ours['compile_s']:.1f} s (not timed); {ours['flops'] / 1e9:.1f} GFLOP per step "

@@ -80,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.voxel_size_nm = c.data.get_ref("voxel_size_nm")  # follows data.voxel_size_nm
   c.model.kernel_sizes = ()  # e.g. ((1, 3, 3),) * 3 + ((3, 3, 3),) * 2 for VNC in 3D
   c.model.pool_factors = ()  # e.g. ((1, 2, 2),) * 3 + ((2, 2, 2),)
+  c.model.space_to_depth = 1  # s > 1: the network runs at 1/s the in-plane resolution on s*s pixels per input
+  # channel and returns s*s logits per pixel, back at full resolution (a pixel-shuffle stem and head; ~s^2x cheaper)
   c.model.context_slices = 0  # 2.5D (2D models): k neighbouring slices on each side as 2k + 1 input channels
   c.model.in_plane = False  # 3D only: 1x3x3 kernels, 1x2x2 pooling everywhere (the 2D network per section; a diagnostic)
   c.model.num_classes = 1  # 1: binary mitochondria (one sigmoid); K > 1: integer label maps with classes 0..K-1

@@ -93,3 +93,21 @@ def test_peer_loss_equals_ours(name, smooth):
   channels_first = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1)))
   peer = float(torch_unet.LOSSES[name](channels_first(logits), channels_first(mask), smooth))
   assert peer == pytest.approx(ours, abs=1e-5)
+
+
+@needs_torch
+@pytest.mark.parametrize("stem", [None, (2, 2)])
+def test_the_twin_computes_our_network_with_our_weights(stem):
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_unet  # pylint: disable=g-import-not-at-top
+  from test_onnx_engine import spread_variables  # pylint: disable=g-import-not-at-top
+  from unet_jax.network.model import UNet  # pylint: disable=g-import-not-at-top
+  model = UNet(depth=2, base_features=4, stem=stem)
+  variables = spread_variables(model)
+  x = np.random.default_rng(0).random((2, 32, 24, 1)).astype(np.float32)
+  ours = np.asarray(model.apply(variables, x))
+  net = torch_unet.copy_flax_variables(torch_unet.twin(model), variables).eval()
+  with torch.no_grad():
+    peer = net(torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))).numpy()
+  assert ours.std() > 0.1
+  np.testing.assert_allclose(np.moveaxis(peer, 1, -1), ours, atol=1e-4)

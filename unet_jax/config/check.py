@@ -250,8 +250,8 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
     patch, factors = sizes(config.train.patch_size), anisotropy.model_plan(config.model).size_factors
     if len(patch) != ndim or any(p % f for p, f in zip(patch, factors)):  # 3D plans may pool some axes less
       problems.append(f"train.patch_size={config.train.patch_size!r} must be one size or {ndim} sizes, each "
-                      f"divisible by 2**model.depth={2 ** config.model.depth} on its pooled axes "
-                      f"({'x'.join(map(str, factors))} per axis)")
+                      f"divisible by 2**model.depth={2 ** config.model.depth} on its pooled axes, times "
+                      f"model.space_to_depth in-plane ({'x'.join(map(str, factors))} per axis)")
   if "eval" in sections and _present(config, "eval") and _present(config, "model"):
     k, e = config.model.get("context_slices", 0), config.eval
     if k and (e.engine != "xla" or e.uncertainty != "none"):

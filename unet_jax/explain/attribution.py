@@ -124,8 +124,7 @@ def seg_grad_cam(model: UNet, variables: Any, image: jax.Array, weights: jax.Arr
 
   grad, activation = jax.grad(score, has_aux=True)(jnp.zeros(shape))
   cam = jax.nn.relu(jnp.einsum("hwc,c->hw", activation, grad[0].mean((0, 1))))
-  factor = 2 ** model.depth
-  padded = tuple(s + (-s % factor) for s in image.shape)
+  padded = tuple(s + (-s % f) for s, f in zip(image.shape, model.plan().size_factors))
   return jax.image.resize(cam, padded, "linear")[:image.shape[0], :image.shape[1]]
 
 

@@ -30,6 +30,7 @@ filter's drop in validation Dice, the first-layer kernels, and for the top filte
 """
 
 import dataclasses
+import math
 import time
 from typing import Any, Callable
 
@@ -193,8 +194,10 @@ def check_explain_config(model: UNet, ex: Any) -> None:
     probe.check_block(model, name)
   if ex.ig_max_steps < ex.ig_steps:
     raise InputError(f"explain.ig_max_steps={ex.ig_max_steps} must be >= explain.ig_steps={ex.ig_steps}")
-  if ex.actmax_px % 2 ** model.depth:
-    raise InputError(f"explain.actmax_px={ex.actmax_px} must be a positive multiple of 2**model.depth")
+  factor = math.lcm(*model.plan().size_factors)
+  if ex.actmax_px % factor:
+    raise InputError(f"explain.actmax_px={ex.actmax_px} must be a positive multiple of {factor} (2**model.depth, "
+                     "times model.space_to_depth)")
 
 
 def _timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:

@@ -57,15 +57,15 @@ def logits_edited(model: UNet, variables: Any, images: jax.Array,
 
   The output of each block named in `edits` is replaced by `edits[name](output)` before the rest
   of the network sees it; the returned block outputs are the unedited ones. Any H, W work: images
-  are reflect-padded to a multiple of 2**depth and the logits cropped back (block outputs stay on
-  the padded grid).
+  are reflect-padded to a multiple of the size factors (2**depth, times a space-to-depth stem) and the
+  logits cropped back (block outputs stay on the padded grid).
   """
   edits = edits or {}
   for name in edits:
     check_block(model, name)
-  factor = 2 ** model.depth
+  fy, fx = model.plan().size_factors
   _, h, w = images.shape
-  padded = jnp.pad(images, ((0, 0), (0, -h % factor), (0, -w % factor)), mode="reflect")
+  padded = jnp.pad(images, ((0, 0), (0, -h % fy), (0, -w % fx)), mode="reflect")
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)

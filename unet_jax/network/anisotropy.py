@@ -31,14 +31,25 @@ MAX_RATIO = 2.0  # an axis is convolved and pooled once its spacing is below 2x 
 
 class Plan(NamedTuple):
   """kernel_sizes: depth + 1 per-axis kernels (encoder levels, then the bottleneck; the decoder
-  mirrors the encoder); pool_factors: depth per-axis pooling (and upsampling) factors."""
+  mirrors the encoder); pool_factors: depth per-axis pooling (and upsampling) factors; stem: the
+  per-axis factor of the space-to-depth input and depth-to-space output (None: 1, no stem)."""
   kernel_sizes: tuple[tuple[int, ...], ...]
   pool_factors: tuple[tuple[int, ...], ...]
+  stem: tuple[int, ...] | None = None
 
   @property
   def size_factors(self) -> tuple[int, ...]:
-    """Per axis, the product of the pooling factors: input sizes must be divisible by it."""
-    return tuple(math.prod(p[a] for p in self.pool_factors) for a in range(len(self.kernel_sizes[0])))
+    """Per axis, the product of the stem's and the pooling factors: input sizes must be divisible by it."""
+    ndim = len(self.kernel_sizes[0])
+    stem = self.stem or (1,) * ndim
+    return tuple(stem[a] * math.prod(p[a] for p in self.pool_factors) for a in range(ndim))
+
+
+def stem_factors(ndim: int, space_to_depth: int) -> tuple[int, ...] | None:
+  """The stem of `model.space_to_depth` = s: s on the in-plane axes (y, x), 1 across sections; None for s = 1."""
+  if not isinstance(space_to_depth, int) or isinstance(space_to_depth, bool) or not 1 <= space_to_depth <= 8:
+    raise InputError(f"model.space_to_depth={space_to_depth} must be 1 (off) or an integer factor in [2, 8]")
+  return None if space_to_depth == 1 else (1,) * (ndim - 2) + (space_to_depth,) * 2
 
 
 def isotropic_plan(ndim: int, depth: int) -> Plan:
@@ -82,21 +93,30 @@ def _per_level(value: Any, count: int, ndim: int, name: str, allowed: str, ok: A
 
 def model_plan(model_config: Any) -> Plan:
   """The plan of `config.model`: in-plane only (`in_plane`), explicit `kernel_sizes` / `pool_factors`, else derived
-  from voxel_size_nm."""
+  from voxel_size_nm; the stem from `space_to_depth`.
+
+  The derived plan starts from the spacing the first level sees: a stem of s makes the in-plane voxels s times
+  coarser, so the axes become fine (convolved and pooled) levels earlier on anisotropic data.
+  """
   ndim, depth = model_config.ndim, model_config.depth
+  stem = stem_factors(ndim, model_config.get("space_to_depth", 1))
   if model_config.get("in_plane", False):
     if ndim != 3 or model_config.get("kernel_sizes", ()) or model_config.get("pool_factors", ()):
       raise InputError(f"model.in_plane=True is for 3D models (model.ndim=3, got {ndim}) without explicit "
                        "model.kernel_sizes / model.pool_factors; set those to () or model.in_plane=False")
-    return in_plane_plan(depth)
+    return in_plane_plan(depth)._replace(stem=stem)
   voxel_size = model_config.get("voxel_size_nm") or (1.0,) * ndim
+  if stem:
+    head, tail = tuple(voxel_size[:len(voxel_size) - ndim]), voxel_size[len(voxel_size) - ndim:]
+    voxel_size = (*head, *(v * f for v, f in zip(tail, stem)))
   derived = derive_plan(voxel_size, ndim, depth)
   kernels, pools = model_config.get("kernel_sizes", ()), model_config.get("pool_factors", ())
   return Plan(
       _per_level(kernels, depth + 1, ndim, "kernel_sizes", "odd kernel sizes >= 1", lambda k: k >= 1 and k % 2)
       if kernels else derived.kernel_sizes,
       _per_level(pools, depth, ndim, "pool_factors", "pooling factors >= 1", lambda p: p >= 1)
-      if pools else derived.pool_factors)
+      if pools else derived.pool_factors,
+      stem)
 
 
 def describe(plan: Plan, voxel_size_nm: Sequence[float] | None = None) -> str:
@@ -105,6 +125,10 @@ def describe(plan: Plan, voxel_size_nm: Sequence[float] | None = None) -> str:
   ndim = len(plan.kernel_sizes[0])
   spacing = None if voxel_size_nm is None else [float(s) for s in voxel_size_nm[len(voxel_size_nm) - ndim:]]
   lines = [f"U-Net plan ({ndim}D): inputs divisible by {x(plan.size_factors)}"]
+  if plan.stem:
+    lines.append(f"  stem: space-to-depth {x(plan.stem)} (and depth-to-space of the logits)")
+    if spacing is not None:
+      spacing = [s * f for s, f in zip(spacing, plan.stem)]
   for level, kernel in enumerate(plan.kernel_sizes):
     name = "bottleneck" if level == len(plan.pool_factors) else f"level {level}"
     line = f"  {name}: kernel {x(kernel)}"

@@ -6,6 +6,7 @@ possible) or as one softmax over the K classes (`output='softmax'`, exactly one 
 head keeps its name and its shapes for K = 1, so binary checkpoints load unchanged.
 """
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -43,6 +44,29 @@ def max_pool2(x: jax.Array, factors: Sequence[int] | None = None) -> jax.Array:
   factors = tuple(factors) if factors is not None else (2,) * len(spatial)
   x = x.reshape(b, *(d for s, f in zip(spatial, factors) for d in (s // f, f)), c)
   return x.max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+
+
+def space_to_depth(x: jax.Array, factors: Sequence[int]) -> jax.Array:
+  """x[B, *spatial, C] -> [B, *(spatial / factors), prod(factors) * C]: each block of factors becomes channels.
+
+  Lossless (a reshape and a transpose), so a network behind it sees every pixel at 1/factor the
+  resolution: its convolutions cost prod(factors)x less, and XLA's CPU kernels run the wider, smaller
+  tensors at a higher FLOP rate than full-resolution layers with few channels.
+  """
+  b, *spatial, c = x.shape
+  n = len(spatial)
+  x = x.reshape(b, *(d for s, f in zip(spatial, factors) for d in (s // f, f)), c)
+  x = x.transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
+  return x.reshape(b, *(s // f for s, f in zip(spatial, factors)), -1)
+
+
+def depth_to_space(x: jax.Array, factors: Sequence[int]) -> jax.Array:
+  """The inverse of `space_to_depth`: x[B, *spatial, prod(factors) * C] -> [B, *(spatial * factors), C]."""
+  b, *spatial, _ = x.shape
+  n = len(spatial)
+  x = x.reshape(b, *spatial, *factors, -1)
+  x = x.transpose(0, *(a for i in range(n) for a in (1 + i, 1 + n + i)), 1 + 2 * n)
+  return x.reshape(b, *(s * f for s, f in zip(spatial, factors)), -1)
 
 
 def conv_by_sections(conv: nn.Conv, x: jax.Array, depth_kernel: int) -> jax.Array:
@@ -93,6 +117,9 @@ class UNet(nn.Module):
   pooling factor per axis are `kernel_sizes` / `pool_factors` (None: 3 and 2 on every axis; see
   unet_jax/network/anisotropy.py); every spatial size must be divisible by the product of its axis's pooling
   factors, 2**depth by default (an `InputError` says so otherwise; sliding-window inference pads).
+  A `stem` (model.space_to_depth) folds each in-plane block of s x s pixels into channels before level 0
+  and unfolds the head's s * s logits per pixel back to full resolution: the same inputs and outputs at
+  about 1/s**2 the cost, with the network's finest level at s times the pixel size.
   Each block's output is sown as 'intermediates' / {`enc{i}`, `bottleneck`, `dec{i}`} / 'features'
   for explainability: `model.apply(..., mutable=['intermediates'])`.
   """
@@ -105,6 +132,7 @@ class UNet(nn.Module):
   dtype: Any = jnp.float32      # compute dtype (params stay float32)
   kernel_sizes: tuple[tuple[int, ...], ...] | None = None  # depth + 1 (encoder levels, bottleneck); None: 3s
   pool_factors: tuple[tuple[int, ...], ...] | None = None  # depth per-axis factors; None: 2s
+  stem: tuple[int, ...] | None = None  # per-axis space-to-depth factors before level 0 (None: no stem)
   in_channels: int = 1  # input channels: 1, or 2k + 1 slices for 2.5D (unet_jax/inference/context.py)
   num_classes: int = 1  # output logits per pixel: 1 = binary (sigmoid), K > 1 = K classes
   output: str = "sigmoid"  # sigmoid (per class) | softmax (over classes); used by `probabilities`, not __call__
@@ -116,7 +144,7 @@ class UNet(nn.Module):
   def plan(self) -> Plan:
     """The per-level kernels and pooling factors (explicit, or the isotropic default)."""
     default = isotropic_plan(self.ndim, self.depth)
-    return Plan(self.kernel_sizes or default.kernel_sizes, self.pool_factors or default.pool_factors)
+    return Plan(self.kernel_sizes or default.kernel_sizes, self.pool_factors or default.pool_factors, self.stem)
 
   def check_input(self, shape: Sequence[int]) -> None:
     """Raises InputError unless `shape` = (B, *spatial, C) fits this network."""
@@ -125,8 +153,9 @@ class UNet(nn.Module):
                        f"got shape {tuple(shape)}")
     factors = self.plan().size_factors
     if any(s % f for s, f in zip(shape[1:-1], factors)):
+      stem = f" times the space-to-depth stem {'x'.join(map(str, self.stem))}" if self.stem else ""
       raise InputError(f"input spatial size {tuple(shape[1:-1])} is not divisible by 2**depth={2 ** self.depth} on "
-                       f"the pooled axes ({'x'.join(map(str, factors))} per axis); crop or pad the patch "
+                       f"the pooled axes{stem} ({'x'.join(map(str, factors))} per axis); crop or pad the patch "
                        "(sliding-window inference pads automatically)")
     if shape[-1] != self.in_channels:
       raise InputError(f"the model takes {self.in_channels} input channel(s) (model.context_slices), got shape "
@@ -142,6 +171,8 @@ class UNet(nn.Module):
     block = lambda f, level, name: ConvBlock(f, self.ndim, self.norm, self.axis_name, self.dtype,
                                              plan.kernel_sizes[level], name=name)
     x = x.astype(self.dtype)
+    if plan.stem:
+      x = space_to_depth(x, plan.stem)
     skips = []
     for level in range(self.depth):
       x = block(self.base_features * 2 ** level, level, f"enc{level}")(x, train)
@@ -159,7 +190,9 @@ class UNet(nn.Module):
                              antialias=False)  # same values when upsampling; exportable to ONNX
       x = jnp.concatenate([x, skips[level]], axis=-1)
       x = block(features, level, f"dec{level}")(x, train)
-    return nn.Conv(self.num_classes, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
+    outputs = self.num_classes * math.prod(plan.stem or (1,))
+    logits = nn.Conv(outputs, (1,) * self.ndim, dtype=jnp.float32, name="head")(x).astype(jnp.float32)
+    return depth_to_space(logits, plan.stem) if plan.stem else logits
 
 
 def class_probabilities(logits: jax.Array, output: str = "sigmoid") -> jax.Array:
@@ -192,5 +225,5 @@ def build_model(model_config: Any, axis_name: str | None = None) -> UNet:
               base_features=model_config.base_features, norm=model_config.norm,
               upsample=model_config.upsample, axis_name=axis_name,
               dtype=DTYPES[model_config.dtype], kernel_sizes=plan.kernel_sizes,
-              pool_factors=plan.pool_factors, in_channels=2 * model_config.get("context_slices", 0) + 1,
+              pool_factors=plan.pool_factors, stem=plan.stem, in_channels=2 * model_config.get("context_slices", 0) + 1,
               num_classes=model_config.get("num_classes", 1), output=model_config.get("output", "sigmoid"))
