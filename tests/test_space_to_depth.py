@@ -49,7 +49,7 @@ def test_sizes_must_divide_by_the_stem_times_the_pooling():
   with pytest.raises(InputError, match=r"space-to-depth stem 2x2 \(8x8 per axis\)"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 20, 16, 1)))
   c = unet2d.get_config("vnc")
-  c.model.space_to_depth = 2
+  assert c.model.space_to_depth == 2
   config_check.validate(c)  # 256 divides by 2 * 2**4
   c.train.patch_size = 48
   with pytest.raises(InputError, match=r"train.patch_size=48 .*space_to_depth in-plane \(32x32 per axis\)"):
@@ -65,10 +65,11 @@ def test_bad_factors_are_refused_in_one_line(value):
 
 
 def test_the_config_builds_the_stem_and_derives_the_plan_from_the_coarser_pixels():
-  c = unet2d.get_config("vnc")
-  assert build_model(c.model).stem is None
-  c.model.space_to_depth = 2
+  c = unet2d.get_config("vnc")  # its recipe has the stem
   assert build_model(c.model).stem == (2, 2)
+  c.model.space_to_depth = 1
+  assert build_model(c.model).stem is None and build_model(unet2d.get_config("lucchi").model).stem is None
+  c.model.space_to_depth = 2
   text = anisotropy.describe(build_model(c.model).plan(), c.data.voxel_size_nm)
   assert "stem: space-to-depth 2x2" in text and "level 0: kernel 3x3, pool 2x2, voxel 9.2x9.2 nm" in text
   # 3D VNC: in-plane 9.2 nm against 50 nm sections reaches a ratio below 2 one level earlier.
