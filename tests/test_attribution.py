@@ -9,6 +9,7 @@ import pytest
 from configs import unet2d
 from unet_jax.errors import InputError
 from unet_jax.explain import attribution, probe, sanity
+from unet_jax.network import anisotropy
 from unet_jax.network.model import init_variables, UNet
 
 REGION = (slice(8, 16), slice(20, 30))
@@ -17,6 +18,10 @@ REGION = (slice(8, 16), slice(20, 30))
 class RegionModel(nn.Module):
   """Every pixel's logit is a nonlinear function of the pixels in REGION only."""
   depth: int = 0
+
+  def plan(self) -> anisotropy.Plan:
+    """No pooling: any size fits (the probe pads to the plan's size factors)."""
+    return anisotropy.Plan(((1, 1),), ())
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
