@@ -33,6 +33,12 @@ def _norm(kind: str, train: bool, axis_name: str | None, name: str) -> nn.Module
   return None
 
 
+def _blocks(x: jax.Array, factors: Sequence[int]) -> jax.Array:
+  """x[B, *spatial, C] -> [B, s0 / f0, f0, s1 / f1, f1, ..., C]: every axis split into blocks of its factor."""
+  b, *spatial, c = x.shape
+  return x.reshape(b, *(d for s, f in zip(spatial, factors) for d in (s // f, f)), c)
+
+
 def max_pool2(x: jax.Array, factors: Sequence[int] | None = None) -> jax.Array:
   """Max pooling of x[B, *spatial, C] by `factors` per axis (default 2 each; sizes divisible), stride = window.
 
@@ -40,10 +46,9 @@ def max_pool2(x: jax.Array, factors: Sequence[int] | None = None) -> jax.Array:
   select-and-scatter, which is slow on CPU. (Exact ties share the gradient instead of the first
   element taking it.) A factor of 1 leaves its axis alone (anisotropic pooling, e.g. (1, 2, 2)).
   """
-  b, *spatial, c = x.shape
+  spatial = x.shape[1:-1]
   factors = tuple(factors) if factors is not None else (2,) * len(spatial)
-  x = x.reshape(b, *(d for s, f in zip(spatial, factors) for d in (s // f, f)), c)
-  return x.max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+  return _blocks(x, factors).max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
 
 
 def space_to_depth(x: jax.Array, factors: Sequence[int]) -> jax.Array:
@@ -53,10 +58,9 @@ def space_to_depth(x: jax.Array, factors: Sequence[int]) -> jax.Array:
   resolution: its convolutions cost prod(factors)x less, and XLA's CPU kernels run the wider, smaller
   tensors at a higher FLOP rate than full-resolution layers with few channels.
   """
-  b, *spatial, c = x.shape
+  b, *spatial, _ = x.shape
   n = len(spatial)
-  x = x.reshape(b, *(d for s, f in zip(spatial, factors) for d in (s // f, f)), c)
-  x = x.transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
+  x = _blocks(x, factors).transpose(0, *range(1, 2 * n, 2), *range(2, 2 * n + 1, 2), 2 * n + 1)
   return x.reshape(b, *(s // f for s, f in zip(spatial, factors)), -1)
 
 
