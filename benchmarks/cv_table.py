@@ -28,14 +28,15 @@ dropped; unet_jax/scores/instances.py). Candidates and min_size are --ours_confi
 are not neighbours, so --ours_config must be 2D without model.context_slices.
 
 The table (OUT/table.md, printed after every run) gives each side's mean over folds and seeds, and the
-difference ours - script at each budget (and ours at the smallest budget against the script at the largest)
-with a paired 95 % t-interval: seeds are averaged within a fold, the folds are the units (n = --folds).
+difference ours - script at each budget (and ours at the smallest budget against the script at the largest,
+and at each --script_minutes budget, which the script alone runs) with a paired 95 % t-interval: seeds are averaged within a fold, the folds are the units (n = --folds).
 The folds share training slices, so the interval is somewhat too narrow (Bengio & Grandvalet 2004).
 
 Before the first run of ours, a 2-step run of ours on fold 0 and its prediction (OUT/warm_up; --nowarm_up to skip)
 fill the XLA compilation cache, so that no fold's budget pays for compiling. A run whose scores.json exists is not
 rerun (ours resumes training from its checkpoints when it has no probabilities yet); each finished run prints one
-JSON line. Extra `--config.x=v` flags go to train.py and evaluate.py; --script_flags go to torch_train.py. Smoke
+JSON line. A table longer than one sitting is split by fold (--run_folds=0,1,2 now, --run_folds=3,4,5,6 later):
+each fold's runs stay within one sitting, so its paired difference shares the machine's speed. Extra `--config.x=v` flags go to train.py and evaluate.py; --script_flags go to torch_train.py. Smoke
 run (seconds per run):
 
   python benchmarks/cv_table.py --data=synthetic --folds=2 --val_slices=1 --minutes=0.05 \
@@ -76,6 +77,11 @@ flags.DEFINE_integer("folds", 7, "Contiguous test folds over the labelled slices
 flags.DEFINE_integer("val_slices", 2, "Validation slices per fold, next to its test slices.")
 flags.DEFINE_string("seeds", "0", "Seeds of both sides, comma-separated.")
 flags.DEFINE_string("minutes", "10,20,40", "Budgets, comma-separated.")
+flags.DEFINE_string("script_minutes", "", "Budgets the script alone runs, comma-separated (e.g. 40), each compared "
+                    "with ours at the smallest --minutes: does ours at 10 minutes match the script at 40?")
+flags.DEFINE_string("run_folds", "", "Folds this sitting runs, comma-separated indices (empty: all). The table "
+                    "covers every finished run in --out, so a long table can be split over sittings, each fold's "
+                    "runs within one.")
 flags.DEFINE_string("ours_config", "configs/unet2d.py:vnc",
                     "Config of our runs (file.py:variant); named apart from the benchmarks' --config.")
 flags.DEFINE_string("script_flags", "", "Extra flags of benchmarks/torch_train.py, space-separated.")
@@ -136,9 +142,12 @@ class Run:
     return f"{self.side}_f{self.fold.index}_s{self.seed}_{self.minutes:g}min"
 
 
-def plan(folds: Sequence[Fold], seeds: Sequence[int], budgets: Sequence[float]) -> list[Run]:
-  """Every run in the order of the sitting: seed, fold, budget, then ours and the script alternately."""
-  return [Run(side, fold, seed, m) for seed in seeds for fold in folds for m in budgets for side in SIDES]
+def plan(folds: Sequence[Fold], seeds: Sequence[int], budgets: Sequence[float],
+         script_budgets: Sequence[float] = ()) -> list[Run]:
+  """Every run in the order of the sitting: seed, fold, budget, then ours and the script alternately (the
+  script alone at `script_budgets`)."""
+  return [Run(side, fold, seed, m) for seed in seeds for fold in folds for m in sorted({*budgets, *script_budgets})
+          for side in (SIDES if m in budgets else ("script",))]
 
 
 def labelled_stack(data: str) -> tuple[np.ndarray, np.ndarray]:
@@ -261,19 +270,20 @@ def paired_interval(differences: dict[int, list[float]], confidence: float = 0.9
   return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
-def comparisons(budgets: Sequence[float]) -> list[tuple[float, float]]:
-  """(our budget, the script's budget) pairs: equal budgets, then our smallest against the script's largest."""
+def comparisons(budgets: Sequence[float], script_budgets: Sequence[float] = ()) -> list[tuple[float, float]]:
+  """(our budget, the script's budget) pairs: equal budgets, then our smallest against the script's largest and
+  against each script-only budget."""
   pairs = [(m, m) for m in budgets]
-  return pairs + [(min(budgets), max(budgets))] if len(budgets) > 1 else pairs
+  return pairs + [(min(budgets), m) for m in sorted({max(budgets), *script_budgets}) if m != min(budgets)]
 
 
-def table(records: Sequence[dict], budgets: Sequence[float]) -> str:
+def table(records: Sequence[dict], budgets: Sequence[float], script_budgets: Sequence[float] = ()) -> str:
   """The Markdown tables of the finished runs: means per side and budget, paired differences."""
   rules = list(RULES)
   lines = ["| budget (min) | side | runs | " + " | ".join(f"{r}: Dice / F1" for r in rules)
            + " | val threshold | steps | wall min |", "|---|---|---|" + "---|" * (len(rules) + 3)]
-  for m in budgets:
-    for side in SIDES:
+  for m in sorted({*budgets, *script_budgets}):
+    for side in SIDES if m in budgets else ("script",):
       group = [r for r in records if r["side"] == side and r["minutes"] == m]
       if not group:
         lines.append(f"| {m:g} | {side} | 0 |" + " |" * (len(rules) + 3))
@@ -286,7 +296,7 @@ def table(records: Sequence[dict], budgets: Sequence[float]) -> str:
   lines += ["", "| ours - script | rule | folds | Dice difference [95 % interval] | F1 difference [95 % interval] |",
             "|---|---|---|---|---|"]
   by_key = {(r["side"], r["fold"], r["seed"], r["minutes"]): r for r in records}
-  for ours_m, script_m in comparisons(budgets):
+  for ours_m, script_m in comparisons(budgets, script_budgets):
     for rule in rules:
       cells = []
       for metric in ("dice", "f1"):
@@ -314,9 +324,13 @@ def main(argv: list[str]) -> None:
     sys.exit("error: flags other than cv_table.py's must be --config.x=v overrides of our runs")
   try:
     budgets = [float(m) for m in args.minutes.split(",")]
+    script_budgets = [float(m) for m in args.script_minutes.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
+    run_folds = {int(k) for k in args.run_folds.split(",") if k}
   except ValueError as e:
-    sys.exit(f"error: --minutes and --seeds take comma-separated numbers ({e})")
+    sys.exit(f"error: --minutes, --script_minutes, --seeds and --run_folds take comma-separated numbers ({e})")
+  if run_folds - set(range(args.folds)):
+    sys.exit(f"error: --run_folds={args.run_folds}: fold indices run from 0 to {args.folds - 1}")
   config = common.load_config(args.ours_config)
   if config.model.ndim != 2 or config.model.context_slices:
     sys.exit("error: a fold's training stack joins slices that are not neighbours: use a 2D config without "
@@ -326,18 +340,19 @@ def main(argv: list[str]) -> None:
     folds = assign_folds(stack[0].shape[0], args.folds, args.val_slices)
   except InputError as e:
     sys.exit(f"error: {e}")
-  runs, script_flags = plan(folds, seeds, budgets), shlex.split(args.script_flags)
+  runs, script_flags = plan(folds, seeds, budgets, script_budgets), shlex.split(args.script_flags)
   done = lambda run: os.path.isfile(os.path.join(args.out, "runs", run.name, "scores.json"))
+  now = lambda run: not run_folds or run.fold.index in run_folds  # this sitting's folds
   warm_up = warm_up_commands(args.out, folds[0], args.ours_config, extra) if args.warm_up and any(
-      r.side == "ours" and not done(r) for r in runs) else []
+      r.side == "ours" and not done(r) and now(r) for r in runs) else []
   warmed = os.path.join(args.out, "warm_up", "predicted", "probabilities.tif")
   if args.dry_run:
     for command in warm_up:
       print(("# done: " if os.path.isfile(warmed) else "") + shlex.join(command))
-    for run in runs:
+    for run in filter(now, runs):
       for command in commands(run, args.out, args.ours_config, extra, script_flags):
         print(("# done: " if done(run) else "") + shlex.join(command))
-    left = sum(estimate(r, args.ours_overhead, args.script_overhead) for r in runs if not done(r))
+    left = sum(estimate(r, args.ours_overhead, args.script_overhead) for r in runs if not done(r) and now(r))
     print(f"{len(runs)} runs ({sum(map(done, runs))} done); estimated {left:.0f} minutes ({left / 60:.1f} h) "
           f"for the rest (ours {OURS_OVERRUN:g} x budget + {args.ours_overhead:g} min, the script budget + "
           f"{args.script_overhead:g} min per run)")
@@ -354,6 +369,8 @@ def main(argv: list[str]) -> None:
   records = []
   for run in runs:
     path = os.path.join(args.out, "runs", run.name, "scores.json")
+    if not done(run) and not now(run):
+      continue
     if not done(run):
       try:
         execute(run, args.out, commands(run, args.out, args.ours_config, extra, script_flags), stack, config.eval)
@@ -362,8 +379,8 @@ def main(argv: list[str]) -> None:
     records.append(json.load(open(path)))
     print(json.dumps(records[-1]), flush=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
-      f.write(table(records, budgets) + "\n")
-  print(table(records, budgets), flush=True)
+      f.write(table(records, budgets, script_budgets) + "\n")
+  print(table(records, budgets, script_budgets), flush=True)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ def test_the_run_order_alternates_the_sides():
   assert runs[0].name == "ours_f0_s0_10min"
 
 
+def test_script_only_budgets_run_the_script_alone_after_the_shared_ones():
+  runs = cv_table.plan(cv_table.assign_folds(6, 3, 1), [0], [10, 20], [40])
+  assert [(r.side, r.minutes) for r in runs[:5]] == [("ours", 10), ("script", 10), ("ours", 20), ("script", 20),
+                                                     ("script", 40)]
+  assert len(runs) == 15
+  assert cv_table.comparisons([10, 20], [40]) == [(10, 10), (20, 20), (10, 20), (10, 40)]
+  assert cv_table.comparisons([10, 40]) == [(10, 10), (40, 40), (10, 40)]
+  assert cv_table.comparisons([10]) == [(10, 10)] and cv_table.comparisons([10], [40]) == [(10, 10), (10, 40)]
+
+
 def test_the_warm_up_compiles_ours_on_the_first_fold_for_two_steps_then_predicts():
   fold = cv_table.assign_folds(14, 7, 2)[0]
   train, predict = cv_table.warm_up_commands("out", fold, "configs/unet2d.py:vnc", ["--config.x=1"])
@@ -111,6 +121,14 @@ def test_table_pairs_each_fold_and_seed_and_compares_the_smallest_budget_with_th
   assert "ours@40 - script@10" not in text
 
 
+def test_the_table_shows_the_script_alone_at_its_own_budgets():
+  records = [record(side, fold, 0, 10, 0.92) for fold in range(3) for side in cv_table.SIDES]
+  records += [record("script", fold, 0, 40, 0.91) for fold in range(2)]  # a third fold not run yet
+  text = cv_table.table(records, [10], [40])
+  assert "| 40 | script | 2 |" in text and "| 40 | ours |" not in text
+  assert "| ours@10 - script@40 | val | 2 | +0.0100 [+0.0100, +0.0100] |" in text
+
+
 installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
 
 
@@ -121,8 +139,15 @@ def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
   args = ["--data=synthetic", "--folds=2", "--val_slices=1", "--minutes=0.05", "--ours_config=configs/unet2d.py:tiny",
           "--script_flags=--patch=32 --window=32 --batch=2 --measure_steps=2", f"--out={tmp_path}",
           "--config.train.budget_measure_steps=2"]
-  done = run_script("benchmarks/cv_table.py", *args, timeout=1800)  # 4 trainings; minutes on a quiet machine
+  bad = run_script("benchmarks/cv_table.py", *args, "--run_folds=2")
+  assert bad.returncode != 0 and "--run_folds=2: fold indices run from 0 to 1" in bad.stderr + bad.stdout
+  first = run_script("benchmarks/cv_table.py", *args, "--run_folds=1", timeout=1800)  # one sitting: fold 1
+  assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+  assert "runs/ours_f0" not in first.stdout and "| 0.05 | ours | 1 |" in (tmp_path / "table.md").read_text()
+  assert first.stdout.index("warm_up") < first.stdout.index("runs/ours_f1")  # the warm-up comes first
+  done = run_script("benchmarks/cv_table.py", *args, timeout=1800)  # the next sitting: the folds left
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  assert "runs/ours_f1" not in done.stdout and "runs/ours_f0" in done.stdout  # fold 1 is not rerun
   image, mask = synthetic.make_stack(0, *cv_table.SYNTHETIC)
   for k in range(2):
     folder = tmp_path / "folds" / f"fold_{k}"
@@ -135,8 +160,7 @@ def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
   for r in lines:
     assert set(r["rules"]) == set(cv_table.RULES) and r["steps"] > 0
     assert all(0 <= v["dice"] <= 1 and 0 <= v["f1"] <= 1 for v in r["rules"].values())
-  assert (tmp_path / "warm_up" / "predicted" / "probabilities.tif").is_file()  # before the runs of ours
-  assert done.stdout.index("warm_up") < done.stdout.index("runs/ours_f0")
+  assert (tmp_path / "warm_up" / "predicted" / "probabilities.tif").is_file()
   table = (tmp_path / "table.md").read_text()
   assert "| 0.05 | ours | 2 |" in table and "| 0.05 | script | 2 |" in table
   assert "| ours@0.05 - script@0.05 | 0.5 | 2 | " in table
