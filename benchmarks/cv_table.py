@@ -27,6 +27,12 @@ dropped; unet_jax/scores/instances.py). Candidates and min_size are --ours_confi
 --config.x=v overrides). Thresholds are chosen on val only; test decides nothing. The folds join slices that
 are not neighbours, so --ours_config must be 2D without model.context_slices.
 
+--variant=NAME:FLAGS (repeatable) adds a recipe of ours, a lever to measure: FLAGS (--config.x=v overrides) are
+added to ours' in its train.py and evaluate.py. It runs on every fold beside ours and the script (ours, the
+variants, the script in turn; its own warm-up in OUT/warm_up_NAME), and the table adds NAME - script and NAME -
+ours, paired as ours - script is. A variant that trains on its val slices (data.final_fit) has only the `0.5`
+rule fixed in advance: its `val` and `halfway` rows choose on slices it trained on.
+
 The table (OUT/table.md, printed after every run) gives each side's mean over folds and seeds, and the
 difference ours - script at each budget (and ours at the smallest budget against the script at the largest,
 and at each --script_minutes budget, which the script alone runs) with a paired 95 % t-interval: seeds are averaged within a fold, the folds are the units (n = --folds).
@@ -47,6 +53,7 @@ run (seconds per run):
 import dataclasses
 import json
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -84,6 +91,9 @@ flags.DEFINE_string("run_folds", "", "Folds this sitting runs, comma-separated i
                     "runs within one.")
 flags.DEFINE_string("ours_config", "configs/unet2d.py:vnc",
                     "Config of our runs (file.py:variant); named apart from the benchmarks' --config.")
+flags.DEFINE_multi_string("variant", [], "NAME:FLAGS, repeatable: another recipe of ours, FLAGS being --config.x=v "
+                          "overrides (space-separated) added to ours' for train.py and evaluate.py. It runs beside ours "
+                          "and the script on every fold, and the table adds NAME - ours and NAME - script.")
 flags.DEFINE_string("script_flags", "", "Extra flags of benchmarks/torch_train.py, space-separated.")
 flags.DEFINE_string("out", "runs/cv_table", "Folder of the folds, the runs, their logs and table.md.")
 flags.DEFINE_bool("dry_run", False, "Print the commands and the estimated minutes; run nothing.")
@@ -143,11 +153,31 @@ class Run:
 
 
 def plan(folds: Sequence[Fold], seeds: Sequence[int], budgets: Sequence[float],
-         script_budgets: Sequence[float] = ()) -> list[Run]:
-  """Every run in the order of the sitting: seed, fold, budget, then ours and the script alternately (the
-  script alone at `script_budgets`)."""
+         script_budgets: Sequence[float] = (), variants: Sequence[str] = ()) -> list[Run]:
+  """Every run in the order of the sitting: seed, fold, budget, then ours, its variants and the script in turn
+  (the script alone at `script_budgets`)."""
+  sides = sides_of(variants)
   return [Run(side, fold, seed, m) for seed in seeds for fold in folds for m in sorted({*budgets, *script_budgets})
-          for side in (SIDES if m in budgets else ("script",))]
+          for side in (sides if m in budgets else ("script",))]
+
+
+def sides_of(variants: Sequence[str]) -> tuple[str, ...]:
+  """The sides of a sitting: ours, the variants of ours, the script."""
+  return ("ours", *variants, "script")
+
+
+def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
+  """['NAME:--config.x=v --config.y=w', ...] -> {NAME: [flags]}; names are new lowercase identifiers."""
+  variants = {}
+  for spec in specs:
+    name, _, text = spec.partition(":")
+    flags_of = shlex.split(text)
+    if (not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in SIDES or name in variants or not flags_of
+        or any(not f.startswith("--config.") for f in flags_of)):
+      raise InputError(f"--variant={spec!r}: write NAME:--config.x=v ..., NAME a new lowercase identifier (not "
+                       f"{' or '.join(SIDES)}) and at least one --config override")
+    variants[name] = flags_of
+  return variants
 
 
 def labelled_stack(data: str) -> tuple[np.ndarray, np.ndarray]:
@@ -186,8 +216,10 @@ def ours_commands(workdir: str, folder: str, n_val: int, seed: int, length: Sequ
            f"--output_dir={os.path.join(workdir, 'predicted')}", "--config.eval.select_threshold=False"]]
 
 
-def commands(run: Run, out: str, config: str, extra: Sequence[str], script_flags: Sequence[str]) -> list[list[str]]:
-  """The commands of `run`: train.py and evaluate.py --input for ours, torch_train.py for the script."""
+def commands(run: Run, out: str, config: str, extra: Sequence[str], script_flags: Sequence[str],
+             variants: dict[str, list[str]] | None = None) -> list[list[str]]:
+  """The commands of `run`: train.py and evaluate.py --input for ours (a variant adds its flags to `extra`),
+  torch_train.py for the script."""
   folder, workdir = os.path.join(out, "folds", f"fold_{run.fold.index}"), os.path.join(out, "runs", run.name)
   if run.side == "script":
     probabilities = os.path.join(workdir, "predicted", "probabilities.tif")
@@ -195,16 +227,16 @@ def commands(run: Run, out: str, config: str, extra: Sequence[str], script_flags
              f"--seed={run.seed}", f"--minutes={run.minutes:g}", "--checkpoints=1", f"--probabilities={probabilities}",
              *script_flags]]
   return ours_commands(workdir, folder, len(run.fold.val), run.seed, [f"--config.train.budget_minutes={run.minutes:g}"],
-                       config, extra)
+                       config, [*extra, *(variants or {}).get(run.side, [])])
 
 
-def warm_up_commands(out: str, fold: Fold, config: str, extra: Sequence[str]) -> list[list[str]]:
-  """Ours for 2 steps on `fold`, then its prediction, in OUT/warm_up: the programs every run of ours compiles.
+def warm_up_commands(out: str, fold: Fold, config: str, extra: Sequence[str], name: str = "warm_up") -> list[list[str]]:
+  """Ours for 2 steps on `fold`, then its prediction, in OUT/NAME: the programs every run of ours compiles.
 
   A run's budget counts from its start, compiling included; on an H200 the first run with an empty compilation
   cache spent its whole half-minute budget compiling (10 steps) while the later ones made 1065-1501
   (docs/results/cross-validation.md). The warm-up puts that one-off cost before the sitting."""
-  return ours_commands(os.path.join(out, "warm_up"), os.path.join(out, "folds", f"fold_{fold.index}"), len(fold.val),
+  return ours_commands(os.path.join(out, name), os.path.join(out, "folds", f"fold_{fold.index}"), len(fold.val),
                        0, ["--config.train.budget_minutes=0", "--config.train.steps=2"], config, extra)
 
 
@@ -229,7 +261,7 @@ def score(probs: np.ndarray, mask: np.ndarray, n_val: int, candidates: Sequence[
 
 def trained(run: Run, workdir: str, log: str) -> dict:
   """{'steps', 'train_minutes'} of a finished run: our training log, or the script's last JSON line."""
-  if run.side == "ours":
+  if run.side != "script":
     from unet_jax.io import runlog  # pylint: disable=g-import-not-at-top
     last = runlog.read(runlog.log_path(workdir))[0][-1]
   else:
@@ -277,13 +309,22 @@ def comparisons(budgets: Sequence[float], script_budgets: Sequence[float] = ()) 
   return pairs + [(min(budgets), m) for m in sorted({max(budgets), *script_budgets}) if m != min(budgets)]
 
 
-def table(records: Sequence[dict], budgets: Sequence[float], script_budgets: Sequence[float] = ()) -> str:
+def differences(budgets: Sequence[float], script_budgets: Sequence[float] = (),
+                variants: Sequence[str] = ()) -> list[tuple[str, float, str, float]]:
+  """(side, budget, other side, budget) of the table's paired differences: ours and each variant against the
+  script (`comparisons`), then each variant against ours at equal budgets."""
+  return ([(side, a, "script", b) for side in ("ours", *variants) for a, b in comparisons(budgets, script_budgets)]
+          + [(variant, m, "ours", m) for variant in variants for m in budgets])
+
+
+def table(records: Sequence[dict], budgets: Sequence[float], script_budgets: Sequence[float] = (),
+          variants: Sequence[str] = ()) -> str:
   """The Markdown tables of the finished runs: means per side and budget, paired differences."""
   rules = list(RULES)
   lines = ["| budget (min) | side | runs | " + " | ".join(f"{r}: Dice / F1" for r in rules)
            + " | val threshold | steps | wall min |", "|---|---|---|" + "---|" * (len(rules) + 3)]
   for m in sorted({*budgets, *script_budgets}):
-    for side in SIDES if m in budgets else ("script",):
+    for side in sides_of(variants) if m in budgets else ("script",):
       group = [r for r in records if r["side"] == side and r["minutes"] == m]
       if not group:
         lines.append(f"| {m:g} | {side} | 0 |" + " |" * (len(rules) + 3))
@@ -293,29 +334,29 @@ def table(records: Sequence[dict], budgets: Sequence[float], script_budgets: Seq
       lines.append(f"| {m:g} | {side} | {len(group)} | " + " | ".join(cells) + f" | "
                    f"{mean(lambda r: r['rules']['val']['threshold']):.2f} | {mean(lambda r: r['steps']):.0f} | "
                    f"{mean(lambda r: r['wall_minutes']):.1f} |")
-  lines += ["", "| ours - script | rule | folds | Dice difference [95 % interval] | F1 difference [95 % interval] |",
+  lines += ["", "| difference | rule | folds | Dice difference [95 % interval] | F1 difference [95 % interval] |",
             "|---|---|---|---|---|"]
   by_key = {(r["side"], r["fold"], r["seed"], r["minutes"]): r for r in records}
-  for ours_m, script_m in comparisons(budgets, script_budgets):
+  for side, side_m, other_side, other_m in differences(budgets, script_budgets, variants):
     for rule in rules:
       cells = []
       for metric in ("dice", "f1"):
-        differences: dict[int, list[float]] = {}
-        for (side, fold, seed, m), r in by_key.items():
-          other = by_key.get(("script", fold, seed, script_m))
-          if side == "ours" and m == ours_m and other:
-            differences.setdefault(fold, []).append(r["rules"][rule][metric] - other["rules"][rule][metric])
-        d = paired_interval(differences)
+        per_fold: dict[int, list[float]] = {}
+        for (s, fold, seed, m), r in by_key.items():
+          other = by_key.get((other_side, fold, seed, other_m))
+          if s == side and m == side_m and other:
+            per_fold.setdefault(fold, []).append(r["rules"][rule][metric] - other["rules"][rule][metric])
+        d = paired_interval(per_fold)
         cells.append("-" if d["mean"] is None else f"{d['mean']:+.4f}" + (
             f" [{d['low']:+.4f}, {d['high']:+.4f}]" if d["low"] is not None else ""))
         n = d["n"]
-      lines.append(f"| ours@{ours_m:g} - script@{script_m:g} | {rule} | {n} | {cells[0]} | {cells[1]} |")
+      lines.append(f"| {side}@{side_m:g} - {other_side}@{other_m:g} | {rule} | {n} | {cells[0]} | {cells[1]} |")
   return "\n".join(lines)
 
 
 def estimate(run: Run, ours_overhead: float, script_overhead: float) -> float:
   """Expected wall minutes of `run`: its budget (ours overruns by OURS_OVERRUN) plus the side's overhead."""
-  return run.minutes * OURS_OVERRUN + ours_overhead if run.side == "ours" else run.minutes + script_overhead
+  return run.minutes * OURS_OVERRUN + ours_overhead if run.side != "script" else run.minutes + script_overhead
 
 
 def main(argv: list[str]) -> None:
@@ -340,17 +381,24 @@ def main(argv: list[str]) -> None:
     folds = assign_folds(stack[0].shape[0], args.folds, args.val_slices)
   except InputError as e:
     sys.exit(f"error: {e}")
-  runs, script_flags = plan(folds, seeds, budgets, script_budgets), shlex.split(args.script_flags)
+  try:
+    variants = parse_variants(args.variant)
+  except InputError as e:
+    sys.exit(f"error: {e}")
+  runs, script_flags = plan(folds, seeds, budgets, script_budgets, list(variants)), shlex.split(args.script_flags)
   done = lambda run: os.path.isfile(os.path.join(args.out, "runs", run.name, "scores.json"))
   now = lambda run: not run_folds or run.fold.index in run_folds  # this sitting's folds
-  warm_up = warm_up_commands(args.out, folds[0], args.ours_config, extra) if args.warm_up and any(
-      r.side == "ours" and not done(r) and now(r) for r in runs) else []
-  warmed = os.path.join(args.out, "warm_up", "predicted", "probabilities.tif")
+  warm_ups = {  # per side of ours with runs to do: (folder name, commands); a variant may compile other programs
+      side: (name, warm_up_commands(args.out, folds[0], args.ours_config, [*extra, *variants.get(side, [])], name))
+      for side, name in [("ours", "warm_up"), *((v, f"warm_up_{v}") for v in variants)]
+      if args.warm_up and any(r.side == side and not done(r) and now(r) for r in runs)}
+  warmed = lambda name: os.path.isfile(os.path.join(args.out, name, "predicted", "probabilities.tif"))
   if args.dry_run:
-    for command in warm_up:
-      print(("# done: " if os.path.isfile(warmed) else "") + shlex.join(command))
+    for name, warm_up in warm_ups.values():
+      for command in warm_up:
+        print(("# done: " if warmed(name) else "") + shlex.join(command))
     for run in filter(now, runs):
-      for command in commands(run, args.out, args.ours_config, extra, script_flags):
+      for command in commands(run, args.out, args.ours_config, extra, script_flags, variants):
         print(("# done: " if done(run) else "") + shlex.join(command))
     left = sum(estimate(r, args.ours_overhead, args.script_overhead) for r in runs if not done(r) and now(r))
     print(f"{len(runs)} runs ({sum(map(done, runs))} done); estimated {left:.0f} minutes ({left / 60:.1f} h) "
@@ -359,11 +407,13 @@ def main(argv: list[str]) -> None:
     return
   for fold in folds:
     write_fold(os.path.join(args.out, "folds", f"fold_{fold.index}"), *stack, fold)
-  if warm_up and not os.path.isfile(warmed):
+  for name, warm_up in warm_ups.values():
+    if warmed(name):
+      continue
     for command in warm_up:
       print("$", " ".join(command), flush=True)
       try:
-        common.run_logged(command, os.path.join(args.out, "warm_up.log"))
+        common.run_logged(command, os.path.join(args.out, f"{name}.log"))
       except RuntimeError as e:
         sys.exit(str(e))
   records = []
@@ -373,14 +423,15 @@ def main(argv: list[str]) -> None:
       continue
     if not done(run):
       try:
-        execute(run, args.out, commands(run, args.out, args.ours_config, extra, script_flags), stack, config.eval)
+        execute(run, args.out, commands(run, args.out, args.ours_config, extra, script_flags, variants), stack,
+                config.eval)
       except RuntimeError as e:
         sys.exit(str(e))
     records.append(json.load(open(path)))
     print(json.dumps(records[-1]), flush=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
-      f.write(table(records, budgets, script_budgets) + "\n")
-  print(table(records, budgets, script_budgets), flush=True)
+      f.write(table(records, budgets, script_budgets, list(variants)) + "\n")
+  print(table(records, budgets, script_budgets, list(variants)), flush=True)
 
 
 if __name__ == "__main__":

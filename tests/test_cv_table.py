@@ -75,6 +75,29 @@ def test_script_only_budgets_run_the_script_alone_after_the_shared_ones():
   assert cv_table.comparisons([10]) == [(10, 10)] and cv_table.comparisons([10], [40]) == [(10, 10), (10, 40)]
 
 
+def test_a_variant_runs_between_ours_and_the_script_with_its_flags_added():
+  variants = cv_table.parse_variants(["ff:--config.data.final_fit=True --config.eval.threshold=0.5"])
+  assert variants == {"ff": ["--config.data.final_fit=True", "--config.eval.threshold=0.5"]}
+  runs = cv_table.plan(cv_table.assign_folds(6, 3, 1), [0], [10], [40], list(variants))
+  assert [(r.side, r.minutes) for r in runs[:4]] == [("ours", 10), ("ff", 10), ("script", 10), ("script", 40)]
+  ours, ff = (cv_table.commands(r, "out", "configs/unet2d.py:vnc", ["--config.x=1"], [], variants) for r in runs[:2])
+  assert "--workdir=out/runs/ff_f0_s0_10min" in ff[0]
+  assert [a.replace("ff_", "ours_") for a in ff[0][:-3]] == ours[0][:-1]  # ours' flags, then the variant's
+  assert ff[0][-3:] == ["--config.data.final_fit=True", "--config.eval.threshold=0.5", "--config.train.budget_minutes=10"]
+  assert {"--config.x=1", "--config.data.final_fit=True", "--config.eval.threshold=0.5"} <= set(ff[1])
+  assert cv_table.differences([10], [40], ["ff"]) == [("ours", 10, "script", 10), ("ours", 10, "script", 40),
+                                                      ("ff", 10, "script", 10), ("ff", 10, "script", 40),
+                                                      ("ff", 10, "ours", 10)]
+
+
+@pytest.mark.parametrize("spec", ["ours:--config.x=1", "FF:--config.x=1", "ff:", "ff:--seed=1", "ff"])
+def test_bad_variants_are_refused_in_one_line(spec):
+  with pytest.raises(InputError, match="--variant=.*write NAME:--config.x=v"):
+    cv_table.parse_variants([spec])
+  with pytest.raises(InputError, match="--variant="):
+    cv_table.parse_variants(["ff:--config.x=1", "ff:--config.y=2"])
+
+
 def test_the_warm_up_compiles_ours_on_the_first_fold_for_two_steps_then_predicts():
   fold = cv_table.assign_folds(14, 7, 2)[0]
   train, predict = cv_table.warm_up_commands("out", fold, "configs/unet2d.py:vnc", ["--config.x=1"])
@@ -129,6 +152,15 @@ def test_the_table_shows_the_script_alone_at_its_own_budgets():
   assert "| ours@10 - script@40 | val | 2 | +0.0100 [+0.0100, +0.0100] |" in text
 
 
+def test_the_table_pairs_a_variant_with_ours_and_with_the_script():
+  records = [record(side, fold, 0, 10, 0.9 + 0.01 * fold + {"ours": 0.002, "ff": 0.005, "script": 0.0}[side])
+             for fold in range(3) for side in ("ours", "ff", "script")]
+  text = cv_table.table(records, [10], variants=["ff"])
+  assert "| 10 | ff | 3 | 0.9150 / 0.815 |" in text
+  assert "| ff@10 - script@10 | 0.5 | 3 | +0.0050 [+0.0050, +0.0050] |" in text
+  assert "| ff@10 - ours@10 | val | 3 | +0.0030 [+0.0030, +0.0030] |" in text
+
+
 installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
 
 
@@ -138,13 +170,15 @@ installed = lambda *modules: all(importlib.util.find_spec(m) for m in modules)
 def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
   args = ["--data=synthetic", "--folds=2", "--val_slices=1", "--minutes=0.05", "--ours_config=configs/unet2d.py:tiny",
           "--script_flags=--patch=32 --window=32 --batch=2 --measure_steps=2", f"--out={tmp_path}",
-          "--config.train.budget_measure_steps=2"]
+          "--config.train.budget_measure_steps=2", "--variant=ff:--config.data.final_fit=True "
+          "--config.eval.checkpoint=latest --config.eval.select_threshold=False --config.eval.threshold=0.5"]
   bad = run_script("benchmarks/cv_table.py", *args, "--run_folds=2")
   assert bad.returncode != 0 and "--run_folds=2: fold indices run from 0 to 1" in bad.stderr + bad.stdout
   first = run_script("benchmarks/cv_table.py", *args, "--run_folds=1", timeout=1800)  # one sitting: fold 1
   assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
   assert "runs/ours_f0" not in first.stdout and "| 0.05 | ours | 1 |" in (tmp_path / "table.md").read_text()
-  assert first.stdout.index("warm_up") < first.stdout.index("runs/ours_f1")  # the warm-up comes first
+  assert first.stdout.index("warm_up") < first.stdout.index("runs/ours_f1")  # the warm-ups come first
+  assert first.stdout.index("warm_up_ff") < first.stdout.index("runs/ours_f1") < first.stdout.index("runs/ff_f1")
   done = run_script("benchmarks/cv_table.py", *args, timeout=1800)  # the next sitting: the folds left
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   assert "runs/ours_f1" not in done.stdout and "runs/ours_f0" in done.stdout  # fold 1 is not rerun
@@ -156,14 +190,16 @@ def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
     np.testing.assert_array_equal(stacks.read_stack(str(folder / "training.tif")), image[fold["train"] + fold["val"]])
     np.testing.assert_array_equal(stacks.read_stack(str(folder / "testing_groundtruth.tif")), mask[fold["test"]])
   lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-  assert sorted((r["side"], r["fold"]) for r in lines) == [(s, k) for s in ("ours", "script") for k in range(2)]
+  assert sorted((r["side"], r["fold"]) for r in lines) == [(s, k) for s in ("ff", "ours", "script") for k in range(2)]
   for r in lines:
     assert set(r["rules"]) == set(cv_table.RULES) and r["steps"] > 0
     assert all(0 <= v["dice"] <= 1 and 0 <= v["f1"] <= 1 for v in r["rules"].values())
   assert (tmp_path / "warm_up" / "predicted" / "probabilities.tif").is_file()
+  assert (tmp_path / "warm_up_ff" / "predicted" / "probabilities.tif").is_file()
   table = (tmp_path / "table.md").read_text()
   assert "| 0.05 | ours | 2 |" in table and "| 0.05 | script | 2 |" in table
-  assert "| ours@0.05 - script@0.05 | 0.5 | 2 | " in table
+  assert "| ours@0.05 - script@0.05 | 0.5 | 2 | " in table and "| 0.05 | ff | 2 |" in table
+  assert "| ff@0.05 - ours@0.05 | 0.5 | 2 | " in table and "| ff@0.05 - script@0.05 | 0.5 | 2 | " in table
   again = run_script("benchmarks/cv_table.py", *args)
   assert again.returncode == 0 and "$ " not in again.stdout  # every run was finished: nothing reruns
   assert (tmp_path / "table.md").read_text() == table
