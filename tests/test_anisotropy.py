@@ -146,16 +146,19 @@ def test_patch_divisibility_uses_the_plan():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm, upsample", [("batch", "resize"), ("none", "transpose")])
-def test_in_plane_3d_network_with_the_2d_weights_is_the_2d_network_section_by_section(norm, upsample):
+@pytest.mark.parametrize("norm, upsample, stem", [("batch", "resize", 1), ("none", "transpose", 1),
+                                                 ("batch", "resize", 2)])
+def test_in_plane_3d_network_with_the_2d_weights_is_the_2d_network_section_by_section(norm, upsample, stem):
   """model.in_plane=True: 1x3x3 kernels and 1x2x2 pools everywhere; with the 2D weights mapped in
-  (volumes.in_plane_variables), its output on a volume equals the 2D U-Net's on each section."""
+  (volumes.in_plane_variables), its output on a volume equals the 2D U-Net's on each section, with a
+  space-to-depth stem too (it folds in-plane blocks only, so sections stay apart)."""
   c2 = unet2d.get_config("tiny")
-  c2.model.norm, c2.model.upsample = norm, upsample
+  c2.model.update(norm=norm, upsample=upsample, space_to_depth=stem)
   c3 = unet3d.get_config("tiny")
-  c3.model.update(norm=norm, upsample=upsample, base_features=c2.model.base_features, in_plane=True)
+  c3.model.update(norm=norm, upsample=upsample, base_features=c2.model.base_features, in_plane=True,
+                  space_to_depth=stem)
   model2, model3 = build_model(c2.model), build_model(c3.model)
-  assert model3.plan() == anisotropy.in_plane_plan(c3.model.depth)
+  assert model3.plan() == anisotropy.in_plane_plan(c3.model.depth)._replace(stem=model3.stem)
   variables2 = init_variables(model2, jax.random.PRNGKey(3))
   leaves, tree = jax.tree.flatten(variables2)  # random values everywhere (biases, scales, running statistics)
   keys = jax.random.split(jax.random.PRNGKey(4), len(leaves))

@@ -43,6 +43,23 @@ def test_the_stem_returns_full_resolution_logits_from_a_half_resolution_network(
   np.testing.assert_array_equal(np.asarray(model.apply(head, x)[0, :2, :2, 0]), [[0.0, 1.0], [2.0, 3.0]])
 
 
+def test_a_3d_network_with_the_stem_returns_full_resolution_logits_on_every_section():
+  # VNC's derived plan with the stem: in-plane kernels at level 0, 3x3x3 kernels and 2x2x2 pooling below.
+  model = UNet(ndim=3, depth=2, base_features=4, stem=(1, 2, 2), kernel_sizes=((1, 3, 3), (3, 3, 3), (3, 3, 3)),
+               pool_factors=((1, 2, 2), (2, 2, 2)))
+  assert model.plan().size_factors == (2, 8, 8)
+  variables = init_variables(model, jax.random.PRNGKey(0))
+  assert variables["params"]["head"]["kernel"].shape == (1, 1, 1, 4, 4)
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 16, 24, 1))
+  out, mutated = model.apply(variables, x, mutable=["intermediates"])
+  assert out.shape == (1, 4, 16, 24, 1) and float(jnp.std(out)) > 1e-4
+  assert mutated["intermediates"]["enc0"]["features"][0].shape == (1, 4, 8, 12, 4)  # sections are not folded
+  head = {**variables, "params": {**variables["params"], "head": {
+      "kernel": jnp.zeros((1, 1, 1, 4, 4)), "bias": jnp.arange(4.0)}}}
+  np.testing.assert_array_equal(np.asarray(model.apply(head, x)[0, :, :2, :2, 0]),
+                                np.tile([[0.0, 1.0], [2.0, 3.0]], (4, 1, 1)))
+
+
 def test_sizes_must_divide_by_the_stem_times_the_pooling():
   model = UNet(depth=2, base_features=4, stem=(2, 2))
   assert model.plan().size_factors == (8, 8)
