@@ -368,6 +368,9 @@ def main(argv: list[str]) -> None:
     script_budgets = [float(m) for m in args.script_minutes.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
     run_folds = {int(k) for k in args.run_folds.split(",") if k}
+    variants = parse_variants(args.variant)
+  except InputError as e:
+    sys.exit(f"error: {e}")
   except ValueError as e:
     sys.exit(f"error: --minutes, --script_minutes, --seeds and --run_folds take comma-separated numbers ({e})")
   if run_folds - set(range(args.folds)):
@@ -381,20 +384,16 @@ def main(argv: list[str]) -> None:
     folds = assign_folds(stack[0].shape[0], args.folds, args.val_slices)
   except InputError as e:
     sys.exit(f"error: {e}")
-  try:
-    variants = parse_variants(args.variant)
-  except InputError as e:
-    sys.exit(f"error: {e}")
   runs, script_flags = plan(folds, seeds, budgets, script_budgets, list(variants)), shlex.split(args.script_flags)
   done = lambda run: os.path.isfile(os.path.join(args.out, "runs", run.name, "scores.json"))
   now = lambda run: not run_folds or run.fold.index in run_folds  # this sitting's folds
-  warm_ups = {  # per side of ours with runs to do: (folder name, commands); a variant may compile other programs
-      side: (name, warm_up_commands(args.out, folds[0], args.ours_config, [*extra, *variants.get(side, [])], name))
+  warm_ups = [  # (folder name, commands) per side of ours with runs to do: a variant may compile other programs
+      (name, warm_up_commands(args.out, folds[0], args.ours_config, [*extra, *variants.get(side, [])], name))
       for side, name in [("ours", "warm_up"), *((v, f"warm_up_{v}") for v in variants)]
-      if args.warm_up and any(r.side == side and not done(r) and now(r) for r in runs)}
+      if args.warm_up and any(r.side == side and not done(r) and now(r) for r in runs)]
   warmed = lambda name: os.path.isfile(os.path.join(args.out, name, "predicted", "probabilities.tif"))
   if args.dry_run:
-    for name, warm_up in warm_ups.values():
+    for name, warm_up in warm_ups:
       for command in warm_up:
         print(("# done: " if warmed(name) else "") + shlex.join(command))
     for run in filter(now, runs):
@@ -407,7 +406,7 @@ def main(argv: list[str]) -> None:
     return
   for fold in folds:
     write_fold(os.path.join(args.out, "folds", f"fold_{fold.index}"), *stack, fold)
-  for name, warm_up in warm_ups.values():
+  for name, warm_up in warm_ups:
     if warmed(name):
       continue
     for command in warm_up:
