@@ -33,8 +33,9 @@ Prints one JSON line per run (also OUT/results.jsonl) and writes OUT/table.md: p
 with its 95 % t interval, of test Dice and 3D instance F1 at IoU 0.5 (2D instance F1 beside it), steps, training
 minutes, seconds per train step (median of the run's logged intervals, validations excluded) and per test
 volume; then each mode's paired difference from 2D. --doc writes that table into the Markdown file's
-`<!-- compare_dims DATA begin/end -->` block; OUT/readme_rows.md (also printed) holds the README's table of this data
-set, which --readme=README.md writes into its `<!-- compare_dims DATA rows begin/end -->` block.
+`<!-- compare_dims DATA MINUTESmin begin/end -->` block (e.g. `compare_dims vnc 10min`: one block per data set and
+budget); OUT/readme_rows.md (also printed) holds the README's table of this data set and budget, which
+--readme=README.md writes into its `<!-- compare_dims DATA MINUTESmin rows begin/end -->` block.
 Arguments after `--` go to every timing, train and evaluate run. Logs: OUT/NAME.log; run records: OUT/NAME.json.
 
 Cost: each run is --minutes of training (compiling included) plus about half a minute of process start, data
@@ -42,8 +43,9 @@ loading and the last validation, and the evaluation (val and test inference, 2 x
 volume on the quiet 2-core machine, its compile, threshold search, instances and report: about 1-1.5 minutes);
 step 1 adds two processes per mode (compile, 7 steps; compile, 2 test-volume passes: about 2-2.5 minutes on VNC).
 On VNC at 10 minutes, 3 modes x 3 seeds: about 7 + 9 x 12 = 115 minutes there; `iso` at 4 minutes about
-3 + 9 x 5.5 = 53 minutes. These are estimates from those parts, not timed runs of the whole tables; the script
-prints the minutes its runs took, and each run's OUT/NAME.json keeps its stages'.
+3 + 9 x 5.5 = 53 minutes. These are estimates from those parts; the VNC table at 10 minutes with the stem took
+98 minutes in all (2026-12-05). The script prints the minutes its runs took, and each run's OUT/NAME.json keeps
+its stages'.
 """
 
 import datetime
@@ -68,9 +70,10 @@ flags.DEFINE_list("modes", ["2d", "2.5d", "3d"], "Modes to compare (the first is
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds (--config.seed), one run of each mode per seed.")
 flags.DEFINE_string("quiet_speed", None, "JSON lines of --speed_only from a quiet machine: train fixed step counts.")
 flags.DEFINE_bool("speed_only", False, "Only time each mode's train step and test-volume inference; print JSON lines.")
-flags.DEFINE_string("doc", None, "Markdown file whose `<!-- compare_dims DATA begin/end -->` block gets the table.")
-flags.DEFINE_string("readme", None, "Markdown file whose `<!-- compare_dims DATA rows begin/end -->` block gets the "
-                    "README's table (OUT/readme_rows.md).")
+flags.DEFINE_string("doc", None, "Markdown file whose `<!-- compare_dims DATA MINUTESmin begin/end -->` block gets "
+                    "the table.")
+flags.DEFINE_string("readme", None, "Markdown file whose `<!-- compare_dims DATA MINUTESmin rows begin/end -->` block "
+                    "gets the README's table (OUT/readme_rows.md).")
 flags.mark_flags_as_required(["out"])
 
 EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
@@ -207,6 +210,10 @@ def main(argv: list[str]) -> None:
     seeds = seed_runs.parse_seeds(FLAGS.seeds)
     if set(FLAGS.modes) - set(LABELS) or len(set(FLAGS.modes)) != len(FLAGS.modes):
       raise InputError(f"--modes={','.join(FLAGS.modes)}: give distinct modes from {tuple(LABELS)}")
+    key = f"compare_dims {FLAGS.data} {FLAGS.minutes:g}min"  # one table per data set and budget
+    for path, block in ((FLAGS.doc, key), (FLAGS.readme, f"{key} rows")):
+      if path and not FLAGS.speed_only:
+        seed_runs.check_block(path, block)
     os.makedirs(FLAGS.out, exist_ok=True)
     FLAGS.out = os.path.abspath(FLAGS.out)
     if FLAGS.speed_only:
@@ -227,9 +234,9 @@ def main(argv: list[str]) -> None:
       with open(os.path.join(FLAGS.out, name), "w") as f:
         f.write(content + "\n")
     print(text, "", "README rows:", rows_md, sep="\n")
-    seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, f"compare_dims {FLAGS.data}")
+    seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, key)
     if FLAGS.readme:
-      seed_runs.replace_block(FLAGS.readme, f"compare_dims {FLAGS.data} rows", rows_md)
+      seed_runs.replace_block(FLAGS.readme, f"{key} rows", rows_md)
   except (InputError, RuntimeError) as e:
     sys.exit(f"error: {e}")
 

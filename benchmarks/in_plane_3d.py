@@ -100,6 +100,8 @@ def main(argv: list[str]) -> None:
   extra = argv[1:]
   try:
     seeds = seed_runs.parse_seeds(FLAGS.seeds)
+    if FLAGS.doc:
+      seed_runs.check_block(FLAGS.doc, f"in_plane_3d {FLAGS.data}")
     os.makedirs(FLAGS.out, exist_ok=True)
     FLAGS.out = os.path.abspath(FLAGS.out)
     rows = []

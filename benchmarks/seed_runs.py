@@ -115,16 +115,27 @@ def with_interval(s: dict[str, Any], digits: int = 4, signed: bool = False) -> s
   return f"{f.format(s['estimate'])} [{f.format(s['low'])}, {f.format(s['high'])}]"
 
 
-def replace_block(path: str, key: str, text: str) -> None:
-  """Replaces what lies between the lines `<!-- KEY begin -->` and `<!-- KEY end -->` of a Markdown file."""
-  with open(path) as f:
-    doc = f.read()
+def check_block(path: str, key: str) -> tuple[str, re.Pattern]:
+  """The Markdown file's text and the pattern of its block `<!-- KEY begin -->` ... `<!-- KEY end -->`; an
+  InputError naming the lines to add if it has none (checked before hours of runs, not after)."""
+  try:
+    with open(path) as f:
+      doc = f.read()
+  except OSError as e:
+    raise InputError(f"cannot read {path} ({e.strerror}): give an existing Markdown file") from e
   begin, end = f"<!-- {key} begin -->", f"<!-- {key} end -->"
   pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.S)
   if not pattern.search(doc):
-    raise InputError(f"{path} has no block '{begin}' ... '{end}' to write the table into")
+    raise InputError(f"{path} has no block '{begin}' ... '{end}' to write the table into; add those two lines "
+                     "where the table goes")
+  return doc, pattern
+
+
+def replace_block(path: str, key: str, text: str) -> None:
+  """Replaces what lies between the lines `<!-- KEY begin -->` and `<!-- KEY end -->` of a Markdown file."""
+  doc, pattern = check_block(path, key)
   with open(path, "w") as f:
-    f.write(pattern.sub(lambda _: f"{begin}\n{text.rstrip()}\n{end}", doc))
+    f.write(pattern.sub(lambda _: f"<!-- {key} begin -->\n{text.rstrip()}\n<!-- {key} end -->", doc))
 
 
 def finish(out: str, rows: list[dict[str, Any]], text: str, doc: str | None, key: str) -> None:

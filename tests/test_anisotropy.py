@@ -53,7 +53,10 @@ def test_the_plan_uses_the_last_ndim_sizes_and_rejects_bad_ones():
 
 
 def test_config_derives_from_the_voxel_size_and_follows_overrides():
-  c = unet3d.get_config("vnc")
+  c = unet3d.get_config("vnc")  # the stem (2x2 in-plane) makes the sections' 9.2 nm pixels fine a level earlier
+  assert anisotropy.model_plan(c.model) == anisotropy.Plan(
+      ((1, 3, 3), (1, 3, 3), (3, 3, 3), (3, 3, 3), (3, 3, 3)), ((1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (1, 2, 2))
+  c.model.space_to_depth = 1
   assert anisotropy.model_plan(c.model) == VNC_3D
   c.data.voxel_size_nm = (5.0, 5.0, 5.0)  # model.voxel_size_nm follows data.voxel_size_nm
   assert anisotropy.model_plan(c.model) == anisotropy.isotropic_plan(3, 4)
@@ -139,7 +142,11 @@ def test_max_pool_per_axis_equals_flax():
 
 def test_patch_divisibility_uses_the_plan():
   c = unet3d.get_config("vnc")
-  config_check.validate(c)  # (4, 256, 256): z divisible by 2, not by 16
+  config_check.validate(c)  # (4, 256, 256): z divisible by 4 (two 2x2x2 pools), not by 16
+  c.train.patch_size = (2, 256, 256)
+  with pytest.raises(InputError, match=r"train.patch_size=\(2, 256, 256\).*4x32x32"):
+    config_check.validate(c)
+  c.model.space_to_depth = 1  # without the stem one 2x2x2 pool: z divisible by 2
   c.train.patch_size = (3, 256, 256)
   with pytest.raises(InputError, match=r"train.patch_size=\(3, 256, 256\).*2x16x16"):
     config_check.validate(c)

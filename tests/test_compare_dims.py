@@ -7,8 +7,9 @@ import pytest
 
 from script_runs import run_script
 
-BLOCKS = ("# Results\n<!-- compare_dims tiny_iso begin -->\nold table\n<!-- compare_dims tiny_iso end -->\n"
-          "<!-- compare_dims tiny_iso rows begin -->\nold rows\n<!-- compare_dims tiny_iso rows end -->\nkept\n")
+KEY = "compare_dims tiny_iso 0.2min"  # one block per data set and budget
+BLOCKS = (f"# Results\n<!-- {KEY} begin -->\nold table\n<!-- {KEY} end -->\n"
+          f"<!-- {KEY} rows begin -->\nold rows\n<!-- {KEY} rows end -->\nkept\n")
 
 
 @pytest.mark.slow
@@ -24,8 +25,8 @@ def test_two_modes_are_scored_and_both_tables_written_then_reused(tmp_path):
   assert all(0.0 <= r["test_dice"] <= 1.0 and r["steps"] > 0 for r in rows)
   text = doc.read_text()
   assert "old table" not in text and "old rows" not in text and text.endswith("kept\n")
-  table = text.split("<!-- compare_dims tiny_iso begin -->\n")[1].split("<!-- compare_dims tiny_iso end -->")[0]
-  readme = text.split("<!-- compare_dims tiny_iso rows begin -->\n")[1].split("<!-- compare_dims tiny_iso rows end")[0]
+  table = text.split(f"<!-- {KEY} begin -->\n")[1].split(f"<!-- {KEY} end -->")[0]
+  readme = text.split(f"<!-- {KEY} rows begin -->\n")[1].split(f"<!-- {KEY} rows end")[0]
   assert table == (tmp_path / "runs" / "table.md").read_text()
   assert readme == (tmp_path / "runs" / "readme_rows.md").read_text()
   lines = readme.splitlines()
@@ -36,3 +37,15 @@ def test_two_modes_are_scored_and_both_tables_written_then_reused(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert "$ python" not in again.stdout + again.stderr  # every stage was done: nothing trained again
   assert doc.read_text() == text
+
+
+def test_a_doc_without_the_budgets_block_is_refused_before_anything_runs(tmp_path):
+  """The table of each data set and budget has its own block: a missing one stops the script at once with the
+  lines to add, not after hours of runs."""
+  doc = tmp_path / "page.md"
+  doc.write_text(BLOCKS)  # the 0.2-minute blocks; these runs would be 0.5 minutes
+  done = run_script("benchmarks/compare_dims.py", "--data=tiny_iso", "--minutes=0.5", f"--out={tmp_path / 'runs'}",
+                    f"--doc={doc}", timeout=300)
+  assert done.returncode != 0
+  assert "has no block '<!-- compare_dims tiny_iso 0.5min begin -->'" in done.stderr and "add those" in done.stderr
+  assert not (tmp_path / "runs").exists() and doc.read_text() == BLOCKS

@@ -71,3 +71,5 @@ def test_the_table_replaces_only_its_block(tmp_path):
                              "kept\n")
   with pytest.raises(InputError, match="has no block '<!-- compare_dims iso begin -->'"):
     seed_runs.replace_block(str(doc), "compare_dims iso", "x")
+  with pytest.raises(InputError, match="cannot read .*missing.md.*existing Markdown file"):
+    seed_runs.check_block(str(tmp_path / "missing.md"), "compare_dims vnc")
