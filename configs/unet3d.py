@@ -13,9 +13,9 @@ The argument is VARIANT[,mode=3d|2.5d|2d][,aug=full|flips|none]. The training st
 2D / 2.5D twins validate on the same sections) and the test stack the test volume. Kernels
 and pooling per level are derived from data.voxel_size_nm (unet_jax/network/anisotropy.py, printed at the
 start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling until its voxels are
-within 2x of isotropic, behind a 2x2 space-to-depth stem in every mode (model.space_to_depth=2). Override with --config.model.kernel_sizes / --config.model.pool_factors, or
---config.model.in_plane=True for 1x3x3 kernels and 1x2x2 pooling everywhere (the 2D network section by
-section: a diagnostic, benchmarks/in_plane_3d.py). 3D models use GroupNorm: BatchNorm's statistics
+within 2x of isotropic, behind a 2x2 space-to-depth stem in every mode (model.space_to_depth=2). Override
+with --config.model.kernel_sizes / --config.model.pool_factors, or --config.model.in_plane=True for 1x3x3
+kernels and 1x2x2 pooling everywhere (the 2D network section by section: a diagnostic, benchmarks/in_plane_3d.py). 3D models use GroupNorm: BatchNorm's statistics
 would come from one or two patches per device.
 mode=2d and mode=2.5d keep the data, budget, val sections and evaluation (the 3D window's in-plane size,
 its overlap, XLA, no TTA) and swap in the 2D variant's network (width, normalisation), patches and
@@ -128,7 +128,7 @@ def vnc(c: ml_collections.ConfigDict) -> None:
   c.augment.elastic_z = False  # 50 nm sections: no interpolation (nor blur) across them
   c.data.val_slices = 4  # sections 6-9 validate (a real 4-section volume, one window deep); 0-5 train
   c.train.batch_size = 2  # 2 x 4 x 256^2 voxels = the 2D recipe's 8 x 256^2 pixels per step
-  retype(c.train, "patch_size", (4, 256, 256))  # z divisible by the plan's z pooling (2)
+  retype(c.train, "patch_size", (4, 256, 256))  # z divisible by the plan's z pooling (4 with the stem)
   retype(c.eval, "window", (4, 256, 256))
   # Every mode's network at half the in-plane resolution behind a pixel-shuffle stem and head (the 2D `vnc`
   # recipe's): about 3.3x cheaper steps for 2D, 2.5D and 3D alike (docs/results/dimensions.md).
