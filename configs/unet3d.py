@@ -15,8 +15,9 @@ and pooling per level are derived from data.voxel_size_nm (unet_jax/network/anis
 start of training): VNC gets in-plane (1, 3, 3) kernels and (1, 2, 2) pooling until its voxels are
 within 2x of isotropic, behind a 2x2 space-to-depth stem in every mode (model.space_to_depth=2). Override
 with --config.model.kernel_sizes / --config.model.pool_factors, or --config.model.in_plane=True for 1x3x3
-kernels and 1x2x2 pooling everywhere (the 2D network section by section: a diagnostic, benchmarks/in_plane_3d.py). 3D models use GroupNorm: BatchNorm's statistics
-would come from one or two patches per device.
+kernels and 1x2x2 pooling everywhere (the 2D network section by section: a diagnostic,
+benchmarks/in_plane_3d.py). 3D models use GroupNorm: BatchNorm's statistics would come from one or two
+patches per device.
 mode=2d and mode=2.5d keep the data, budget, val sections and evaluation (the 3D window's in-plane size,
 its overlap, XLA, no TTA) and swap in the 2D variant's network (width, normalisation), patches and
 schedule (2.5D: the `context_slices` neighbours on each side as input channels, with the 3D section
