@@ -100,8 +100,9 @@ def main(argv: list[str]) -> None:
   extra = argv[1:]
   try:
     seeds = seed_runs.parse_seeds(FLAGS.seeds)
+    key = f"in_plane_3d {FLAGS.data}"
     if FLAGS.doc:
-      seed_runs.check_block(FLAGS.doc, f"in_plane_3d {FLAGS.data}")
+      seed_runs.check_block(FLAGS.doc, key)
     os.makedirs(FLAGS.out, exist_ok=True)
     FLAGS.out = os.path.abspath(FLAGS.out)
     rows = []
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> None:
     text = (f"{table(rows)}\n\n`python benchmarks/in_plane_3d.py {' '.join(sys.argv[1:])}`, "
             f"{datetime.date.today().isoformat()}: {FLAGS.minutes:g} minutes of training per run.")
     print(text)
-    seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, f"in_plane_3d {FLAGS.data}")
+    seed_runs.finish(FLAGS.out, rows, text, FLAGS.doc, key)
   except (InputError, RuntimeError) as e:
     sys.exit(f"error: {e}")
 
