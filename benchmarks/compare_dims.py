@@ -21,7 +21,8 @@ per-section model has to join profiles it sees apart; `vnc` is 50 nm ssTEM. Step
    (eval.select_threshold), never on test; its report holds pixel scores and instance scores with 2D
    (per-section) and 3D (6-connected, unet_jax/scores/instances.py) components.
 A rerun of the same command skips every finished stage (an interrupted training resumes from its checkpoint),
-so it also just rebuilds the tables. With --quiet_speed (step 1's JSON lines from a quiet machine, e.g. by
+so it also just rebuilds the tables; with --rescore it scores every trained run again (after a change to the
+config's test volume or evaluation), keeping each previous report as OUT/NAME/report.N. With --quiet_speed (step 1's JSON lines from a quiet machine, e.g. by
 --speed_only) the budget becomes a fixed amount of work instead: steps = 0.9 * (minutes * 60 - compile_s) /
 step_s (10 % kept for validation passes), trained with train.steps and no clock, so a machine loaded by other
 jobs takes longer but every mode does what the budget buys on the quiet machine:
@@ -74,6 +75,9 @@ flags.DEFINE_string("doc", None, "Markdown file whose `<!-- compare_dims DATA MI
                     "the table.")
 flags.DEFINE_string("readme", None, "Markdown file whose `<!-- compare_dims DATA MINUTESmin rows begin/end -->` block "
                     "gets the README's table (OUT/readme_rows.md).")
+flags.DEFINE_bool("rescore", False, "Score every finished run again and time each mode's test-volume inference "
+                  "again (the config's evaluation or test volume changed); each run's previous report is kept as "
+                  "report.N. An interrupted rescoring is rerun with the same flag.")
 flags.mark_flags_as_required(["out"])
 
 EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
@@ -111,9 +115,13 @@ def read_speeds(path: str) -> dict[str, tuple[dict, dict]]:
 
 def measure_speed(mode: str, extra: list[str]) -> tuple[dict, dict]:
   """(train step, test-volume inference) timings of one mode, each from its own train_3d.py process."""
+  return measure(mode, "--steps=6", extra), measure(mode, "--mode=predict", extra)
+
+
+def measure(mode: str, what: str, extra: list[str]) -> dict:
+  """One train_3d.py timing of a mode: its train step (--steps=N) or its test-volume inference (--mode=predict)."""
   config = f"--config=configs/unet3d.py:{FLAGS.data},mode={mode}"
-  return (json_line(run(["benchmarks/train_3d.py", config, "--steps=6", *extra])),
-          json_line(run(["benchmarks/train_3d.py", config, "--mode=predict", *extra])))
+  return json_line(run(["benchmarks/train_3d.py", config, what, *extra]))
 
 
 def speeds(extra: list[str]) -> dict[str, tuple[dict, dict]]:
@@ -127,9 +135,10 @@ def speeds(extra: list[str]) -> dict[str, tuple[dict, dict]]:
   cache = os.path.join(FLAGS.out, "speed.jsonl")
   found = read_speeds(cache) if os.path.isfile(cache) else {}
   for mode in FLAGS.modes:
-    if mode not in found:
-      found[mode] = measure_speed(mode, extra)
-      with open(cache, "a") as f:
+    if mode not in found or FLAGS.rescore:  # a rescoring keeps the train step's timing: it sized the runs
+      found[mode] = (found[mode][0], measure(mode, "--mode=predict", extra)) if mode in found else \
+          measure_speed(mode, extra)
+      with open(cache, "a") as f:  # the last pair of a mode wins
         f.writelines(json.dumps(line) + "\n" for line in found[mode])
   return found
 
@@ -148,10 +157,14 @@ def train_and_score(mode: str, seed: int, speed: dict, extra: list[str]) -> dict
   every = max(5, steps // 5)
   schedule = [f"--config.train.eval_every={every}", f"--config.train.checkpoint_every={every}",
               f"--config.optim.warmup_steps={max(11, steps // 10)}"]
+  report = os.path.join(workdir, "report")
+  if FLAGS.rescore and os.path.isdir(report):
+    os.rename(report, next(f"{report}.{n}" for n in range(1, 10000) if not os.path.exists(f"{report}.{n}")))
   seconds = seed_runs.run_stages(FLAGS.out, name, {
       "train": ["train.py", *config, *length, *schedule, *extra],
-      "evaluate": ["evaluate.py", *config, "--split=val,test", "--save_predictions=false", *EVAL_OVERRIDES, *extra]})
-  test = next(r for r in report_doc.load(os.path.join(workdir, "report"))["runs"] if r["split"] == "test")
+      "evaluate": ["evaluate.py", *config, "--split=val,test", "--save_predictions=false", *EVAL_OVERRIDES, *extra]},
+      redo=("evaluate",) if FLAGS.rescore else ())
+  test = next(r for r in report_doc.load(report)["runs"] if r["split"] == "test")
   f1 = {dims: next(s["f1"] for s in test["instances"][dims] if abs(s["iou_threshold"] - 0.5) < 1e-9)
         for dims in ("2d", "3d")}
   return {"mode": mode, "seed": seed, "test_dice": test["pixel"]["dice"], "test_iou": test["pixel"]["iou"],
@@ -165,7 +178,8 @@ def describe(mode: str, speed: dict) -> str:
 
 
 def table(rows: list[dict], timings: dict[str, tuple[dict, dict]]) -> str:
-  """The Markdown summary: one line per mode (means over seeds, 95 % t intervals), then differences from the first."""
+  """The Markdown summary: one line per mode (means over seeds, 95 % t intervals), then (given two modes or more)
+  each one's difference from the first."""
   by = {m: {r["seed"]: r for r in rows if r["mode"] == m} for m in FLAGS.modes}
 
   def of(mode: str, key: str) -> dict:
@@ -180,6 +194,8 @@ def table(rows: list[dict], timings: dict[str, tuple[dict, dict]]) -> str:
     lines.append(f"| {describe(m, timings[m][0])} | {len(by[m])} | {seed_runs.with_interval(of(m, 'test_dice'))} | "
                  f"{seed_runs.with_interval(of(m, 'f1_3d'), 3)} | {' | '.join(means)} | "
                  f"{timings[m][1]['predict_s_per_volume']:.1f} |")
+  if len(FLAGS.modes) < 2:
+    return "\n".join(lines)
   reference = FLAGS.modes[0]
   lines += ["", f"| paired difference from {LABELS[reference]} | seeds | test Dice [95 % CI] | "
                 "3D instance F1 [95 % CI] |", "|---|---|---|---|"]
@@ -227,8 +243,9 @@ def main(argv: list[str]) -> None:
       print(json.dumps(rows[-1]), flush=True)
     command = f"python benchmarks/compare_dims.py {' '.join(sys.argv[1:])}"
     budget = "fixed steps from --quiet_speed" if FLAGS.quiet_speed else "wall minutes, compiling included"
+    test_shape = " x ".join(str(n) for n in timings[FLAGS.modes[0]][1]["test_shape"])
     text = (f"{table(rows, timings)}\n\n`{command}`, {datetime.date.today().isoformat()}: {FLAGS.minutes:g} "
-            f"minutes of training per run ({budget}).")
+            f"minutes of training per run ({budget}); test volume {test_shape}.")
     rows_md = readme_rows(rows, command)
     for name, content in (("table.md", text), ("readme_rows.md", rows_md)):
       with open(os.path.join(FLAGS.out, name), "w") as f:

@@ -45,9 +45,10 @@ def run_name(arm: str, seed: int) -> str:
   return f"{arm}_s{seed}"
 
 
-def run_stages(out: str, name: str, stages: dict[str, list[str]]) -> dict[str, float]:
+def run_stages(out: str, name: str, stages: dict[str, list[str]], redo: Sequence[str] = ()) -> dict[str, float]:
   """Runs `python ARGS` of each stage in order ({'train': [...], 'evaluate': [...]}), logged to OUT/NAME.log,
-  except the stages OUT/NAME.json records as done; returns {stage: wall seconds} of them all."""
+  except the stages OUT/NAME.json records as done and `redo` does not name (a rescoring); returns {stage: wall
+  seconds} of them all."""
   path = os.path.join(out, name + ".json")
   record = {"stages": stages, "seconds": {}}
   if os.path.isfile(path):
@@ -56,6 +57,8 @@ def run_stages(out: str, name: str, stages: dict[str, list[str]]) -> dict[str, f
     if record["stages"] != stages:
       raise InputError(f"{path} records run {name} with other arguments; use another --out, or delete "
                        f"{os.path.join(out, name)}* to run it again")
+  for stage in redo:  # forgotten before it runs, so an interrupted redo is redone, never taken as done
+    record["seconds"].pop(stage, None)
   for stage, args in stages.items():
     if stage in record["seconds"]:
       continue

@@ -66,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.shape = (384, 384)
   c.data.synthetic.train_slices = 20
   c.data.synthetic.test_slices = 4
+  c.data.synthetic.test_shape = ()  # the test slices' (H, W); () = shape
   c.data.synthetic.ndim = 2
 
   c.model = ml_collections.ConfigDict()

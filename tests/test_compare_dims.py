@@ -1,5 +1,6 @@
 """benchmarks/compare_dims.py end to end on the tiny volume: two modes trained and scored, the table written into a
-doc's block and the README's table into its own, and a rerun that only rebuilds them."""
+doc's block and the README's table into its own, a rerun that only rebuilds them, one mode's table alone, and a
+rescoring that evaluates the trained runs again and keeps their old reports."""
 
 import json
 
@@ -37,6 +38,18 @@ def test_two_modes_are_scored_and_both_tables_written_then_reused(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert "$ python" not in again.stdout + again.stderr  # every stage was done: nothing trained again
   assert doc.read_text() == text
+  one = run_script("benchmarks/compare_dims.py", *args[:2], "--modes=2d", *args[3:5], timeout=600)
+  assert one.returncode == 0, one.stderr[-2000:]
+  assert "paired difference" not in (tmp_path / "runs" / "table.md").read_text()  # nothing to pair with
+  rescored = run_script("benchmarks/compare_dims.py", *args, "--rescore", timeout=900)
+  assert rescored.returncode == 0, rescored.stderr[-2000:]
+  assert "--mode=predict" in rescored.stdout and "--steps=6" not in rescored.stdout  # inference timed again
+  for mode in ("2d", "3d"):
+    assert (tmp_path / "runs" / f"{mode}_s0" / "report.1" / "report.json").is_file()  # the old report is kept
+    log = (tmp_path / "runs" / f"{mode}_s0.log").read_text()
+    assert log.count(" evaluate.py ") == 2 and log.count(" train.py ") == 1  # scored again, not trained again
+  again_rows = [json.loads(line) for line in (tmp_path / "runs" / "results.jsonl").read_text().splitlines()]
+  assert [r["test_dice"] for r in again_rows] == pytest.approx([r["test_dice"] for r in rows], abs=1e-6)
 
 
 def test_a_doc_without_the_budgets_block_is_refused_before_anything_runs(tmp_path):

@@ -68,7 +68,8 @@ def test_each_section_rejects_its_bad_value(section):
     ("train.steps", 3_000_000_000), ("train.budget_minutes", 1e308), ("train.max_minutes", 1e308),
     ("train.eval_every", 2**31), ("optim.warmup_steps", 2**40), ("seed", 2**40), ("data.synthetic.seed", 2**32),
     ("train.batch_size", 10**9), ("train.patch_size", 10**6), ("eval.window", 10**6), ("eval.figure_px", 10**9),
-    ("eval.batch_size", 10**9), ("train.keep_checkpoints", 10**9), ("augment.elastic_alpha", 1e308)])
+    ("eval.batch_size", 10**9), ("train.keep_checkpoints", 10**9), ("augment.elastic_alpha", 1e308),
+    ("data.synthetic.test_shape", (64, 64, 64)), ("data.synthetic.test_shape", (8, 64))])
 def test_bad_values_name_the_field_and_the_allowed(path, value):
   config = unet2d.get_config("tiny")
   _set(config, path, value)

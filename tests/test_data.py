@@ -177,6 +177,20 @@ def test_synthetic_objects_are_checked_and_read_from_the_config():
                                                             config.mito_spacing, "tubes")[0])
 
 
+def test_the_test_volume_takes_its_own_shape_and_the_training_volume_stays():
+  """`iso` scores on a test volume 4x its training one (more tubes for the 3D instance F1); the training volume,
+  and so every trained run, does not change with it."""
+  config = unet3d.get_config("tiny_iso").data.synthetic
+  train, test = (synthetic.make_dataset(config)[k][0] for k in ("train", "test"))
+  assert test.shape == (config.test_slices, *config.shape)  # () = the training shape
+  config.test_shape, config.test_slices = (48, 40), 3
+  bigger = synthetic.make_dataset(config)
+  assert bigger["test"][0].shape == bigger["test"][1].shape == (3, 48, 40)
+  np.testing.assert_array_equal(bigger["train"][0], train)
+  iso = unet3d.get_config("iso").data.synthetic
+  assert iso.test_slices * np.prod(iso.test_shape) == 4 * iso.train_slices * np.prod(iso.shape)
+
+
 def test_sampler_shapes_and_foreground_fraction():
   rng = np.random.default_rng(0)
   mask = np.zeros((3, 64, 64), np.uint8)

@@ -39,6 +39,20 @@ def test_finished_stages_are_skipped_and_other_arguments_refused(tmp_path):
   assert "$ " in (tmp_path / "3d_s0.log").read_text()
 
 
+def test_a_redo_runs_the_stage_again_and_an_interrupted_redo_is_not_taken_as_done(tmp_path):
+  out, marker = str(tmp_path), tmp_path / "ran"
+  stages = {"train": ["-c", f"open({str(marker)!r}, 'a').write('t')"],
+            "evaluate": ["-c", f"open({str(marker)!r}, 'a').write('e')"]}
+  seed_runs.run_stages(out, "2d_s0", stages)
+  seed_runs.run_stages(out, "2d_s0", stages, redo=("evaluate",))
+  assert marker.read_text() == "tee"  # the training is kept
+  failing = {**stages, "evaluate": ["-c", "raise SystemExit(3)"]}
+  (tmp_path / "2d_s0.json").write_text(json.dumps({"stages": failing, "seconds": {"train": 1.0, "evaluate": 2.0}}))
+  with pytest.raises(RuntimeError):
+    seed_runs.run_stages(out, "2d_s0", failing, redo=("evaluate",))
+  assert json.loads((tmp_path / "2d_s0.json").read_text())["seconds"] == {"train": 1.0}  # to run again
+
+
 def test_step_time_leaves_out_compiling_and_validation(tmp_path):
   records = [{"event": "start", "step": 0, "minutes": 0.0},
              {"step": 10, "loss": 1.0, "minutes": 5.0},  # compiling: left out

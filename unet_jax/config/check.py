@@ -90,6 +90,8 @@ def _rules(section: str) -> list[Rule]:
             ("data.synthetic.train_slices", _int(2, 10000),
              "an integer in [2, 10000] (training and validation slices)"),
             ("data.synthetic.test_slices", _int(1, 10000), "an integer in [1, 10000]"),
+            ("data.synthetic.test_shape", lambda v: v in ((), []) or _seq(_int(16, MAX_PIXELS), (2,))(v),
+             f"() (the training shape) or 2 sizes in [16, {MAX_PIXELS}]"),
             ("data.synthetic.ndim", _one_of(2, 3), "2 or 3")]
   if section == "model":
     return [("model.ndim", _one_of(2, 3), "2 or 3"),

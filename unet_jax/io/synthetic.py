@@ -205,9 +205,10 @@ def make_stack(seed: int, n_slices: int, shape: tuple[int, int], ndim: int = 2,
 
 def make_dataset(config: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{'train', 'test'}: (image u8[Z, H, W], mask u8[Z, H, W]) stacks from `config.data.synthetic` (seed, shape,
-  slices, ndim; mito_spacing in 3D and objects where a config sets them)."""
+  slices, ndim; the test slices' own shape, mito_spacing in 3D and objects where a config sets them)."""
   shape = tuple(config.shape)
+  test_shape = tuple(config.get("test_shape", ())) or shape  # a larger test volume counts more whole objects
   spacing, objects = config.get("mito_spacing", 90.0), config.get("objects", "ellipsoids")
   train = make_stack(config.seed, config.train_slices, shape, config.ndim, spacing, objects)
-  test = make_stack(config.seed + 1, config.test_slices, shape, config.ndim, spacing, objects)
+  test = make_stack(config.seed + 1, config.test_slices, test_shape, config.ndim, spacing, objects)
   return {"train": train, "test": test}
