@@ -22,10 +22,11 @@ per-section model has to join profiles it sees apart; `vnc` is 50 nm ssTEM. Step
    (per-section) and 3D (6-connected, unet_jax/scores/instances.py) components.
 A rerun of the same command skips every finished stage (an interrupted training resumes from its checkpoint),
 so it also just rebuilds the tables; with --rescore it scores every trained run again (after a change to the
-config's test volume or evaluation), keeping each previous report as OUT/NAME/report.N. With --quiet_speed (step 1's JSON lines from a quiet machine, e.g. by
---speed_only) the budget becomes a fixed amount of work instead: steps = 0.9 * (minutes * 60 - compile_s) /
-step_s (10 % kept for validation passes), trained with train.steps and no clock, so a machine loaded by other
-jobs takes longer but every mode does what the budget buys on the quiet machine:
+config's test volume or evaluation), keeping each previous report as OUT/NAME/report.N. With --quiet_speed
+(step 1's JSON lines from a quiet machine, e.g. by --speed_only) the budget becomes a fixed amount of work
+instead: steps = 0.9 * (minutes * 60 - compile_s) / step_s (10 % kept for validation passes), trained with
+train.steps and no clock, so a machine loaded by other jobs takes longer but every mode does what the budget
+buys on the quiet machine:
 
   python benchmarks/compare_dims.py --data=vnc --out=runs/dims_vnc --speed_only > quiet_speed.log  # quiet machine
   python benchmarks/compare_dims.py --data=vnc --minutes=10 --out=runs/dims_vnc --quiet_speed=quiet_speed.log
