@@ -136,11 +136,14 @@ def speeds(extra: list[str]) -> dict[str, tuple[dict, dict]]:
   cache = os.path.join(FLAGS.out, "speed.jsonl")
   found = read_speeds(cache) if os.path.isfile(cache) else {}
   for mode in FLAGS.modes:
-    if mode not in found or FLAGS.rescore:  # a rescoring keeps the train step's timing: it sized the runs
-      found[mode] = (found[mode][0], measure(mode, "--mode=predict", extra)) if mode in found else \
-          measure_speed(mode, extra)
-      with open(cache, "a") as f:  # the last pair of a mode wins
-        f.writelines(json.dumps(line) + "\n" for line in found[mode])
+    if mode not in found:
+      found[mode] = measure_speed(mode, extra)
+    elif FLAGS.rescore:  # the train step's timing stays: it sized the runs
+      found[mode] = (found[mode][0], measure(mode, "--mode=predict", extra))
+    else:
+      continue
+    with open(cache, "a") as f:  # the last pair of a mode wins
+      f.writelines(json.dumps(line) + "\n" for line in found[mode])
   return found
 
 

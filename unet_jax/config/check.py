@@ -56,6 +56,11 @@ def _seq(item: Callable[[Any], bool], lengths: Sequence[int] = ()) -> Callable[[
                     and all(item(x) for x in v))
 
 
+def _empty_or(rule: Callable[[Any], bool]) -> Callable[[Any], bool]:
+  """() (the field's "not set") or a value `rule` accepts."""
+  return lambda v: v in ((), []) or rule(v)
+
+
 def _range(lo_open_zero: bool = True) -> Callable[[Any], bool]:
   """(low, high) with 0 < low <= high."""
   return lambda v: _seq(_num(0.0, lo_open=lo_open_zero), (2,))(v) and v[0] <= v[1]
@@ -83,14 +88,14 @@ def _rules(section: str) -> list[Rule]:
             ("data.final_fit", _is(bool), "True or False"),
             ("data.labels_root", _is(str), "'' (binary masks) or a folder of training_labels.tif, testing_labels.tif"),
             ("data.voxel_size_nm", _seq(_num(0.0, lo_open=True), (3,)), "three positive sizes (z, y, x) in nm"),
-            ("data.class_names", lambda v: v in ((), []) or _seq(_is(str))(v), "() or one name per class"),
+            ("data.class_names", _empty_or(_seq(_is(str))), "() or one name per class"),
             ("data.synthetic.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
             ("data.synthetic.shape", _seq(_int(16, MAX_PIXELS), (2, 3)),
              f"2 or 3 sizes in [16, {MAX_PIXELS}] ((H, W) or (D, H, W))"),
             ("data.synthetic.train_slices", _int(2, 10000),
              "an integer in [2, 10000] (training and validation slices)"),
             ("data.synthetic.test_slices", _int(1, 10000), "an integer in [1, 10000]"),
-            ("data.synthetic.test_shape", lambda v: v in ((), []) or _seq(_int(16, MAX_PIXELS), (2,))(v),
+            ("data.synthetic.test_shape", _empty_or(_seq(_int(16, MAX_PIXELS), (2,))),
              f"() (the training shape) or 2 sizes in [16, {MAX_PIXELS}]"),
             ("data.synthetic.ndim", _one_of(2, 3), "2 or 3")]
   if section == "model":
@@ -114,9 +119,9 @@ def _rules(section: str) -> list[Rule]:
             ("train.fg_fraction", _num(0.0, 1.0), "a number in [0, 1]"),
             ("train.loss", _one_of(*losses.LOSSES), f"one of {tuple(losses.LOSSES)}"),
             ("train.smooth", _num(0.0, 1e6, lo_open=True), "a number in (0, 1e6]"),
-            ("train.class_weights", lambda v: v in ((), []) or _seq(_num(0.0, 1e6))(v),
+            ("train.class_weights", _empty_or(_seq(_num(0.0, 1e6))),
              "() or one weight in [0, 1e6] per class"),
-            ("train.class_sampling", lambda v: v in ((), []) or _seq(_num(0.0, 1e6))(v),
+            ("train.class_sampling", _empty_or(_seq(_num(0.0, 1e6))),
              "() or one centre weight in [0, 1e6] per class"),
             ("train.log_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
             ("train.eval_every", _int(1, MAX_STEPS), f"an integer in [1, {MAX_STEPS}]"),
@@ -190,7 +195,7 @@ def _rules(section: str) -> list[Rule]:
             ("eval.calibrate", _is(bool), "True or False"),
             ("eval.uncertainty", _one_of(*uncertainty.SOURCES), f"one of {uncertainty.SOURCES}"),
             ("eval.review_top_k", _int(1), "an integer >= 1"),
-            ("eval.object_classes", lambda v: v in ((), []) or _seq(_int(0, 255))(v), "() or class ids in [0, 255]")]
+            ("eval.object_classes", _empty_or(_seq(_int(0, 255))), "() or class ids in [0, 255]")]
   if section == "explain":
     layers = lambda v: isinstance(v, (tuple, list)) and all(isinstance(x, str) for x in v)
     return [("explain.seed", _int(0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
