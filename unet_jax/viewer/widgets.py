@@ -257,7 +257,7 @@ class ScoreWidget(Panel):
       scores = layers.scores(probs, truth, predictor, config, layers.voxel_size(prediction.scale, config))
       self.report(1, 2)
       return {"overlay": layers.error_overlay(pred, truth), "scores": scores,
-              "objects": layers.error_objects(pred, truth, config, dims)}
+              "objects": layers.error_objects(pred, truth, predictor, config, dims)}
 
     return work
 
