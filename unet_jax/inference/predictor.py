@@ -13,7 +13,7 @@ calibrate and threshold alike.
 - threshold: with `eval.select_threshold`, the `eval.threshold_candidates` value of best Dice on the
   (calibrated) val probabilities (workdir/threshold.json; chosen and stored when missing or made
   under other settings), else `eval.threshold`;
-- minimum object size (predicted components smaller than it are not objects: instance scores,
+- minimum object size (predicted volume components smaller than it are not objects: instance scores,
   morphometry, review lists, the viewer's objects, explanations): with `eval.select_min_size`, the
   `eval.min_size_candidates` value of best instance F1 on the val split at that threshold (stored
   with the threshold), else `eval.min_size`.
@@ -121,7 +121,8 @@ def _config_min_size(eval_config: Any) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-  """A network, its variables, its inference settings and its decisions (temperature, threshold)."""
+  """A network, its variables, its inference settings and its decisions (temperature, threshold with the
+  minimum object size)."""
   model: UNet
   variables: Any
   settings: dict[str, Any]  # windows.window_settings: window, overlap, blend, batch_size, sigma
