@@ -113,7 +113,8 @@ def segment_layers(viewer) -> dict[str, np.ndarray]:
 def test_segmenting_a_layer_equals_evaluate_input(make_napari_viewer, qtbot, model, tmp_path):
   spec, workdir, image, _ = model
   viewer = make_napari_viewer()
-  segmented(viewer, qtbot, model)
+  seg = segmented(viewer, qtbot, model)
+  assert f"objects of {layers.load_model(spec, workdir)[1].min_size} voxels or more" in seg.status.value
   tifffile.imwrite(tmp_path / "em.tif", image)
   out = tmp_path / "out"
   summary = segment.segment_file(layers.load_config(spec), workdir, str(tmp_path / "em.tif"), str(out),
