@@ -95,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
   c.train.loss = "log_dice"  # log_dice | log_one_minus_dice (the original code's ln(1 - Dice)) | dice | bce | bce_dice
   c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
+  c.train.boundary_weight = 0.0  # > 0: pixels within boundary_width px of a mask edge weigh 1 + this in the loss
+  c.train.boundary_width = 2  # pixels, in the plane (binary models)
   c.train.class_sampling = ()  # model.num_classes > 1: one weight per class; patches are centred on a pixel of a
   # class drawn with these probabilities (normalised), e.g. to favour rare classes; replaces fg_fraction (() = off)
   c.train.class_weights = ()  # model.num_classes > 1: one weight per class for Dice and cross-entropy (() = equal)

@@ -119,6 +119,8 @@ def _rules(section: str) -> list[Rule]:
             ("train.fg_fraction", _num(0.0, 1.0), "a number in [0, 1]"),
             ("train.loss", _one_of(*losses.LOSSES), f"one of {tuple(losses.LOSSES)}"),
             ("train.smooth", _num(0.0, 1e6, lo_open=True), "a number in (0, 1e6]"),
+            ("train.boundary_weight", _num(0.0, 100.0), "a number in [0, 100]"),
+            ("train.boundary_width", _int(1, 64), "pixels in [1, 64]"),
             ("train.class_weights", _empty_or(_seq(_num(0.0, 1e6))),
              "() or one weight in [0, 1e6] per class"),
             ("train.class_sampling", _empty_or(_seq(_num(0.0, 1e6))),
@@ -306,6 +308,9 @@ def _class_checks(config: Any, sections: Sequence[str]) -> list[str]:
       if block.get(name.split(".")[1], ()):
         problems.append(f"{name} is for multi-class models (model.num_classes > 1); set it to () for a binary model")
     return problems
+  if train.get("boundary_weight", 0.0):
+    problems.append(f"train.boundary_weight={train.boundary_weight} weighs the edges of a binary mask; set it to 0 "
+                    f"for model.num_classes={k}")
   for name in ("class_weights", "class_sampling"):
     weights = train.get(name, ())
     if weights and (len(weights) != k or not sum(weights) > 0):
