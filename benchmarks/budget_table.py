@@ -16,7 +16,8 @@ so the command resumes; --rerun runs everything again. Extra `--config.x=v` flag
 and time_to_accuracy.py; give such a variant its own --name, e.g. the final fit on all ten slices:
 
   python benchmarks/budget_table.py --minutes=10 --parts=ours --name=final_fit --config.data.final_fit=True \
-      --config.eval.select_threshold=False --config.eval.checkpoint=latest --config.eval.threshold=0.35
+      --config.eval.select_threshold=False --config.eval.checkpoint=latest --config.eval.threshold=0.35 \
+      --config.eval.select_min_size=False --config.eval.min_size=500
 """
 
 import json

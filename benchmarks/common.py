@@ -95,3 +95,12 @@ def run_logged(command: list[str], log: str) -> None:
     f.flush()
     if subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=False).returncode:
       raise RuntimeError(f"failed: {' '.join(command)} (see {log})")
+
+
+def fixed_decisions(threshold: dict[str, Any]) -> list[str]:
+  """Flags that fix a report's decisions (its run's "threshold" record: threshold and minimum object size) for
+  a run that cannot choose them, e.g. a final fit trained on the val slices."""
+  flags_ = ["--config.eval.select_threshold=False", f"--config.eval.threshold={threshold['value']:g}"]
+  if "min_size" in threshold:  # recorded since the size could be chosen on val
+    flags_ += ["--config.eval.select_min_size=False", f"--config.eval.min_size={threshold['min_size']}"]
+  return flags_

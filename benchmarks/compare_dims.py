@@ -32,7 +32,8 @@ buys on the quiet machine:
   python benchmarks/compare_dims.py --data=vnc --minutes=10 --out=runs/dims_vnc --quiet_speed=quiet_speed.log
 
 Prints one JSON line per run (also OUT/results.jsonl) and writes OUT/table.md: per mode the mean over seeds,
-with its 95 % t interval, of test Dice and 3D instance F1 at IoU 0.5 (2D instance F1 beside it), steps, training
+with its 95 % t interval, of test Dice and 3D instance F1 at IoU 0.5 (2D instance F1 beside it), the minimum
+object size each seed's run chose on val (eval.select_min_size in configs/unet3d.py), steps, training
 minutes, seconds per train step (median of the run's logged intervals, validations excluded) and per test
 volume; then each mode's paired difference from 2D. --doc writes that table into the Markdown file's
 `<!-- compare_dims DATA MINUTESmin begin/end -->` block (e.g. `compare_dims vnc 10min`: one block per data set and
@@ -173,6 +174,7 @@ def train_and_score(mode: str, seed: int, speed: dict, extra: list[str]) -> dict
         for dims in ("2d", "3d")}
   return {"mode": mode, "seed": seed, "test_dice": test["pixel"]["dice"], "test_iou": test["pixel"]["iou"],
           "f1_3d": f1["3d"], "f1_2d": f1["2d"], "threshold": test["threshold"]["value"],
+          "min_size": test["threshold"].get("min_size"),  # absent from reports made before it was recorded
           **seed_runs.training_time(workdir), "train_s": seconds["train"], "evaluate_s": seconds["evaluate"]}
 
 
@@ -190,11 +192,13 @@ def table(rows: list[dict], timings: dict[str, tuple[dict, dict]]) -> str:
     return seed_runs.summary({s: r[key] for s, r in by[mode].items()})
 
   lines = ["| mode (batch x patch) | seeds | test Dice [95 % CI over seeds] | 3D instance F1 @ IoU 0.5 [95 % CI] | "
-           "2D instance F1 | steps | train min | s / step | s per test volume |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "2D instance F1 | min object size, voxels (per seed) | steps | train min | s / step | s per test volume |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for m in FLAGS.modes:
     means = [seed_runs.mean_text(by[m], key, digits) for key, digits in (("f1_2d", 3), ("steps", 0), ("minutes", 1),
                                                                           ("s_per_step", 2))]
+    sizes = [by[m][s].get("min_size") for s in sorted(by[m])]
+    means.insert(1, " / ".join("-" if v is None else str(v) for v in sizes) or "-")
     lines.append(f"| {describe(m, timings[m][0])} | {len(by[m])} | {seed_runs.with_interval(of(m, 'test_dice'))} | "
                  f"{seed_runs.with_interval(of(m, 'f1_3d'), 3)} | {' | '.join(means)} | "
                  f"{timings[m][1]['predict_s_per_volume']:.1f} |")

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
     return instances.instance_scores(ov, config.iou_thresholds, instances.mean_inside(probs, pred_labels))
 
   labels_3d = instances.label_instances(split.mask, 3)
-  scores, tables = evaluation.stack_scores(probs, split.mask, 0.5, config, (50.0, 4.6, 4.6))
+  scores, tables = evaluation.stack_scores(probs, split.mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6))
   with tempfile.TemporaryDirectory() as out:
     parts = {
         "pixel counts per slice (jit)": lambda: metrics.slice_scores(pred, split.mask),
@@ -91,7 +91,7 @@ def main(argv: list[str]) -> None:
         "instances 3D: label + match + scores": lambda: instance_part(3),
         "morphometry 3D (regionprops)": lambda: morphometry.measure(labels_3d, (50.0, 4.6, 4.6)),
         "stack_scores (all of the above but the sweep)":
-            lambda: evaluation.stack_scores(probs, split.mask, 0.5, config, (50.0, 4.6, 4.6)),
+            lambda: evaluation.stack_scores(probs, split.mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6)),
         "pictures + CSVs (write_stack_files)":
             lambda: evaluation.write_stack_files(out, "s", split, pred, scores, tables, config),
     }

@@ -86,7 +86,8 @@ def write_corrected(root: str, out: str, val_fraction: float, val_slices: int) -
 def test_scores(workdir: str) -> dict:
   """The test run of workdir/report/report.json: step, threshold, pixel scores, first 2D instance row."""
   test = next(r for r in report.load(os.path.join(workdir, "report"))["runs"] if r["split"] == "test")
-  return {"step": test["step"], "threshold": test["threshold"]["value"], **test["pixel"],
+  return {"step": test["step"], "threshold": test["threshold"]["value"], "decisions": test["threshold"],
+          **test["pixel"],
           "dice_interval": test["pixel_intervals"]["dice"], "objects": test["instances"]["2d"][0]}
 
 
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> None:
     log = os.path.join(args.out, "base.log")
     run([sys.executable, "train.py", *shared, f"--config.train.budget_minutes={args.base_minutes:g}"], log, commands)
     run([sys.executable, "evaluate.py", *shared, "--split=val,test", "--save_predictions=false"], log, commands)
-  threshold = test_scores(base)["threshold"]
+  decisions = test_scores(base)["decisions"]
 
   root = os.path.normpath(os.path.join(common.ROOT, config.data.root))  # relative to the repository root
   first, end = write_corrected(root, corrected, config.data.val_fraction, config.data.get("val_slices", 0))
@@ -149,7 +150,7 @@ def main(argv: list[str]) -> None:
   # fine-tuned and scratch: both corrected slices train (tuned_all: with the base's 8); last checkpoint, the base's
   # val threshold
   on_corrected = [f"--config.data.root={corrected}", "--config.data.final_fit=True", "--config.eval.checkpoint=latest",
-                  "--config.eval.select_threshold=False", f"--config.eval.threshold={threshold:g}"]
+                  *common.fixed_decisions(decisions)]
   slow = [f"--config.train.init_from={base}",
           f"--config.optim.learning_rate={config.optim.learning_rate * args.tune_lr_scale:g}"]
   on_all = on_corrected[1:]  # the original folder: its 8 training slices and the 2 corrected ones

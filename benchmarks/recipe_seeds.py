@@ -43,9 +43,10 @@ FLAGS = flags.FLAGS
 
 
 def scores(workdir: str) -> dict[str, dict]:
-  """split -> {step, threshold, dice, precision, recall} from workdir/report/report.json."""
+  """split -> {step, threshold, decisions (the threshold record), dice, precision, recall} from
+  workdir/report/report.json."""
   runs = report.load(os.path.join(workdir, "report"))["runs"]
-  return {r["split"]: {"step": r["step"], "threshold": r["threshold"]["value"],
+  return {r["split"]: {"step": r["step"], "threshold": r["threshold"]["value"], "decisions": r["threshold"],
                        **{k: r["pixel"][k] for k in ("dice", "precision", "recall")}} for r in runs}
 
 
@@ -68,8 +69,8 @@ def chain(args: flags.FlagValues, extra: list[str], arm: str, seed: int) -> list
   rows = [{"arm": arm, "seed": seed, "final_fit": False, "val_dice": tuned["val"]["dice"], **tuned["test"]}]
   if args.final_fit:
     fitted = train_and_score(os.path.join(args.out, name + "_ff"),
-                             [*config, "--config.data.final_fit=True", "--config.eval.select_threshold=False",
-                              f"--config.eval.threshold={tuned['val']['threshold']}"],
+                             [*config, "--config.data.final_fit=True",
+                              *common.fixed_decisions(tuned["val"]["decisions"])],
                              args.steps, "test", os.path.join(args.out, name + "_ff.log"))
     rows.append({"arm": arm, "seed": seed, "final_fit": True, "val_dice": None, **fitted["test"]})
   return rows

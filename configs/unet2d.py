@@ -95,6 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.fg_fraction = 0.5  # fraction of patches centred on a foreground pixel
   c.train.loss = "log_dice"  # log_dice | log_one_minus_dice (the original code's ln(1 - Dice)) | dice | bce | bce_dice
   c.train.smooth = 1.0  # Dice smoothing; keeps empty patches finite
+  c.train.boundary_weight = 0.0  # > 0: pixels within boundary_width px of a mask edge weigh 1 + this in the loss
+  c.train.boundary_width = 2  # pixels, in the plane (binary models)
   c.train.class_sampling = ()  # model.num_classes > 1: one weight per class; patches are centred on a pixel of a
   # class drawn with these probabilities (normalised), e.g. to favour rare classes; replaces fg_fraction (() = off)
   c.train.class_weights = ()  # model.num_classes > 1: one weight per class for Dice and cross-entropy (() = equal)
@@ -180,6 +182,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.select_threshold = False  # True: use the candidate of best Dice on the val split (never test)
   c.eval.threshold_candidates = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
   c.eval.min_size = 100  # drop predicted components < this many voxels
+  c.eval.select_min_size = False  # True: the min_size candidate of best instance F1 on the val split (never test)
+  c.eval.min_size_candidates = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # voxels
   c.eval.iou_thresholds = (0.5, 0.75)  # instance matching; AP at 0.75 is MitoEM's AP-75
   c.eval.report_slices = 4  # pictures: this many evenly spaced overlays, and the worst in a montage
   c.eval.figure_px = 512  # longest side of report pictures, in pixels
@@ -245,6 +249,7 @@ def vnc_data(c: ml_collections.ConfigDict) -> None:
   c.eval.engine = "onnx"
   c.eval.select_threshold = True  # validations and evaluate.py score at the val split's best threshold
   # (the thresholds runs chose, and why: docs/results/default-recipe.md, docs/results/accuracy.md)
+  c.eval.select_min_size = True  # objects: membrane bits and vesicle clusters form small spurious components
   c.eval.tta = "dihedral"  # mean of the 8 flips/rotations, chosen on val: docs/results/default-recipe.md;
   # 8x the forward (timings: docs/results/inference.md)
 
@@ -260,6 +265,7 @@ def vnc_classes(c: ml_collections.ConfigDict) -> None:
   c.train.loss = "bce_dice"  # cross-entropy + (1 - mean soft Dice): rare classes (synapse, 0.7 %) still pull
   c.eval.engine = "xla"  # eval.engine='onnx' runs K-class models too; threshold choice is binary-only
   c.eval.select_threshold = False
+  c.eval.select_min_size = False
   c.eval.tta = "none"
   c.eval.object_classes = (3, 4)  # mitochondria and synapses are objects: per-object scores and review lists
 

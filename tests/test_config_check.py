@@ -69,7 +69,9 @@ def test_each_section_rejects_its_bad_value(section):
     ("train.eval_every", 2**31), ("optim.warmup_steps", 2**40), ("seed", 2**40), ("data.synthetic.seed", 2**32),
     ("train.batch_size", 10**9), ("train.patch_size", 10**6), ("eval.window", 10**6), ("eval.figure_px", 10**9),
     ("eval.batch_size", 10**9), ("train.keep_checkpoints", 10**9), ("augment.elastic_alpha", 1e308),
-    ("data.synthetic.test_shape", (64, 64, 64)), ("data.synthetic.test_shape", (8, 64))])
+    ("data.synthetic.test_shape", (64, 64, 64)), ("data.synthetic.test_shape", (8, 64)),
+    ("eval.select_min_size", "yes"), ("eval.min_size_candidates", (10, -1)), ("eval.min_size_candidates", ()),
+    ("train.boundary_weight", -1.0), ("train.boundary_width", 0)])
 def test_bad_values_name_the_field_and_the_allowed(path, value):
   config = unet2d.get_config("tiny")
   _set(config, path, value)
@@ -103,6 +105,17 @@ def test_cross_field_rules():
   config_check.validate(config)
   config.eval.select_threshold = True
   with pytest.raises(InputError, match="final_fit"):
+    config_check.validate(config)
+  config.eval.select_threshold, config.eval.select_min_size = False, True  # nor the minimum object size
+  with pytest.raises(InputError, match="final_fit.*--config.eval.select_min_size=False"):
+    config_check.validate(config)
+  config = unet2d.get_config("vnc_classes")  # argmax label maps: no size choice either
+  config.eval.select_min_size = True
+  with pytest.raises(InputError, match="num_classes=5 .* --config.eval.select_min_size=False"):
+    config_check.validate(config)
+  config = unet2d.get_config("vnc_classes")
+  config.train.boundary_weight = 2.0  # edges of one binary mask
+  with pytest.raises(InputError, match="train.boundary_weight=2.0 weighs the edges of a binary mask"):
     config_check.validate(config)
 
 

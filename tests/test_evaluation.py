@@ -65,14 +65,14 @@ def test_choose_threshold():
 
 def test_stack_scores_by_hand():
   config = unet2d.get_config("tiny").eval
-  config.min_size = 5
+  config.min_size = 1000  # not read: the predictor's size (5 here) decides which components are objects
   mask = np.zeros((2, 8, 8), np.uint8)
   mask[0, 1:5, 1:5] = 1  # 16 px
   mask[1, 6:8, 6:8] = 1  # 4 px: below min_size, yet true instances are never filtered
   probs = np.zeros((2, 8, 8), np.float32)
   probs[0, 1:5, 1:5] = 0.9
   probs[1, 6:8, 0:2] = 0.8  # a 4 px false positive: dropped from instances, kept in pixel scores
-  scores, tables = evaluation.stack_scores(probs, mask, 0.5, config, (50.0, 4.6, 4.6))
+  scores, tables = evaluation.stack_scores(probs, mask, 0.5, 5, config, (50.0, 4.6, 4.6))
   assert scores["pixel"]["tp"] == 16 and scores["pixel"]["fp"] == 4 and scores["pixel"]["fn"] == 4
   assert [s["dice"] for s in scores["slices"]] == [1.0, 0.0]
   at_05 = scores["instances"]["2d"][0]
@@ -202,7 +202,7 @@ def test_stack_scores_intervals_and_confidence_by_hand():
   probs[:, 2:6, 2:6] = 0.9  # found in both slices
   probs[0, 10:13, 10:13] = 0.6  # spurious, less confident
   unc = np.where(probs > 0.7, 0.02, 0.3).astype(np.float32)
-  scores, tables = evaluation.stack_scores(probs, mask, 0.5, config, (50.0, 4.6, 4.6), unc)
+  scores, tables = evaluation.stack_scores(probs, mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6), unc)
   dice = scores["pixel_intervals"]["dice"]
   assert dice["estimate"] == pytest.approx(scores["pixel"]["dice"]) and dice["n"] == 2  # two slices
   assert dice["low"] == pytest.approx(32 / 41) and dice["high"] == 1.0  # resamples: slice 0 twice ... slice 1 twice

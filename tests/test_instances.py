@@ -39,6 +39,18 @@ def test_min_size_drops_small_components_and_renumbers():
   assert instances.label_instances(mask, 2, min_size=4).max() == 2  # min_size itself is kept
 
 
+def test_min_size_counts_volume_components_for_2d_objects_too():
+  """A tube's 4 px profile in one section belongs to a 28-voxel object and stays; a 9-voxel speck goes, in 2D and 3D."""
+  mask = np.zeros((5, 12, 12), bool)
+  mask[:, 1:3, 1:3] = True  # a tube through every section: 4 px per section, 20 voxels
+  mask[2, 1:3, 3:7] = True  # widened in one section: 12 px there, 28 voxels in all
+  mask[1:4, 8:11, 8:9] = True  # a speck: 3 px per section, 9 voxels
+  for dims, kept in ((2, 5), (3, 1)):
+    labels = instances.label_instances(mask, dims, min_size=10)
+    assert labels.max() == kept and not labels[:, 8:11, 8].any() and labels[:, 1, 1].all()
+  assert instances.label_instances(mask, 2, min_size=9).max() == 8  # 9 itself is kept
+
+
 def test_bad_dims_and_shapes():
   with pytest.raises(InputError, match="dims"):
     instances.label_instances(np.zeros((1, 4, 4)), 4)
@@ -136,3 +148,19 @@ def test_mean_inside():
   labels = np.array([[0, 1, 1, 2]])
   np.testing.assert_allclose(instances.mean_inside(np.array([[9.0, 0.2, 0.4, 0.9]]), labels), [0.3, 0.9])
   assert instances.mean_inside(np.zeros((2, 2)), np.zeros((2, 2), int)).shape == (0,)
+
+
+@pytest.mark.parametrize("dims", instances.DIMS)
+@pytest.mark.parametrize("iou", [0.3, 0.5])
+def test_f1_by_min_size_is_the_f1_of_the_filtered_prediction(dims, iou):
+  """One labelling serves every size: each F1 equals the one scored after dropping the small components."""
+  rng = np.random.default_rng(0)
+  truth = rng.random((4, 32, 32)) > 0.75
+  pred = truth ^ (rng.random(truth.shape) > 0.9)  # flipped pixels: split, merged and small spurious parts
+  sizes = [0, 2, 3, 5, 8, 40]
+  expected = []
+  for size in sizes:
+    ov = instances.overlaps(instances.label_instances(truth, dims), instances.label_instances(pred, dims, size))
+    expected.append(instances.instance_scores(ov, [iou], np.ones(ov.n_pred))[0]["f1"])
+  np.testing.assert_allclose(instances.f1_by_min_size(truth, pred, dims, sizes, iou), expected)
+  assert len(set(expected)) > 2  # the sizes matter here, so the comparison means something

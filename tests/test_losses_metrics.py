@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from train_steps import batch_2d, train_states
 from unet_jax.errors import InputError
 from unet_jax.scores import metrics
 from unet_jax.training import losses
@@ -90,3 +91,30 @@ def test_pixel_scores_empty_cases():
   assert metrics.pixel_scores(empty, empty)["dice"] == 1.0
   s = metrics.pixel_scores(empty, np.array([1, 0, 0, 0], bool))
   assert s["dice"] == 0.0 and s["recall"] == 0.0 and s["precision"] == 0.0
+
+
+
+def test_boundary_weights_mark_a_band_on_both_sides_of_each_edge():
+  mask = np.zeros((1, 9, 9, 1), np.float32)
+  mask[0, 3:6, 3:6] = 1.0  # a 3x3 square
+  mask[0, 0:2, 7:9] = 1.0  # an object in the corner: the patch's border is not an edge
+  w = np.asarray(losses.boundary_weights(jnp.asarray(mask), 1, 4.0))[0, ..., 0]
+  band = np.zeros((9, 9), bool)
+  band[2:7, 2:7] = True  # within 1 px of the square's edge, outside and inside it
+  band[4, 4] = False  # its centre is 1 px from no edge
+  band[0:3, 6:9] = True  # the corner object's band, but for its pixel at the patch's corner
+  band[0, 8] = False
+  np.testing.assert_array_equal(w, np.where(band, 5.0, 1.0))
+  volume = np.zeros((1, 3, 9, 9, 1), np.float32)
+  volume[0, 1] = mask[0]  # one section: the band is per section, never across z
+  w3 = np.asarray(losses.boundary_weights(jnp.asarray(volume), 1, 4.0))[0, ..., 0]
+  np.testing.assert_array_equal(w3[1], w)
+  np.testing.assert_array_equal(w3[[0, 2]], 1.0)
+
+
+def test_a_boundary_weight_changes_the_loss(tiny_config):
+  batch = batch_2d()
+  loss = lambda config: float(next(train_states(config, batch, 1))[1]["loss"])
+  plain = loss(tiny_config)
+  tiny_config.train.boundary_weight = 5.0
+  assert loss(tiny_config) != pytest.approx(plain, rel=1e-3)

@@ -113,7 +113,8 @@ def segment_layers(viewer) -> dict[str, np.ndarray]:
 def test_segmenting_a_layer_equals_evaluate_input(make_napari_viewer, qtbot, model, tmp_path):
   spec, workdir, image, _ = model
   viewer = make_napari_viewer()
-  segmented(viewer, qtbot, model)
+  seg = segmented(viewer, qtbot, model)
+  assert f"objects of {layers.load_model(spec, workdir)[1].min_size} voxels or more" in seg.status.value
   tifffile.imwrite(tmp_path / "em.tif", image)
   out = tmp_path / "out"
   summary = segment.segment_file(layers.load_config(spec), workdir, str(tmp_path / "em.tif"), str(out),
@@ -167,7 +168,8 @@ def test_review_edits_are_saved_and_read_by_the_data_loader(make_napari_viewer, 
   run(qtbot, review)
   config, predictor = layers.load_model(spec, workdir)
   probs = viewer.layers["em probabilities"].data
-  expected = evaluation.stack_scores(probs, truth, predictor.threshold_value, config.eval, (50.0, 4.6, 4.6))[0]
+  expected = evaluation.stack_scores(probs, truth, predictor.threshold_value, predictor.min_size, config.eval,
+                                     (50.0, 4.6, 4.6))[0]
   listed = expected["review"]["2d"]["list"]
   assert [r["label"] for r in review.rows] == [r["label"] for r in listed] and listed
   doubtful = review.rows[0]["label"]

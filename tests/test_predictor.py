@@ -19,7 +19,8 @@ from unet_jax.errors import InputError
 from unet_jax.explain import explanation
 from unet_jax.export import bioimage
 from unet_jax.inference import chunked, segment
-from unet_jax.inference.predictor import is_package, PACKAGE_SETTINGS, PACKAGE_VARIABLES, Predictor, THRESHOLD_FILE
+from unet_jax.inference.predictor import (choose_min_size, decisions, fixed_threshold, is_package, PACKAGE_SETTINGS,
+                                         PACKAGE_VARIABLES, Predictor, THRESHOLD_FILE)
 from unet_jax.io import data, ngff, synthetic
 from unet_jax.reports import evaluation
 from unet_jax.scores import calibration, metrics
@@ -29,7 +30,8 @@ def vnc_policy(calibrate: bool):
   """The tiny model and synthetic data with the `vnc` variant's eval decisions (and calibration or not)."""
   config = unet2d.get_config("tiny")
   vnc = unet2d.get_config("vnc").eval
-  for field in ("select_threshold", "threshold_candidates", "tta", "checkpoint", "threshold", "overlap", "blend"):
+  for field in ("select_threshold", "threshold_candidates", "select_min_size", "min_size_candidates", "tta", "checkpoint",
+                "threshold", "overlap", "blend"):
     config.eval[field] = vnc[field]
   config.eval.calibrate = calibrate
   config.eval.report_slices = 1
@@ -60,7 +62,11 @@ def test_the_report_decides_on_val_and_stores_its_decisions(reported):
   assert run["threshold"]["value"] == pytest.approx(chosen) and "val split" in run["threshold"]["source"]
   assert run["step"] == 4 and run["checkpoint"] == "best"
   with open(os.path.join(workdir, THRESHOLD_FILE)) as f:
-    assert json.load(f)["4"]["value"] == pytest.approx(chosen)
+    stored = json.load(f)["4"]
+  assert stored["value"] == pytest.approx(chosen)
+  size = choose_min_size(config.eval, probs >= chosen, val.mask)
+  assert run["threshold"]["min_size"] == stored["min_size"] == size["min_size"]
+  assert run["threshold"]["candidate_val_f1"] == pytest.approx(size["candidate_val_f1"])
 
 
 @pytest.mark.slow
@@ -69,6 +75,7 @@ def test_load_reads_the_stored_decisions_without_the_val_split(reported, monkeyp
   monkeypatch.setattr(data, "load_splits", lambda *a: pytest.fail("the val split was read again"))
   predictor = Predictor.load(config, workdir)
   assert predictor.threshold_value == pytest.approx(run["threshold"]["value"])
+  assert predictor.min_size == run["threshold"]["min_size"]
   assert predictor.temperature == pytest.approx(applied_temperature(config, run)) and predictor.step == run["step"]
 
 
@@ -83,6 +90,12 @@ def test_other_settings_decide_again(reported):
   assert predictor.threshold_value == pytest.approx(
       metrics.best_dice_threshold(probs, val.mask, other.eval.threshold_candidates)[0])
   assert Predictor.load(config, workdir).threshold_value == pytest.approx(run["threshold"]["value"])
+  fewer = config.copy_and_resolve_references()
+  fewer.eval.min_size_candidates = (7,)  # another size policy: decided again, with it
+  assert Predictor.load(fewer, workdir).min_size == 7
+  fixed = config.copy_and_resolve_references()
+  fixed.eval.select_min_size, fixed.eval.min_size = False, 3  # a fixed size is the config's
+  assert Predictor.load(fixed, workdir).min_size == 3
 
 
 @pytest.mark.slow
@@ -110,7 +123,7 @@ def test_explain_uses_the_report_decisions(reported, tmp_path):
                             rank_filters=False, sanity_checks=False)
   assert doc["threshold"] == pytest.approx(run["threshold"]["value"]) and doc["step"] == run["step"]
   assert doc["temperature"] == pytest.approx(applied_temperature(config, run))
-  assert doc["threshold_source"] == run["threshold"]["source"]
+  assert doc["threshold_source"] == run["threshold"]["source"] and doc["min_size"] == run["threshold"]["min_size"]
 
 
 @pytest.mark.slow
@@ -184,3 +197,45 @@ def test_restoring_says_nothing_about_read_only_managers(tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="absl"):
     Predictor.load(config, str(tmp_path / "run"))
   assert not [r for r in caplog.records if "read only" in r.getMessage() or "read_only" in r.getMessage()]
+
+
+def blobs_and_objects():
+  """A val mask with three 10x10 objects and a prediction that finds them and adds eight 3x3 specks."""
+  mask = np.zeros((2, 64, 64), np.uint8)
+  for y, x in ((5, 5), (30, 30), (45, 10)):
+    mask[0, y:y + 10, x:x + 10] = 1
+  pred = mask.astype(bool).copy()
+  for i in range(8):
+    pred[1, 4 + 7 * i:7 + 7 * i, 50:53] = True
+  return pred, mask
+
+
+def test_min_size_is_chosen_on_val_by_instance_f1():
+  """Specks of 9 px cost F1; the smallest candidate that drops them wins, and one that drops the objects loses."""
+  pred, mask = blobs_and_objects()
+  e = unet2d.get_config("tiny").eval
+  e.select_min_size, e.min_size_candidates = True, (0, 10, 50, 100, 101)
+  chosen = choose_min_size(e, pred, mask)
+  assert chosen["min_size"] == 10 and "val split" in chosen["min_size_source"]
+  f1 = dict(zip(chosen["min_size_candidates"], chosen["candidate_val_f1"]))
+  assert f1[0] == pytest.approx(2 * 3 / (3 + 11)) and f1[10] == f1[50] == f1[100] == 1.0 and f1[101] == 0.0
+  e.select_min_size = False
+  assert choose_min_size(e, pred, mask) == {"min_size": e.min_size, "min_size_source": "config eval.min_size"}
+  e.select_min_size = True
+  with pytest.raises(InputError, match="val split"):
+    choose_min_size(e)
+
+
+def test_decisions_choose_the_size_at_the_chosen_threshold():
+  """The size is chosen on the prediction at the threshold chosen before it, and both are in one record."""
+  pred, mask = blobs_and_objects()
+  probs = np.where(mask, 0.9, np.where(pred, 0.4, 0.1)).astype(np.float32)  # specks only above 0.4
+  e = unet2d.get_config("tiny").eval
+  e.select_threshold, e.threshold_candidates = True, (0.3, 0.5)
+  e.select_min_size, e.min_size_candidates = True, (0, 10)
+  record = decisions(e, probs, mask)
+  assert record["value"] == 0.5 and record["min_size"] == 0  # at 0.5 the specks are gone: nothing to drop
+  e.threshold_candidates = (0.3,)
+  assert decisions(e, probs, mask)["min_size"] == 10
+  e.select_threshold, e.select_min_size = False, False
+  assert decisions(e) == fixed_threshold(e)  # no val split needed

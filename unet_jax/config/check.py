@@ -119,6 +119,8 @@ def _rules(section: str) -> list[Rule]:
             ("train.fg_fraction", _num(0.0, 1.0), "a number in [0, 1]"),
             ("train.loss", _one_of(*losses.LOSSES), f"one of {tuple(losses.LOSSES)}"),
             ("train.smooth", _num(0.0, 1e6, lo_open=True), "a number in (0, 1e6]"),
+            ("train.boundary_weight", _num(0.0, 100.0), "a number in [0, 100]"),
+            ("train.boundary_width", _int(1, 64), "pixels in [1, 64]"),
             ("train.class_weights", _empty_or(_seq(_num(0.0, 1e6))),
              "() or one weight in [0, 1e6] per class"),
             ("train.class_sampling", _empty_or(_seq(_num(0.0, 1e6))),
@@ -183,6 +185,8 @@ def _rules(section: str) -> list[Rule]:
             ("eval.select_threshold", _is(bool), "True or False"),
             ("eval.threshold_candidates", _seq(_num(0.0, 1.0, True, True)), "probabilities in (0, 1)"),
             ("eval.min_size", _int(0), "voxels >= 0"),
+            ("eval.select_min_size", _is(bool), "True or False"),
+            ("eval.min_size_candidates", _seq(_int(0)), "voxel counts >= 0"),
             ("eval.iou_thresholds", _seq(_num(0.0, 1.0, lo_open=True)), "numbers in (0, 1]"),
             ("eval.report_slices", _int(1, 1000), "an integer in [1, 1000]"),
             ("eval.figure_px", _int(32, MAX_PIXELS), f"pixels in [32, {MAX_PIXELS}]"),
@@ -269,10 +273,13 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
       problems.append(f"eval.engine='onnx' needs model.norm 'batch' or 'none' and model.dtype 'float32' (got "
                       f"{config.model.norm!r}, {config.model.dtype!r}); use --config.eval.engine=xla for this model")
   if {"data", "eval"} <= set(sections) and _present(config, "data") and _present(config, "eval"):
-    if config.data.final_fit and (config.eval.select_threshold or config.eval.checkpoint != "latest"):
-      problems.append("data.final_fit=True trains on the val slices, so they cannot choose a checkpoint or a "
-                      "threshold: set --config.eval.checkpoint=latest --config.eval.select_threshold=False and "
-                      "--config.eval.threshold to the value a run without final_fit chose on val")
+    e = config.eval
+    if config.data.final_fit and (e.select_threshold or e.select_min_size or e.checkpoint != "latest"):
+      problems.append("data.final_fit=True trains on the val slices, so they cannot choose a checkpoint, a "
+                      "threshold or a minimum object size: set --config.eval.checkpoint=latest "
+                      "--config.eval.select_threshold=False --config.eval.select_min_size=False and "
+                      "--config.eval.threshold and --config.eval.min_size to the values a run without final_fit "
+                      "chose on val")
   if {"train", "optim"} <= set(sections) and _present(config, "train") and _present(config, "optim"):
     t, o = config.train, config.optim
     if t.consistency_weight and not (t.unlabeled and t.ema_decay):
@@ -301,6 +308,9 @@ def _class_checks(config: Any, sections: Sequence[str]) -> list[str]:
       if block.get(name.split(".")[1], ()):
         problems.append(f"{name} is for multi-class models (model.num_classes > 1); set it to () for a binary model")
     return problems
+  if train.get("boundary_weight", 0.0):
+    problems.append(f"train.boundary_weight={train.boundary_weight} weighs the edges of a binary mask; set it to 0 "
+                    f"for model.num_classes={k}")
   for name in ("class_weights", "class_sampling"):
     weights = train.get(name, ())
     if weights and (len(weights) != k or not sum(weights) > 0):
@@ -313,9 +323,10 @@ def _class_checks(config: Any, sections: Sequence[str]) -> list[str]:
     objects = tuple(e.get("object_classes", ()))
     if any(c >= k for c in objects) or len(set(objects)) != len(objects):
       problems.append(f"eval.object_classes={objects!r} must be distinct class ids below model.num_classes={k}")
-    if e.select_threshold or e.uncertainty != "none":
-      problems.append(f"model.num_classes={k} predicts label maps by argmax, without threshold choice or "
-                      "uncertainty maps: set --config.eval.select_threshold=False --config.eval.uncertainty=none")
+    if e.select_threshold or e.select_min_size or e.uncertainty != "none":
+      problems.append(f"model.num_classes={k} predicts label maps by argmax, without threshold or size choice or "
+                      "uncertainty maps: set --config.eval.select_threshold=False --config.eval.select_min_size=False "
+                      "--config.eval.uncertainty=none")
   if "data" in sections and _present(config, "data") and (config.data.name == "synthetic" or not config.data.labels_root):
     problems.append(f"model.num_classes={k} needs integer label maps: data.name='folder' or 'lucchi' with "
                     "--config.data.labels_root set to a folder of training_labels.tif and testing_labels.tif")

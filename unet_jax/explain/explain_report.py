@@ -167,7 +167,7 @@ def _markdown(doc: dict[str, Any]) -> str:
   """explain.md from the explain.json document."""
   target = doc.get("class")
   decision = (f"class {target['index']} ({target['name']}) of the argmax label map" if target
-              else f"threshold {doc['threshold']:g}")
+              else f"threshold {doc['threshold']:g}, objects of {doc['min_size']} pixels or more")
   score = f"probability of class {target['index']}" if target else "logits"
   lines = [f"# How the network arrived at each {target['name'] if target else 'mitochondrion'}", "",
            f"Model `{doc['workdir']}` (step {doc['step']}), {doc['source']}, {decision}. "
@@ -233,7 +233,8 @@ def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, so
           command: str | None, target_class: dict[str, Any] | None = None) -> dict[str, Any]:
   """Writes the panels, pictures, CSVs, explain.json and explain.md; returns the JSON document.
 
-  `decisions` is the predictor's `summary()`: its threshold, where it came from, and its temperature. A K-class
+  `decisions` is the predictor's `summary()`: its threshold, where it came from, its minimum object size and its
+  temperature. A K-class
   model's objects are those of `target_class` {'index', 'name'}, `probs` and `truth` that class's probability
   f32[H, W] and mask.
   """
@@ -241,7 +242,7 @@ def write(output_dir: str, model: UNet, config: Any, workdir: str, step: int, so
   k = config.explain.top_k
   doc: dict[str, Any] = {"workdir": workdir, "step": int(step), "source": source,
                          "threshold": decisions["threshold"], "threshold_source": decisions["threshold_source"],
-                         "temperature": decisions["temperature"],
+                         "min_size": decisions["min_size"], "temperature": decisions["temperature"],
                          "command": command or "", "objects": [], "dataset": {}}
   if target_class:
     doc["class"] = target_class

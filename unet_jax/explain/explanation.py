@@ -2,7 +2,8 @@
 
 An object is what a user points at (`--object`, `parse_objects`):
 - `N`: predicted mitochondrion N, a connected component of the thresholded prediction (as in the
-  evaluation report: 4-connected, `eval.min_size`), numbered 1..n within the slice in scan order;
+  evaluation report: 4-connected, the predictor's minimum object size), numbered 1..n within the slice in
+  scan order;
 - `y,x`: the predicted component under that pixel, or, where the network found nothing, the true
   (missed) mitochondrion under it;
 - `y0,x0,y1,x1`: every pixel of that box (ends exclusive);
@@ -48,8 +49,8 @@ from unet_jax.network.model import build_model, UNet
 from unet_jax.scores import instances
 
 STATUSES = ("true positive", "false positive", "false negative")
-EMPTY = ("nothing to explain: the prediction of this slice is empty (no component of eval.min_size pixels or more "
-         "at the threshold), so nothing was written; point at a box y0,x0,y1,x1 or a pixel y,x, or choose another "
+EMPTY = ("nothing to explain: the prediction of this slice is empty (no component of the minimum object size or "
+         "more at the threshold), so nothing was written; point at a box y0,x0,y1,x1 or a pixel y,x, or choose another "
          "--slice")
 
 
@@ -385,7 +386,7 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
     pred, probs, truth = predictor.label_map(probs) == c, probs[..., c], None if truth is None else truth == c
   else:
     pred = predictor.segment(probs)
-  objects = slice_objects(pred, truth, config.eval.min_size, config.eval.iou_thresholds[0])
+  objects = slice_objects(pred, truth, predictor.min_size, config.eval.iou_thresholds[0])
   crop = ex.crop or predictor.settings["window"][0]
   targets = parse_objects(object_spec, objects, crop, name or "mitochondrion")
   key = jax.random.PRNGKey(ex.seed)

@@ -12,7 +12,11 @@ calibrate and threshold alike.
   settings (workdir/calibration.json; fitted and stored when missing), else 1;
 - threshold: with `eval.select_threshold`, the `eval.threshold_candidates` value of best Dice on the
   (calibrated) val probabilities (workdir/threshold.json; chosen and stored when missing or made
-  under other settings), else `eval.threshold`.
+  under other settings), else `eval.threshold`;
+- minimum object size (predicted volume components smaller than it are not objects: instance scores,
+  morphometry, review lists, the viewer's objects, explanations): with `eval.select_min_size`, the
+  `eval.min_size_candidates` value of best instance F1 on the val split at that threshold (stored
+  with the threshold), else `eval.min_size`.
 The val split is read only when a decision is not stored; the test split never decides anything.
 
 Every prediction runs the block-wise path of unet_jax/inference/tiling.py on the volume's global
@@ -43,12 +47,21 @@ from unet_jax.errors import InputError
 from unet_jax.inference import magnification, tiling, windows
 from unet_jax.io import checkpoint, data, outputs, runlog
 from unet_jax.network.model import abstract_variables, build_model, UNet
-from unet_jax.scores import calibration, class_calibration, metrics
+from unet_jax.scores import calibration, class_calibration, instances, metrics
 
 THRESHOLD_FILE = "threshold.json"
 PACKAGE_VARIABLES, PACKAGE_SETTINGS = "unet_jax_variables.msgpack", "unet_jax_predictor.json"  # in exported packages
 
 Pages = Callable[[int], np.ndarray]  # z -> slice z f32[H, W], normalised
+
+
+def decisions(eval_config: Any, val_probs: np.ndarray | None = None,
+              val_mask: np.ndarray | None = None) -> dict[str, Any]:
+  """The threshold and minimum object size `config.eval` decides: {'value', 'source', 'min_size',
+  'min_size_source', ...}; the size is chosen at the chosen threshold."""
+  threshold = choose_threshold(eval_config, val_probs, val_mask)
+  val_pred = None if val_probs is None else val_probs >= threshold["value"]
+  return {**threshold, **choose_min_size(eval_config, val_pred, val_mask)}
 
 
 def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
@@ -60,7 +73,7 @@ def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
   with its val Dice.
   """
   if not eval_config.select_threshold:
-    return fixed_threshold(eval_config)
+    return _config_threshold(eval_config)
   if val_probs is None or val_mask is None:
     raise InputError("eval.select_threshold needs the val split's probabilities and mask")
   candidates = [float(t) for t in eval_config.threshold_candidates]
@@ -69,14 +82,47 @@ def choose_threshold(eval_config: Any, val_probs: np.ndarray | None = None,
           "val_dice": float(max(dice)), "candidates": candidates, "candidate_val_dice": [float(d) for d in dice]}
 
 
+def choose_min_size(eval_config: Any, val_pred: np.ndarray | None = None,
+                    val_mask: np.ndarray | None = None) -> dict[str, Any]:
+  """The minimum object size policy of `config.eval`: {'min_size', 'min_size_source', ...}.
+
+  `eval.min_size` as given, or with `eval.select_min_size` the candidate of best instance F1 at IoU
+  `eval.iou_thresholds[0]` on the val split's prediction bool[Z, H, W] (never the test split's), the mean
+  over 2D and 3D components (the report's two object counts); ties go to the smaller size, which drops
+  fewer objects. What it removes is small spurious components: they cost instance precision and
+  morphometry, never pixel Dice, which is scored without the filter.
+  """
+  e = eval_config
+  if not e.select_min_size:
+    return _config_min_size(e)
+  if val_pred is None or val_mask is None:
+    raise InputError("eval.select_min_size needs the val split's prediction and mask")
+  candidates = sorted(int(c) for c in e.min_size_candidates)
+  f1 = np.mean([instances.f1_by_min_size(val_mask, val_pred, dims, candidates, e.iou_thresholds[0])
+                for dims in instances.DIMS], axis=0)
+  return {"min_size": candidates[int(np.argmax(f1))],  # the first of equal maxima: the smallest size
+          "min_size_source": f"best instance F1 on the val split over {len(candidates)} candidates",
+          "min_size_candidates": candidates, "candidate_val_f1": [float(v) for v in f1]}
+
+
 def fixed_threshold(eval_config: Any) -> dict[str, Any]:
-  """`eval.threshold` as the threshold record."""
+  """`eval.threshold` and `eval.min_size` as the decision record, whatever the policy (no val split read)."""
+  return {**_config_threshold(eval_config), **_config_min_size(eval_config)}
+
+
+def _config_threshold(eval_config: Any) -> dict[str, Any]:
   return {"value": float(eval_config.threshold), "source": "config eval.threshold"}
+
+
+def _config_min_size(eval_config: Any) -> dict[str, Any]:
+  """Inference-only settings (windows, no scoring) may lack `min_size`: then every component counts."""
+  return {"min_size": int(eval_config.get("min_size", 0)), "min_size_source": "config eval.min_size"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-  """A network, its variables, its inference settings and its decisions (temperature, threshold)."""
+  """A network, its variables, its inference settings and its decisions (temperature, threshold with the
+  minimum object size)."""
   model: UNet
   variables: Any
   settings: dict[str, Any]  # windows.window_settings: window, overlap, blend, batch_size, sigma
@@ -84,7 +130,8 @@ class Predictor:
   engine: str = "xla"
   step: int = 0
   temperature: float = 1.0
-  threshold: dict[str, Any] = dataclasses.field(default_factory=lambda: {"value": 0.5, "source": "default"})
+  threshold: dict[str, Any] = dataclasses.field(default_factory=lambda: {"value": 0.5, "source": "default",
+                                                                          "min_size": 0})
   fitted_temperature: float | None = None  # fitted on val by `decide`, applied only with eval.calibrate
   voxel_size_nm: tuple[float, float, float] | None = None  # (z, y, x) of the training data; None: not recorded
   resampling: magnification.Resampling | None = None  # an input's grid onto the model's (`on_input`)
@@ -117,18 +164,19 @@ class Predictor:
       return cls.from_package(workdir)
     predictor = cls.restore(config, workdir)
     e = config.eval
-    if not e.calibrate and not e.select_threshold:
+    chooses = e.select_threshold or e.select_min_size
+    if not e.calibrate and not chooses:
       return predictor
     record = _decision_record(config, predictor)
     temperature = _stored_temperature(workdir, predictor.step, record) if e.calibrate else 1.0
     threshold = None
-    if e.select_threshold and temperature is not None:
-      threshold = _stored_threshold(workdir, predictor.step, record, temperature)
-    if (e.calibrate and temperature is None) or (e.select_threshold and threshold is None):
+    if chooses and temperature is not None:
+      threshold = _stored_threshold(workdir, predictor.step, {**record, **_choice_record(e)}, temperature)
+    if (e.calibrate and temperature is None) or (chooses and threshold is None):
       val = val if val is not None else _val_split(config)
       raw = predictor.raw_probabilities(val.image)
       return predictor.decide(config, workdir, raw, val.mask)
-    return dataclasses.replace(predictor, temperature=temperature, threshold=threshold or choose_threshold(e))
+    return dataclasses.replace(predictor, temperature=temperature, threshold=threshold or decisions(e))
 
   @classmethod
   def from_package(cls, path: str) -> "Predictor":
@@ -150,8 +198,9 @@ class Predictor:
       raise InputError(f"{path}: its variables do not fit the model it describes; export it again")
     eval_config = ml_collections.ConfigDict(record["eval"])
     voxel = record.get("voxel_size_nm")  # absent from packages made before it was recorded
+    threshold = {**fixed_threshold(eval_config), **record["threshold"]}  # older packages: no min_size stored
     return cls(model, variables, windows.window_settings(eval_config, model.ndim), eval_config.tta,
-               eval_config.engine, int(record["step"]), float(record["temperature"]), record["threshold"],
+               eval_config.engine, int(record["step"]), float(record["temperature"]), threshold,
                voxel_size_nm=tuple(float(v) for v in voxel) if voxel else None)
 
   def package_record(self, config: Any) -> dict[str, Any]:
@@ -185,14 +234,19 @@ class Predictor:
                                              "pixels": int(val_mask.size), **record})
     temperature = fitted if e.calibrate else 1.0
     threshold = (fixed_threshold(e) if self.num_classes > 1
-                 else choose_threshold(e, calibration.apply_temperature(val_raw, temperature), val_mask))
-    if e.select_threshold and workdir:
-      _store_threshold(workdir, self.step, {**record, "temperature": temperature, **threshold})
+                 else decisions(e, calibration.apply_temperature(val_raw, temperature), val_mask))
+    if (e.select_threshold or e.select_min_size) and workdir:
+      _store_threshold(workdir, self.step, {**record, **_choice_record(e), "temperature": temperature, **threshold})
     return dataclasses.replace(self, temperature=temperature, threshold=threshold, fitted_temperature=fitted)
 
   @property
   def threshold_value(self) -> float:
     return float(self.threshold["value"])
+
+  @property
+  def min_size(self) -> int:
+    """Predicted components of fewer voxels are not objects (module docstring)."""
+    return int(self.threshold["min_size"])
 
   @property
   def raw_threshold(self) -> float:
@@ -306,7 +360,7 @@ class Predictor:
     """What decides this predictor's output, as JSON values (for summaries and reports)."""
     summary = {"step": self.step, **self.settings, "window": list(self.settings["window"]), "tta": self.tta,
                "engine": self.engine, "temperature": float(self.temperature), "threshold": self.threshold_value,
-               "threshold_source": self.threshold["source"]}
+               "threshold_source": self.threshold["source"], "min_size": self.min_size}
     if self.resampling is not None:
       summary["voxel_size"] = self.resampling.record
     return summary
@@ -356,9 +410,10 @@ def _val_split(config: Any) -> data.Split:
   try:
     return data.load_splits(config.data, config.model.get("num_classes", 1))["val"]
   except InputError as e:
-    raise InputError(f"eval.select_threshold and eval.calibrate decide on the val split, which could not be read "
-                     f"({e}); give --config.eval.select_threshold=False --config.eval.calibrate=False "
-                     "--config.eval.threshold=T") from None
+    raise InputError(f"eval.select_threshold, eval.select_min_size and eval.calibrate decide on the val split, "
+                     f"which could not be read ({e}); give --config.eval.select_threshold=False "
+                     "--config.eval.select_min_size=False --config.eval.calibrate=False --config.eval.threshold=T"
+                     ) from None
 
 
 def _decision_record(config: Any, predictor: Predictor) -> dict[str, Any]:
@@ -369,6 +424,15 @@ def _decision_record(config: Any, predictor: Predictor) -> dict[str, Any]:
           "val": {"name": d.name, "root": str(d.get("root", "")), "val_fraction": float(d.val_fraction),
                   "final_fit": bool(d.get("final_fit", False)),
                   **({"val_slices": int(d.val_slices)} if d.get("val_slices", 0) else {})}}
+
+
+def _choice_record(eval_config: Any) -> dict[str, Any]:
+  """What a stored threshold and minimum object size also depend on: the policy that chose them (a fixed
+  threshold or size is the config's, read when loading, so it is not part of it)."""
+  e = eval_config
+  return {"threshold_policy": [float(t) for t in e.threshold_candidates] if e.select_threshold else float(e.threshold),
+          "min_size_policy": ({"candidates": sorted(int(c) for c in e.min_size_candidates),
+                               "iou": float(e.iou_thresholds[0])} if e.select_min_size else int(e.min_size))}
 
 
 def _same(stored: dict[str, Any], record: dict[str, Any]) -> bool:
@@ -394,7 +458,8 @@ def _stored_threshold(workdir: str, step: int, record: dict[str, Any], temperatu
     return None  # unreadable: chosen again and rewritten
   if not stored or not _same(stored, {**record, "temperature": float(temperature)}):
     return None
-  keys = ("value", "source", "val_dice", "candidates", "candidate_val_dice")
+  keys = ("value", "source", "val_dice", "candidates", "candidate_val_dice", "min_size", "min_size_source",
+          "min_size_candidates", "candidate_val_f1")
   return {k: stored[k] for k in keys if k in stored}
 
 

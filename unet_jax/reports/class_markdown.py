@@ -20,7 +20,7 @@ DEFINITIONS = {
                        "eval.bootstrap_seed): each resample's scores are read off the sum of its slices' confusion "
                        f"matrices; n = slices; a dagger marks fewer than {intervals.MIN_UNITS}",
     "objects": "for each class of eval.object_classes, the connected components of its mask (4-connected in a slice "
-               "for 2d, 6-connected in the volume for 3d); predicted components smaller than eval.min_size voxels "
+               "for 2d, 6-connected in the volume for 3d); predicted volume components smaller than eval.min_size voxels "
                "are dropped, true ones never; matched one-to-one at IoU >= threshold as the binary report's "
                "mitochondria (most pairs, then largest total IoU)",
     "object intervals": "precision and recall: Wilson score intervals of found / predicted and found / true; F1 and "

@@ -4,14 +4,16 @@ For each workdir (a trained model, its `config.eval.checkpoint`) and each split:
 - probabilities from the workdir's predictor (unet_jax.inference.predictor, on the accelerator);
 - a threshold: the predictor's policy (`eval.threshold`, or with `eval.select_threshold` the candidate
   of best Dice on the val split, the last training slices; stored in workdir/threshold.json, where
-  every other tool reads it). Selection sees only the val split, never the test split;
+  every other tool reads it), and a minimum object size the same way (`eval.min_size`, or with
+  `eval.select_min_size` the candidate of best instance F1 on val). Selection sees only the val split,
+  never the test split;
 - pixel scores over the stack and per slice (unet_jax.scores.metrics, counted under jit on the device);
 - instance scores for 2D and 3D components and morphometry of true and predicted mitochondria
   (unet_jax.scores.instances, unet_jax.scores.morphometry, on the host: see instances' docstring for why);
 - pictures (unet_jax.reports.figures) and CSV tables; then report.json and report.md (unet_jax.reports.report).
 
 Pixel scores use the thresholded prediction as is; instance scores and predicted morphometry drop
-predicted components smaller than `eval.min_size` voxels first (true instances are never filtered).
+predicted volume components smaller than the minimum object size first (true instances are never filtered).
 
 Error that can be cited: every headline score gets an interval at `eval.confidence_level`
 (unet_jax.scores.intervals: Wilson for per-mitochondrion precision and recall, a seeded bootstrap over
@@ -40,10 +42,11 @@ from unet_jax.scores import calibration, instances, intervals, metrics, morphome
 SPLITS = ("train", "val", "test")
 
 
-def stack_scores(probs: np.ndarray, mask: np.ndarray, threshold: float, eval_config: Any,
+def stack_scores(probs: np.ndarray, mask: np.ndarray, threshold: float, min_size: int, eval_config: Any,
                  voxel_size_nm: Sequence[float], uncertainty_map: np.ndarray | None = None,
                  ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-  """Scores of probabilities f32[Z, H, W] against a mask u8[Z, H, W], and morphometry tables.
+  """Scores of probabilities f32[Z, H, W] against a mask u8[Z, H, W] at `threshold`, and morphometry tables
+  (predicted objects: components of `min_size` voxels or more, the predictor's `min_size`).
 
   Returns ({'pixel', 'pixel_intervals', 'slices', 'instances': {'2d', '3d'} (rows with 'intervals'),
   'morphometry': {'true_2d', ...}, 'review': {'2d', '3d'}}, {'true_2d': table, 'pred_2d': ..., 'true_3d': ...,
@@ -62,7 +65,7 @@ def stack_scores(probs: np.ndarray, mask: np.ndarray, threshold: float, eval_con
   tables = {}
   for dims in instances.DIMS:
     true_labels = instances.label_instances(mask, dims)
-    pred_labels = instances.label_instances(pred, dims, e.min_size)
+    pred_labels = instances.label_instances(pred, dims, min_size)
     overlaps = instances.overlaps(true_labels, pred_labels)
     confidence = uncertainty.object_confidence(probs, pred_labels, uncertainty_map)
     rows = instances.instance_scores(overlaps, e.iou_thresholds, confidence["mean_prob"])
@@ -236,7 +239,8 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
       calib = calibration.calibration_summary(raw, split.mask, predictor.fitted_temperature,
                                               config.eval.calibration_bins)
       calib.update(applied=bool(config.eval.calibrate), fitted_on="val", in_sample=split_name == "val")
-      scores, tables = stack_scores(probs, split.mask, threshold["value"], config.eval, voxel_size, unc)
+      scores, tables = stack_scores(probs, split.mask, threshold["value"], predictor.min_size, config.eval,
+                                    voxel_size, unc)
       files = write_stack_files(report_dir, os.path.join(name, split_name), split, predictor.segment(probs),
                                 scores, tables, config.eval, save_predictions, unc, calib)
       runs.append({"run": name, "workdir": workdir, "checkpoint": config.eval.checkpoint,

@@ -26,7 +26,9 @@ DEFINITIONS = {
                    "when nothing is predicted (true) and nothing was missed (spurious), else 0",
     "pixel scores": "computed on the thresholded probabilities as they are (no size filter)",
     "instances": "connected components (4-connected in a slice for 2d, 6-connected in the volume for 3d); "
-                 "predicted components smaller than eval.min_size voxels are dropped, true ones never",
+                 "predicted voxels of volume components (6-connected) smaller than the minimum object size "
+                 "(eval.min_size, or with eval.select_min_size the candidate of best instance F1 on val) are dropped "
+                 "first, for 2d and 3d alike; true ones never",
     "matching": "one-to-one, optimal: the most (true, predicted) pairs with IoU >= threshold, then the "
                 "largest total IoU (linear_sum_assignment)",
     "found / missed / spurious": "matched pairs (TP) / unmatched true (FN) / unmatched predicted (FP) instances",
@@ -104,6 +106,13 @@ def _threshold_note(threshold: dict[str, Any], split: str | None = None) -> str:
     if split == "val":
       note += "; **chosen on this split: optimistic**"
   return note + ")"
+
+
+def _min_size_note(threshold: dict[str, Any]) -> str:
+  """The minimum object size and where it came from (reports made before it was recorded: unknown)."""
+  if "min_size" not in threshold:
+    return "not recorded"
+  return f"{threshold['min_size']} voxels ({threshold['min_size_source']})"
 
 
 def _split_section(r: dict[str, Any], max_slice_rows: int) -> list[str]:
@@ -254,13 +263,17 @@ def markdown(report: dict[str, Any], max_slice_rows: int = 32) -> str:
   for name in dict.fromkeys(r["run"] for r in runs):
     first = next(r for r in runs if r["run"] == name)
     lines += ["", f"## {name}", "", f"Workdir `{first['workdir']}`, checkpoint {first['checkpoint']} "
-              f"(step {first['step']}), threshold {_threshold_note(first['threshold'])}.", ""]
+              f"(step {first['step']}), threshold {_threshold_note(first['threshold'])}, minimum object size "
+              f"{_min_size_note(first['threshold'])}.", ""]
     if first["training_curves"]:
       lines += [f"![training curves]({first['training_curves']})", ""]
     t = first["threshold"]
     if "candidates" in t:
       lines += ["Threshold candidates (val Dice): " + ", ".join(
           f"{c:g} ({v:.4f})" for c, v in zip(t["candidates"], t["candidate_val_dice"])), ""]
+    if "min_size_candidates" in t:
+      lines += ["Minimum object size candidates, voxels (val instance F1, mean of 2D and 3D): " + ", ".join(
+          f"{c} ({v:.4f})" for c, v in zip(t["min_size_candidates"], t["candidate_val_f1"])), ""]
     for r in (r for r in runs if r["run"] == name):
       lines += _split_section(r, max_slice_rows)
   lines += ["", "## Definitions", ""] + [f"- **{k}**: {v}" for k, v in report["definitions"].items()]

@@ -124,7 +124,7 @@ def object_scores(pred: np.ndarray, truth: np.ndarray, class_prob: np.ndarray, c
   """Per-object scores of class `class_id` in label maps u8[Z, H, W]: instances.instance_scores rows (AP ranked by
   the mean `class_prob` f32[Z, H, W] inside each predicted object), each with its 'intervals'.
 
-  Predicted objects under `min_size` voxels are dropped (true ones never); `resampling` is (resamples,
+  Predicted volume components under `min_size` voxels are dropped (true ones never); `resampling` is (resamples,
   confidence, seed). Also returns the overlaps and the predicted instance labels i32[Z, H, W].
   """
   true_labels = instances.label_instances(np.asarray(truth) == class_id, dims)

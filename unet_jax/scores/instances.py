@@ -3,7 +3,9 @@
 Instances are the connected components of a binary mask (face connectivity: 4-connected within a
 slice, 6-connected in a volume), either per slice (`dims=2`, natural for anisotropic serial
 sections such as VNC, 50 nm apart) or over the volume (`dims=3`, natural for isotropic FIB-SEM
-such as Lucchi). Predicted components smaller than `min_size` voxels are dropped first.
+such as Lucchi). A minimum size (`min_size`) drops the predicted voxels of volume components
+smaller than it first, for both: specks are small in the volume, while the profile of a thin
+object in one section may be smaller than any speck, so a per-section size cannot tell them apart.
 
 Matching at an IoU threshold t is one-to-one and optimal: among the (true, predicted) pairs with
 IoU >= t it takes the largest set of disjoint pairs and, among those, the one of largest total IoU
@@ -28,7 +30,6 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage, optimize, sparse
 from scipy.sparse import csgraph
-from skimage import segmentation
 
 from unet_jax.errors import InputError
 from unet_jax.scores import metrics
@@ -40,11 +41,15 @@ def label_instances(mask: Any, dims: int, min_size: int = 0) -> np.ndarray:
   """Instance labels i32[Z, H, W] (0 background, 1..n) of a binary mask bool[Z, H, W].
 
   dims=2 labels each slice on its own (labels stay unique across the stack); dims=3 labels the
-  volume. Components of fewer than `min_size` voxels are removed before numbering.
+  volume. Volume components (6-connected) of fewer than `min_size` voxels are removed before numbering.
   """
   mask = np.asarray(mask).astype(bool)
   if mask.ndim != 3:
     raise InputError(f"instance labelling needs a stack [Z, H, W], got shape {mask.shape}")
+  if min_size > 1:
+    volume = ndimage.label(mask)[0]
+    mask = np.bincount(volume.ravel())[volume] >= min_size
+    mask[volume == 0] = False
   if dims == 3:
     labels = ndimage.label(mask)[0]
   elif dims == 2:
@@ -56,9 +61,7 @@ def label_instances(mask: Any, dims: int, min_size: int = 0) -> np.ndarray:
       offset += n
   else:
     raise InputError(f"instance dims must be one of {DIMS}, got {dims!r}")
-  if min_size > 1:
-    labels = np.where(np.bincount(labels.ravel())[labels] >= min_size, labels, 0)
-  return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+  return labels.astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +128,28 @@ def match(ov: Overlaps, threshold: float) -> tuple[np.ndarray, np.ndarray, np.nd
     ok = weight[a, b] > 0
     out.append((rows[a[ok]], cols[b[ok]], block[a[ok], b[ok]]))
   return tuple(np.concatenate(parts) for parts in zip(*out))
+
+
+def f1_by_min_size(mask: Any, pred: Any, dims: int, min_sizes: Sequence[int], threshold: float) -> np.ndarray:
+  """Instance F1 f64[len(min_sizes)] of the prediction bool[Z, H, W] against the mask at IoU `threshold`, as
+  `label_instances(pred, dims, min_size)` scores for each of `min_sizes`: the components are labelled and
+  overlapped once, and each size keeps the pairs of the components whose volume component it keeps."""
+  pred = np.asarray(pred).astype(bool)
+  true_labels, pred_labels = label_instances(mask, dims), label_instances(pred, dims)
+  ov = overlaps(true_labels, pred_labels)
+  volume = ndimage.label(pred)[0]
+  sizes = np.zeros(ov.n_pred + 1, np.int64)
+  sizes[pred_labels.ravel()] = np.bincount(volume.ravel())[volume.ravel()]  # each component: its volume's size
+  sizes = sizes[1:]
+  f1 = []
+  for min_size in min_sizes:
+    kept = sizes >= min_size
+    pairs = kept[ov.pred_index]
+    found = len(match(dataclasses.replace(ov, true_index=ov.true_index[pairs], pred_index=ov.pred_index[pairs],
+                                          iou=ov.iou[pairs]), threshold)[2])
+    n_pred = int(kept.sum())
+    f1.append(metrics.scores_from_counts({"tp": found, "fp": n_pred - found, "fn": ov.n_true - found, "tn": 0})["dice"])
+  return np.asarray(f1, np.float64)
 
 
 def average_precision(ov: Overlaps, scores: Any, threshold: float) -> float | None:

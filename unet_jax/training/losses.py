@@ -42,6 +42,20 @@ def batch_sums(logits: jax.Array, mask: jax.Array, weight: jax.Array | None = No
           "pixels": jnp.sum(jnp.broadcast_to(weight, mask.shape))}
 
 
+def boundary_weights(mask: jax.Array, width: int, gain: float) -> jax.Array:
+  """Per-pixel loss weights f32 of mask f32[B, *spatial, 1]: 1 + `gain` on the band of pixels within `width`
+  pixels (in the plane, square neighbourhood) of a foreground/background edge, on both sides; 1 elsewhere.
+
+  The edges of mitochondria are where a segmentation is least sure and where instance IoU is lost; the
+  weight makes the loss count them more (as the U-Net paper's border weights do, with a band instead of a
+  distance decay, so it costs two pooling passes on the device). The band is taken per section in 3D:
+  50 nm sections make the z neighbours of an edge a different place."""
+  window = (1,) * (mask.ndim - 3) + (2 * width + 1, 2 * width + 1, 1)
+  pool = lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, (1,) * mask.ndim, "SAME")
+  dilated, eroded = pool(mask), -pool(-mask)
+  return 1.0 + gain * (dilated - eroded)
+
+
 def class_sums(logits: jax.Array, labels: jax.Array, output: str = "softmax",
                class_weights: Sequence[float] = ()) -> Sums:
   """Sums of a K-class model: logits f32[B, *spatial, K], labels [B, *spatial, 1] of class ids 0..K-1.

@@ -115,7 +115,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array,
   """One optimiser step on the global batch, of which this device holds a shard.
 
   batch: {'image', 'mask'}: f32[B, *patch, 1]; keys: one PRNG key per example (augmentation, which also
-  gives each pixel its loss weight: 0 on a blanked section). Mean teacher (train.consistency_weight > 0):
+  gives each pixel its loss weight: 0 on a blanked section; times 1 + train.boundary_weight near the edges of
+  the augmented mask, `losses.boundary_weights`). Mean teacher (train.consistency_weight > 0):
   batch['unlabeled'] f32[U, *patch, C] and `unlabeled_keys`, one per unlabelled example (its two views), add
   the weighted consistency loss of unet_jax/training/consistency.py.
   The loss is a function of batch sums (unet_jax/training/losses.py): the shards' sums are added over
@@ -127,6 +128,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], keys: jax.Array,
   if multi_class:  # class ids: augmented as integers (nearest), never interpolated
     batch = {**batch, "mask": batch["mask"].astype(jnp.int32)}
   image, mask, weight = augment.augment_batch_with_weights(keys, batch["image"], batch["mask"], config.augment)
+  if config.train.boundary_weight:  # binary models (config check)
+    weight = weight * losses.boundary_weights(mask, config.train.boundary_width, config.train.boundary_weight)
   loss_fn = losses.get_loss(config.train.loss)
   if multi_class:  # a mean over the classes, weighted by train.class_weights
     loss_fn = functools.partial(loss_fn, weights=class_weights)

@@ -211,7 +211,8 @@ class SegmentWidget(Panel):
     self.put_layer("labels", f"{layer.name} objects", _squeezed(r["labels"], ndim), **common)
     s = r["summary"]
     self.status.value = (f"step {s['step']}, threshold {s['threshold']:g} ({s['threshold_source']}), temperature "
-                         f"{s['temperature']:.3g}: {int(r['labels'].max())} objects; {s['voxel_size']['note']}")
+                         f"{s['temperature']:.3g}: {int(r['labels'].max())} objects of {s['min_size']} voxels or more; "
+                         f"{s['voxel_size']['note']}")
 
   def _show_classes(self, r: dict[str, Any], common: dict[str, Any]) -> None:
     """A K-class model's layers: each class's probabilities (hidden until chosen) and the class map."""
@@ -257,7 +258,7 @@ class ScoreWidget(Panel):
       scores = layers.scores(probs, truth, predictor, config, layers.voxel_size(prediction.scale, config))
       self.report(1, 2)
       return {"overlay": layers.error_overlay(pred, truth), "scores": scores,
-              "objects": layers.error_objects(pred, truth, config, dims)}
+              "objects": layers.error_objects(pred, truth, predictor, config, dims)}
 
     return work
 
