@@ -47,9 +47,8 @@ def label_instances(mask: Any, dims: int, min_size: int = 0) -> np.ndarray:
   if mask.ndim != 3:
     raise InputError(f"instance labelling needs a stack [Z, H, W], got shape {mask.shape}")
   if min_size > 1:
-    volume = ndimage.label(mask)[0]
-    mask = np.bincount(volume.ravel())[volume] >= min_size
-    mask[volume == 0] = False
+    volume, sizes = _volume_sizes(mask)
+    mask = sizes[volume] >= min_size
   if dims == 3:
     labels = ndimage.label(mask)[0]
   elif dims == 2:
@@ -62,6 +61,14 @@ def label_instances(mask: Any, dims: int, min_size: int = 0) -> np.ndarray:
   else:
     raise InputError(f"instance dims must be one of {DIMS}, got {dims!r}")
   return labels.astype(np.int32)
+
+
+def _volume_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(6-connected component labels of mask bool[Z, H, W], voxels per label with 0 for the background)."""
+  volume = ndimage.label(mask)[0]
+  sizes = np.bincount(volume.ravel())
+  sizes[0] = 0
+  return volume, sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +142,11 @@ def f1_by_min_size(mask: Any, pred: Any, dims: int, min_sizes: Sequence[int], th
   `label_instances(pred, dims, min_size)` scores for each of `min_sizes`: the components are labelled and
   overlapped once, and each size keeps the pairs of the components whose volume component it keeps."""
   pred = np.asarray(pred).astype(bool)
-  true_labels, pred_labels = label_instances(mask, dims), label_instances(pred, dims)
-  ov = overlaps(true_labels, pred_labels)
-  volume = ndimage.label(pred)[0]
+  volume, volume_sizes = _volume_sizes(pred)
+  pred_labels = volume if dims == 3 else label_instances(pred, dims)
+  ov = overlaps(label_instances(mask, dims), pred_labels)
   sizes = np.zeros(ov.n_pred + 1, np.int64)
-  sizes[pred_labels.ravel()] = np.bincount(volume.ravel())[volume.ravel()]  # each component: its volume's size
+  sizes[pred_labels.ravel()] = volume_sizes[volume.ravel()]  # each component: its volume component's size
   sizes = sizes[1:]
   f1 = []
   for min_size in min_sizes:
