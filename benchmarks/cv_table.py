@@ -23,7 +23,7 @@ Each run keeps its probabilities (OUT/runs/NAME/predicted/probabilities.tif), so
 compared without retraining (RULES): the candidate threshold of best val Dice (what our recipe does), a
 fixed 0.5 (what the script does), and the val threshold shrunk halfway to 0.5. Per run and rule: test Dice
 (pixels of the test slices) and per-object F1 at IoU 0.5 (2D components, predicted ones under eval.min_size
-dropped; unet_jax/scores/instances.py). Candidates and min_size are --ours_config's (its file, not the
+and eval.min_area dropped; unet_jax/scores/instances.py). Candidates, min_size and min_area are --ours_config's (its file, not the
 --config.x=v overrides). Thresholds are chosen on val only; test decides nothing. The folds join slices that
 are not neighbours, so --ours_config must be 2D without model.context_slices.
 
@@ -240,7 +240,8 @@ def warm_up_commands(out: str, fold: Fold, config: str, extra: Sequence[str], na
                        0, ["--config.train.budget_minutes=0", "--config.train.steps=2"], config, extra)
 
 
-def score(probs: np.ndarray, mask: np.ndarray, n_val: int, candidates: Sequence[float], min_size: int) -> dict:
+def score(probs: np.ndarray, mask: np.ndarray, n_val: int, candidates: Sequence[float], min_size: int,
+          min_area: int) -> dict:
   """Per rule of RULES: threshold, test Dice, precision, recall and per-object F1 at IoU 0.5, from the
   probabilities f32[V + T, H, W] of the val then test slices and their mask u8[V + T, H, W]."""
   val_threshold = metrics.best_dice_threshold(probs[:n_val], mask[:n_val] > 0, candidates)[0]
@@ -251,7 +252,7 @@ def score(probs: np.ndarray, mask: np.ndarray, n_val: int, candidates: Sequence[
     threshold = threshold_of(val_threshold)
     pred = test_probs >= threshold
     pixel = metrics.scores_from_counts(metrics.confusion_counts(pred, truth))
-    overlaps = instances.overlaps(true_labels, instances.label_instances(pred, 2, min_size))
+    overlaps = instances.overlaps(true_labels, instances.label_instances(pred, 2, min_size, min_area))
     found = len(instances.match(overlaps, 0.5)[2])
     objects = {"tp": found, "fp": overlaps.n_pred - found, "fn": overlaps.n_true - found, "tn": 0}
     rules[rule] = {"threshold": threshold, "dice": pixel["dice"], "precision": pixel["precision"],
@@ -283,7 +284,7 @@ def execute(run: Run, out: str, commands_of_run: list[list[str]], stack: tuple[n
   wall = (time.time() - start) / 60
   slices = list(run.fold.val + run.fold.test)
   rules = score(stacks.read_stack(probabilities).astype(np.float32), stack[1][slices], len(run.fold.val),
-                [float(t) for t in eval_config.threshold_candidates], eval_config.min_size)
+                [float(t) for t in eval_config.threshold_candidates], eval_config.min_size, eval_config.min_area)
   record = {"side": run.side, "fold": run.fold.index, "seed": run.seed, "minutes": run.minutes,
             "test_slices": list(run.fold.test), "val_slices": list(run.fold.val), "wall_minutes": wall,
             **trained(run, workdir, log), "rules": rules}

@@ -75,12 +75,13 @@ def main(argv: list[str]) -> None:
 
   def instance_part(dims):
     true_labels = instances.label_instances(split.mask, dims)
-    pred_labels = instances.label_instances(pred, dims, config.min_size)
+    pred_labels = instances.label_instances(pred, dims, config.min_size, config.min_area)
     ov = instances.overlaps(true_labels, pred_labels)
     return instances.instance_scores(ov, config.iou_thresholds, instances.mean_inside(probs, pred_labels))
 
   labels_3d = instances.label_instances(split.mask, 3)
-  scores, tables = evaluation.stack_scores(probs, split.mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6))
+  scores, tables = evaluation.stack_scores(probs, split.mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6),
+                                           min_area=config.min_area)
   with tempfile.TemporaryDirectory() as out:
     parts = {
         "pixel counts per slice (jit)": lambda: metrics.slice_scores(pred, split.mask),
@@ -91,7 +92,8 @@ def main(argv: list[str]) -> None:
         "instances 3D: label + match + scores": lambda: instance_part(3),
         "morphometry 3D (regionprops)": lambda: morphometry.measure(labels_3d, (50.0, 4.6, 4.6)),
         "stack_scores (all of the above but the sweep)":
-            lambda: evaluation.stack_scores(probs, split.mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6)),
+            lambda: evaluation.stack_scores(probs, split.mask, 0.5, config.min_size, config, (50.0, 4.6, 4.6),
+                                           min_area=config.min_area),
         "pictures + CSVs (write_stack_files)":
             lambda: evaluation.write_stack_files(out, "s", split, pred, scores, tables, config),
     }
@@ -111,7 +113,8 @@ def additions(split: data.Split, probs: np.ndarray, config) -> None:
   pred = probs >= 0.5
   resampling = (config.bootstrap_resamples, config.confidence_level, config.bootstrap_seed)
   counts = metrics.slice_counts(pred, split.mask)
-  labels = {d: (instances.label_instances(split.mask, d), instances.label_instances(pred, d, config.min_size))
+  labels = {d: (instances.label_instances(split.mask, d),
+                instances.label_instances(pred, d, config.min_size, config.min_area))
             for d in instances.DIMS}
   overlaps = {d: instances.overlaps(*labels[d]) for d in instances.DIMS}
 

@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
   image, truth = splits["test"].image[0], splits["test"].mask[0].astype(bool)
   probs = Predictor.create(model, variables, config.eval, step).raw_probabilities(image)
   objects = explanation.slice_objects(probs >= config.eval.threshold, truth, config.eval.min_size,
-                                      config.eval.iou_thresholds[0])
+                                      config.eval.iou_thresholds[0], config.eval.min_area)
   crop = config.explain.crop or windows.window_settings(config.eval, 2)["window"][0]
   sizes = np.bincount(objects.pred_labels.ravel())
   [target] = explanation.parse_objects(str(int(np.argmax(sizes[1:]) + 1)), objects, crop)

@@ -64,9 +64,9 @@ def main(argv: list[str]) -> None:
   def scores(predictor: Predictor, pixels: np.ndarray, truth: np.ndarray, factor: float) -> tuple[float, float]:
     pred = predictor.segment(predictor.probabilities(pixels))
     dice = metrics.pixel_scores(pred, truth)["dice"]
-    min_size = int(round(config.eval.min_size / factor ** 2))
+    min_size, min_area = (int(round(config.eval[k] / factor ** 2)) for k in ("min_size", "min_area"))
     overlaps = instances.overlaps(instances.label_instances(truth, 2),
-                                  instances.label_instances(pred, 2, min_size))
+                                  instances.label_instances(pred, 2, min_size, min_area))
     f1 = instances.instance_scores(overlaps, [0.5], np.zeros(overlaps.n_pred))[0]["f1"]
     return dice, f1
 

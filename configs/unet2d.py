@@ -182,6 +182,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.select_threshold = False  # True: use the candidate of best Dice on the val split (never test)
   c.eval.threshold_candidates = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
   c.eval.min_size = 100  # drop predicted components < this many voxels
+  c.eval.min_area = 100  # 2D objects: also drop profiles < this many pixels in their section (fragments, specks)
   c.eval.select_min_size = False  # True: the min_size candidate of best instance F1 on the val split (never test)
   c.eval.min_size_candidates = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)  # voxels
   c.eval.iou_thresholds = (0.5, 0.75)  # instance matching; AP at 0.75 is MitoEM's AP-75
@@ -278,6 +279,7 @@ def synthetic(c: ml_collections.ConfigDict) -> None:
   c.train.patch_size = 128
   c.train.eval_every = 100
   c.eval.min_size = 20
+  c.eval.min_area = 20
 
 
 def tiny(c: ml_collections.ConfigDict) -> None:

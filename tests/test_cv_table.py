@@ -114,7 +114,7 @@ def test_rules_on_probabilities_with_known_thresholds():
   mask = np.zeros((2, 32, 32), np.uint8)
   mask[:, 4:14, 4:14] = mask[:, 18:28, 18:28] = 255
   probs = np.where(mask > 0, np.float32([[[0.3]], [[0.4]]]), np.float32(0.1))
-  rules = cv_table.score(probs, mask, 1, [round(0.05 * i, 2) for i in range(1, 20)], min_size=20)
+  rules = cv_table.score(probs, mask, 1, [round(0.05 * i, 2) for i in range(1, 20)], min_size=20, min_area=20)
   assert [rules[r]["threshold"] for r in ("val", "0.5", "halfway")] == [0.15, 0.5, 0.325]
   assert rules["val"]["dice"] == rules["val"]["f1"] == rules["halfway"]["dice"] == rules["halfway"]["f1"] == 1.0
   assert rules["0.5"]["dice"] == rules["0.5"]["f1"] == rules["0.5"]["recall"] == 0.0

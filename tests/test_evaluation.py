@@ -82,6 +82,21 @@ def test_stack_scores_by_hand():
   assert scores["morphometry"]["true_3d"]["volume_nm3"]["count"] == 2
 
 
+def test_min_area_keeps_an_objects_fragment_out_of_the_2d_objects_only():
+  """A 16 px object's edge reaching 1 px into the next section: one object, in 2D as in 3D, with min_area."""
+  config = unet2d.get_config("tiny").eval
+  mask = np.zeros((2, 8, 8), np.uint8)
+  mask[0, 1:5, 1:5] = 1
+  probs = mask.astype(np.float32)
+  probs[1, 2, 2] = 0.9  # the fragment: part of the 17-voxel volume component, above min_size
+  counts = lambda s, d: (s["instances"][d][0]["n_pred"], s["instances"][d][0]["spurious"])
+  without = evaluation.stack_scores(probs, mask, 0.5, 5, config, (50.0, 4.6, 4.6))[0]
+  assert counts(without, "2d") == (2, 1) and counts(without, "3d") == (1, 0)
+  scores, tables = evaluation.stack_scores(probs, mask, 0.5, 5, config, (50.0, 4.6, 4.6), min_area=2)
+  assert counts(scores, "2d") == (1, 0) and counts(scores, "3d") == (1, 0)
+  assert tables["pred_2d"]["voxels"].tolist() == [16] and tables["pred_3d"]["voxels"].tolist() == [17]
+
+
 def test_run_names():
   assert evaluation.run_names(["runs/a", "other/a/", "b"]) == ["a_0", "a_1", "b"]
 

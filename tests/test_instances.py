@@ -51,6 +51,21 @@ def test_min_size_counts_volume_components_for_2d_objects_too():
   assert instances.label_instances(mask, 2, min_size=9).max() == 8  # 9 itself is kept
 
 
+def test_min_area_drops_a_kept_objects_fragments_from_2d_objects_only():
+  """A 40-voxel object whose edge reaches 1 px into the next section: in 2D that pixel is no object of its own."""
+  mask = np.zeros((2, 10, 10), bool)
+  mask[0, 1:5, 1:9] = True  # 32 px in section 0
+  mask[1, 2, 2] = True  # the fragment, 6-connected to it
+  mask[1, 6:9, 6:9] = True  # 9 px, its own volume component
+  assert instances.label_instances(mask, 2, min_size=10).max() == 2  # the fragment alone survives the volume filter
+  labels = instances.label_instances(mask, 2, min_size=10, min_area=5)
+  assert labels.max() == 1 and labels[0, 1, 1] == 1 and not labels[1].any()
+  area_only = instances.label_instances(mask, 2, min_area=5)
+  assert area_only.max() == 2 and area_only[1, 7, 7]
+  three_d = instances.label_instances(mask, 3, min_size=10, min_area=5)  # a 3D object keeps its fragment
+  assert three_d.max() == 1 and three_d[1, 2, 2] == 1
+
+
 def test_bad_dims_and_shapes():
   with pytest.raises(InputError, match="dims"):
     instances.label_instances(np.zeros((1, 4, 4)), 4)
@@ -152,7 +167,8 @@ def test_mean_inside():
 
 @pytest.mark.parametrize("dims", instances.DIMS)
 @pytest.mark.parametrize("iou", [0.3, 0.5])
-def test_f1_by_min_size_is_the_f1_of_the_filtered_prediction(dims, iou):
+@pytest.mark.parametrize("min_area", [0, 3])
+def test_f1_by_min_size_is_the_f1_of_the_filtered_prediction(dims, iou, min_area):
   """One labelling serves every size: each F1 equals the one scored after dropping the small components."""
   rng = np.random.default_rng(0)
   truth = rng.random((4, 32, 32)) > 0.75
@@ -160,7 +176,8 @@ def test_f1_by_min_size_is_the_f1_of_the_filtered_prediction(dims, iou):
   sizes = [0, 2, 3, 5, 8, 40]
   expected = []
   for size in sizes:
-    ov = instances.overlaps(instances.label_instances(truth, dims), instances.label_instances(pred, dims, size))
+    ov = instances.overlaps(instances.label_instances(truth, dims),
+                            instances.label_instances(pred, dims, size, min_area))
     expected.append(instances.instance_scores(ov, [iou], np.ones(ov.n_pred))[0]["f1"])
-  np.testing.assert_allclose(instances.f1_by_min_size(truth, pred, dims, sizes, iou), expected)
+  np.testing.assert_allclose(instances.f1_by_min_size(truth, pred, dims, sizes, iou, min_area), expected)
   assert len(set(expected)) > 2  # the sizes matter here, so the comparison means something

@@ -96,6 +96,11 @@ def test_other_settings_decide_again(reported):
   fixed = config.copy_and_resolve_references()
   fixed.eval.select_min_size, fixed.eval.min_size = False, 3  # a fixed size is the config's
   assert Predictor.load(fixed, workdir).min_size == 3
+  area = config.copy_and_resolve_references()
+  area.eval.min_area += 1  # the size was chosen with the area: decided again
+  assert Predictor.load(area, workdir).min_area == area.eval.min_area
+  assert json.load(open(os.path.join(workdir, "threshold.json")))[str(run["step"])]["min_area"] == \
+      area.eval.min_area
 
 
 @pytest.mark.slow
@@ -214,16 +219,27 @@ def test_min_size_is_chosen_on_val_by_instance_f1():
   """Specks of 9 px cost F1; the smallest candidate that drops them wins, and one that drops the objects loses."""
   pred, mask = blobs_and_objects()
   e = unet2d.get_config("tiny").eval
-  e.select_min_size, e.min_size_candidates = True, (0, 10, 50, 100, 101)
+  e.select_min_size, e.min_size_candidates, e.min_area = True, (0, 10, 50, 100, 101), 0
   chosen = choose_min_size(e, pred, mask)
   assert chosen["min_size"] == 10 and "val split" in chosen["min_size_source"]
   f1 = dict(zip(chosen["min_size_candidates"], chosen["candidate_val_f1"]))
   assert f1[0] == pytest.approx(2 * 3 / (3 + 11)) and f1[10] == f1[50] == f1[100] == 1.0 and f1[101] == 0.0
   e.select_min_size = False
-  assert choose_min_size(e, pred, mask) == {"min_size": e.min_size, "min_size_source": "config eval.min_size"}
+  assert choose_min_size(e, pred, mask) == {"min_size": e.min_size, "min_size_source": "config eval.min_size",
+                                            "min_area": 0}
   e.select_min_size = True
   with pytest.raises(InputError, match="val split"):
     choose_min_size(e)
+
+
+def test_the_size_is_chosen_with_the_min_area():
+  """Profiles under eval.min_area are no 2D objects while the size is chosen, and the record carries the area."""
+  pred, mask = blobs_and_objects()
+  e = unet2d.get_config("tiny").eval
+  e.select_min_size, e.min_size_candidates, e.min_area = True, (0, 10), 10
+  chosen = choose_min_size(e, pred, mask)
+  assert chosen["min_area"] == 10  # the 9 px specks are no 2D objects; in 3D they still are
+  assert chosen["candidate_val_f1"] == pytest.approx([(1.0 + 2 * 3 / (3 + 11)) / 2, 1.0])
 
 
 def test_decisions_choose_the_size_at_the_chosen_threshold():

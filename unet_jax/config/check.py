@@ -185,6 +185,7 @@ def _rules(section: str) -> list[Rule]:
             ("eval.select_threshold", _is(bool), "True or False"),
             ("eval.threshold_candidates", _seq(_num(0.0, 1.0, True, True)), "probabilities in (0, 1)"),
             ("eval.min_size", _int(0), "voxels >= 0"),
+            ("eval.min_area", _int(0), "pixels >= 0"),
             ("eval.select_min_size", _is(bool), "True or False"),
             ("eval.min_size_candidates", _seq(_int(0)), "voxel counts >= 0"),
             ("eval.iou_thresholds", _seq(_num(0.0, 1.0, lo_open=True)), "numbers in (0, 1]"),

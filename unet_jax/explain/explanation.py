@@ -73,9 +73,10 @@ class SliceObjects:
   missed: list[int]  # true ids without a matched prediction
 
 
-def slice_objects(pred: np.ndarray, truth: np.ndarray | None, min_size: int, iou: float) -> SliceObjects:
-  """Components of the prediction bool[H, W] (>= min_size px) and of the truth, matched at `iou`."""
-  pred_labels = instances.label_instances(pred[None], 2, min_size)[0]
+def slice_objects(pred: np.ndarray, truth: np.ndarray | None, min_size: int, iou: float,
+                  min_area: int = 0) -> SliceObjects:
+  """Components of the prediction bool[H, W] (>= min_size and >= min_area px) and of the truth, matched at `iou`."""
+  pred_labels = instances.label_instances(pred[None], 2, min_size, min_area)[0]
   if truth is None:
     return SliceObjects(pred_labels, None, {}, [])
   true_labels = instances.label_instances(truth[None], 2)[0]
@@ -386,7 +387,7 @@ def explain(config: Any, workdir: str, output_dir: str, object_spec: str, split:
     pred, probs, truth = predictor.label_map(probs) == c, probs[..., c], None if truth is None else truth == c
   else:
     pred = predictor.segment(probs)
-  objects = slice_objects(pred, truth, predictor.min_size, config.eval.iou_thresholds[0])
+  objects = slice_objects(pred, truth, predictor.min_size, config.eval.iou_thresholds[0], predictor.min_area)
   crop = ex.crop or predictor.settings["window"][0]
   targets = parse_objects(object_spec, objects, crop, name or "mitochondrion")
   key = jax.random.PRNGKey(ex.seed)

@@ -16,7 +16,8 @@ calibrate and threshold alike.
 - minimum object size (predicted volume components smaller than it are not objects: instance scores,
   morphometry, review lists, the viewer's objects, explanations): with `eval.select_min_size`, the
   `eval.min_size_candidates` value of best instance F1 on the val split at that threshold (stored
-  with the threshold), else `eval.min_size`.
+  with the threshold), else `eval.min_size`; in 2D instances, profiles under `eval.min_area` pixels
+  are not objects either (unet_jax/scores/instances.py), a fixed setting the choice is made with.
 The val split is read only when a decision is not stored; the test split never decides anything.
 
 Every prediction runs the block-wise path of unet_jax/inference/tiling.py on the volume's global
@@ -98,9 +99,10 @@ def choose_min_size(eval_config: Any, val_pred: np.ndarray | None = None,
   if val_pred is None or val_mask is None:
     raise InputError("eval.select_min_size needs the val split's prediction and mask")
   candidates = sorted(int(c) for c in e.min_size_candidates)
-  f1 = np.mean([instances.f1_by_min_size(val_mask, val_pred, dims, candidates, e.iou_thresholds[0])
-                for dims in instances.DIMS], axis=0)
+  f1 = np.mean([instances.f1_by_min_size(val_mask, val_pred, dims, candidates, e.iou_thresholds[0],
+                                         _min_area(e)) for dims in instances.DIMS], axis=0)
   return {"min_size": candidates[int(np.argmax(f1))],  # the first of equal maxima: the smallest size
+          "min_area": _min_area(e),
           "min_size_source": f"best instance F1 on the val split over {len(candidates)} candidates",
           "min_size_candidates": candidates, "candidate_val_f1": [float(v) for v in f1]}
 
@@ -116,7 +118,13 @@ def _config_threshold(eval_config: Any) -> dict[str, Any]:
 
 def _config_min_size(eval_config: Any) -> dict[str, Any]:
   """Inference-only settings (windows, no scoring) may lack `min_size`: then every component counts."""
-  return {"min_size": int(eval_config.get("min_size", 0)), "min_size_source": "config eval.min_size"}
+  return {"min_size": int(eval_config.get("min_size", 0)), "min_size_source": "config eval.min_size",
+          "min_area": _min_area(eval_config)}
+
+
+def _min_area(eval_config: Any) -> int:
+  """Settings and packages made before `eval.min_area` existed count every profile."""
+  return int(eval_config.get("min_area", 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +257,11 @@ class Predictor:
     return int(self.threshold["min_size"])
 
   @property
+  def min_area(self) -> int:
+    """Profiles of fewer pixels in their section are not 2D objects (unet_jax/scores/instances.py)."""
+    return int(self.threshold.get("min_area", 0))
+
+  @property
   def raw_threshold(self) -> float:
     """The threshold on raw network probabilities equivalent to the threshold on calibrated ones:
     sigmoid(logit(p) / T) >= t exactly when p >= sigmoid(T logit(t))."""
@@ -360,7 +373,8 @@ class Predictor:
     """What decides this predictor's output, as JSON values (for summaries and reports)."""
     summary = {"step": self.step, **self.settings, "window": list(self.settings["window"]), "tta": self.tta,
                "engine": self.engine, "temperature": float(self.temperature), "threshold": self.threshold_value,
-               "threshold_source": self.threshold["source"], "min_size": self.min_size}
+               "threshold_source": self.threshold["source"], "min_size": self.min_size,
+               "min_area": self.min_area}
     if self.resampling is not None:
       summary["voxel_size"] = self.resampling.record
     return summary
@@ -428,11 +442,13 @@ def _decision_record(config: Any, predictor: Predictor) -> dict[str, Any]:
 
 def _choice_record(eval_config: Any) -> dict[str, Any]:
   """What a stored threshold and minimum object size also depend on: the policy that chose them (a fixed
-  threshold or size is the config's, read when loading, so it is not part of it)."""
+  threshold or size is the config's, read when loading, so it is not part of it) and the minimum area the
+  size was chosen with."""
   e = eval_config
   return {"threshold_policy": [float(t) for t in e.threshold_candidates] if e.select_threshold else float(e.threshold),
           "min_size_policy": ({"candidates": sorted(int(c) for c in e.min_size_candidates),
-                               "iou": float(e.iou_thresholds[0])} if e.select_min_size else int(e.min_size))}
+                               "iou": float(e.iou_thresholds[0])} if e.select_min_size else int(e.min_size)),
+          "min_area": _min_area(e)}
 
 
 def _same(stored: dict[str, Any], record: dict[str, Any]) -> bool:
@@ -459,7 +475,7 @@ def _stored_threshold(workdir: str, step: int, record: dict[str, Any], temperatu
   if not stored or not _same(stored, {**record, "temperature": float(temperature)}):
     return None
   keys = ("value", "source", "val_dice", "candidates", "candidate_val_dice", "min_size", "min_size_source",
-          "min_size_candidates", "candidate_val_f1")
+          "min_area", "min_size_candidates", "candidate_val_f1")
   return {k: stored[k] for k in keys if k in stored}
 
 

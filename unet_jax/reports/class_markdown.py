@@ -21,8 +21,8 @@ DEFINITIONS = {
                        f"matrices; n = slices; a dagger marks fewer than {intervals.MIN_UNITS}",
     "objects": "for each class of eval.object_classes, the connected components of its mask (4-connected in a slice "
                "for 2d, 6-connected in the volume for 3d); predicted volume components smaller than eval.min_size voxels "
-               "are dropped, true ones never; matched one-to-one at IoU >= threshold as the binary report's "
-               "mitochondria (most pairs, then largest total IoU)",
+               "are dropped (and 2d profiles under eval.min_area pixels), true ones never; matched one-to-one at "
+               "IoU >= threshold as the binary report's mitochondria (most pairs, then largest total IoU)",
     "object intervals": "precision and recall: Wilson score intervals of found / predicted and found / true; F1 and "
                         "PQ: percentile bootstrap over the units of the matching (found, missed, spurious)",
     "ap": "COCO-style average precision at the IoU threshold, predicted objects ranked by the mean probability of "

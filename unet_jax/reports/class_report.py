@@ -59,7 +59,7 @@ def object_class_scores(probs: np.ndarray, labels: np.ndarray, truth: np.ndarray
   scores, reviews, tables = {}, {}, {}
   for dims in instances.DIMS:
     rows, ov, pred_labels = classes.object_scores(labels, truth, probs[..., class_id], class_id, dims, e.min_size,
-                                                  e.iou_thresholds, resampling)
+                                                  e.iou_thresholds, resampling, e.get("min_area", 0))
     _, pred_index, iou = instances.match(ov, e.iou_thresholds[0])
     matched_iou = np.zeros(ov.n_pred)
     matched_iou[pred_index] = iou

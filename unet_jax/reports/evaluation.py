@@ -43,10 +43,11 @@ SPLITS = ("train", "val", "test")
 
 
 def stack_scores(probs: np.ndarray, mask: np.ndarray, threshold: float, min_size: int, eval_config: Any,
-                 voxel_size_nm: Sequence[float], uncertainty_map: np.ndarray | None = None,
+                 voxel_size_nm: Sequence[float], uncertainty_map: np.ndarray | None = None, *, min_area: int = 0,
                  ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
   """Scores of probabilities f32[Z, H, W] against a mask u8[Z, H, W] at `threshold`, and morphometry tables
-  (predicted objects: components of `min_size` voxels or more, the predictor's `min_size`).
+  (predicted objects: components of `min_size` voxels or more, 2D ones of `min_area` pixels or more: the
+  predictor's `min_size` and `min_area`).
 
   Returns ({'pixel', 'pixel_intervals', 'slices', 'instances': {'2d', '3d'} (rows with 'intervals'),
   'morphometry': {'true_2d', ...}, 'review': {'2d', '3d'}}, {'true_2d': table, 'pred_2d': ..., 'true_3d': ...,
@@ -65,7 +66,7 @@ def stack_scores(probs: np.ndarray, mask: np.ndarray, threshold: float, min_size
   tables = {}
   for dims in instances.DIMS:
     true_labels = instances.label_instances(mask, dims)
-    pred_labels = instances.label_instances(pred, dims, min_size)
+    pred_labels = instances.label_instances(pred, dims, min_size, min_area)
     overlaps = instances.overlaps(true_labels, pred_labels)
     confidence = uncertainty.object_confidence(probs, pred_labels, uncertainty_map)
     rows = instances.instance_scores(overlaps, e.iou_thresholds, confidence["mean_prob"])
@@ -240,7 +241,7 @@ def evaluate(config: Any, workdirs: Sequence[str], report_dir: str, split_names:
                                               config.eval.calibration_bins)
       calib.update(applied=bool(config.eval.calibrate), fitted_on="val", in_sample=split_name == "val")
       scores, tables = stack_scores(probs, split.mask, threshold["value"], predictor.min_size, config.eval,
-                                    voxel_size, unc)
+                                    voxel_size, unc, min_area=predictor.min_area)
       files = write_stack_files(report_dir, os.path.join(name, split_name), split, predictor.segment(probs),
                                 scores, tables, config.eval, save_predictions, unc, calib)
       runs.append({"run": name, "workdir": workdir, "checkpoint": config.eval.checkpoint,

@@ -28,7 +28,8 @@ DEFINITIONS = {
     "instances": "connected components (4-connected in a slice for 2d, 6-connected in the volume for 3d); "
                  "predicted voxels of volume components (6-connected) smaller than the minimum object size "
                  "(eval.min_size, or with eval.select_min_size the candidate of best instance F1 on val) are dropped "
-                 "first, for 2d and 3d alike; true ones never",
+                 "first, for 2d and 3d alike, then for 2d the profiles under eval.min_area pixels in their slice "
+                 "(fragments of a kept object reaching into the next slice); true ones never",
     "matching": "one-to-one, optimal: the most (true, predicted) pairs with IoU >= threshold, then the "
                 "largest total IoU (linear_sum_assignment)",
     "found / missed / spurious": "matched pairs (TP) / unmatched true (FN) / unmatched predicted (FP) instances",

@@ -119,16 +119,17 @@ def class_intervals(confusions: np.ndarray, resamples: int, confidence: float, s
 
 
 def object_scores(pred: np.ndarray, truth: np.ndarray, class_prob: np.ndarray, class_id: int, dims: int,
-                  min_size: int, thresholds: Any, resampling: tuple[int, float, int],
+                  min_size: int, thresholds: Any, resampling: tuple[int, float, int], min_area: int = 0,
                   ) -> tuple[list[dict[str, Any]], instances.Overlaps, np.ndarray]:
   """Per-object scores of class `class_id` in label maps u8[Z, H, W]: instances.instance_scores rows (AP ranked by
   the mean `class_prob` f32[Z, H, W] inside each predicted object), each with its 'intervals'.
 
-  Predicted volume components under `min_size` voxels are dropped (true ones never); `resampling` is (resamples,
+  Predicted volume components under `min_size` voxels are dropped, and for dims=2 profiles under `min_area`
+  pixels (true ones never); `resampling` is (resamples,
   confidence, seed). Also returns the overlaps and the predicted instance labels i32[Z, H, W].
   """
   true_labels = instances.label_instances(np.asarray(truth) == class_id, dims)
-  pred_labels = instances.label_instances(np.asarray(pred) == class_id, dims, min_size)
+  pred_labels = instances.label_instances(np.asarray(pred) == class_id, dims, min_size, min_area)
   ov = instances.overlaps(true_labels, pred_labels)
   rows = instances.instance_scores(ov, thresholds, instances.mean_inside(class_prob, pred_labels))
   for row in rows:

@@ -6,6 +6,9 @@ sections such as VNC, 50 nm apart) or over the volume (`dims=3`, natural for iso
 such as Lucchi). A minimum size (`min_size`) drops the predicted voxels of volume components
 smaller than it first, for both: specks are small in the volume, while the profile of a thin
 object in one section may be smaller than any speck, so a per-section size cannot tell them apart.
+Per slice, a kept volume component can still leave fragments of a few pixels in a section (its edge
+reaching into the next section); a minimum area (`min_area`, pixels) drops such profiles from the 2D
+instances, which would otherwise count each one as an object.
 
 Matching at an IoU threshold t is one-to-one and optimal: among the (true, predicted) pairs with
 IoU >= t it takes the largest set of disjoint pairs and, among those, the one of largest total IoU
@@ -37,11 +40,12 @@ from unet_jax.scores import metrics
 DIMS = (2, 3)
 
 
-def label_instances(mask: Any, dims: int, min_size: int = 0) -> np.ndarray:
+def label_instances(mask: Any, dims: int, min_size: int = 0, min_area: int = 0) -> np.ndarray:
   """Instance labels i32[Z, H, W] (0 background, 1..n) of a binary mask bool[Z, H, W].
 
   dims=2 labels each slice on its own (labels stay unique across the stack); dims=3 labels the
-  volume. Volume components (6-connected) of fewer than `min_size` voxels are removed before numbering.
+  volume. Volume components (6-connected) of fewer than `min_size` voxels are removed before numbering,
+  and for dims=2 then the slice components of fewer than `min_area` pixels (module docstring).
   """
   mask = np.asarray(mask).astype(bool)
   if mask.ndim != 3:
@@ -56,6 +60,12 @@ def label_instances(mask: Any, dims: int, min_size: int = 0) -> np.ndarray:
     offset = 0
     for z in range(mask.shape[0]):
       slice_labels, n = ndimage.label(mask[z])
+      if min_area > 1 and n:
+        kept = np.bincount(slice_labels.ravel()) >= min_area
+        kept[0] = False
+        renumber = np.zeros(n + 1, np.int32)
+        renumber[kept] = np.arange(1, int(kept.sum()) + 1)
+        slice_labels, n = renumber[slice_labels], int(kept.sum())
       labels[z] = np.where(slice_labels > 0, slice_labels + offset, 0)
       offset += n
   else:
@@ -137,13 +147,14 @@ def match(ov: Overlaps, threshold: float) -> tuple[np.ndarray, np.ndarray, np.nd
   return tuple(np.concatenate(parts) for parts in zip(*out))
 
 
-def f1_by_min_size(mask: Any, pred: Any, dims: int, min_sizes: Sequence[int], threshold: float) -> np.ndarray:
+def f1_by_min_size(mask: Any, pred: Any, dims: int, min_sizes: Sequence[int], threshold: float,
+                   min_area: int = 0) -> np.ndarray:
   """Instance F1 f64[len(min_sizes)] of the prediction bool[Z, H, W] against the mask at IoU `threshold`, as
-  `label_instances(pred, dims, min_size)` scores for each of `min_sizes`: the components are labelled and
-  overlapped once, and each size keeps the pairs of the components whose volume component it keeps."""
+  `label_instances(pred, dims, min_size, min_area)` scores for each of `min_sizes`: the components are
+  labelled and overlapped once, and each size keeps the pairs of the components whose volume component it keeps."""
   pred = np.asarray(pred).astype(bool)
   volume, volume_sizes = _volume_sizes(pred)
-  pred_labels = volume if dims == 3 else label_instances(pred, dims)
+  pred_labels = volume if dims == 3 else label_instances(pred, dims, min_area=min_area)
   ov = overlaps(label_instances(mask, dims), pred_labels)
   sizes = np.zeros(ov.n_pred + 1, np.int64)
   sizes[pred_labels.ravel()] = volume_sizes[volume.ravel()]  # each component: its volume component's size

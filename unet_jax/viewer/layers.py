@@ -122,7 +122,8 @@ def scores(probs: np.ndarray, truth: np.ndarray, predictor: Predictor, config: A
            voxel: Sequence[float]) -> dict[str, Any]:
   """The report's scores of calibrated probabilities f32[Z, H, W] against truth u8[Z, H, W]
   (`evaluation.stack_scores` at the predictor's threshold)."""
-  return evaluation.stack_scores(probs, truth, predictor.threshold_value, predictor.min_size, config.eval, voxel)[0]
+  return evaluation.stack_scores(probs, truth, predictor.threshold_value, predictor.min_size, config.eval, voxel,
+                                 min_area=predictor.min_area)[0]
 
 
 def score_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -147,10 +148,9 @@ def _centroids(labels: np.ndarray, ids: Sequence[int]) -> list[tuple[float, floa
 def error_objects(pred: np.ndarray, truth: np.ndarray, predictor: Predictor, config: Any,
                   dims: int) -> list[dict[str, Any]]:
   """The false positive predicted objects and the missed true ones at the report's first IoU threshold
-  (`dims`-D components, predicted ones of the predictor's `min_size` voxels or more), with their centroids
-  (z, y, x)."""
+  (`dims`-D components, predicted ones as `object_labels` keeps them), with their centroids (z, y, x)."""
   true_labels = instances.label_instances(truth, dims)
-  pred_labels = instances.label_instances(pred, dims, predictor.min_size)
+  pred_labels = instances.label_instances(pred, dims, predictor.min_size, predictor.min_area)
   overlaps = instances.overlaps(true_labels, pred_labels)
   true_index, pred_index, _ = instances.match(overlaps, config.eval.iou_thresholds[0])
   spurious = sorted(set(range(1, overlaps.n_pred + 1)) - set((pred_index + 1).tolist()))
@@ -168,13 +168,13 @@ def review_list(probs: np.ndarray, pred_labels: np.ndarray, truth: np.ndarray | 
                 uncertainty_map: np.ndarray | None = None) -> list[dict[str, Any]]:
   """The review list, least confident first: with ground truth the report's (`stack_scores`, with 'matched'
   and 'matched_iou'); without, the same confidence columns and order for `pred_labels` (the prediction's
-  `dims`-D components of the predictor's `min_size` voxels or more, as `label_instances` numbers them)."""
+  `dims`-D components as `object_labels` keeps and numbers them)."""
   e = config.eval
   if truth is not None:
     settings = e.copy_and_resolve_references()
     settings.review_top_k = top_k
     result = evaluation.stack_scores(probs, truth, predictor.threshold_value, predictor.min_size, settings, voxel,
-                                       uncertainty_map)[0]
+                                       uncertainty_map, min_area=predictor.min_area)[0]
     return result["review"][f"{dims}d"]["list"]
   table = morphometry.measure(pred_labels, voxel)
   table.update(uncertainty.object_confidence(probs, pred_labels, uncertainty_map))
@@ -185,9 +185,9 @@ def review_list(probs: np.ndarray, pred_labels: np.ndarray, truth: np.ndarray | 
 
 
 def object_labels(probs: np.ndarray, predictor: Predictor, config: Any, dims: int) -> np.ndarray:
-  """i32 components of the thresholded probabilities (`dims`-D, the predictor's `min_size` voxels or more),
-  numbered as the report numbers its objects."""
-  return instances.label_instances(predictor.segment(probs), dims, predictor.min_size)
+  """i32 components of the thresholded probabilities (`dims`-D, the predictor's `min_size` voxels or more and
+  in 2D its `min_area` pixels or more), numbered as the report numbers its objects."""
+  return instances.label_instances(predictor.segment(probs), dims, predictor.min_size, predictor.min_area)
 
 
 def save_mask(labels: np.ndarray, path: str, voxel: Sequence[float]) -> str:
@@ -209,7 +209,7 @@ def explain_object(config: Any, predictor: Predictor, image: np.ndarray, truth: 
   ex = config.explain
   explanation.check_explain_config(predictor.model, ex)
   objects = explanation.slice_objects(predictor.segment(predictor.probabilities(image)), truth, predictor.min_size,
-                                      config.eval.iou_thresholds[0])
+                                      config.eval.iou_thresholds[0], predictor.min_area)
   targets = explanation.parse_objects(spec, objects, ex.crop or predictor.settings["window"][0])
   key = jax.random.split(jax.random.PRNGKey(ex.seed), len(targets))[0]
   target = targets[0]
