@@ -169,7 +169,7 @@ def test_review_edits_are_saved_and_read_by_the_data_loader(make_napari_viewer, 
   config, predictor = layers.load_model(spec, workdir)
   probs = viewer.layers["em probabilities"].data
   expected = evaluation.stack_scores(probs, truth, predictor.threshold_value, predictor.min_size, config.eval,
-                                     (50.0, 4.6, 4.6))[0]
+                                     (50.0, 4.6, 4.6), min_area=predictor.min_area)[0]
   listed = expected["review"]["2d"]["list"]
   assert [r["label"] for r in review.rows] == [r["label"] for r in listed] and listed
   doubtful = review.rows[0]["label"]
