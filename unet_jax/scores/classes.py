@@ -125,8 +125,8 @@ def object_scores(pred: np.ndarray, truth: np.ndarray, class_prob: np.ndarray, c
   the mean `class_prob` f32[Z, H, W] inside each predicted object), each with its 'intervals'.
 
   Predicted volume components under `min_size` voxels are dropped, and for dims=2 profiles under `min_area`
-  pixels (true ones never); `resampling` is (resamples,
-  confidence, seed). Also returns the overlaps and the predicted instance labels i32[Z, H, W].
+  pixels (true ones never); `resampling` is (resamples, confidence, seed). Also returns the overlaps and the
+  predicted instance labels i32[Z, H, W].
   """
   true_labels = instances.label_instances(np.asarray(truth) == class_id, dims)
   pred_labels = instances.label_instances(np.asarray(pred) == class_id, dims, min_size, min_area)
