@@ -23,9 +23,10 @@ Each run keeps its probabilities (OUT/runs/NAME/predicted/probabilities.tif), so
 compared without retraining (RULES): the candidate threshold of best val Dice (what our recipe does), a
 fixed 0.5 (what the script does), and the val threshold shrunk halfway to 0.5. Per run and rule: test Dice
 (pixels of the test slices) and per-object F1 at IoU 0.5 (2D components, predicted ones under eval.min_size
-and eval.min_area dropped; unet_jax/scores/instances.py). Candidates, min_size and min_area are --ours_config's (its file, not the
---config.x=v overrides). Thresholds are chosen on val only; test decides nothing. The folds join slices that
-are not neighbours, so --ours_config must be 2D without model.context_slices.
+and eval.min_area dropped; unet_jax/scores/instances.py). Candidates, min_size and min_area are
+--ours_config's (its file, not the --config.x=v overrides). Thresholds are chosen on val only; test decides
+nothing. The folds join slices that are not neighbours, so --ours_config must be 2D without
+model.context_slices.
 
 --variant=NAME:FLAGS (repeatable) adds a recipe of ours, a lever to measure: FLAGS (--config.x=v overrides) are
 added to ours' in its train.py and evaluate.py. It runs on every fold beside ours and the script (ours, the
