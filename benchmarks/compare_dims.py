@@ -40,6 +40,10 @@ volume; then each mode's paired difference from 2D. --doc writes that table into
 budget); OUT/readme_rows.md (also printed) holds the README's table of this data set and budget, which
 --readme=README.md writes into its `<!-- compare_dims DATA MINUTESmin rows begin/end -->` block.
 Arguments after `--` go to every timing, train and evaluate run. Logs: OUT/NAME.log; run records: OUT/NAME.json.
+A table longer than a sitting (iso at 30 minutes: 9 runs of 32-40 minutes) is completed over several with
+--records=benchmarks/records/NAME, a committed folder: each finished run's stage record, training log and
+report.json (no checkpoint) and the timings are copied there, and a later call on a machine whose OUT is gone
+restores them and trains only the runs still missing (benchmarks/seed_runs.py keep/restore).
 
 Cost: each run is --minutes of training (compiling included) plus about half a minute of process start, data
 loading and the last validation, and the evaluation (val and test inference, 2 x 4 x 1024^2 on VNC at 4.6-6.9 s a
@@ -54,6 +58,7 @@ its stages'.
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -80,9 +85,13 @@ flags.DEFINE_string("readme", None, "Markdown file whose `<!-- compare_dims DATA
 flags.DEFINE_bool("rescore", False, "Score every finished run again and time each mode's test-volume inference "
                   "again (the config's evaluation or test volume changed); each run's previous report is kept as "
                   "report.N. An interrupted rescoring is rerun with the same flag.")
+flags.DEFINE_string("records", None, "Folder (committed) that keeps each finished run's records and the modes' "
+                    "timings: runs it holds that OUT lacks are restored into OUT, not trained again, so a table "
+                    "can be completed over sittings on machines that do not keep OUT.")
 flags.mark_flags_as_required(["out"])
 
 EVAL_OVERRIDES = ["--config.eval.select_threshold=True", "--config.eval.uncertainty=none"]
+SPEED_FILE = "speed.jsonl"
 LABELS = {"2d": "2D", "2.5d": "2.5D (k = 1)", "3d": "3D"}
 DATA_NAMES = {"vnc": "VNC", "iso": "Isotropic synthetic (tubes)", "synthetic": "Synthetic volume", "lucchi": "Lucchi",
               "tiny": "tiny", "tiny_iso": "tiny iso"}
@@ -134,7 +143,7 @@ def speeds(extra: list[str]) -> dict[str, tuple[dict, dict]]:
       raise InputError(f"--quiet_speed={FLAGS.quiet_speed} lacks mode(s) {sorted(set(FLAGS.modes) - set(found))}; "
                        "time them with --speed_only")
     return found
-  cache = os.path.join(FLAGS.out, "speed.jsonl")
+  cache = os.path.join(FLAGS.out, SPEED_FILE)
   found = read_speeds(cache) if os.path.isfile(cache) else {}
   for mode in FLAGS.modes:
     if mode not in found:
@@ -176,6 +185,21 @@ def train_and_score(mode: str, seed: int, speed: dict, extra: list[str]) -> dict
           "f1_3d": f1["3d"], "f1_2d": f1["2d"], "threshold": test["threshold"]["value"],
           "min_size": test["threshold"].get("min_size"),  # absent from reports made before it was recorded
           **seed_runs.training_time(workdir), "train_s": seconds["train"], "evaluate_s": seconds["evaluate"]}
+
+
+def restore_records(names: list[str]) -> None:
+  """Puts the runs and timings --records keeps into OUT where OUT lacks them; refuses a rescoring of a restored
+  run (it has no checkpoint)."""
+  os.makedirs(FLAGS.records, exist_ok=True)
+  speed = os.path.join(FLAGS.records, SPEED_FILE)
+  if os.path.isfile(speed) and not os.path.isfile(os.path.join(FLAGS.out, SPEED_FILE)):
+    shutil.copyfile(speed, os.path.join(FLAGS.out, SPEED_FILE))
+  restored = seed_runs.restore(FLAGS.records, FLAGS.out, names)
+  if restored and FLAGS.rescore:
+    raise InputError(f"runs {', '.join(restored)} come from --records={FLAGS.records} without checkpoints and "
+                     "cannot be scored again; rescore on the machine that trained them, or drop --rescore")
+  if restored:
+    print(f"restored from {FLAGS.records}: {', '.join(restored)}", flush=True)
 
 
 def describe(mode: str, speed: dict) -> str:
@@ -244,10 +268,17 @@ def main(argv: list[str]) -> None:
       for mode in FLAGS.modes:
         print(*(json.dumps(line) for line in measure_speed(mode, extra)), sep="\n", flush=True)
       return
+    order = seed_runs.run_order(FLAGS.modes, seeds)
+    if FLAGS.records:
+      restore_records([seed_runs.run_name(mode, seed) for seed, mode in order])
     timings = speeds(extra)
+    if FLAGS.records and os.path.isfile(os.path.join(FLAGS.out, SPEED_FILE)):
+      shutil.copyfile(os.path.join(FLAGS.out, SPEED_FILE), os.path.join(FLAGS.records, SPEED_FILE))
     rows = []
-    for seed, mode in seed_runs.run_order(FLAGS.modes, seeds):
+    for seed, mode in order:
       rows.append(train_and_score(mode, seed, timings[mode][0], extra))
+      if FLAGS.records:
+        seed_runs.keep(FLAGS.out, seed_runs.run_name(mode, seed), FLAGS.records)
       print(json.dumps(rows[-1]), flush=True)
     command = f"python benchmarks/compare_dims.py {' '.join(sys.argv[1:])}"
     budget = "fixed steps from --quiet_speed" if FLAGS.quiet_speed else "wall minutes, compiling included"

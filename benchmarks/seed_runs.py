@@ -8,11 +8,16 @@ commands and the wall seconds of every finished stage; a rerun of the same comma
 stages (train.py resumes an interrupted training from its checkpoint) and refuses a record made with
 other arguments instead of mixing the two. Scores are read back from each run's report, so a rerun
 with every run done just prints the tables again.
+
+Hours of runs outlive a sitting but not always its machine: `keep` copies a finished run's records (stage record,
+training log, report.json: kilobytes, no checkpoint) into a folder that is committed, and `restore` puts them back
+into an empty OUT on another machine, so a table is completed over several sittings and each run is trained once.
 """
 
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -21,6 +26,7 @@ from typing import Any, Sequence
 import common
 from unet_jax.errors import InputError
 from unet_jax.io import runlog
+from unet_jax.reports import report as report_doc
 from unet_jax.scores import intervals
 
 
@@ -75,6 +81,46 @@ def _write(path: str, record: dict) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(record, f, indent=1)
   os.replace(path + ".tmp", path)
+
+
+def run_records(name: str) -> list[str]:
+  """The files (relative to OUT) that hold a finished run's table values: its stage record, log and report."""
+  return [name + ".json", os.path.join(name, runlog.FILE_NAME), os.path.join(name, "report", report_doc.FILE_NAME)]
+
+
+OUT_MARK = "{OUT}"  # stands for OUT in a kept stage record, whose arguments name OUT's absolute path
+
+
+def keep(out: str, name: str, records: str) -> None:
+  """Copies finished run NAME's records from OUT into `records` (OUT's path in its arguments marked)."""
+  _copy_records(name, out, records, out, OUT_MARK)
+
+
+def restore(records: str, out: str, names: Sequence[str]) -> list[str]:
+  """Copies into OUT the records of the runs in `names` that `records` keeps and OUT lacks (a run OUT has is
+  left as it is); returns the names restored. A restored run has no checkpoint: it is never trained again, but
+  cannot be rescored."""
+  restored = []
+  for name in names:
+    if (not os.path.exists(os.path.join(out, name + ".json"))
+        and all(os.path.isfile(os.path.join(records, rel)) for rel in run_records(name))):
+      _copy_records(name, records, out, OUT_MARK, out)
+      restored.append(name)
+  return restored
+
+
+def _copy_records(name: str, source: str, dest: str, old: str, new: str) -> None:
+  """Copies run NAME's records from `source` to `dest`, replacing `old` by `new` in its stage arguments."""
+  for rel in run_records(name):
+    target = os.path.join(dest, rel)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if rel != name + ".json":
+      shutil.copyfile(os.path.join(source, rel), target)
+      continue
+    with open(os.path.join(source, rel)) as f:
+      record = json.load(f)
+    record["stages"] = {stage: [a.replace(old, new) for a in args] for stage, args in record["stages"].items()}
+    _write(target, record)
 
 
 def training_time(workdir: str) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """benchmarks/compare_dims.py end to end on the tiny volume: two modes trained and scored, the table written into a
-doc's block and the README's table into its own, a rerun that only rebuilds them, one mode's table alone, and a
-rescoring that evaluates the trained runs again and keeps their old reports."""
+doc's block and the README's table into its own, a rerun that only rebuilds them, the same table from the kept
+records in another OUT, one mode's table alone, and a rescoring that evaluates the trained runs again and keeps
+their old reports."""
 
 import json
 
@@ -18,7 +19,7 @@ def test_two_modes_are_scored_and_both_tables_written_then_reused(tmp_path):
   doc = tmp_path / "page.md"
   doc.write_text(BLOCKS)
   args = ["--data=tiny_iso", "--minutes=0.2", "--modes=2d,3d", "--seeds=0", f"--out={tmp_path / 'runs'}",
-          f"--doc={doc}", f"--readme={doc}"]
+          f"--doc={doc}", f"--readme={doc}", f"--records={tmp_path / 'records'}"]
   done = run_script("benchmarks/compare_dims.py", *args, timeout=1200)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   rows = [json.loads(line) for line in (tmp_path / "runs" / "results.jsonl").read_text().splitlines()]
@@ -38,6 +39,10 @@ def test_two_modes_are_scored_and_both_tables_written_then_reused(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert "$ python" not in again.stdout + again.stderr  # every stage was done: nothing trained again
   assert doc.read_text() == text
+  moved = run_script("benchmarks/compare_dims.py", *args[:4], f"--out={tmp_path / 'elsewhere'}", args[-1], timeout=600)
+  assert moved.returncode == 0, moved.stderr[-2000:]
+  assert "restored from" in moved.stdout and "$ python" not in moved.stdout  # the kept runs are not trained again
+  assert (tmp_path / "elsewhere" / "table.md").read_text().split("\n\n`python")[0] == table.split("\n\n`python")[0]
   one = run_script("benchmarks/compare_dims.py", *args[:2], "--modes=2d", *args[3:5], timeout=600)
   assert one.returncode == 0, one.stderr[-2000:]
   assert "paired difference" not in (tmp_path / "runs" / "table.md").read_text()  # nothing to pair with

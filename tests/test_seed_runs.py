@@ -53,6 +53,28 @@ def test_a_redo_runs_the_stage_again_and_an_interrupted_redo_is_not_taken_as_don
   assert json.loads((tmp_path / "2d_s0.json").read_text())["seconds"] == {"train": 1.0}  # to run again
 
 
+def test_kept_records_restore_a_finished_run_on_another_machine(tmp_path):
+  """A run kept in the committed folder and restored into another OUT is done there: its stages do not run
+  again, its log and report read back the same; a run OUT already has is left alone."""
+  first, second, records, marker = tmp_path / "a", tmp_path / "b", tmp_path / "records", tmp_path / "ran"
+  first.mkdir()
+  append = ["-c", f"open({str(marker)!r}, 'a').write('x')"]
+  stages = {out: {"train": [*append, f"--workdir={out / '2d_s1'}"], "evaluate": append} for out in (first, second)}
+  seed_runs.run_stages(str(first), "2d_s1", stages[first])
+  (first / "2d_s1" / "report").mkdir(parents=True)
+  (first / "2d_s1" / "report" / "report.json").write_text('{"runs": []}')
+  (first / "2d_s1" / "log.jsonl").write_text('{"step": 3, "loss": 1.0, "minutes": 0.5}\n')
+  seed_runs.keep(str(first), "2d_s1", str(records))
+  kept = json.loads((records / "2d_s1.json").read_text())
+  assert kept["stages"]["train"][-1] == "--workdir={OUT}/2d_s1" and str(first) not in json.dumps(kept)
+  assert seed_runs.restore(str(records), str(second), ["2d_s1", "3d_s1"]) == ["2d_s1"]  # 3d_s1 was never kept
+  assert seed_runs.run_stages(str(second), "2d_s1", stages[second]) == kept["seconds"] and marker.read_text() == "xx"
+  assert (second / "2d_s1" / "report" / "report.json").read_text() == '{"runs": []}'
+  assert seed_runs.training_time(str(second / "2d_s1"))["steps"] == 3
+  (second / "2d_s1.json").write_text("mine")
+  assert seed_runs.restore(str(records), str(second), ["2d_s1"]) == [] and (second / "2d_s1.json").read_text() == "mine"
+
+
 def test_step_time_leaves_out_compiling_and_validation(tmp_path):
   records = [{"event": "start", "step": 0, "minutes": 0.0},
              {"step": 10, "loss": 1.0, "minutes": 5.0},  # compiling: left out
