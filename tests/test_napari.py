@@ -114,7 +114,9 @@ def test_segmenting_a_layer_equals_evaluate_input(make_napari_viewer, qtbot, mod
   spec, workdir, image, _ = model
   viewer = make_napari_viewer()
   seg = segmented(viewer, qtbot, model)
-  assert f"objects of {layers.load_model(spec, workdir)[1].min_size} voxels or more" in seg.status.value
+  predictor = layers.load_model(spec, workdir)[1]
+  assert (f"objects of {predictor.min_size} voxels or more, per-section profiles of {predictor.min_area} pixels or "
+          "more;") in seg.status.value  # the 2D objects' rule
   tifffile.imwrite(tmp_path / "em.tif", image)
   out = tmp_path / "out"
   summary = segment.segment_file(layers.load_config(spec), workdir, str(tmp_path / "em.tif"), str(out),

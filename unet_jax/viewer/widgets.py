@@ -210,9 +210,10 @@ class SegmentWidget(Panel):
     self.put_layer("labels", f"{layer.name} mask", _squeezed(r["mask"].astype(np.uint8), ndim), **common)
     self.put_layer("labels", f"{layer.name} objects", _squeezed(r["labels"], ndim), **common)
     s = r["summary"]
+    area = f", per-section profiles of {s['min_area']} pixels or more" if r["dims"] == 2 else ""
     self.status.value = (f"step {s['step']}, threshold {s['threshold']:g} ({s['threshold_source']}), temperature "
-                         f"{s['temperature']:.3g}: {int(r['labels'].max())} objects of {s['min_size']} voxels or more; "
-                         f"{s['voxel_size']['note']}")
+                         f"{s['temperature']:.3g}: {int(r['labels'].max())} objects of {s['min_size']} voxels or more"
+                         f"{area}; {s['voxel_size']['note']}")
 
   def _show_classes(self, r: dict[str, Any], common: dict[str, Any]) -> None:
     """A K-class model's layers: each class's probabilities (hidden until chosen) and the class map."""
