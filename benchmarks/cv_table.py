@@ -43,7 +43,9 @@ Before the first run of ours, a 2-step run of ours on fold 0 and its prediction 
 fill the XLA compilation cache, so that no fold's budget pays for compiling. A run whose scores.json exists is not
 rerun (ours resumes training from its checkpoints when it has no probabilities yet); each finished run prints one
 JSON line. A table longer than one sitting is split by fold (--run_folds=0,1,2 now, --run_folds=3,4,5,6 later):
-each fold's runs stay within one sitting, so its paired difference shares the machine's speed. Extra `--config.x=v` flags go to train.py and evaluate.py; --script_flags go to torch_train.py. Smoke
+each fold's runs stay within one sitting, so its paired difference shares the machine's speed. With
+--records=benchmarks/records/NAME (a committed folder) each finished run's scores.json and commands are kept there
+and count as done on a machine whose --out is gone, so the sittings need not share a machine. Extra `--config.x=v` flags go to train.py and evaluate.py; --script_flags go to torch_train.py. Smoke
 run (seconds per run):
 
   python benchmarks/cv_table.py --data=synthetic --folds=2 --val_slices=1 --minutes=0.05 \
@@ -97,6 +99,9 @@ flags.DEFINE_multi_string("variant", [], "NAME:FLAGS, repeatable: another recipe
                           "and the script on every fold, and the table adds NAME - ours and NAME - script.")
 flags.DEFINE_string("script_flags", "", "Extra flags of benchmarks/torch_train.py, space-separated.")
 flags.DEFINE_string("out", "runs/cv_table", "Folder of the folds, the runs, their logs and table.md.")
+flags.DEFINE_string("records", None, "Folder (committed) that keeps each finished run's scores with its commands: "
+                    "runs it holds that --out lacks count as done, so a table is completed over sittings on machines "
+                    "that do not keep --out (their probabilities are not kept: a new rule needs the runs again).")
 flags.DEFINE_bool("dry_run", False, "Print the commands and the estimated minutes; run nothing.")
 flags.DEFINE_bool("warm_up", True, "Before the first run of ours, fill the XLA compilation cache with a 2-step run "
                   "of ours on fold 0 and its prediction (OUT/warm_up), so that no fold's budget pays for compiling.")
@@ -293,6 +298,37 @@ def execute(run: Run, out: str, commands_of_run: list[list[str]], stack: tuple[n
     json.dump(record, f)
 
 
+def marked(commands_of_run: list[list[str]], out: str) -> list[list[str]]:
+  """The commands with OUT and the interpreter marked, as a kept record holds them (another machine has its own)."""
+  return [[{sys.executable: "{PYTHON}"}.get(a, a.replace(out, "{OUT}")) for a in c] for c in commands_of_run]
+
+
+def keep(run: Run, out: str, records: str, commands_of_run: list[list[str]]) -> None:
+  """Copies the finished run's scores.json into `records` as NAME.json, with its (marked) commands."""
+  with open(os.path.join(out, "runs", run.name, "scores.json")) as f:
+    record = {**json.load(f), "commands": marked(commands_of_run, out)}
+  os.makedirs(records, exist_ok=True)
+  with open(os.path.join(records, run.name + ".json"), "w") as f:
+    json.dump(record, f, indent=1)
+
+
+def restore(run: Run, out: str, records: str, commands_of_run: list[list[str]]) -> bool:
+  """Puts the run's kept scores into OUT when OUT lacks them; InputError when they were made with other
+  commands. True when restored."""
+  path, scores = os.path.join(records, run.name + ".json"), os.path.join(out, "runs", run.name, "scores.json")
+  if os.path.isfile(scores) or not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    record = json.load(f)
+  if record.pop("commands") != marked(commands_of_run, out):
+    raise InputError(f"{path} keeps run {run.name} made with other commands; use another --records (or delete it "
+                     "to run it again)")
+  os.makedirs(os.path.dirname(scores), exist_ok=True)
+  with open(scores, "w") as f:
+    json.dump(record, f)
+  return True
+
+
 def paired_interval(differences: dict[int, list[float]], confidence: float = 0.95) -> dict:
   """Mean of fold -> [ours - script per seed] with its t-interval over folds (seeds averaged within a fold)."""
   per_fold = [statistics.mean(d) for d in differences.values() if d]
@@ -387,6 +423,14 @@ def main(argv: list[str]) -> None:
   except InputError as e:
     sys.exit(f"error: {e}")
   runs, script_flags = plan(folds, seeds, budgets, script_budgets, list(variants)), shlex.split(args.script_flags)
+  commands_of = lambda run: commands(run, args.out, args.ours_config, extra, script_flags, variants)
+  if args.records:
+    try:
+      restored = [run.name for run in runs if restore(run, args.out, args.records, commands_of(run))]
+    except InputError as e:
+      sys.exit(f"error: {e}")
+    if restored:
+      print(f"restored from {args.records}: {', '.join(restored)}", flush=True)
   done = lambda run: os.path.isfile(os.path.join(args.out, "runs", run.name, "scores.json"))
   now = lambda run: not run_folds or run.fold.index in run_folds  # this sitting's folds
   warm_ups = [  # (folder name, commands) per side of ours with runs to do: a variant may compile other programs
@@ -399,7 +443,7 @@ def main(argv: list[str]) -> None:
       for command in warm_up:
         print(("# done: " if warmed(name) else "") + shlex.join(command))
     for run in filter(now, runs):
-      for command in commands(run, args.out, args.ours_config, extra, script_flags, variants):
+      for command in commands_of(run):
         print(("# done: " if done(run) else "") + shlex.join(command))
     left = sum(estimate(r, args.ours_overhead, args.script_overhead) for r in runs if not done(r) and now(r))
     print(f"{len(runs)} runs ({sum(map(done, runs))} done); estimated {left:.0f} minutes ({left / 60:.1f} h) "
@@ -424,10 +468,11 @@ def main(argv: list[str]) -> None:
       continue
     if not done(run):
       try:
-        execute(run, args.out, commands(run, args.out, args.ours_config, extra, script_flags, variants), stack,
-                config.eval)
+        execute(run, args.out, commands_of(run), stack, config.eval)
       except RuntimeError as e:
         sys.exit(str(e))
+    if args.records:
+      keep(run, args.out, args.records, commands_of(run))
     records.append(json.load(open(path)))
     print(json.dumps(records[-1]), flush=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:

@@ -65,6 +65,25 @@ def test_the_run_order_alternates_the_sides():
   assert runs[0].name == "ours_f0_s0_10min"
 
 
+def test_kept_scores_count_as_done_elsewhere_unless_made_with_other_commands(tmp_path):
+  run = cv_table.plan(cv_table.assign_folds(6, 3, 1), [0], [10])[1]  # the script on fold 0
+  first, second, records = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "records")
+  scores = {"side": "script", "fold": 0, "rules": {"0.5": {"dice": 0.8, "f1": 0.7}}}
+  os.makedirs(os.path.join(first, "runs", run.name))
+  with open(os.path.join(first, "runs", run.name, "scores.json"), "w") as f:
+    json.dump(scores, f)
+  cv_table.keep(run, first, records, cv_table.commands(run, first, "configs/unet2d.py:vnc", [], []))
+  kept = json.load(open(os.path.join(records, run.name + ".json")))
+  assert kept["commands"][0][:3] == ["{PYTHON}", "benchmarks/torch_train.py", "--data={OUT}/folds/fold_0"]
+  elsewhere = cv_table.commands(run, second, "configs/unet2d.py:vnc", [], [])
+  assert cv_table.restore(run, second, records, elsewhere)
+  assert json.load(open(os.path.join(second, "runs", run.name, "scores.json"))) == scores
+  assert not cv_table.restore(run, second, records, elsewhere)  # OUT has it: left as it is
+  other = cv_table.commands(run, str(tmp_path / "c"), "configs/unet2d.py:vnc", [], ["--batch=4"])
+  with pytest.raises(InputError, match=f"{run.name}.json keeps run {run.name} made with other commands"):
+    cv_table.restore(run, str(tmp_path / "c"), records, other)
+
+
 def test_script_only_budgets_run_the_script_alone_after_the_shared_ones():
   runs = cv_table.plan(cv_table.assign_folds(6, 3, 1), [0], [10, 20], [40])
   assert [(r.side, r.minutes) for r in runs[:5]] == [("ours", 10), ("script", 10), ("ours", 20), ("script", 20),
@@ -171,7 +190,8 @@ def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
   args = ["--data=synthetic", "--folds=2", "--val_slices=1", "--minutes=0.05", "--ours_config=configs/unet2d.py:tiny",
           "--script_flags=--patch=32 --window=32 --batch=2 --measure_steps=2", f"--out={tmp_path}",
           "--config.train.budget_measure_steps=2", "--variant=ff:--config.data.final_fit=True "
-          "--config.eval.checkpoint=latest --config.eval.select_threshold=False --config.eval.threshold=0.5"]
+          "--config.eval.checkpoint=latest --config.eval.select_threshold=False --config.eval.threshold=0.5",
+          f"--records={tmp_path / 'records'}"]
   bad = run_script("benchmarks/cv_table.py", *args, "--run_folds=2")
   assert bad.returncode != 0 and "--run_folds=2: fold indices run from 0 to 1" in bad.stderr + bad.stdout
   first = run_script("benchmarks/cv_table.py", *args, "--run_folds=1", timeout=1800)  # one sitting: fold 1
@@ -203,4 +223,7 @@ def test_a_synthetic_table_end_to_end_then_resumed(tmp_path):
   again = run_script("benchmarks/cv_table.py", *args)
   assert again.returncode == 0 and "$ " not in again.stdout  # every run was finished: nothing reruns
   assert (tmp_path / "table.md").read_text() == table
+  moved = run_script("benchmarks/cv_table.py", *args[:6], f"--out={tmp_path / 'elsewhere'}", *args[7:])
+  assert moved.returncode == 0 and "$ " not in moved.stdout and "restored from" in moved.stdout  # from --records
+  assert (tmp_path / "elsewhere" / "table.md").read_text() == table
   assert os.path.isfile(tmp_path / "runs" / "script_f1_s0_0.05min" / "predicted" / "probabilities.tif")
