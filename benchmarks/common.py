@@ -1,12 +1,15 @@
 """What the benchmark scripts share: the config flag, a config file read by path, the inference flags, seeded
-random U-Net weights, the timing of a training loop, running the entry points with a log.
+random U-Net weights, the timing of a training loop, running the entry points with a log, the machine a record
+was made on.
 
 A script run as `python benchmarks/NAME.py` has benchmarks/ on its import path (so `import common`); the library
 comes from the installed package (`pip install -e .`).
 """
 
+import datetime
 import importlib.util
 import os
+import platform
 import subprocess
 import time
 from typing import Any, Callable, Iterator
@@ -85,6 +88,15 @@ def time_steps(batches: Iterator[Any], step: Callable[[Any], None], finish: Call
   finish()
   seconds = time.perf_counter() - start
   return {"img_per_s": steps * batch_size / seconds, "data_wait": waited / seconds, "seconds": seconds, "steps": steps}
+
+
+def machine() -> dict[str, Any]:
+  """When and on what a measurement finished: UTC time, CPU model and cores (kept in run records, which may be
+  read in a later sitting on another machine)."""
+  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+             None) if os.path.isfile("/proc/cpuinfo") else None
+  return {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "cpu": cpu or platform.processor(), "cores": os.cpu_count()}
 
 
 def run_logged(command: list[str], log: str) -> None:

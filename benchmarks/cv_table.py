@@ -293,7 +293,7 @@ def execute(run: Run, out: str, commands_of_run: list[list[str]], stack: tuple[n
                 [float(t) for t in eval_config.threshold_candidates], eval_config.min_size, eval_config.min_area)
   record = {"side": run.side, "fold": run.fold.index, "seed": run.seed, "minutes": run.minutes,
             "test_slices": list(run.fold.test), "val_slices": list(run.fold.val), "wall_minutes": wall,
-            **trained(run, workdir, log), "rules": rules}
+            **trained(run, workdir, log), "rules": rules, "finished": common.machine()}
   with open(os.path.join(workdir, "scores.json"), "w") as f:
     json.dump(record, f)
 

@@ -72,6 +72,7 @@ def run_stages(out: str, name: str, stages: dict[str, list[str]], redo: Sequence
     start = time.perf_counter()
     common.run_logged([sys.executable, *args], os.path.join(out, name + ".log"))
     record["seconds"][stage] = round(time.perf_counter() - start, 1)
+    record.setdefault("finished", {})[stage] = common.machine()
   _write(path, record)
   return record["seconds"]
 
