@@ -11,6 +11,7 @@ import importlib.util
 import os
 import platform
 import subprocess
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -90,11 +91,22 @@ def time_steps(batches: Iterator[Any], step: Callable[[Any], None], finish: Call
   return {"img_per_s": steps * batch_size / seconds, "data_wait": waited / seconds, "seconds": seconds, "steps": steps}
 
 
+OUT_MARK, PYTHON_MARK = "{OUT}", "{PYTHON}"  # what a kept record names a run folder and the interpreter
+
+
+def marked(args: list[str], out: str) -> list[str]:
+  """A command's arguments as a kept run record holds them: OUT and the interpreter, which another machine has
+  elsewhere, marked."""
+  return [PYTHON_MARK if a == sys.executable else a.replace(out, OUT_MARK) for a in args]
+
+
 def machine() -> dict[str, Any]:
   """When and on what a measurement finished: UTC time, CPU model and cores (kept in run records, which may be
   read in a later sitting on another machine)."""
-  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-             None) if os.path.isfile("/proc/cpuinfo") else None
+  cpu = None
+  if os.path.isfile("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
   return {"utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "cpu": cpu or platform.processor(), "cores": os.cpu_count()}
 

@@ -45,8 +45,9 @@ rerun (ours resumes training from its checkpoints when it has no probabilities y
 JSON line. A table longer than one sitting is split by fold (--run_folds=0,1,2 now, --run_folds=3,4,5,6 later):
 each fold's runs stay within one sitting, so its paired difference shares the machine's speed. With
 --records=benchmarks/records/NAME (a committed folder) each finished run's scores.json and commands are kept there
-and count as done on a machine whose --out is gone, so the sittings need not share a machine. Extra `--config.x=v` flags go to train.py and evaluate.py; --script_flags go to torch_train.py. Smoke
-run (seconds per run):
+and count as done on a machine whose --out is gone, so the sittings need not share a machine. Extra
+`--config.x=v` flags go to train.py and evaluate.py; --script_flags go to torch_train.py. Smoke run (seconds per
+run):
 
   python benchmarks/cv_table.py --data=synthetic --folds=2 --val_slices=1 --minutes=0.05 \
       --ours_config=configs/unet2d.py:tiny --config.train.budget_measure_steps=2 \
@@ -298,15 +299,10 @@ def execute(run: Run, out: str, commands_of_run: list[list[str]], stack: tuple[n
     json.dump(record, f)
 
 
-def marked(commands_of_run: list[list[str]], out: str) -> list[list[str]]:
-  """The commands with OUT and the interpreter marked, as a kept record holds them (another machine has its own)."""
-  return [[{sys.executable: "{PYTHON}"}.get(a, a.replace(out, "{OUT}")) for a in c] for c in commands_of_run]
-
-
 def keep(run: Run, out: str, records: str, commands_of_run: list[list[str]]) -> None:
   """Copies the finished run's scores.json into `records` as NAME.json, with its (marked) commands."""
   with open(os.path.join(out, "runs", run.name, "scores.json")) as f:
-    record = {**json.load(f), "commands": marked(commands_of_run, out)}
+    record = {**json.load(f), "commands": [common.marked(c, out) for c in commands_of_run]}
   os.makedirs(records, exist_ok=True)
   with open(os.path.join(records, run.name + ".json"), "w") as f:
     json.dump(record, f, indent=1)
@@ -320,7 +316,7 @@ def restore(run: Run, out: str, records: str, commands_of_run: list[list[str]]) 
     return False
   with open(path) as f:
     record = json.load(f)
-  if record.pop("commands") != marked(commands_of_run, out):
+  if record.pop("commands") != [common.marked(c, out) for c in commands_of_run]:
     raise InputError(f"{path} keeps run {run.name} made with other commands; use another --records (or delete it "
                      "to run it again)")
   os.makedirs(os.path.dirname(scores), exist_ok=True)

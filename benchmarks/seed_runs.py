@@ -21,7 +21,7 @@ import shutil
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import common
 from unet_jax.errors import InputError
@@ -89,12 +89,9 @@ def run_records(name: str) -> list[str]:
   return [name + ".json", os.path.join(name, runlog.FILE_NAME), os.path.join(name, "report", report_doc.FILE_NAME)]
 
 
-OUT_MARK = "{OUT}"  # stands for OUT in a kept stage record, whose arguments name OUT's absolute path
-
-
 def keep(out: str, name: str, records: str) -> None:
   """Copies finished run NAME's records from OUT into `records` (OUT's path in its arguments marked)."""
-  _copy_records(name, out, records, out, OUT_MARK)
+  _copy_records(name, out, records, lambda args: common.marked(args, out))
 
 
 def restore(records: str, out: str, names: Sequence[str]) -> list[str]:
@@ -105,13 +102,13 @@ def restore(records: str, out: str, names: Sequence[str]) -> list[str]:
   for name in names:
     if (not os.path.exists(os.path.join(out, name + ".json"))
         and all(os.path.isfile(os.path.join(records, rel)) for rel in run_records(name))):
-      _copy_records(name, records, out, OUT_MARK, out)
+      _copy_records(name, records, out, lambda args: [a.replace(common.OUT_MARK, out) for a in args])
       restored.append(name)
   return restored
 
 
-def _copy_records(name: str, source: str, dest: str, old: str, new: str) -> None:
-  """Copies run NAME's records from `source` to `dest`, replacing `old` by `new` in its stage arguments."""
+def _copy_records(name: str, source: str, dest: str, relocate: Callable[[list[str]], list[str]]) -> None:
+  """Copies run NAME's records from `source` to `dest`, its stage arguments through `relocate`."""
   for rel in run_records(name):
     target = os.path.join(dest, rel)
     os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -120,7 +117,7 @@ def _copy_records(name: str, source: str, dest: str, old: str, new: str) -> None
       continue
     with open(os.path.join(source, rel)) as f:
       record = json.load(f)
-    record["stages"] = {stage: [a.replace(old, new) for a in args] for stage, args in record["stages"].items()}
+    record["stages"] = {stage: relocate(args) for stage, args in record["stages"].items()}
     _write(target, record)
 
 
