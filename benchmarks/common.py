@@ -100,6 +100,11 @@ def marked(args: list[str], out: str) -> list[str]:
   return [PYTHON_MARK if a == sys.executable else a.replace(out, OUT_MARK) for a in args]
 
 
+def unmarked(args: list[str], out: str) -> list[str]:
+  """The inverse of `marked` on this machine: a kept record's arguments with OUT and the interpreter filled in."""
+  return [sys.executable if a == PYTHON_MARK else a.replace(OUT_MARK, out) for a in args]
+
+
 def machine() -> dict[str, Any]:
   """When and on what a measurement finished: UTC time, CPU model and cores (kept in run records, which may be
   read in a later sitting on another machine)."""

@@ -102,7 +102,7 @@ def restore(records: str, out: str, names: Sequence[str]) -> list[str]:
   for name in names:
     if (not os.path.exists(os.path.join(out, name + ".json"))
         and all(os.path.isfile(os.path.join(records, rel)) for rel in run_records(name))):
-      _copy_records(name, records, out, lambda args: [a.replace(common.OUT_MARK, out) for a in args])
+      _copy_records(name, records, out, lambda args: common.unmarked(args, out))
       restored.append(name)
   return restored
 
