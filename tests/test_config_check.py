@@ -182,7 +182,13 @@ def test_config_argument_and_presets():
   assert unet2d.get_config("vnc").augment.rotate_prob == 0.0  # VNC's default preset is flips (its sweep's choice)
   assert unet2d.get_config("vnc,aug=full").augment.rotate_prob == 0.5
   assert unet2d.get_config("lucchi").augment.rotate_prob == 0.5
-  for bad in ("vnc,aug=strong", "mnist", "vnc,flips"):
+  final = unet2d.get_config("vnc,fit=final")  # the last run: val slices train, nothing is chosen on them
+  assert final.data.final_fit and final.eval.checkpoint == "latest" and final.eval.threshold == 0.5
+  assert not (final.eval.select_threshold or final.eval.select_min_size)
+  config_check.validate(final)
+  assert final.augment.rotate_prob == 0.0 and final.model.space_to_depth == 2  # the rest of the recipe is vnc's
+  assert not unet2d.get_config("vnc,fit=val").data.final_fit
+  for bad in ("vnc,aug=strong", "mnist", "vnc,flips", "vnc,fit=best"):
     with pytest.raises((ValueError, InputError)):
       unet2d.get_config(bad)
 
