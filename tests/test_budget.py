@@ -89,9 +89,39 @@ def test_the_length_is_timed_again_at_the_end_of_the_warmup_when_it_leaves_room(
   assert trainer.refit_step(config, 0) == 0  # trained by step count
 
 
-def assert_equals_the_run_of_steps(config, budgeted: str, total: int, by_steps: str) -> None:
-  """The budgeted run in `budgeted` has the parameters and length of `config` trained for `total` steps."""
-  config.train.budget_minutes, config.train.steps = 0.0, total
+def test_the_length_is_refitted_at_each_validation_once_enough_steps_were_timed():
+  t = unet2d.get_config("vnc").train  # a validation every 200 steps, 10 timed steps
+  assert trainer.retime_due(t, 200, 1100, (70, 0.0))
+  assert not trainer.retime_due(t, 300, 1100, (200, 0.0))  # not a validation step
+  assert not trainer.retime_due(t, 200, 200, (70, 0.0))  # the last step: nothing left to fit
+  assert not trainer.retime_due(t, 200, 1100, (195, 0.0))  # 5 steps timed since the last fit: too few
+  assert not trainer.retime_due(t, 200, 0, (70, 0.0))  # no length fixed yet
+  t.budget_retime = False
+  assert not trainer.retime_due(t, 200, 1100, (70, 0.0))
+
+
+def test_a_step_count_run_replays_the_lengths_a_budgeted_run_logged():
+  config = unet2d.get_config("vnc")
+  assert trainer.schedule_length(config.train, 500) == config.train.steps == 3000
+  config.train.budget_minutes, config.train.steps = 0.0, 1110
+  config.train.schedule_lengths = ((10, 1082), (70, 1122), (200, 1110))
+  config_check.validate(config)
+  # Before the first fit only the warm-up's learning rates run, which no length changes.
+  assert [trainer.schedule_length(config.train, s) for s in (0, 10, 69, 70, 199, 200, 1000)] == [
+      1082, 1082, 1082, 1122, 1122, 1110, 1110]
+  for lengths, steps in [(((10, 1082), (70, 1122)), 1110), (((70, 1122), (10, 1082)), 1082), (((10, 5),), 5)]:
+    config.train.schedule_lengths, config.train.steps = lengths, steps
+    with pytest.raises(InputError, match="train.schedule_lengths=.* replays a budgeted run"):
+      config_check.validate(config)
+  config.train.schedule_lengths, config.train.steps, config.train.budget_minutes = ((10, 50),), 50, 5.0
+  with pytest.raises(InputError, match="with train.budget_minutes=0"):
+    config_check.validate(config)
+
+
+def assert_equals_the_run_of_steps(config, budgeted: str, total: int, by_steps: str, lengths=()) -> None:
+  """The budgeted run in `budgeted` has the parameters and length of `config` trained for `total` steps (with the
+  schedule `lengths` replayed)."""
+  config.train.budget_minutes, config.train.steps, config.train.schedule_lengths = 0.0, total, tuple(lengths)
   trainer.train_and_evaluate(config, by_steps)
   target = jax.eval_shape(lambda: trainer.state_tree(trainer.create_train_state(
       config, trainer.build_model(config.model), jax.random.PRNGKey(0))))
@@ -102,9 +132,10 @@ def assert_equals_the_run_of_steps(config, budgeted: str, total: int, by_steps: 
 
 
 @pytest.mark.slow
-def test_a_refitted_run_logs_both_lengths_and_equals_the_run_of_its_final_length(tiny_config, tmp_path):
-  """The warm-up's learning rates do not depend on the length, so fixing it again at the warm-up's end changes no
-  step already taken: the run equals, bit for bit, a step-count run of its final length."""
+def test_a_refitted_run_logs_its_lengths_and_equals_the_step_count_run_replaying_them(tiny_config, tmp_path):
+  """The run fits its length after its first timed steps, again at the warm-up's end and at each validation; each
+  fit changes only the learning rates still to come, so the run equals, bit for bit, a step-count run that replays
+  the logged lengths."""
   tiny_config.train.budget_minutes = 0.3
   tiny_config.train.budget_measure_steps = 3
   tiny_config.optim.warmup_steps = 8
@@ -112,17 +143,21 @@ def test_a_refitted_run_logs_both_lengths_and_equals_the_run_of_its_final_length
   budgeted = str(tmp_path / "budget")
   trainer.train_and_evaluate(tiny_config, budgeted)
   events = [r for r in runlog.records(runlog.log_path(budgeted)) if r.get("event") == "budget"]
-  assert [e["step"] for e in events] == [3, 8]
+  steps = [e["step"] for e in events]
+  assert steps[:2] == [3, 8] and len(steps) > 2 and all(s % 10 == 0 for s in steps[2:]), steps
+  assert steps[2] == 20  # 2 steps timed since the warm-up's end at step 10: too few
   total = events[-1]["total_steps"]
-  tiny_config.train.budget_minutes = 30.0  # resumed (to its length, if a slowdown stopped it short): no third timing
+  tiny_config.train.budget_minutes = 30.0  # resumed (to its length, if a slowdown stopped it short): no more timing
   assert trainer.train_and_evaluate(tiny_config, budgeted)["step"] == total
-  assert [r.get("event") for r in runlog.records(runlog.log_path(budgeted))].count("budget") == 2
-  assert_equals_the_run_of_steps(tiny_config, budgeted, total, str(tmp_path / "steps"))
+  assert [r.get("event") for r in runlog.records(runlog.log_path(budgeted))].count("budget") == len(events)
+  assert_equals_the_run_of_steps(tiny_config, budgeted, total, str(tmp_path / "steps"),
+                                 [(e["step"], e["total_steps"]) for e in events])
 
 
 @pytest.mark.slow
 def test_budgeted_run_logs_its_length_keeps_it_and_is_reproducible(tiny_config, tmp_path):
   tiny_config.train.budget_minutes = 0.4
+  tiny_config.train.budget_retime = False  # one fit: train.steps alone reproduces it
   tiny_config.train.budget_measure_steps = 3
   tiny_config.optim.warmup_steps = 3
   tiny_config.train.eval_every = tiny_config.train.checkpoint_every = 10

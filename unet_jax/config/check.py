@@ -134,6 +134,9 @@ def _rules(section: str) -> list[Rule]:
             ("train.budget_minutes", _num(0.0, MAX_MINUTES),
              f"minutes in [0, {MAX_MINUTES}] (a week; 0: train.steps steps)"),
             ("train.budget_measure_steps", _int(2, 1000), "an integer in [2, 1000]"),
+            ("train.budget_retime", _is(bool), "True or False"),
+            ("train.schedule_lengths", _empty_or(_seq(_seq(_int(1, MAX_STEPS), (2,)))),
+             "() or ((step, length), ...) as a budgeted run's budget events log them"),
             ("train.ema_decay", _num(0.0, 1.0, hi_open=True), "a number in [0, 1) (0: no weight average)"),
             ("train.tensorboard", _is(bool), "True or False"),
             ("train.init_from", _is(str), "a workdir or a package made by export.py ('' for fresh weights)"),
@@ -289,6 +292,14 @@ def _cross_checks(config: Any, sections: Sequence[str]) -> list[str]:
     if t.pseudo_label_threshold and not t.consistency_weight:
       problems.append(f"train.pseudo_label_threshold={t.pseudo_label_threshold} is part of the consistency loss: set "
                       "train.consistency_weight > 0 too")
+    lengths = [tuple(p) for p in t.schedule_lengths]
+    if lengths and (t.budget_minutes or any(a[0] >= b[0] for a, b in zip(lengths, lengths[1:]))
+                    or any(s > n for s, n in lengths)
+                    or lengths[-1][1] != t.steps):
+      problems.append(f"train.schedule_lengths={tuple(lengths)} replays a budgeted run by step count: its steps must "
+                      "rise, each length be at least its step and the last equal train.steps, with "
+                      f"train.budget_minutes=0 (now steps={t.steps}, budget_minutes={t.budget_minutes}); copy "
+                      "them from the run's budget events")
     if t.budget_minutes and o.warmup_steps < t.budget_measure_steps:
       problems.append(f"train.budget_minutes needs optim.warmup_steps ({o.warmup_steps}) >= "
                       f"train.budget_measure_steps ({t.budget_measure_steps}), so the measured steps do not "

@@ -252,13 +252,14 @@ def check_finite(nonfinite_steps: int, step: int, ckpt: checkpoint.Checkpoints, 
 
 
 def fix_budget(config: Any, state: TrainState, timed_from: tuple[int, float], done: int, elapsed: Callable[[], float],
-               eval_model: UNet, val: data.Split, seconds_per_validation: float | None) -> tuple[int, float, float]:
+               eval_model: UNet, val: data.Split, seconds_per_validation: float | None,
+               paused: float = 0.0) -> tuple[int, float, float]:
   """(the total steps that fit train.budget_minutes, the seconds of one step, of one validation), from the step
-  time since `timed_from` (step, time) and the validation's seconds, or (None) a validation timed on its second run
-  (the first compiles, which the minutes used so far then hold); the total is decided by process 0 and shared, so
-  every process stops at the same step."""
+  time since `timed_from` (step, time), less the `paused` seconds validations took meanwhile, and the validation's
+  seconds, or (None) a validation timed on its second run (the first compiles, which the minutes used so far then
+  hold); the total is decided by process 0 and shared, so every process stops at the same step."""
   jax.block_until_ready(state)
-  seconds_per_step = (time.time() - timed_from[1]) / (done - timed_from[0])
+  seconds_per_step = (time.time() - timed_from[1] - paused) / (done - timed_from[0])
   if seconds_per_validation is None:
     variables = parallel.local_replica({"params": state.params, "batch_stats": state.batch_stats})
     evaluate_split(eval_model, variables, val, validation_settings(config.eval))
@@ -272,16 +273,33 @@ def fix_budget(config: Any, state: TrainState, timed_from: tuple[int, float], do
 
 
 def refit_step(config: Any, start: int) -> int:
-  """The step at which a budgeted run starting at `start` times its steps again and fixes its length for good (0:
-  never): the end of the warm-up, whose learning rates do not depend on the length, so the steps already taken stay
-  what they were. The first few timed steps misjudge the run's speed either way. On the project's 2-core CPU, one
-  10-minute VNC run fixed 187 steps from them, ran 2.43-2.59 s per step afterwards and trained 8.5 of its 10
-  minutes. Another timed 3.02 s per step at first and 3.21 s over the next 60 steps. The longer second timing fits
-  the length to the run's real speed. There is a second timing only when the warm-up leaves as many steps to time
-  again."""
+  """The step at which a budgeted run starting at `start` times its steps again (0: never): the end of the warm-up,
+  whose learning rates do not depend on the length, so the steps already taken stay what they were. The first few
+  timed steps misjudge the run's speed either way. On the project's 2-core CPU, one 10-minute VNC run fixed 187
+  steps from them, ran 2.43-2.59 s per step afterwards and trained 8.5 of its 10 minutes. Another timed 3.02 s per
+  step at first and 3.21 s over the next 60 steps. The longer second timing fits the length to the run's real
+  speed. There is a second timing only when the warm-up leaves as many steps to time again."""
   after_first = start + config.train.budget_measure_steps
   return config.optim.warmup_steps if config.train.budget_minutes and (
       config.optim.warmup_steps >= after_first + config.train.budget_measure_steps) else 0
+
+
+def retime_due(train_config: Any, done: int, total: int, timed_from: tuple[int, float]) -> bool:
+  """Whether a budgeted run times its steps again after step `done` and refits its length to the minutes left
+  (train.budget_retime): at each validation step before its last, once enough steps were timed since the last fit.
+  The speed drifts during a run: on the project's 2-core CPU, a 10-minute VNC run fitted at the warm-up's end
+  trained 8.8 of its 10 minutes, another ran 9 % slower than timed and stopped 79 steps short of its schedule."""
+  return bool(train_config.budget_retime and total and done < total and done % train_config.eval_every == 0
+              and done - timed_from[0] >= train_config.budget_measure_steps)
+
+
+def schedule_length(train_config: Any, step: int) -> int:
+  """The schedule's length after `step` steps of a step-count run: train.steps, or the length a budgeted run had
+  fixed by then when train.schedule_lengths replays it (during the warm-up, before its first fit, the length
+  changes no learning rate)."""
+  lengths = [tuple(p) for p in train_config.schedule_lengths]
+  fixed = [n for s, n in lengths if s <= step]
+  return fixed[-1] if fixed else lengths[0][1] if lengths else train_config.steps
 
 
 def time_limit(train_config: Any, minutes: float, reserve_seconds: float | None) -> str:
@@ -338,9 +356,11 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   started_from = {"init_from": config.train.init_from} if restored is None and config.train.init_from else {}
   log.write({"event": "start", "step": start, "devices": mesh.size, "platform": jax.default_backend(),
              "minutes": log.minutes, "voxel_size_nm": [float(v) for v in config.data.voxel_size_nm], **started_from})
+  replay = {} if config.train.budget_minutes else dict(tuple(p) for p in config.train.schedule_lengths)
   if not config.train.budget_minutes:  # step-count training: train.steps (a resumed run may be extended)
-    state = state.replace(opt_state=optim.set_total_steps(state.opt_state, config.train.steps))
-  total = optim.total_steps(state.opt_state)  # 0 until a budgeted run has measured its speed
+    state = state.replace(opt_state=optim.set_total_steps(state.opt_state, schedule_length(config.train, start)))
+  # The run's last step: train.steps, or a budgeted run's length once it has measured its speed (0 until then)
+  total = optim.total_steps(state.opt_state) if config.train.budget_minutes else config.train.steps
   state = parallel.replicate(mesh, state)
   step_fn = make_parallel_train_step(mesh, config)
   batches = sampling.batches(sampler, config.train.batch_size, config.seed, start, jax.process_index(),
@@ -355,28 +375,36 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
   bar = tqdm(initial=start, total=total or None, desc="train", disable=not primary)
   timed_from, step = None, start  # (step, time) the next budget timing counts from
   reserve = 0.0 if total else None  # seconds kept for the last validation; None until a budget is fixed
-  refit_at = 0 if total else refit_step(config, start)  # a resumed run keeps the length it logged
+  fits = not total  # a budgeted run fits its length; a resumed one keeps the length it logged
+  refit_at = refit_step(config, start) if fits else 0
+  paused, validation_seconds, lengths = 0.0, None, []  # validation seconds since timed_from; the last one's; fits
   while not total or step < total:
     batch = parallel.shard_batch(mesh, next(batches))
     state, step_metrics = step_fn(state, batch, jax.random.fold_in(aug_key, step))
     nonfinite = nonfinite + step_metrics["nonfinite"]  # summed on the device; read at log and save steps
     done, step = step + 1, step + 1
     bar.update()
-    if not total and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
+    if done in replay:  # a step-count run replaying a budgeted one's lengths
+      state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, replay[done])))
+    if fits and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
       jax.block_until_ready(state)
       timed_from = (done, time.time())
-    first_fix, refit = not total and done == start + config.train.budget_measure_steps, done == refit_at
-    if first_fix or refit:  # refit: the end of the warm-up, timed since the first fix; the length for good
+    first_fix = fits and not total and done == start + config.train.budget_measure_steps
+    refit = fits and bool(total) and (done == refit_at or retime_due(config.train, done, total, timed_from))
+    if first_fix or refit:  # refits: the end of the warm-up, then each validation, timed since the last fit
       total, seconds_per_step, reserve = fix_budget(config, state, timed_from, done, elapsed, eval_model,
-                                                    splits["val"], reserve)
-      timed_from = (done, time.time())  # after the validations fix_budget timed
+                                                    splits["val"], validation_seconds or reserve, paused)
+      timed_from, paused = (done, time.time()), 0.0  # after the validations fix_budget timed
       state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
+      lengths.append((done, total))
       log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed(),
                  "seconds_per_step": seconds_per_step, "seconds_per_validation": reserve})
       bar.total = total
-      again = f"; timed again at the end of the warm-up (step {refit_at})" if refit_at and not refit else ""
-      bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all{again} (logged; a "
-                "resumed run keeps the last)")
+      if first_fix:
+        again = ", timed again at the end of the warm-up" if refit_at else ""
+        again += " and at each validation" if config.train.budget_retime else ""
+        bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all{again} (logged; a "
+                  "resumed run keeps the last)")
     limit = "" if done == total else time_limit(config.train, elapsed(), reserve)
     out_of_time = bool(limit)
     if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
@@ -394,6 +422,7 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
       tensorboard.scalars(done, {"loss": loss, **extra,
                                  "learning_rate": optim.learning_rate(config.optim, done - 1, total)}, "train")
     if done % config.train.eval_every == 0 or last:
+      began = time.time()
       variables = parallel.local_replica({"params": averaged_params(state), "batch_stats": state.batch_stats})
       scores, probs = score_split(eval_model, variables, splits["val"], validation)
       log.write({"step": done, "minutes": elapsed(), **{f"val_{k}": v for k, v in scores.items()}})
@@ -402,6 +431,8 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
         tensorboard.slices(done, splits["val"].image, splits["val"].mask, probs)
       bar.write(f"step {done}: val dice {scores['dice']:.4f} ({elapsed():.1f} min)")
       ckpt.save(done, state_tree(state), scores["dice"])
+      validation_seconds = time.time() - began
+      paused += validation_seconds
       if on_eval is not None and on_eval(done, scores):
         bar.write(f"stopping at step {done}: asked to after this validation")
         break
@@ -413,6 +444,9 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
       bar.write(f"stopping at step {done}: {limit or 'process 0 reached a time limit'}")
       break
   bar.close()
+  if lengths and primary:
+    replayed = f" --config.train.schedule_lengths='{tuple(lengths)}'" if len(lengths) > 1 else ""
+    print(f"the same schedule by step count: --config.train.budget_minutes=0 --config.train.steps={total}{replayed}")
   tensorboard.close()
   ckpt.close()
   del lock
