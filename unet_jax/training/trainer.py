@@ -384,18 +384,16 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
     nonfinite = nonfinite + step_metrics["nonfinite"]  # summed on the device; read at log and save steps
     done, step = step + 1, step + 1
     bar.update()
-    if done in replay:  # a step-count run replaying a budgeted one's lengths
-      state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, replay[done])))
     if fits and done == start + 1:  # compiled: time the next train.budget_measure_steps - 1 steps
       jax.block_until_ready(state)
       timed_from = (done, time.time())
-    first_fix = fits and not total and done == start + config.train.budget_measure_steps
+    first_fix = not total and done == start + config.train.budget_measure_steps
     refit = fits and bool(total) and (done == refit_at or retime_due(config.train, done, total, timed_from))
+    length = replay.get(done)  # a step-count run replaying a budgeted one's lengths
     if first_fix or refit:  # refits: the end of the warm-up, then each validation, timed since the last fit
       total, seconds_per_step, reserve = fix_budget(config, state, timed_from, done, elapsed, eval_model,
                                                     splits["val"], validation_seconds or reserve, paused)
-      timed_from, paused = (done, time.time()), 0.0  # after the validations fix_budget timed
-      state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, total)))
+      timed_from, paused, length = (done, time.time()), 0.0, total  # after the validations fix_budget timed
       lengths.append((done, total))
       log.write({"event": "budget", "step": done, "total_steps": total, "minutes": elapsed(),
                  "seconds_per_step": seconds_per_step, "seconds_per_validation": reserve})
@@ -405,6 +403,8 @@ def train_and_evaluate(config: Any, workdir: str, on_eval: OnEval | None = None)
         again += " and at each validation" if config.train.budget_retime else ""
         bar.write(f"train.budget_minutes={config.train.budget_minutes}: {total} steps in all{again} (logged; a "
                   "resumed run keeps the last)")
+    if length:
+      state = parallel.replicate(mesh, state.replace(opt_state=optim.set_total_steps(state.opt_state, length)))
     limit = "" if done == total else time_limit(config.train, elapsed(), reserve)
     out_of_time = bool(limit)
     if jax.process_count() > 1:  # all must stop at the same step: process 0 decides, at log steps
