@@ -90,6 +90,9 @@ flags.DEFINE_string("seeds", "0", "Seeds of both sides, comma-separated.")
 flags.DEFINE_string("minutes", "10,20,40", "Budgets, comma-separated.")
 flags.DEFINE_string("script_minutes", "", "Budgets the script alone runs, comma-separated (e.g. 40), each compared "
                     "with ours at the smallest --minutes: does ours at 10 minutes match the script at 40?")
+flags.DEFINE_bool("script_at_minutes", True, "The script runs at each --minutes budget too; --noscript_at_minutes "
+                  "leaves those out (e.g. when the equal-minute table exists and only --script_minutes is wanted): "
+                  "the table then pairs over the folds that have both sides.")
 flags.DEFINE_string("run_folds", "", "Folds this sitting runs, comma-separated indices (empty: all). The table "
                     "covers every finished run in --out, so a long table can be split over sittings, each fold's "
                     "runs within one.")
@@ -160,12 +163,15 @@ class Run:
 
 
 def plan(folds: Sequence[Fold], seeds: Sequence[int], budgets: Sequence[float],
-         script_budgets: Sequence[float] = (), variants: Sequence[str] = ()) -> list[Run]:
+         script_budgets: Sequence[float] = (), variants: Sequence[str] = (),
+         script_at_budgets: bool = True) -> list[Run]:
   """Every run in the order of the sitting: seed, fold, budget, then ours, its variants and the script in turn
-  (the script alone at `script_budgets`)."""
-  sides = sides_of(variants)
+  (the script alone at `script_budgets`; at `budgets` too unless `script_at_budgets` is False)."""
+  def sides(m: float) -> tuple[str, ...]:
+    script = m in script_budgets or (script_at_budgets and m in budgets)
+    return (*(sides_of(variants)[:-1] if m in budgets else ()), *(("script",) if script else ()))
   return [Run(side, fold, seed, m) for seed in seeds for fold in folds for m in sorted({*budgets, *script_budgets})
-          for side in (sides if m in budgets else ("script",))]
+          for side in sides(m)]
 
 
 def sides_of(variants: Sequence[str]) -> tuple[str, ...]:
@@ -418,7 +424,8 @@ def main(argv: list[str]) -> None:
     folds = assign_folds(stack[0].shape[0], args.folds, args.val_slices)
   except InputError as e:
     sys.exit(f"error: {e}")
-  runs, script_flags = plan(folds, seeds, budgets, script_budgets, list(variants)), shlex.split(args.script_flags)
+  runs = plan(folds, seeds, budgets, script_budgets, list(variants), args.script_at_minutes)
+  script_flags = shlex.split(args.script_flags)
   commands_of = lambda run: commands(run, args.out, args.ours_config, extra, script_flags, variants)
   if args.records:
     try:

@@ -94,6 +94,15 @@ def test_script_only_budgets_run_the_script_alone_after_the_shared_ones():
   assert cv_table.comparisons([10]) == [(10, 10)] and cv_table.comparisons([10], [40]) == [(10, 10), (10, 40)]
 
 
+def test_without_the_script_at_our_budgets_it_runs_only_at_its_own():
+  folds = cv_table.assign_folds(6, 3, 1)
+  runs = cv_table.plan(folds, [0], [10], [40], ["rt"], script_at_budgets=False)
+  assert [(r.side, r.fold.index, r.minutes) for r in runs] == [
+      (side, k, m) for k in range(3) for side, m in [("ours", 10), ("rt", 10), ("script", 40)]]
+  both = cv_table.plan(folds, [0], [10, 40], [40], script_at_budgets=False)  # a shared budget the script keeps
+  assert [(r.side, r.minutes) for r in both[:3]] == [("ours", 10), ("ours", 40), ("script", 40)]
+
+
 def test_a_variant_runs_between_ours_and_the_script_with_its_flags_added():
   variants = cv_table.parse_variants(["ff:--config.data.final_fit=True --config.eval.threshold=0.5"])
   assert variants == {"ff": ["--config.data.final_fit=True", "--config.eval.threshold=0.5"]}
