@@ -36,7 +36,8 @@ rule fixed in advance: its `val` and `halfway` rows choose on slices it trained 
 
 The table (OUT/table.md, printed after every run) gives each side's mean over folds and seeds, and the
 difference ours - script at each budget (and ours at the smallest budget against the script at the largest,
-and at each --script_minutes budget, which the script alone runs) with a paired 95 % t-interval: seeds are averaged within a fold, the folds are the units (n = --folds).
+and at each --script_minutes budget, which the script alone runs; --noscript_at_minutes leaves out the script
+at --minutes) with a paired 95 % t-interval: seeds are averaged within a fold, the folds are the units (n = --folds).
 The folds share training slices, so the interval is somewhat too narrow (Bengio & Grandvalet 2004).
 
 Before the first run of ours, a 2-step run of ours on fold 0 and its prediction (OUT/warm_up; --nowarm_up to skip)
