@@ -170,7 +170,7 @@ def plan(folds: Sequence[Fold], seeds: Sequence[int], budgets: Sequence[float],
   (the script alone at `script_budgets`; at `budgets` too unless `script_at_budgets` is False)."""
   def sides(m: float) -> tuple[str, ...]:
     script = m in script_budgets or (script_at_budgets and m in budgets)
-    return (*(sides_of(variants)[:-1] if m in budgets else ()), *(("script",) if script else ()))
+    return (*(("ours", *variants) if m in budgets else ()), *(("script",) if script else ()))
   return [Run(side, fold, seed, m) for seed in seeds for fold in folds for m in sorted({*budgets, *script_budgets})
           for side in sides(m)]
 
