@@ -168,16 +168,20 @@ def plan(folds: Sequence[Fold], seeds: Sequence[int], budgets: Sequence[float],
          script_at_budgets: bool = True) -> list[Run]:
   """Every run in the order of the sitting: seed, fold, budget, then ours, its variants and the script in turn
   (the script alone at `script_budgets`; at `budgets` too unless `script_at_budgets` is False)."""
-  def sides(m: float) -> tuple[str, ...]:
-    script = m in script_budgets or (script_at_budgets and m in budgets)
-    return (*(("ours", *variants) if m in budgets else ()), *(("script",) if script else ()))
   return [Run(side, fold, seed, m) for seed in seeds for fold in folds for m in sorted({*budgets, *script_budgets})
-          for side in sides(m)]
+          for side in sides_at(m, budgets, script_budgets, variants, script_at_budgets)]
 
 
-def sides_of(variants: Sequence[str]) -> tuple[str, ...]:
-  """The sides of a sitting: ours, the variants of ours, the script."""
-  return ("ours", *variants, "script")
+def script_runs_at(budgets: Sequence[float], script_budgets: Sequence[float], script_at_budgets: bool) -> set[float]:
+  """The budgets the script runs at: its own, and ours unless `script_at_budgets` is False."""
+  return {*script_budgets, *(budgets if script_at_budgets else ())}
+
+
+def sides_at(m: float, budgets: Sequence[float], script_budgets: Sequence[float], variants: Sequence[str],
+             script_at_budgets: bool = True) -> tuple[str, ...]:
+  """The sides that run at budget `m`, in the sitting's order: ours, its variants, the script."""
+  script = m in script_runs_at(budgets, script_budgets, script_at_budgets)
+  return (*(("ours", *variants) if m in budgets else ()), *(("script",) if script else ()))
 
 
 def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -343,29 +347,33 @@ def paired_interval(differences: dict[int, list[float]], confidence: float = 0.9
   return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
-def comparisons(budgets: Sequence[float], script_budgets: Sequence[float] = ()) -> list[tuple[float, float]]:
-  """(our budget, the script's budget) pairs: equal budgets, then our smallest against the script's largest and
-  against each script-only budget."""
-  pairs = [(m, m) for m in budgets]
-  return pairs + [(min(budgets), m) for m in sorted({max(budgets), *script_budgets}) if m != min(budgets)]
+def comparisons(budgets: Sequence[float], script_budgets: Sequence[float] = (),
+                script_at_budgets: bool = True) -> list[tuple[float, float]]:
+  """(our budget, the script's budget) pairs where the script runs: equal budgets, then our smallest against the
+  script's largest and against each script-only budget."""
+  runs = script_runs_at(budgets, script_budgets, script_at_budgets)
+  pairs = [(m, m) for m in budgets if m in runs]
+  return pairs + [(min(budgets), m) for m in sorted({max(budgets), *script_budgets}) if m != min(budgets) and m in runs]
 
 
-def differences(budgets: Sequence[float], script_budgets: Sequence[float] = (),
-                variants: Sequence[str] = ()) -> list[tuple[str, float, str, float]]:
+def differences(budgets: Sequence[float], script_budgets: Sequence[float] = (), variants: Sequence[str] = (),
+                script_at_budgets: bool = True) -> list[tuple[str, float, str, float]]:
   """(side, budget, other side, budget) of the table's paired differences: ours and each variant against the
   script (`comparisons`), then each variant against ours at equal budgets."""
-  return ([(side, a, "script", b) for side in ("ours", *variants) for a, b in comparisons(budgets, script_budgets)]
+  return ([(side, a, "script", b) for side in ("ours", *variants)
+           for a, b in comparisons(budgets, script_budgets, script_at_budgets)]
           + [(variant, m, "ours", m) for variant in variants for m in budgets])
 
 
 def table(records: Sequence[dict], budgets: Sequence[float], script_budgets: Sequence[float] = (),
-          variants: Sequence[str] = ()) -> str:
-  """The Markdown tables of the finished runs: means per side and budget, paired differences."""
+          variants: Sequence[str] = (), script_at_budgets: bool = True) -> str:
+  """The Markdown tables of the finished runs: means per side and budget (those planned, a side with no finished
+  run shown with 0 runs), paired differences."""
   rules = list(RULES)
   lines = ["| budget (min) | side | runs | " + " | ".join(f"{r}: Dice / F1" for r in rules)
            + " | val threshold | steps | wall min |", "|---|---|---|" + "---|" * (len(rules) + 3)]
   for m in sorted({*budgets, *script_budgets}):
-    for side in sides_of(variants) if m in budgets else ("script",):
+    for side in sides_at(m, budgets, script_budgets, variants, script_at_budgets):
       group = [r for r in records if r["side"] == side and r["minutes"] == m]
       if not group:
         lines.append(f"| {m:g} | {side} | 0 |" + " |" * (len(rules) + 3))
@@ -378,7 +386,7 @@ def table(records: Sequence[dict], budgets: Sequence[float], script_budgets: Seq
   lines += ["", "| difference | rule | folds | Dice difference [95 % interval] | F1 difference [95 % interval] |",
             "|---|---|---|---|---|"]
   by_key = {(r["side"], r["fold"], r["seed"], r["minutes"]): r for r in records}
-  for side, side_m, other_side, other_m in differences(budgets, script_budgets, variants):
+  for side, side_m, other_side, other_m in differences(budgets, script_budgets, variants, script_at_budgets):
     for rule in rules:
       cells = []
       for metric in ("dice", "f1"):
@@ -480,8 +488,8 @@ def main(argv: list[str]) -> None:
     records.append(json.load(open(path)))
     print(json.dumps(records[-1]), flush=True)
     with open(os.path.join(args.out, "table.md"), "w") as f:
-      f.write(table(records, budgets, script_budgets, list(variants)) + "\n")
-  print(table(records, budgets, script_budgets, list(variants)), flush=True)
+      f.write(table(records, budgets, script_budgets, list(variants), args.script_at_minutes) + "\n")
+  print(table(records, budgets, script_budgets, list(variants), args.script_at_minutes), flush=True)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,12 @@ def test_without_the_script_at_our_budgets_it_runs_only_at_its_own():
       (side, k, m) for k in range(3) for side, m in [("ours", 10), ("rt", 10), ("script", 40)]]
   both = cv_table.plan(folds, [0], [10, 40], [40], script_at_budgets=False)  # a shared budget the script keeps
   assert [(r.side, r.minutes) for r in both[:3]] == [("ours", 10), ("ours", 40), ("script", 40)]
+  assert cv_table.comparisons([10], [40], script_at_budgets=False) == [(10, 40)]
+  assert cv_table.comparisons([10, 20], [20], script_at_budgets=False) == [(20, 20), (10, 20)]
+  records = [record(side, fold, 0, 10, 0.92 + (side == "rt") * 0.01) for fold in range(3) for side in ("ours", "rt")]
+  text = cv_table.table(records, [10], [], ["rt"], script_at_budgets=False)  # the script runs nowhere
+  assert "script" not in text and "| 10 | rt | 3 |" in text
+  assert "| rt@10 - ours@10 | val | 3 | +0.0100 [+0.0100, +0.0100] |" in text
 
 
 def test_a_variant_runs_between_ours_and_the_script_with_its_flags_added():
