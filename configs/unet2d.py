@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.prefetch = 2  # batches sampled ahead in a background thread
   c.train.budget_minutes = 0.0  # > 0: time the first steps, then fit the run (and its cosine schedule) into this many minutes
   c.train.budget_measure_steps = 10  # steps timed for the budget (after compiling); within optim.warmup_steps
-  c.train.budget_retime = True  # time the steps again at each validation and refit the length to the minutes left
+  c.train.budget_retime = False  # True: time the steps again at each validation and refit the length to the minutes left
   c.train.schedule_lengths = ()  # ((step, length), ...) a budgeted run logged: replays its schedule by step count
   c.train.max_minutes = 0.0  # stop (and checkpoint) after this many minutes; 0 = no limit
   c.train.ema_decay = 0.0  # > 0: validate, checkpoint and run an EMA of the weights with this decay (e.g. 0.99); 0 = off

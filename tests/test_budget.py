@@ -91,12 +91,13 @@ def test_the_length_is_timed_again_at_the_end_of_the_warmup_when_it_leaves_room(
 
 def test_the_length_is_refitted_at_each_validation_once_enough_steps_were_timed():
   t = unet2d.get_config("vnc").train  # a validation every 200 steps, 10 timed steps
+  t.budget_retime = True
   assert trainer.retime_due(t, 200, 1100, (70, 0.0))
   assert not trainer.retime_due(t, 300, 1100, (200, 0.0))  # not a validation step
   assert not trainer.retime_due(t, 200, 200, (70, 0.0))  # the last step: nothing left to fit
   assert not trainer.retime_due(t, 200, 1100, (195, 0.0))  # 5 steps timed since the last fit: too few
   assert not trainer.retime_due(t, 200, 0, (70, 0.0))  # no length fixed yet
-  t.budget_retime = False
+  t.budget_retime = False  # the default
   assert not trainer.retime_due(t, 200, 1100, (70, 0.0))
 
 
@@ -137,6 +138,7 @@ def test_a_refitted_run_logs_its_lengths_and_equals_the_step_count_run_replaying
   fit changes only the learning rates still to come, so the run equals, bit for bit, a step-count run that replays
   the logged lengths."""
   tiny_config.train.budget_minutes = 0.3
+  tiny_config.train.budget_retime = True
   tiny_config.train.budget_measure_steps = 3
   tiny_config.optim.warmup_steps = 8
   tiny_config.train.eval_every = tiny_config.train.checkpoint_every = 10
@@ -157,7 +159,6 @@ def test_a_refitted_run_logs_its_lengths_and_equals_the_step_count_run_replaying
 @pytest.mark.slow
 def test_budgeted_run_logs_its_length_keeps_it_and_is_reproducible(tiny_config, tmp_path):
   tiny_config.train.budget_minutes = 0.4
-  tiny_config.train.budget_retime = False  # one fit: train.steps alone reproduces it
   tiny_config.train.budget_measure_steps = 3
   tiny_config.optim.warmup_steps = 3
   tiny_config.train.eval_every = tiny_config.train.checkpoint_every = 10
