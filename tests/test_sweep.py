@@ -111,6 +111,27 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_a_validation_report_lets_the_report_finish_then_stops_a_resumable_trial(tmp_path, monkeypatch):
+  config, workdir = _config(), str(tmp_path / "sweep")
+  space = search_space.load(TINY_SPACE, config)
+  report = optuna.trial.Trial.report
+
+  def report_under_ctrl_c(trial, value, step):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the database write starts (it would land inside it)
+    report(trial, value, step)
+  with monkeypatch.context() as patch:
+    patch.setattr(optuna.trial.Trial, "report", report_under_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+      sweeps.run_sweep(config, space, workdir, trials=1)
+  study = sweeps.run_sweep(config, space, workdir, trials=1)
+  assert _states(study) == ["FAIL", "COMPLETE"]
+  stopped, retry = study.trials
+  assert list(stopped.intermediate_values) == [10]  # the report was written, then the trial stopped
+  assert retry.params == stopped.params and retry.user_attrs["workdir"] == os.path.join(workdir, "trial_0")
+  assert _starts(os.path.join(workdir, "trial_0")) == [0, 10]  # the retry resumed from step 10's checkpoint
+
+
+@pytest.mark.slow
 def test_the_median_pruner_stops_a_trial_below_the_median_at_its_first_validation(tmp_path):
   config, workdir = _config(steps=20), str(tmp_path / "sweep")
   space = search_space.load(TINY_SPACE, config)
@@ -224,9 +245,9 @@ def test_enqueue_base_runs_the_incumbent_recipe_first(tmp_path):
 
 # Nothing silent, nothing lost: storage, the space's whole support, tuple choices, the budget across processes.
 
-def _quick_objective(config, space, workdir, study):
+def _quick_objective(config, space, workdir, study, interrupts):
   """A trial without training: the sampled config checked, a value from the parameters."""
-  del workdir, study
+  del workdir, study, interrupts
 
   def run_trial(trial):
     params = search_space.suggest(trial, space)
@@ -384,7 +405,7 @@ CONCURRENT = """
 import sys, time
 from configs import unet2d
 from unet_jax.tuning import search_space, sweeps
-def slow_objective(config, space, workdir, study):
+def slow_objective(config, space, workdir, study, interrupts):
   def run_trial(trial):
     search_space.suggest(trial, space)
     time.sleep(1.5)

@@ -45,7 +45,7 @@ from unet_jax.config import check as config_check
 from unet_jax.errors import InputError
 from unet_jax.io import outputs, runlog
 from unet_jax.training import trainer
-from unet_jax.tuning import search_space, sweep_report
+from unet_jax.tuning import ctrl_c, search_space, sweep_report
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTED = (*FINISHED, TrialState.RUNNING)  # trials the budget counts
@@ -173,23 +173,27 @@ def trial_workdir(study: optuna.Study, trial: optuna.Trial, workdir: str) -> str
   return os.path.join(workdir, f"trial_{history[0] if history else trial.number}")
 
 
-def objective(config: ml_collections.ConfigDict, space: search_space.Space, workdir: str, study: optuna.Study):
-  """The function of a trial that Optuna maximises: trains, reports each validation, returns the best Dice."""
+def objective(config: ml_collections.ConfigDict, space: search_space.Space, workdir: str, study: optuna.Study,
+              interrupts: ctrl_c.CtrlC):
+  """The function of a trial that Optuna maximises: trains, reports each validation, returns the best Dice.
+  Ctrl-C stops the training at once and the writes to the study once they are done (`interrupts`)."""
   def run_trial(trial: optuna.Trial) -> float:
     folder = trial_workdir(study, trial, workdir)
     trial.set_user_attr("workdir", folder)
     pruned_at = []
 
     def on_eval(step: int, scores: dict[str, float]) -> bool:
-      trial.report(scores["dice"], step)
-      if trial.should_prune():
-        pruned_at.append(step)
+      with interrupts.held():
+        trial.report(scores["dice"], step)
+        if trial.should_prune():
+          pruned_at.append(step)
       return bool(pruned_at)
 
     try:
       trial_config = search_space.configure(config, search_space.suggest(trial, space))
       config_check.validate(trial_config)
-      trainer.train_and_evaluate(trial_config, folder, on_eval)
+      with interrupts.let_through():
+        trainer.train_and_evaluate(trial_config, folder, on_eval)
     except InputError as e:
       trial.set_user_attr("error", str(e))
       raise
@@ -289,7 +293,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, work
           study.enqueue_trial(search_space.base_params(config, space), user_attrs={"base": True})
       finally:
         lock.release()
-      run_trial = objective(config, space, workdir, study)
+      interrupts = ctrl_c.CtrlC()
+      run_trial = objective(config, space, workdir, study, interrupts)
 
       def started(trial: optuna.Trial) -> float:
         lock.release()  # the trial is RUNNING in the storage: another process now counts it
@@ -304,7 +309,8 @@ def run_sweep(config: ml_collections.ConfigDict, space: search_space.Space, work
             break
           finished, running = 0, 0
           reseed(study, config.seed)  # by the trials so far: concurrent processes draw different samples
-          study.optimize(started, n_trials=1, catch=(InputError,), callbacks=[after_trial])
+          with interrupts.held():  # Optuna's own writes too: it marks an interrupted trial FAIL after the interrupt
+            study.optimize(started, n_trials=1, catch=(InputError,), callbacks=[after_trial])
         finally:
           lock.release()
     finally:
