@@ -2,6 +2,7 @@
 persistent XLA compilation cache between the tests and the subprocesses they start."""
 
 import os
+import signal
 import tempfile
 
 os.environ["XLA_FLAGS"] = " ".join(
@@ -34,3 +35,12 @@ def vnc_root():
   if not os.path.isfile(os.path.join(VNC_ROOT, "training.tif")):
     pytest.skip("real EM data ../shared/data/vnc is absent (it is not part of the repository)")
   return VNC_ROOT
+
+
+@pytest.fixture
+def terminal_ctrl_c():
+  """Python's Ctrl-C handler for the test and the processes it starts, as in a terminal: a job started in the
+  background begins with SIGINT ignored."""
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  yield
+  signal.signal(signal.SIGINT, previous)

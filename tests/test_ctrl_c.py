@@ -8,12 +8,7 @@ import pytest
 from unet_jax.tuning.ctrl_c import CtrlC
 
 
-@pytest.fixture(autouse=True)
-def python_ctrl_c():
-  """Python's own Ctrl-C handler, as in a terminal: a job started in the background begins with SIGINT ignored."""
-  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-  yield
-  signal.signal(signal.SIGINT, previous)
+pytestmark = pytest.mark.usefixtures("terminal_ctrl_c")
 
 
 def _ctrl_c():

@@ -1,7 +1,6 @@
 """sweep.py on the tiny config: trials, results and plots, resume after a crash, pruning, a shared
 storage, the test split never seen, and one-line errors for bad search-space files."""
 
-import contextlib
 import csv
 import hashlib
 import logging
@@ -37,17 +36,6 @@ def _config(steps=10):
 
 def _starts(trial_dir):
   return [r["step"] for r in runlog.records(runlog.log_path(trial_dir)) if r.get("event") == "start"]
-
-
-@contextlib.contextmanager
-def _terminal_ctrl_c():
-  """Python's Ctrl-C handler, here and in the processes started meanwhile, as in a terminal: a job started in
-  the background begins with SIGINT ignored."""
-  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGINT, previous)
 
 
 def _states(study):
@@ -87,6 +75,7 @@ STOPPED_STEPS = 40  # the sweep is frozen (SIGSTOP) at step 10's checkpoint, so 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])  # a crash (heartbeat goes stale), Ctrl-C
+@pytest.mark.usefixtures("terminal_ctrl_c")
 def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
   workdir = str(tmp_path / "sweep")
   command = [sys.executable, "sweep.py", "--config=configs/unet2d.py:tiny", f"--space={TINY_SPACE}",
@@ -94,7 +83,7 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
              f"--config.train.steps={STOPPED_STEPS}", "--config.train.tensorboard=False",
              "--config.train.keep_checkpoints=100"]  # step 10's checkpoint is never rotated away while we look
   stderr_path = str(tmp_path / "stderr.txt")
-  with open(stderr_path, "w") as stderr, _terminal_ctrl_c():  # a file, not a pipe: progress bars could fill a pipe
+  with open(stderr_path, "w") as stderr:  # a file, not a pipe: progress bars could fill a pipe and block
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
   checkpoint = os.path.join(workdir, "trial_1", "checkpoints", "10")
   deadline = time.time() + 900
@@ -123,6 +112,7 @@ def test_a_stopped_sweep_resumes_its_trial_from_the_checkpoint(tmp_path, stop):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("terminal_ctrl_c")
 def test_ctrl_c_during_a_validation_report_lets_the_report_finish_then_stops_a_resumable_trial(tmp_path, monkeypatch):
   config, workdir = _config(), str(tmp_path / "sweep")
   space = search_space.load(TINY_SPACE, config)
@@ -133,7 +123,7 @@ def test_ctrl_c_during_a_validation_report_lets_the_report_finish_then_stops_a_r
     report(trial, value, step)
   with monkeypatch.context() as patch:
     patch.setattr(optuna.trial.Trial, "report", report_under_ctrl_c)
-    with _terminal_ctrl_c(), pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):
       sweeps.run_sweep(config, space, workdir, trials=1)
   study = sweeps.run_sweep(config, space, workdir, trials=1)
   assert _states(study) == ["FAIL", "COMPLETE"]
